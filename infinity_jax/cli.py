@@ -1,0 +1,42 @@
+"""One entry point: `infinity-jax <command> [args]` (also `python -m infinity_jax`).
+
+Each command lives in its own module and is imported only when it runs, so `infinity-jax --help`
+stays fast and a command's heavy dependencies (torch for conversion) load only when needed.
+A command is a function `main(argv: list[str]) -> int | None`.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command name -> ("module", "function", one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "schedules": ("infinity_jax.schedules_cli", "main", "print the official scale schedules and token counts"),
+    "convert-vae": ("infinity_jax.convert.vae", "main", "official BSQ-VAE .pth <-> our params (npz)"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: infinity-jax <command> [args]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in sorted(COMMANDS.items())]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"infinity-jax: unknown command {name!r}; expected one of {sorted(COMMANDS)}\n\n{_usage()}",
+              file=sys.stderr)
+        return 2
+    module, func, _ = COMMANDS[name]
+    result = getattr(importlib.import_module(module), func)(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

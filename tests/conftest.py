@@ -1,0 +1,35 @@
+"""Shared test helpers: the parity fixtures made by tests/fixtures/make_fixtures.py."""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+jax.config.update("jax_enable_x64", False)
+jax.config.update("jax_default_matmul_precision", "highest")  # parity bounds assume true fp32 matmuls
+
+FIXTURE_DIR = os.path.join(os.path.dirname(__file__), "fixtures")
+FIXTURES = ("tiny", "tiny-wide")
+
+
+def load_fixture(name: str) -> dict:
+    """All arrays of tests/fixtures/<name>.npz (weights cast to float32) plus 'meta' (the settings dict)."""
+    with np.load(os.path.join(FIXTURE_DIR, f"{name}.npz")) as f:
+        data = {k: (v.astype(np.float32) if v.dtype == np.float16 else v) for k, v in f.items()}
+    data["meta"] = json.loads(str(data.pop("meta/json")))
+    return data
+
+
+@pytest.fixture(scope="session", params=FIXTURES)
+def reference(request):
+    """Each parity fixture in turn (session-cached)."""
+    return load_fixture(request.param)
+
+
+def state_dict(fixture: dict, prefix: str) -> dict:
+    """The official state dict stored under `prefix/` (e.g. 'vae', 'gpt'), without the output keys."""
+    p = prefix + "/"
+    return {k[len(p):]: v for k, v in fixture.items() if k.startswith(p) and not k.startswith(p + "out/")}
