@@ -1,0 +1,46 @@
+"""BSQ-VAE (tokenizer) configs: the released Infinity tokenizers' architectures, and a tiny one.
+
+usage: get_config('d32') -> ConfigDict; names: d16, d24, d32, d32reg, d64, tiny.
+
+Every released tokenizer (infinity_vae_d{16,24,32,64}.pth, infinity_vae_d32reg.pth) is the same
+network -- base_ch 128, ch_mult (1, 2, 4, 4, 4), 2 residual blocks per level, patch 16 -- and
+differs only in the latent width d (z_channels = codebook_dim = d bits per token); d32reg is a
+second set of d=32 weights (the one the released 2B model's inference script uses).
+'tiny' is the architecture of the test fixtures (base_ch 32, ch_mult all ones, d 32).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+_RELEASED = {  # name -> (d, official checkpoint file)
+    "d16": (16, "infinity_vae_d16.pth"),
+    "d24": (24, "infinity_vae_d24.pth"),
+    "d32": (32, "infinity_vae_d32.pth"),
+    "d32reg": (32, "infinity_vae_d32reg.pth"),
+    "d64": (64, "infinity_vae_d64.pth"),
+}
+NAMES = tuple(_RELEASED) + ("tiny",)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    name = arg or "d32"
+    if name not in NAMES:
+        raise ValueError(f"bsq_vae config {name!r}: expected one of {NAMES}")
+    c = ml_collections.ConfigDict()
+    c.name = name
+    c.base_ch = 128
+    c.ch_mult = (1, 2, 4, 4, 4)
+    c.num_res_blocks = 2
+    c.patch_size = 16         # spatial stride of the latent grid
+    c.in_channels = 3
+    c.codebook_dim = 32       # d: bits per token
+    c.z_channels = 32         # encoder output width; equals codebook_dim (no quantizer projections)
+    c.dtype = "float32"       # compute dtype; params are always fp32
+    c.checkpoint = ""         # the official weights' file name (for reference)
+    if name == "tiny":
+        c.base_ch = 32
+        c.ch_mult = (1, 1, 1, 1, 1)
+    else:
+        c.codebook_dim = c.z_channels = _RELEASED[name][0]
+        c.checkpoint = _RELEASED[name][1]
+    return c

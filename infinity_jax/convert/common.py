@@ -1,0 +1,147 @@
+"""Helpers shared by the torch <-> JAX converters: param-tree flattening, path renames, layouts.
+
+A converter is a table: for every official key, the path of our param (a '/'-joined string,
+e.g. 'encoder/down_1/block_0/conv1/conv/kernel') and how the array is laid out. The helpers here
+build such tables from an abstract param tree and move arrays between layouts exactly (pure
+transposes and exact casts: a round trip is bit-identical).
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+from flax import linen as nn
+from flax import traverse_util
+
+# our leaf name -> the official one
+TORCH_LEAF = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
+
+
+# ---------------------------------------------------------------- param trees
+def flatten(tree: Mapping[str, Any], sep: str = "/") -> dict[str, Any]:
+    """{'a': {'b': x}} -> {'a/b': x}; boxed (logically partitioned) leaves are unboxed."""
+    return {sep.join(k): v for k, v in traverse_util.flatten_dict(nn.unbox(dict(tree))).items()}
+
+
+def unflatten(flat: Mapping[str, Any], sep: str = "/") -> dict[str, Any]:
+    """{'a/b': x} -> {'a': {'b': x}}."""
+    return traverse_util.unflatten_dict({tuple(k.split(sep)): v for k, v in flat.items()})
+
+
+def rename(path: str, rules: Iterable[tuple[str, str]]) -> str:
+    """Applies regex substitutions in order (e.g. [(r'blocks_(\\d+)', r'blocks.\\1'), ('/', '.')])."""
+    for pattern, repl in rules:
+        path = re.sub(pattern, repl, path)
+    return path
+
+
+def torch_key(path: str, rules: Iterable[tuple[str, str]] = ()) -> str:
+    """Our '/'-path -> the official dotted key: the rules first, then '/' -> '.', leaf names mapped."""
+    *parents, leaf = rename(path, rules).split("/")
+    return ".".join(parents + [TORCH_LEAF.get(leaf, leaf)])
+
+
+# ---------------------------------------------------------------- layouts
+def conv_to_flax(w: np.ndarray) -> np.ndarray:
+    """torch conv weight (O, I, kh, kw) -> flax kernel (kh, kw, I, O)."""
+    return np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)))
+
+
+def conv_to_torch(k: np.ndarray) -> np.ndarray:
+    """flax kernel (kh, kw, I, O) -> torch conv weight (O, I, kh, kw)."""
+    return np.ascontiguousarray(np.transpose(k, (3, 2, 0, 1)))
+
+
+def dense_to_flax(w: np.ndarray) -> np.ndarray:
+    """torch Linear weight (out, in) -> flax kernel (in, out)."""
+    return np.ascontiguousarray(np.asarray(w).T)
+
+
+def dense_to_torch(k: np.ndarray) -> np.ndarray:
+    """flax kernel (in, out) -> torch Linear weight (out, in)."""
+    return np.ascontiguousarray(np.asarray(k).T)
+
+
+def identity(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x)
+
+
+# name -> (to flax, to torch, torch shape from our shape)
+LAYOUTS: dict[str, tuple[Callable, Callable, Callable]] = {
+    "conv": (conv_to_flax, conv_to_torch, lambda s: (s[3], s[2], s[0], s[1])),
+    "dense": (dense_to_flax, dense_to_torch, lambda s: tuple(reversed(s))),
+    "same": (identity, identity, tuple),
+}
+
+
+def as_numpy(x: Any) -> np.ndarray:
+    """A numpy array from numpy/jax arrays or torch tensors (bf16 kept, as ml_dtypes.bfloat16)."""
+    if hasattr(x, "detach"):
+        from infinity_jax.convert.torch_io import _to_numpy
+        return _to_numpy(x)
+    return np.asarray(x)
+
+
+def cast_exact(x: np.ndarray, dtype: Any, what: str) -> np.ndarray:
+    """Casts float arrays to `dtype`; refuses a narrowing cast that would change values."""
+    x = np.asarray(x)
+    dtype = np.dtype(dtype)
+    if x.dtype == dtype:
+        return x
+    if not (np.issubdtype(x.dtype, np.floating) or x.dtype.name == "bfloat16"):
+        raise TypeError(f"{what}: dtype {x.dtype}; expected a floating-point array")
+    y = x.astype(dtype)
+    if x.dtype.itemsize > dtype.itemsize:
+        back = y.astype(x.dtype)
+        if not np.array_equal(back, x, equal_nan=True):
+            bad = int(np.sum(back != x))
+            raise ValueError(f"{what}: casting {x.dtype} -> {dtype} would change {bad} values; "
+                             f"pass a wider dtype")
+    return y
+
+
+# ---------------------------------------------------------------- files
+def atomic_write(path: str, write: Callable[[Any], None]) -> None:
+    """Calls write(binary file) on a temp file beside `path`, then renames it over `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_params(params: Mapping[str, Any], path: str) -> None:
+    """Our param tree -> .npz ('/'-joined keys) or .msgpack (flax serialization), atomically."""
+    flat = {k: as_numpy(v) for k, v in flatten(params).items()}
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npz":
+        atomic_write(path, lambda f: np.savez(f, **flat))
+    elif ext == ".msgpack":
+        from flax import serialization
+        atomic_write(path, lambda f: f.write(serialization.msgpack_serialize(unflatten(flat))))
+    else:
+        raise ValueError(f"params file {path!r}: expected a .npz or .msgpack file name")
+
+
+def load_params(path: str) -> dict[str, Any]:
+    """The param tree written by save_params (numpy leaves)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"params file {path!r} does not exist")
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npz":
+        with np.load(path, allow_pickle=False) as f:
+            return unflatten({k: f[k] for k in f.files})
+    if ext == ".msgpack":
+        from flax import serialization
+        with open(path, "rb") as f:
+            return serialization.msgpack_restore(f.read())
+    raise ValueError(f"params file {path!r}: expected a .npz or .msgpack file name")

@@ -1,0 +1,173 @@
+"""Official BSQ-VAE state dict <-> our params (infinity_jax/tokenizer/vae.py), exactly, both ways.
+
+The table is built from our abstract param tree: 'encoder/down_1/block_0/conv1/conv/kernel' is
+'encoder.down.1.block.0.conv1.conv.weight' (conv kernels OIHW <-> HWIO), GroupNorm 'scale' is
+"weight". The official state dict also holds one buffer, `quantizer.lfq.mask` (int64 powers of
+two, d of them; 2**63 wraps to -2**63 for d = 64, as torch computes it), twice (also as
+`quantize.lfq.mask`: the official class aliases its quantizer): checked on import, written on
+export. Loading is strict: one error lists every missing, unexpected and
+mis-shaped key. bf16/fp16 state dicts load (upcast exactly to fp32 params).
+
+Also accepted on import: the older key style that the official loader renames (`conv_in.weight`
+for `conv_in.conv.weight`, `norm1.weight` for `norm1.norm.weight`).
+
+usage:
+  infinity-jax convert-vae --in infinity_vae_d32reg.pth --config d32reg --out vae_d32reg.npz
+  infinity-jax convert-vae --to-torch --in vae_d32reg.npz --config d32reg --out back.pth [--dtype bfloat16]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+from typing import Any, Mapping
+
+import numpy as np
+
+from infinity_jax.convert import common
+from infinity_jax.convert.torch_io import check_state_dict, load_state_dict, save_state_dict
+
+# The buffer appears twice: the official AutoEncoder aliases its quantizer as `quantize` too.
+MASK_KEYS = ("quantizer.lfq.mask", "quantize.lfq.mask")
+_RULES = (
+    (r"(?<![^/])(down|up)_(\d+)/block_(\d+)(?=/)", r"\1.\2.block.\3"),  # level lists: down.1.block.0
+    (r"(?<![^/])(down|up)_(\d+)(?=/)", r"\1.\2"),                      # down.0.downsample
+)
+
+
+def _config(config):
+    if isinstance(config, str):
+        return load_config(config)
+    return config
+
+
+def load_config(spec: str):
+    """'d32' (a name in configs/bsq_vae.py) or 'path/to/file.py[:arg]' -> ConfigDict."""
+    path, _, arg = spec.partition(":") if spec.endswith(".py") or ":" in spec else ("", "", spec)
+    if not path:
+        path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "bsq_vae.py")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"VAE config file {path!r} does not exist (from --config {spec!r})")
+    mod_spec = importlib.util.spec_from_file_location("_bsq_vae_config", path)
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    return mod.get_config(arg or None)
+
+
+def quantizer_mask(d: int) -> np.ndarray:
+    """The official `lfq.mask` buffer: 2**(d-1), ..., 2, 1 as int64 (wrapping like torch at d = 64)."""
+    return (np.uint64(1) << np.arange(d - 1, -1, -1, dtype=np.uint64)).view(np.int64)
+
+
+def key_table(config) -> dict[str, tuple[str, str, tuple[int, ...], tuple[int, ...]]]:
+    """official key -> (our param path, layout name, official shape, our shape), for every parameter."""
+    from infinity_jax.tokenizer import vae
+    abstract = common.flatten(vae.abstract_params(vae.from_config(_config(config))))
+    table = {}
+    for path, leaf in abstract.items():
+        layout = "conv" if path.endswith("/kernel") else "same"
+        torch_shape = tuple(int(n) for n in common.LAYOUTS[layout][2](leaf.shape))
+        table[common.torch_key(path, _RULES)] = (path, layout, torch_shape, tuple(leaf.shape))
+    return table
+
+
+def expected_state_dict_shapes(config) -> dict[str, tuple[int, ...]]:
+    """Every key of the official state dict with its shape (parameters and the mask buffer)."""
+    config = _config(config)
+    shapes = {k: row[2] for k, row in key_table(config).items()}
+    shapes.update({k: (int(config.codebook_dim),) for k in MASK_KEYS})
+    return shapes
+
+
+def _accept_old_names(sd: dict[str, np.ndarray], expected: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Renames `x.weight` -> `x.conv.weight` / `x.norm.weight` where only that form is expected."""
+    out = {}
+    for k, v in sd.items():
+        if k not in expected:
+            head, _, leaf = k.rpartition(".")
+            cands = [f"{head}.{w}.{leaf}" for w in ("conv", "norm") if f"{head}.{w}.{leaf}" in expected]
+            if len(cands) == 1 and cands[0] not in sd:
+                k = cands[0]
+        out[k] = v
+    return out
+
+
+def torch_to_params(state_dict: Mapping[str, Any], config, dtype=np.float32) -> dict[str, Any]:
+    """Official VAE state dict (numpy arrays or torch tensors) -> our params tree (numpy, fp32).
+
+    config: a configs/bsq_vae.py ConfigDict or its name. Raises ValueError listing every bad key.
+    """
+    config = _config(config)
+    what = f"BSQ-VAE state dict (config {config.get('name', '?')!r})"
+    table = key_table(config)
+    expected = expected_state_dict_shapes(config)
+    sd = _accept_old_names({k: common.as_numpy(v) for k, v in state_dict.items()}, expected)
+    check_state_dict(sd, expected, what)
+    want = quantizer_mask(int(config.codebook_dim))
+    for k in MASK_KEYS:
+        if not np.array_equal(sd[k].astype(np.int64), want):
+            raise ValueError(f"{what}: {k} = {sd[k][:4]}...; expected the powers of two {want[:4]}... "
+                             f"(is d = {config.codebook_dim} right?)")
+    flat = {}
+    for key, (path, layout, _, _) in table.items():
+        flat[path] = common.cast_exact(common.LAYOUTS[layout][0](sd[key]), dtype, f"{what}: {key}")
+    return common.unflatten(flat)
+
+
+def params_to_torch(params: Mapping[str, Any], config, dtype=None) -> dict[str, np.ndarray]:
+    """Our params tree -> the official state dict (numpy; official names, shapes; the mask buffer).
+
+    dtype: None keeps the params' dtype (fp32: bit-identical round trip); e.g. 'bfloat16' rounds.
+    """
+    config = _config(config)
+    table = key_table(config)
+    flat = {k: common.as_numpy(v) for k, v in common.flatten(params).items()}
+    check_state_dict(flat, {path: ours for path, _, _, ours in table.values()},
+                     f"BSQ-VAE params (config {config.get('name', '?')!r})")
+    target = None if dtype is None else _np_dtype(dtype)
+    sd = {}
+    for key, (path, layout, _, _) in table.items():
+        a = common.LAYOUTS[layout][1](flat[path])
+        sd[key] = a if target is None else a.astype(target)
+    sd.update({k: quantizer_mask(int(config.codebook_dim)) for k in MASK_KEYS})
+    return sd
+
+
+def _np_dtype(name) -> np.dtype:
+    if str(name) in ("bfloat16", "bf16"):
+        import ml_dtypes
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype({"fp32": "float32", "fp16": "float16"}.get(str(name), str(name)))
+
+
+def _load_official(path: str, key: str | None) -> dict[str, np.ndarray]:
+    """A VAE state dict from a file; official .pth checkpoints keep it under 'vae' (the loader's default)."""
+    if key is not None or not path.endswith((".pth", ".pt", ".bin", ".ckpt")):
+        return load_state_dict(path, key=key)
+    try:
+        return load_state_dict(path, key="vae")
+    except (KeyError, TypeError):  # no 'vae' entry (or a flat dict of tensors): read it as it is
+        return load_state_dict(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="infinity-jax convert-vae", description=__doc__.split("\n\n")[0])
+    p.add_argument("--in", dest="inp", required=True, help="official .pth/.safetensors/.npz (or our params with --to-torch)")
+    p.add_argument("--out", required=True, help="our params .npz/.msgpack (or an official .pth/.safetensors/.npz with --to-torch)")
+    p.add_argument("--config", default="d32", help="configs/bsq_vae.py name (d16 d24 d32 d32reg d64 tiny) or file.py[:arg]")
+    p.add_argument("--to-torch", action="store_true", help="convert our params back to the official state dict")
+    p.add_argument("--key", default=None, help="sub-dict of a training checkpoint to read (default: 'vae' if present)")
+    p.add_argument("--dtype", default=None, help="with --to-torch: dtype of the written weights (default: as the params)")
+    args = p.parse_args(argv)
+    config = load_config(args.config)
+    if args.to_torch:
+        sd = params_to_torch(common.load_params(args.inp), config, dtype=args.dtype)
+        save_state_dict(sd, args.out)
+        n = sum(int(np.size(v)) for k, v in sd.items() if k not in MASK_KEYS)
+    else:
+        params = torch_to_params(_load_official(args.inp, args.key), config)
+        common.save_params(params, args.out)
+        n = sum(int(np.size(v)) for v in common.flatten(params).values())
+    print(f"convert-vae: {args.inp} -> {args.out} (config {config.name}, {n:,} parameters)", file=sys.stderr)
+    return 0
