@@ -24,8 +24,6 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from infinity_jax import schedules
-
 # torch's default conv init (kaiming-uniform with a=sqrt(5)): U(+-1/sqrt(fan_in)).
 _KERNEL_INIT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 _CONV_AXES = ("conv_h", "conv_w", "conv_in", "conv_out")
@@ -213,7 +211,7 @@ class BSQVAE(nn.Module):
     by `init`):
       encode(image (B,H,W,3)) -> raw latent (B,h,w,d) fp32, before quantization
       decode(latent (B,h,w,d)) -> image (B,H,W,3) fp32, clamped to [-1, 1]
-      tokenize(image, schedule) -> bits per scale [(B,h_k,w_k,d) uint8/bool], coarse to fine
+      tokenize(image, schedule) -> bits per scale [(B,h_k,w_k,d) uint8], coarse to fine
       decode_bits(bits, schedule) -> image (B,H,W,3)
     """
     base_ch: int = 128
@@ -250,9 +248,7 @@ class BSQVAE(nn.Module):
         """image (B,H,W,C) -> bits per scale, coarse to fine: [(B, h_k, w_k, d)], 1 = positive."""
         from infinity_jax.tokenizer import bsq  # lazy: the quantizer is a separate, param-free module
         self._check_quantizable()
-        z = self.encode(image)
-        sched = schedules.validate(schedule, z.shape[1:3])
-        return list(bsq.multiscale_quantize(z, sched).bits)
+        return list(bsq.multiscale_quantize(self.encode(image), schedule).bits)
 
     def decode_bits(self, bits, schedule):
         """bits per scale [(B, h_k, w_k, d)] -> image (B, H, W, C) in [-1, 1]."""
