@@ -18,6 +18,7 @@ usage:
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import os
 import sys
@@ -63,13 +64,22 @@ def quantizer_mask(d: int) -> np.ndarray:
 def key_table(config) -> dict[str, tuple[str, str, tuple[int, ...], tuple[int, ...]]]:
     """official key -> (our param path, layout name, official shape, our shape), for every parameter."""
     from infinity_jax.tokenizer import vae
-    abstract = common.flatten(vae.abstract_params(vae.from_config(_config(config))))
+    m = vae.from_config(_config(config), dtype="float32")
+    arch = (m.base_ch, m.ch_mult, m.num_res_blocks, m.z_channels, m.codebook_dim, m.patch_size, m.in_channels)
+    return dict(_key_table(arch))
+
+
+@functools.lru_cache(maxsize=16)
+def _key_table(arch: tuple) -> tuple:
+    from infinity_jax.tokenizer import vae
+    fields = ("base_ch", "ch_mult", "num_res_blocks", "z_channels", "codebook_dim", "patch_size", "in_channels")
+    abstract = common.flatten(vae.abstract_params(vae.BSQVAE(**dict(zip(fields, arch)))))
     table = {}
     for path, leaf in abstract.items():
         layout = "conv" if path.endswith("/kernel") else "same"
         torch_shape = tuple(int(n) for n in common.LAYOUTS[layout][2](leaf.shape))
         table[common.torch_key(path, _RULES)] = (path, layout, torch_shape, tuple(leaf.shape))
-    return table
+    return tuple(table.items())
 
 
 def expected_state_dict_shapes(config) -> dict[str, tuple[int, ...]]:
