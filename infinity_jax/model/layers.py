@@ -1,0 +1,286 @@
+"""Building blocks of the Infinity transformer (linen): norms, AdaLN, 2D RoPE, attention, FFN.
+
+Numerics follow the official model: norms, AdaLN modulation, RoPE and softmax in float32; matmuls
+in the compute dtype `dtype` (params stay float32). Every parameter carries logical axis names
+(infinity_jax/parallel.py). Leaf names mirror the official module tree so that weight conversion
+is a table (infinity_jax/convert/infinity.py): Dense kernels are the transposed torch weights;
+`mat_qkv`/`mat_kv` kernels are split by role: (in, 3 or 2, C) for q|k|v or k|v.
+
+Shapes: B batch, L (or l) tokens, C model width, H heads, c = C / H head width, Lt text tokens.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from infinity_jax import schedules
+
+Dtype = Any
+LOG_MAX_SCALE_MUL = math.log(100.0)  # the official clamp of the learned attention-logit scale
+ROPE_BASE = 10000.0
+ROPE_GRID = 2048 // 16  # the official RoPE table covers 128 x 128 latent positions
+
+
+def _part(init, axes: Sequence[str | None]):
+    return nn.with_logical_partitioning(init, tuple(axes))
+
+
+def _normal(std: float):
+    return nn.initializers.truncated_normal(std)
+
+
+def dense(features: int, axes: tuple[str | None, str | None], *, use_bias: bool = True, dtype: Dtype = jnp.float32,
+          std: float = 0.02, name: str | None = None) -> nn.Dense:
+    """nn.Dense with logically partitioned kernel (in, out) and bias (out,), fp32 params."""
+    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                    kernel_init=_part(_normal(std), axes), bias_init=_part(nn.initializers.zeros, axes[1:]),
+                    name=name)
+
+
+# ---------------------------------------------------------------- norms and AdaLN
+def layer_norm(x: jax.Array, eps: float) -> jax.Array:
+    """LayerNorm without affine over the last axis, in float32."""
+    x = x.astype(jnp.float32)
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+def rms_norm(x: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm without affine over the last axis, in float32."""
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + eps)
+
+
+def norm(x: jax.Array, eps: float, rms: bool) -> jax.Array:
+    return rms_norm(x, eps) if rms else layer_norm(x, eps)
+
+
+def ada_norm(x: jax.Array, scale: jax.Array, shift: jax.Array, eps: float, rms: bool = False) -> jax.Array:
+    """AdaLN: norm(x) * (1 + scale) + shift, float32. x: (B, L, C); scale/shift: (B, 1, C)."""
+    return norm(x, eps, rms) * (1.0 + scale.astype(jnp.float32)) + shift.astype(jnp.float32)
+
+
+class Norm(nn.Module):
+    """LayerNorm (weight, bias) or RMSNorm (weight) with affine, float32. Official `ca_norm`/`text_norm`."""
+    eps: float = 1e-6
+    rms: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        y = norm(x, self.eps, self.rms) * self.param("weight", _part(nn.initializers.ones, ("norm",)), (c,))
+        if not self.rms:
+            y = y + self.param("bias", _part(nn.initializers.zeros, ("norm",)), (c,))
+        return y
+
+
+# ---------------------------------------------------------------- 2D RoPE
+def _rope_freqs(head_dim: int, grid: int = ROPE_GRID, base: float = ROPE_BASE) -> np.ndarray:
+    """Angles on the full grid, float32 as the official table: (grid, grid, head_dim // 2).
+
+    The first head_dim // 4 angles follow the row, the rest the column.
+    """
+    half = head_dim // 2
+    inv = (np.float32(1.0) / (np.float32(base) ** (np.arange(0, half, 2).astype(np.float32) / np.float32(half))))
+    t = np.arange(grid, dtype=np.float32)
+    f = np.outer(t, inv).astype(np.float32)  # (grid, head_dim // 4)
+    return np.concatenate([np.broadcast_to(f[:, None], (grid, grid, f.shape[1])),
+                           np.broadcast_to(f[None, :], (grid, grid, f.shape[1]))], -1)
+
+
+def _rope_grid_extent(schedule: schedules.Schedule) -> tuple[int, int]:
+    """The (h, w) of the official 1M template the schedule belongs to (positions live on that grid).
+
+    A schedule that is no official template's prefix uses the template nearest its aspect ratio.
+    """
+    hw = tuple((h, w) for _, h, w in schedule)
+    for ratio, tmpl in schedules.TEMPLATES.items():
+        if tmpl[:len(hw)] == hw:
+            return tmpl[-1]
+    _, h, w = schedule[-1]
+    return schedules.TEMPLATES[schedules.nearest_h_div_w(h / w)][-1]
+
+
+def rope2d_table(schedule: schedules.Schedule, head_dim: int, mode: int = 2) -> np.ndarray:
+    """cos/sin of the 2D RoPE angles for every token of a schedule: (2, L, head_dim // 2) float32.
+
+    mode (official `rope2d_normalized_by_hw`): 0 = integer positions (row, col) of each scale;
+    1 = the template's 1M-sized table resampled bilinearly (align_corners) to each scale;
+    2 = each scale's positions spread over the template's 1M grid, i * (h_1M / h_k) rounded half
+    to even (the released models).
+    """
+    if head_dim % 4:
+        raise ValueError(f"2D RoPE needs head_dim divisible by 4; got {head_dim}")
+    freqs = _rope_freqs(head_dim)
+    cs = np.stack([np.cos(freqs), np.sin(freqs)]).astype(np.float32)  # (2, G, G, c/2)
+    uh, uw = _rope_grid_extent(schedule)
+    out = []
+    for _, ph, pw in schedule:
+        if mode == 0:
+            t = cs[:, :ph, :pw]
+        elif mode == 2:
+            # float32 products, as the official table computes them, then round half to even
+            ri = np.round(np.arange(ph, dtype=np.float32) * np.float32(uh / ph)).astype(np.int64)
+            ci = np.round(np.arange(pw, dtype=np.float32) * np.float32(uw / pw)).astype(np.int64)
+            t = cs[:, ri][:, :, ci]
+        elif mode == 1:
+            g = cs.shape[1]
+            sh, sw = (g, int(g / uh * uw)) if uh >= uw else (int(g / uw * uh), g)
+            t = _resize_align_corners(cs[:, :sh, :sw], ph, pw)
+        else:
+            raise ValueError(f"rope2d_normalized_by_hw={mode!r}: expected 0, 1 or 2")
+        out.append(t.reshape(2, ph * pw, -1))
+    return np.concatenate(out, 1).astype(np.float32)
+
+
+def _resize_align_corners(x: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Bilinear resize of axes 1, 2 with align_corners=True (float32 arithmetic). x: (2, H, W, c)."""
+    def coords(n_out, n_in):
+        s = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+        p = np.arange(n_out, dtype=np.float32) * np.float32(s)
+        i0 = np.minimum(np.floor(p).astype(np.int64), n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, (p - i0).astype(np.float32)
+    r0, r1, fr = coords(h, x.shape[1])
+    c0, c1, fc = coords(w, x.shape[2])
+    top = x[:, r0][:, :, c0] * (1 - fc)[None, None, :, None] + x[:, r0][:, :, c1] * fc[None, None, :, None]
+    bot = x[:, r1][:, :, c0] * (1 - fc)[None, None, :, None] + x[:, r1][:, :, c1] * fc[None, None, :, None]
+    return (top * (1 - fr)[None, :, None, None] + bot * fr[None, :, None, None]).astype(np.float32)
+
+
+def apply_rope(x: jax.Array, table: jax.Array) -> jax.Array:
+    """Rotates consecutive pairs (x[2i], x[2i+1]) by the table's angles, float32.
+
+    x: (B, l, H, c); table: (2, l, c // 2) cos/sin.
+    """
+    x = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)
+    cos, sin = table[0][None, :, None], table[1][None, :, None]
+    a, b = x[..., 0], x[..., 1]
+    y = jnp.stack([cos * a - sin * b, sin * a + cos * b], -1)
+    return y.reshape(*y.shape[:-2], -1)
+
+
+# ---------------------------------------------------------------- attention
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, scale: float) -> jax.Array:
+    """Softmax attention, logits and softmax in float32.
+
+    q: (B, l, H, c); k, v: (B, m, H, c); mask: broadcastable to (B, H, l, m), True = visible.
+    Returns (B, l, H, c) in v's dtype.
+    """
+    logits = jnp.einsum("blhc,bmhc->bhlm", q, k, preferred_element_type=jnp.float32) * scale
+    if mask is not None:
+        logits = jnp.where(mask, logits, -jnp.inf)
+    probs = jax.nn.softmax(logits, axis=-1)
+    return jnp.einsum("bhlm,bmhc->blhc", probs.astype(v.dtype), v, preferred_element_type=jnp.float32).astype(v.dtype)
+
+
+def _l2_normalize(x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+class SelfAttention(nn.Module):
+    """Self-attention with fused q|k|v (k has no bias), optional cosine attention and 2D RoPE.
+
+    Cosine attention (official `cos_attn`): q and k are l2-normalised and q is multiplied by a
+    learned per-head scale exp(min(scale_mul_1H11, log 100)); the softmax scale is then 1.
+
+    __call__(x (B, l, C), rope (2, l, c/2), mask (l, m) bool or None, cache=None)
+      training: attends over its own l tokens under `mask`.
+      cache=(k, v), each (B, L_total, H, c), with `cache_offset` set: writes this call's keys and
+      values at [cache_offset, cache_offset + l) and attends over everything before that end.
+    Returns (y (B, l, C), cache or None).
+    """
+    num_heads: int
+    cos_attn: bool = True
+    tau: float = 1.0
+    dtype: Dtype = jnp.float32
+    cache_offset: int | None = None
+
+    @nn.compact
+    def __call__(self, x, rope, mask, cache=None):
+        b, l, c_model = x.shape
+        h = self.num_heads
+        hd = c_model // h
+        kernel = self.param("mat_qkv", _part(_normal(0.02), ("embed", None, "heads")), (c_model, 3, c_model))
+        q_bias = self.param("q_bias", _part(nn.initializers.zeros, ("heads",)), (c_model,))
+        v_bias = self.param("v_bias", _part(nn.initializers.zeros, ("heads",)), (c_model,))
+        qkv = jnp.einsum("blc,ctd->bltd", x.astype(self.dtype), kernel.astype(self.dtype),
+                         preferred_element_type=jnp.float32)
+        q = (qkv[:, :, 0] + q_bias).reshape(b, l, h, hd)
+        k = qkv[:, :, 1].reshape(b, l, h, hd)
+        v = (qkv[:, :, 2] + v_bias).reshape(b, l, h, hd)
+        if self.cos_attn:
+            log_mul = self.param("scale_mul_1H11", _part(nn.initializers.constant(math.log(4.0)),
+                                                         (None, None, None, None)), (1, h, 1, 1))
+            mul = jnp.exp(jnp.minimum(log_mul.reshape(1, 1, h, 1), LOG_MAX_SCALE_MUL))
+            q, k, scale = _l2_normalize(q) * mul, _l2_normalize(k), 1.0
+        else:
+            scale = 1.0 / math.sqrt(hd) / self.tau
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        q, k, v = q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype)
+        if cache is not None:
+            if self.cache_offset is None:
+                raise ValueError("SelfAttention: a cache was given but cache_offset is None")
+            ck, cv = cache
+            start = (0, self.cache_offset, 0, 0)
+            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), start)
+            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), start)
+            end = self.cache_offset + l
+            k, v, cache = ck[:, :end], cv[:, :end], (ck, cv)
+        out = attention(q, k, v, mask, scale).reshape(b, l, c_model)
+        return dense(c_model, ("heads", "embed"), dtype=self.dtype, name="proj")(out), cache
+
+
+class CrossAttention(nn.Module):
+    """Attention from queries to padded text tokens (k has no bias, never cosine attention).
+
+    pool=False (block cross-attention): q = mat_q(x), x: (B, l, C) -> (B, l, C).
+    pool=True (official TextAttentivePool's `ca`): one learned query per head, `mat_q` (1, H, c),
+      x is ignored -> (B, 1, C).
+    kv: (B, Lt, kv_dim); kv_mask: (B, Lt) bool, True = a real token.
+    """
+    embed_dim: int
+    num_heads: int
+    pool: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, kv, kv_mask):
+        c, h = self.embed_dim, self.num_heads
+        hd = c // h
+        b, lt, kv_dim = kv.shape
+        kernel = self.param("mat_kv", _part(_normal(0.02), ("text_embed" if self.pool else "embed", None, "heads")),
+                            (kv_dim, 2, c))
+        v_bias = self.param("v_bias", _part(nn.initializers.zeros, ("heads",)), (c,))
+        kvp = jnp.einsum("btc,csd->btsd", kv.astype(self.dtype), kernel.astype(self.dtype),
+                         preferred_element_type=jnp.float32)
+        k = kvp[:, :, 0].reshape(b, lt, h, hd).astype(self.dtype)
+        v = (kvp[:, :, 1] + v_bias).reshape(b, lt, h, hd).astype(self.dtype)
+        if self.pool:
+            mat_q = self.param("mat_q", _part(_normal(math.sqrt(1 / c / 3)), (None, None, None)), (1, h, hd))
+            q = jnp.broadcast_to(mat_q[None], (b, 1, h, hd)).astype(self.dtype)
+        else:
+            q = dense(c, ("embed", "heads"), dtype=self.dtype, name="mat_q")(x).reshape(b, -1, h, hd).astype(self.dtype)
+        out = attention(q, k, v, kv_mask[:, None, None, :], 1.0 / math.sqrt(hd))
+        return dense(c, ("heads", "embed"), dtype=self.dtype, name="proj")(out.reshape(b, -1, c))
+
+
+class FFN(nn.Module):
+    """fc1 -> GELU (tanh) -> fc2. x: (B, L, C) -> (B, L, C)."""
+    hidden: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        y = dense(self.hidden, ("embed", "mlp"), dtype=self.dtype, name="fc1")(x.astype(self.dtype))
+        y = nn.gelu(y, approximate=True)
+        return dense(c, ("mlp", "embed"), dtype=self.dtype, name="fc2")(y)

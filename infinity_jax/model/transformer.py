@@ -1,0 +1,384 @@
+"""The Infinity transformer (linen): text conditioning, AdaLN cross-attention blocks, bitwise head.
+
+Two paths share every layer:
+  Infinity.__call__      teacher-forced forward over all scales of a schedule (training):
+                         logits (B, L, 2d) from text (B, Lt, Ct) + mask (B, Lt) and the d-bit
+                         inputs x_wo_prefix (B, L - 1, d); scale 1's input is the SOS token.
+  Infinity.decode_scale  one scale's tokens against a KV cache preallocated for the whole
+                         schedule (init_cache), passed in and returned explicitly (sampling).
+
+Output layout: logits[..., 2j] / logits[..., 2j + 1] are bit j being 0 / 1.
+
+Param tree (mirrors the official module tree, see convert/infinity.py): cfg_uncond, text_norm,
+text_proj_for_sos/ca, text_proj_for_ca_{0,2}, pos_start, lvl_embed, word_embed, shared_ada_lin,
+blocks_{i} (or `blocks`, stacked on a leading 'layers' axis, with scan_layers), head_nm, head.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from infinity_jax import schedules
+from infinity_jax.model import layers
+
+REMAT_MODES = ("none", "full", "attn")
+NUM_LEVELS = 15  # rows of the official level-embedding table
+
+
+@dataclasses.dataclass(frozen=True)
+class InfinityConfig:
+    """Architecture and execution options (hashable: a linen attribute). Defaults: released 2B recipe."""
+    depth: int = 32
+    embed_dim: int = 2048
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    block_chunks: int = 8            # official grouping of blocks; only changes weight names
+    codebook_dim: int = 32           # d: bits per token
+    text_channels: int = 2048        # Ct (flan-t5-xl)
+    text_maxlen: int = 512           # rows of cfg_uncond
+    norm_eps: float = 1e-6
+    rms_norm: bool = False           # official `rms_norm` (block norms); text_norm is always RMS
+    shared_aln: bool = True          # one AdaLN projection for all blocks + a per-block table
+    cos_attn: bool = True
+    tau: float = 1.0                 # attention temperature when cos_attn is off
+    cross_attn_layer_scale: float = -1.0  # >= 0: learned per-channel gain on cross-attention
+    rope2d_normalized_by_hw: int = 2
+    lvl_embed_first_block_only: bool = True  # official add_lvl_embeding_only_first_block
+    dtype: str = "float32"           # compute dtype of matmuls (params are fp32)
+    remat: str = "none"              # none | full (each block) | attn (self-attention only)
+    scan_layers: bool = False
+
+    def __post_init__(self):
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
+        if (self.embed_dim // self.num_heads) % 4:
+            raise ValueError(f"head width {self.embed_dim // self.num_heads} must be divisible by 4 (2D RoPE)")
+        if self.block_chunks < 1 or self.depth % self.block_chunks:
+            raise ValueError(f"block_chunks={self.block_chunks} must divide depth={self.depth}")
+        if self.remat not in REMAT_MODES:
+            raise ValueError(f"remat={self.remat!r}: expected one of {REMAT_MODES}")
+        if self.text_channels % self.pool_head_dim:
+            raise ValueError(f"text_channels={self.text_channels} must be a multiple of the text-pool head "
+                             f"width {self.pool_head_dim}")
+        if self.embed_dim % (self.text_channels // self.pool_head_dim):
+            raise ValueError(f"embed_dim={self.embed_dim} must divide into {self.text_channels // self.pool_head_dim} "
+                             "text-pool heads")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "InfinityConfig":
+        """From a config section (ml_collections ConfigDict or dict); unknown keys are an error."""
+        d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
+        d.pop("name", None)
+        names = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(d) - names)
+        if bad:
+            raise ValueError(f"unknown Infinity model options {bad}; expected some of {sorted(names)}")
+        return cls(**d)
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @property
+    def ffn_hidden(self) -> int:
+        return round(self.embed_dim * self.mlp_ratio / 256) * 256  # official rounding (Python round)
+
+    @property
+    def pool_head_dim(self) -> int:
+        """Width per head of the text-pool's keys over the text features (official: 64 above D=4096)."""
+        return 64 if self.embed_dim > 4096 else 128
+
+    @property
+    def pool_heads(self) -> int:
+        return self.text_channels // self.pool_head_dim
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+
+# ---------------------------------------------------------------- static helpers (numpy, per schedule)
+def scale_ids(schedule: schedules.Schedule) -> np.ndarray:
+    """(L,) int32: the scale index of every token."""
+    return np.concatenate([np.full(t * h * w, k, np.int32) for k, (t, h, w) in enumerate(schedule)])
+
+
+def block_causal_mask(schedule: schedules.Schedule) -> np.ndarray:
+    """(L, L) bool: token i sees token j iff j's scale <= i's scale."""
+    s = scale_ids(schedule)
+    return s[:, None] >= s[None, :]
+
+
+def init_cache(cfg: InfinityConfig, batch: int, schedule: schedules.Schedule, dtype=None) -> dict[str, jax.Array]:
+    """Zero KV cache for a whole schedule: {'k', 'v'}: (depth, batch, L, H, head_dim) in the compute dtype."""
+    shape = (cfg.depth, batch, schedules.num_tokens(schedule), cfg.num_heads, cfg.head_dim)
+    dt = cfg.compute_dtype if dtype is None else dtype
+    return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
+
+
+CACHE_LOGICAL_AXES = ("layers", "batch", "length", None, "kv")  # for sharding a cache like the activations
+
+
+def null_text(params: Mapping[str, Any], text_mask: jax.Array) -> jax.Array:
+    """The CFG null text for prompts of the given mask: cfg_uncond[:Lt] where the mask is on, 0 elsewhere.
+
+    text_mask: (B, Lt) bool -> (B, Lt, Ct); the official sampler pairs each prompt with
+    cfg_uncond[:len_i] (and keeps the prompt's length).
+    """
+    table = nn.unbox(params["cfg_uncond"]) if "cfg_uncond" in params else nn.unbox(params["params"]["cfg_uncond"])
+    lt = text_mask.shape[1]
+    if lt > table.shape[0]:
+        raise ValueError(f"text length {lt} exceeds text_maxlen {table.shape[0]}")
+    return jnp.where(text_mask[..., None], table[None, :lt], 0.0).astype(table.dtype)
+
+
+# ---------------------------------------------------------------- modules
+class TextAttentivePool(nn.Module):
+    """Pools text tokens with one learned query per head: (B, Lt, Ct) + mask -> (B, D)."""
+    cfg: InfinityConfig
+
+    @nn.compact
+    def __call__(self, text, text_mask):
+        c = self.cfg
+        return layers.CrossAttention(c.embed_dim, c.pool_heads, pool=True, name="ca")(None, text, text_mask)[:, 0]
+
+
+class AdaLNBeforeHead(nn.Module):
+    """norm(x) * (1 + scale) + shift with (scale, shift) = ada_lin(silu(cond)). x: (B, l, C), cond: (B, D)."""
+    cfg: InfinityConfig
+
+    @nn.compact
+    def __call__(self, x, cond):
+        c = self.cfg
+        ss = layers.dense(2 * c.embed_dim, ("embed", "adaln"), name="ada_lin")(nn.silu(cond.astype(jnp.float32)))
+        ss = ss.reshape(-1, 1, 2, c.embed_dim)
+        return layers.ada_norm(x, ss[:, :, 0], ss[:, :, 1], c.norm_eps, c.rms_norm)
+
+
+class Block(nn.Module):
+    """One official CrossAttnBlock: AdaLN self-attention (RoPE) -> cross-attention to text -> AdaLN FFN.
+
+    Signature fits nn.scan: __call__(x, xs, shared) -> (x, xs_out).
+      x: (B, l, C) float32 residual stream.
+      xs: per-layer inputs: optional 'lvl' (0/1 scalar: add the level embedding first) and, when
+        decoding, the layer's cache 'k', 'v': (B, L_total, H, c).
+      shared: 'ada' (B, 1, 6, C) shared AdaLN output (or 'cond' (B, D) without shared AdaLN),
+        'ca_kv' (B, Lt, D), 'ca_mask' (B, Lt), 'rope' (2, l, c/2), 'mask' (l, m) or None,
+        'lvl' (l, C) or None.
+    xs_out: the updated {'k', 'v'} when decoding, else {}.
+    """
+    cfg: InfinityConfig
+    cache_offset: int | None = None
+    remat_attn: bool = False
+
+    @nn.compact
+    def __call__(self, x, xs, shared):
+        c = self.cfg
+        dt = c.compute_dtype
+        if "lvl" in xs:
+            x = x + xs["lvl"] * shared["lvl"]
+        if c.shared_aln:
+            gss = self.param("ada_gss", layers._part(nn.initializers.normal(1 / math.sqrt(c.embed_dim)),
+                                                     (None, None, None, "adaln")), (1, 1, 6, c.embed_dim))
+            ada = gss + shared["ada"]
+        else:
+            ada = layers.dense(6 * c.embed_dim, ("embed", "adaln"), name="ada_lin")(
+                nn.silu(shared["cond"].astype(jnp.float32))).reshape(-1, 1, 6, c.embed_dim)
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = (ada[:, :, i] for i in range(6))
+
+        sa_cls = nn.remat(layers.SelfAttention) if self.remat_attn else layers.SelfAttention
+        cache = (xs["k"], xs["v"]) if "k" in xs else None
+        h = layers.ada_norm(x, scale1, shift1, c.norm_eps, c.rms_norm)
+        h, cache = sa_cls(c.num_heads, cos_attn=c.cos_attn, tau=c.tau, dtype=dt, cache_offset=self.cache_offset,
+                          name="sa")(h, shared["rope"], shared["mask"], cache)
+        x = x + h.astype(jnp.float32) * gamma1
+
+        h = layers.Norm(c.norm_eps, c.rms_norm, name="ca_norm")(x)
+        h = layers.CrossAttention(c.embed_dim, c.num_heads, dtype=dt, name="ca")(h, shared["ca_kv"], shared["ca_mask"])
+        h = h.astype(jnp.float32)
+        if c.cross_attn_layer_scale >= 0:
+            h = h * self.param("ca_gamma", layers._part(nn.initializers.constant(c.cross_attn_layer_scale),
+                                                        ("embed",)), (c.embed_dim,))
+        x = x + h
+
+        h = layers.ada_norm(x, scale2, shift2, c.norm_eps, c.rms_norm)
+        h = layers.FFN(c.ffn_hidden, dtype=dt, name="ffn")(h)
+        x = x + h.astype(jnp.float32) * gamma2
+        return x, ({"k": cache[0], "v": cache[1]} if cache is not None else {})
+
+
+class Infinity(nn.Module):
+    """The Infinity transformer. See the module docstring for the two entry points."""
+    cfg: InfinityConfig
+
+    def setup(self):
+        c = self.cfg
+        part = layers._part
+        self.cfg_uncond = self.param(
+            "cfg_uncond", part(lambda k, s: 1.2 * jax.random.truncated_normal(k, -2 / 1.2, 2 / 1.2, s)
+                               / math.sqrt(c.text_channels), (None, "text_embed")), (c.text_maxlen, c.text_channels))
+        self.text_norm = layers.Norm(c.norm_eps, rms=True)
+        self.text_proj_for_sos = TextAttentivePool(c)
+        self.text_proj_for_ca_0 = layers.dense(c.embed_dim, ("text_embed", "mlp"))
+        self.text_proj_for_ca_2 = layers.dense(c.embed_dim, ("mlp", "embed"))
+        std = math.sqrt(1 / c.embed_dim / 3)
+        self.pos_start = self.param("pos_start", part(layers._normal(std), (None, None, "embed")), (1, 1, c.embed_dim))
+        self.lvl_embed = nn.Embed(NUM_LEVELS, c.embed_dim, embedding_init=part(layers._normal(std), ("scales", "embed")))
+        self.word_embed = layers.dense(c.embed_dim, ("bits", "embed"))
+        if c.shared_aln:
+            self.shared_ada_lin = layers.dense(6 * c.embed_dim, ("embed", "adaln"))
+        self.head_nm = AdaLNBeforeHead(c)
+        self.head = layers.dense(2 * c.codebook_dim, ("embed", "vocab"))
+
+    # -------------------------------------------------- text
+    def encode_text(self, text: jax.Array, text_mask: jax.Array, drop: jax.Array | None = None) -> dict[str, jax.Array]:
+        """Conditioning from padded text features, float32 as the official forward.
+
+        text: (B, Lt, Ct); text_mask: (B, Lt) bool; drop: optional (B,) bool, prompts replaced by
+        the null text (CFG training). Returns {'cond': (B, D), 'ada': (B, 1, 6, C) (shared AdaLN),
+        'ca_kv': (B, Lt, D), 'ca_mask': (B, Lt)}.
+        """
+        c = self.cfg
+        if text.ndim != 3 or text.shape[-1] != c.text_channels or text_mask.shape != text.shape[:2]:
+            raise ValueError(f"text {text.shape} / mask {text_mask.shape}: expected (B, Lt, {c.text_channels}) "
+                             "and (B, Lt)")
+        text = text.astype(jnp.float32)
+        text_mask = text_mask.astype(bool)
+        if drop is not None:
+            lt = text.shape[1]
+            text = jnp.where(drop[:, None, None], self.cfg_uncond[None, :lt], text)
+        text = self.text_norm(text)
+        cond = self.text_proj_for_sos(text, text_mask).astype(jnp.float32)
+        ca_kv = self.text_proj_for_ca_2(nn.gelu(self.text_proj_for_ca_0(text), approximate=True))
+        out = {"cond": cond, "ca_kv": ca_kv, "ca_mask": text_mask}
+        if c.shared_aln:
+            out["ada"] = self.shared_ada_lin(nn.silu(cond)).reshape(-1, 1, 6, c.embed_dim)
+        return out
+
+    # -------------------------------------------------- shared pieces
+    def _sos(self, ctx):
+        return ctx["cond"][:, None, :] + self.pos_start
+
+    def _embed(self, x_bits):
+        return self.word_embed(x_bits.astype(jnp.float32))
+
+    def _logits(self, x, cond):
+        return self.head(self.head_nm(x, cond))
+
+    def _chunk_starts(self) -> list[int]:
+        """Layers before which the level embedding is added."""
+        c = self.cfg
+        if c.lvl_embed_first_block_only:
+            return [0]
+        step = c.depth // c.block_chunks if c.block_chunks > 1 else 1  # official: per chunk, or per block
+        return list(range(0, c.depth, step))
+
+    @nn.compact
+    def _blocks(self, x, ctx, rope, mask, lvl, cache=None, cache_offset=None):
+        """Runs all blocks. x: (B, l, C) f32; lvl: (l, C) level embedding; cache: {'k','v'} stacked."""
+        c = self.cfg
+        decoding = cache is not None
+        starts = self._chunk_starts()
+        shared = {"ca_kv": ctx["ca_kv"], "ca_mask": ctx["ca_mask"], "rope": rope, "mask": mask, "lvl": lvl}
+        shared.update({"ada": ctx["ada"]} if c.shared_aln else {"cond": ctx["cond"]})
+        remat = "none" if decoding else c.remat
+        block_cls = nn.remat(Block, prevent_cse=not c.scan_layers) if remat == "full" else Block
+        kw = dict(cache_offset=cache_offset, remat_attn=remat == "attn")
+        if c.scan_layers:
+            flags = np.zeros(c.depth, np.float32)
+            flags[starts] = 1.0
+            xs = {"lvl": jnp.asarray(flags)}
+            if decoding:
+                xs.update(k=cache["k"], v=cache["v"])
+            scanned = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                              in_axes=(0, nn.broadcast), length=c.depth,
+                              metadata_params={nn.PARTITION_NAME: "layers"})
+            x, ys = scanned(c, name="blocks", **kw)(x, xs, shared)
+            return x, (ys if decoding else None)
+        for i in range(c.depth):
+            xs = {"lvl": jnp.float32(1.0)} if i in starts else {}
+            if decoding:
+                xs.update(k=cache["k"][i], v=cache["v"][i])
+            x, ys = block_cls(c, name=f"blocks_{i}", **kw)(x, xs, shared)
+            if decoding:
+                cache = {n: jax.lax.dynamic_update_index_in_dim(cache[n], ys[n], i, 0) for n in ("k", "v")}
+        return x, cache
+
+    # -------------------------------------------------- entry points
+    def __call__(self, text, text_mask, x_wo_prefix, schedule, drop=None):
+        """Teacher-forced logits. text: (B, Lt, Ct), text_mask: (B, Lt), x_wo_prefix: (B, L - 1, d)
+        (the d-bit inputs of scales 2..K, row-major per scale); schedule: K (t, h, w) triples (static).
+        Returns (B, L, 2d) float32."""
+        c = self.cfg
+        schedule = schedules.validate(schedule)
+        n = schedules.num_tokens(schedule)
+        if x_wo_prefix.ndim != 3 or x_wo_prefix.shape[1:] != (n - 1, c.codebook_dim):
+            raise ValueError(f"x_wo_prefix {x_wo_prefix.shape}: expected (B, {n - 1}, {c.codebook_dim}) for a "
+                             f"schedule of {n} tokens")
+        ctx = self.encode_text(text, text_mask, drop)
+        x = jnp.concatenate([self._sos(ctx), self._embed(x_wo_prefix)], axis=1)
+        lvl = self.lvl_embed(jnp.asarray(scale_ids(schedule)))
+        rope = jnp.asarray(layers.rope2d_table(schedule, c.head_dim, c.rope2d_normalized_by_hw))
+        x, _ = self._blocks(x, ctx, rope, jnp.asarray(block_causal_mask(schedule)), lvl)
+        return self._logits(x, ctx["cond"])
+
+    def decode_scale(self, ctx, x_scale, cache, schedule, scale_index: int):
+        """Logits of one scale against the KV cache (sampling).
+
+        ctx: encode_text's output (a CFG batch is the cond and uncond halves stacked);
+        x_scale: (B, h_k * w_k, d) inputs of scale k, or None for k = 0 (the SOS token); with a CFG
+          batch of 2B prompts, B inputs are repeated for both halves (as the official sampler);
+        cache: init_cache's pytree, holding scales < k; schedule (static), scale_index k (static).
+        Returns (logits (B, h_k * w_k, 2d) float32, updated cache).
+        """
+        c = self.cfg
+        schedule = schedules.validate(schedule)
+        offsets = schedules.scale_offsets(schedule)
+        lengths = schedules.scale_lengths(schedule)
+        if not 0 <= scale_index < len(schedule):
+            raise ValueError(f"scale_index={scale_index}: expected 0..{len(schedule) - 1}")
+        start, l = offsets[scale_index], lengths[scale_index]
+        if scale_index == 0:
+            x = self._sos(ctx)
+        else:
+            if x_scale is None or x_scale.shape[1:] != (l, c.codebook_dim):
+                raise ValueError(f"x_scale {None if x_scale is None else x_scale.shape}: expected (B, {l}, "
+                                 f"{c.codebook_dim}) for scale {scale_index}")
+            x = self._embed(x_scale)
+        b = ctx["cond"].shape[0]
+        if x.shape[0] != b:  # CFG: one set of inputs for the cond and uncond halves
+            if b % x.shape[0]:
+                raise ValueError(f"x_scale batch {x.shape[0]} does not divide the text batch {b}")
+            x = jnp.tile(x, (b // x.shape[0], 1, 1))
+        lvl = jnp.broadcast_to(self.lvl_embed(jnp.int32(scale_index)), (l, c.embed_dim))
+        rope = jnp.asarray(layers.rope2d_table(schedule, c.head_dim, c.rope2d_normalized_by_hw)[:, start:start + l])
+        x, cache = self._blocks(x, ctx, rope, None, lvl, cache, start)
+        return self._logits(x, ctx["cond"]), cache
+
+
+# ---------------------------------------------------------------- init and counting
+def _dummy_inputs(cfg: InfinityConfig):
+    sched = ((1, 1, 1), (1, 2, 2))
+    return (jnp.zeros((1, 1, cfg.text_channels)), jnp.ones((1, 1), bool),
+            jnp.zeros((1, 4, cfg.codebook_dim)), sched)
+
+
+def init_params(cfg: InfinityConfig, rng: jax.Array) -> dict[str, Any]:
+    """Random params (boxed with logical axis names), from tiny dummy inputs (shapes don't depend on them)."""
+    return Infinity(cfg).init(rng, *_dummy_inputs(cfg))["params"]
+
+
+def abstract_params(cfg: InfinityConfig) -> dict[str, Any]:
+    """ShapeDtypeStructs (boxed) of the params; nothing is allocated."""
+    return jax.eval_shape(lambda k: init_params(cfg, k), jax.random.key(0))
+
+
+def count_params(cfg: InfinityConfig) -> int:
+    """Number of parameters, from shapes only (comparable to the official model's parameters())."""
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nn.unbox(abstract_params(cfg)))))
