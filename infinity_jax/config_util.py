@@ -1,0 +1,94 @@
+"""Loading ml_collections configs by one spec string, with command-line style overrides.
+
+Spec forms:
+  configs/infinity.py:infinity_2b   a config file and its get_config argument
+  infinity:infinity_2b              the same, by the file's name in the repository's configs/
+  /abs/path/my_exp.py               a file whose get_config takes no argument (or None)
+Overrides: ["model.depth=4", "train.lr=1e-4"] (a leading "--config." is accepted too); values
+are parsed as Python literals and must keep the type of the field they replace.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+from typing import Iterable
+
+import ml_collections
+
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def resolve_config_path(name_or_path: str) -> str:
+    """A config file path from a path or a bare name of a file in configs/."""
+    candidates = [name_or_path]
+    if not name_or_path.endswith(".py"):
+        candidates += [os.path.join(CONFIGS_DIR, name_or_path + ".py"), os.path.join("configs", name_or_path + ".py")]
+    for c in candidates:
+        if os.path.isfile(c):
+            return c
+    known = sorted(f[:-3] for f in os.listdir(CONFIGS_DIR) if f.endswith(".py")) if os.path.isdir(CONFIGS_DIR) else []
+    raise FileNotFoundError(f"config {name_or_path!r} not found: expected a .py file path or one of {known}")
+
+
+def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+    """spec 'file.py[:arg]' or 'name[:arg]' -> the file's get_config(arg), with overrides applied."""
+    path, _, arg = spec.partition(":")
+    path = resolve_config_path(path)
+    mod_spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(path))}", path)
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    if not hasattr(mod, "get_config"):
+        raise ValueError(f"config file {path!r} has no get_config(arg) function")
+    cfg = mod.get_config(arg or None)
+    return apply_overrides(cfg, overrides)
+
+
+def _parse_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare string such as bfloat16
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Iterable[str]) -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict(cfg.to_dict())  # never mutate the caller's config
+    for item in overrides:
+        key, sep, value = item.removeprefix("--").removeprefix("config.").partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r}: expected key=value, e.g. model.depth=4")
+        path = key.split(".")
+        parent = cfg
+        for p in path[:-1]:
+            if p not in parent:
+                raise KeyError(f"override {item!r}: no section {p!r}; have {sorted(parent.keys())}")
+            parent = parent[p]
+        leaf = path[-1]
+        if leaf not in parent:
+            raise KeyError(f"override {item!r}: no field {leaf!r} in {'.'.join(path[:-1]) or 'config'}; "
+                           f"have {sorted(parent.keys())}")
+        new, old = _parse_value(value), parent[leaf]
+        if isinstance(old, float) and isinstance(new, int) and not isinstance(new, bool):
+            new = float(new)
+        if isinstance(old, tuple) and isinstance(new, list):
+            new = tuple(new)
+        if old is not None and new is not None and type(new) is not type(old):
+            raise TypeError(f"override {item!r}: {key} is {type(old).__name__} ({old!r}), got {type(new).__name__}")
+        parent[leaf] = new
+    return cfg
+
+
+def to_json(cfg: ml_collections.ConfigDict) -> str:
+    """A JSON form saved beside checkpoints; tuples become lists (from_json restores them as tuples)."""
+    return json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+    def tuples(x):
+        if isinstance(x, dict):
+            return {k: tuples(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return tuple(tuples(v) for v in x)
+        return x
+    return ml_collections.ConfigDict(tuples(json.loads(text)))
