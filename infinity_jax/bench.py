@@ -1,0 +1,23 @@
+"""`infinity-jax bench <what> [args]`: benchmarks that print a table.
+
+Each benchmark is a function `main(argv) -> int` registered below as "module:function" and
+imported only when it runs; add one with one line.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS: dict[str, str] = {
+    "data": "infinity_jax.data.bench:main",  # input pipeline images/s (decode + resize + crop)
+}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHMARKS:
+        bad = argv and argv[0] not in ("-h", "--help")
+        print(("unknown benchmark " + repr(argv[0]) + "; " if bad else "")
+              + f"usage: infinity-jax bench <{'|'.join(sorted(BENCHMARKS))}> [args]", file=sys.stderr)
+        return 2 if bad or not argv else 0
+    module, func = BENCHMARKS[argv[0]].split(":")
+    return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
