@@ -182,6 +182,7 @@ def load_t5(folder: str, **config_overrides) -> tuple[T5Config, dict]:
 
     `config_overrides` set our own fields, e.g. dtype='bfloat16' for the compute dtype.
     """
+    find_weights(folder)  # a missing folder or weights file is reported before the config
     config = T5Config.from_hf(folder, **config_overrides)
     sd = read_encoder_state_dict(folder)
     return config, hf_to_params(sd, config, where=f"T5 encoder in {folder}")

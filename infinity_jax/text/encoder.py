@@ -85,9 +85,7 @@ class TextEncoder:
 
     def __init__(self, config: T5Config, params: Any, tokenizer: Tokenizer, *, mesh: Mesh | None = None,
                  rules: Any = "dp", buckets: Sequence[int] | None = None, cache_size: int = 64):
-        if tokenizer.vocab_size > config.vocab_size:
-            raise ValueError(f"tokenizer ids go up to {tokenizer.vocab_size - 1} but the T5 config has "
-                             f"vocab_size={config.vocab_size}")
+        _check_vocab(tokenizer, config)
         self.config, self.tokenizer, self.mesh, self.rules = config, tokenizer, mesh, rules
         self.buckets = length_buckets(tokenizer.max_length, buckets)
         self.cache_size = int(cache_size)
@@ -127,13 +125,14 @@ class TextEncoder:
             config = T5Config.preset(config)
         elif isinstance(config, Mapping):
             config = T5Config.from_dict(config)
+        tok = _resolve_tokenizer(tokenizer, None, config, max_length)
+        _check_vocab(tok, config)  # before paying for the init
         key = jax.random.key(seed)
         if mesh is None:
             params = nn.unbox(init_params(config, key))
         else:  # initialise straight into the shards: XL-sized tables never sit on one device
             shardings = parallel.param_shardings(abstract_params(config), mesh, rules)
             params = jax.jit(lambda k: nn.unbox(init_params(config, k)), out_shardings=shardings)(key)
-        tok = _resolve_tokenizer(tokenizer, None, config, max_length)
         return cls(config, params, tok, mesh=mesh, rules=rules, **kwargs)
 
     def set_params(self, params: Any) -> None:
@@ -235,6 +234,12 @@ class TextEncoder:
         if a.shape[0] % self._batch_multiple:
             return jax.device_put(a, parallel.replicated(self.mesh))
         return jax.device_put(a, parallel.batch_sharding(self.mesh, a.ndim))
+
+
+def _check_vocab(tokenizer: Tokenizer, config: T5Config) -> None:
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(f"the {type(tokenizer).__name__} makes ids up to {tokenizer.vocab_size - 1} but the T5 "
+                         f"config has vocab_size={config.vocab_size}")
 
 
 def _resolve_tokenizer(tokenizer: str | Tokenizer, folder: str | None, config: T5Config,
