@@ -1,0 +1,164 @@
+"""Checkpoints: orbax CheckpointManager over the train state, the data-iterator state and the config.
+
+Layout under `directory` (one folder per step, written by orbax):
+
+  <step>/state/    params, opt_state, step, rng, ema_params (sharded arrays, restored with the
+                   shardings of the target, so a checkpoint restores onto any mesh)
+  <step>/data/     process_<i>-of-<n>.json: each process's data-iterator state (get_state())
+  <step>/config/   the run's config as JSON: `load_config(directory)` needs nothing else
+
+Saves are asynchronous (arrays are copied to host, then written in the background) and atomic:
+orbax writes into a temporary folder and renames it when every item is complete, so a job
+killed mid-save leaves at most a temporary folder that `latest_step()` never picks (and that
+is cleaned up when the next manager opens the directory). Keeps the last `keep` steps.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from etils import epath
+
+
+# ------------------------------------------------------------------ data-iterator state, per process
+def _encode_data_state(state) -> str:
+    if isinstance(state, (bytes, bytearray)):  # e.g. grain DataLoaderIterator
+        return json.dumps({"bytes": base64.b64encode(bytes(state)).decode("ascii")})
+    return json.dumps({"json": state})
+
+
+def _decode_data_state(text: str):
+    d = json.loads(text)
+    return base64.b64decode(d["bytes"]) if "bytes" in d else d["json"]
+
+
+class DataStateHandler(ocp.CheckpointHandler):
+    """Every process writes its own iterator state (it differs per host: each reads its own shard)."""
+
+    def save(self, directory: epath.Path, args: "DataStateSave"):
+        name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        (directory / name).write_text(_encode_data_state(args.state))
+
+    def restore(self, directory: epath.Path, args: "DataStateRestore | None" = None):
+        path = directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        if not path.exists():
+            found = sorted(p.name for p in directory.iterdir())
+            raise ValueError(f"no data-iterator state {path.name} in {directory}: found {found} "
+                             f"(was the checkpoint written with a different number of processes?)")
+        return _decode_data_state(path.read_text())
+
+    def metadata(self, directory: epath.Path):
+        return None
+
+    def structure(self, directory: epath.Path):
+        return None
+
+    def finalize(self, directory: epath.Path):
+        pass
+
+    def close(self):
+        pass
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_save=True)
+@dataclasses.dataclass
+class DataStateSave(ocp.args.CheckpointArgs):
+    state: Any
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
+@dataclasses.dataclass
+class DataStateRestore(ocp.args.CheckpointArgs):
+    pass
+
+
+# ------------------------------------------------------------------ helpers
+def config_to_dict(config) -> dict:
+    """A JSON-able dict of a ConfigDict (or dict)."""
+    if isinstance(config, ml_collections.ConfigDict):
+        return json.loads(config.to_json_best_effort())
+    return json.loads(json.dumps(config, default=str))
+
+
+def _state_tree(state) -> dict:
+    tree = {"step": state.step, "params": state.params, "opt_state": state.opt_state, "rng": state.rng}
+    if state.ema_params is not None:
+        tree["ema_params"] = state.ema_params
+    return tree
+
+
+def _abstract(tree):
+    """ShapeDtypeStructs carrying each leaf's sharding (the restore target)."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+
+
+# ------------------------------------------------------------------ the manager
+class Checkpointer:
+    """Save/restore TrainState + data state + config in `directory` (see module docstring)."""
+
+    def __init__(self, directory: str | os.PathLike, keep: int = 3, async_save: bool = True):
+        self.directory = epath.Path(directory)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+                                               enable_async_checkpointing=async_save)
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "data", "config"),
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "data": DataStateHandler(),
+                           "config": ocp.JsonCheckpointHandler()})
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, state, data_state, config, wait: bool = False) -> None:
+        """Saves at step int(state.step). data_state: this process's iterator get_state()."""
+        step = int(jax.device_get(state.step))
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(_state_tree(state)), data=DataStateSave(data_state),
+            config=ocp.args.JsonSave(config_to_dict(config))), force=True)
+        if wait:
+            self.wait()
+
+    def restore(self, target_state, step: int | None = None):
+        """(state, data_state) at `step` (default: latest). target_state: a TrainState (real or
+        with jax.ShapeDtypeStruct leaves) whose leaves carry the shardings to restore onto."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+        target = _abstract(_state_tree(target_state))
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), data=DataStateRestore()))
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"checkpoint {self.directory}/{step} does not match the model/optimizer being "
+                             f"restored: {e}") from e
+        tree = out["state"]
+        state = target_state.replace(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"],
+                                     rng=tree["rng"], ema_params=tree.get("ema_params"))
+        return state, out["data"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def load_config(directory: str | os.PathLike, step: int | None = None) -> ml_collections.ConfigDict:
+    """The config saved with the checkpoint at `step` (default: latest) in `directory`."""
+    mgr = ocp.CheckpointManager(epath.Path(directory), options=ocp.CheckpointManagerOptions(read_only=True),
+                                item_names=("config",), item_handlers={"config": ocp.JsonCheckpointHandler()})
+    step = mgr.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no complete checkpoint in {directory}")
+    cfg = mgr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    mgr.close()
+    return ml_collections.ConfigDict(cfg)
