@@ -16,7 +16,8 @@ sizes do not divide), bilinear is align_corners=False without antialiasing. Both
 a constant (out, in) matrix per axis, which is exact and costs nothing to trace.
 
 Conventions: schedules are sequences of (t, h, w) triples with t = 1 (see
-infinity_jax.schedules), or (h, w) pairs; they must be static (Python tuples) under jit.
+infinity_jax.schedules), or (h, w) pairs; they are static: under jit pass them as hashable
+tuples, e.g. jax.jit(multiscale_quantize, static_argnums=1) or functools.partial(..., schedule=s).
 Bits are uint8 (B, h_k, w_k, d); all quantizer math is float32 whatever the input dtype.
 """
 from __future__ import annotations
@@ -287,9 +288,13 @@ def flip_strength_levels(strength: float) -> int:
     Mirrors numpy's randint(0, 100 * strength + 1) with a float bound (truncated), so 0.3 gives
     0..0.30 and 0.29 gives 0..0.28, exactly as the official trainer draws.
     """
-    if not (isinstance(strength, (int, float)) and 0.0 <= strength <= 1.0):
-        raise ValueError(f"strength={strength!r}: expected a Python float in [0, 1]")
-    return int(100 * strength + 1)
+    try:
+        p = float(strength)
+    except TypeError as e:  # a traced value: the number of levels fixes a static bound
+        raise ValueError(f"strength={strength!r}: expected a static Python float in [0, 1], not a traced array") from e
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"strength={strength!r}: expected a float in [0, 1]")
+    return int(100 * p + 1)
 
 
 def draw_flip_masks(rng: jax.Array, hws, batch: int, d: int, *, strength: float = 0.3,
@@ -297,22 +302,22 @@ def draw_flip_masks(rng: jax.Array, hws, batch: int, d: int, *, strength: float 
     """Random flips of the official recipe: (masks, strengths).
 
     For each of the first `num_layers` scales one strength s_k (shared by the batch) is drawn
-    uniformly from {0, 0.01, ..., }; each bit flips independently with probability s_k.
+    uniformly from {0, 0.01, ..., } (see flip_strength_levels); each bit flips independently
+    with probability s_k. hws: the (h_k, w_k) of every scale.
     masks: list of (batch, h_k, w_k, d) uint8 (all zero past num_layers); strengths: (K,) float32.
     """
     levels = flip_strength_levels(strength)
-    keys = jax.random.split(rng, len(hws))
-    masks, strengths = [], []
-    for k, (h, w) in enumerate(hws):
-        if k < num_layers:
-            k_s, k_m = jax.random.split(keys[k])
-            s = jax.random.randint(k_s, (), 0, levels).astype(jnp.float32) * np.float32(0.01)
-            m = (jax.random.uniform(k_m, (batch, h, w, d)) < s).astype(jnp.uint8)
-        else:
-            s, m = jnp.zeros((), jnp.float32), jnp.zeros((batch, h, w, d), jnp.uint8)
-        masks.append(m)
-        strengths.append(s)
-    return masks, jnp.stack(strengths)
+    if not (isinstance(num_layers, (int, np.integer)) and num_layers >= 0):
+        raise ValueError(f"num_layers={num_layers!r}: expected a non-negative int (how many scales get flips)")
+    hws = tuple((int(h), int(w)) for h, w in hws)
+    lengths = np.array([h * w for h, w in hws])
+    k_s, k_m = jax.random.split(rng)
+    # two draws for the whole schedule (not two per scale): cheaper to trace and compile
+    strengths = jax.random.randint(k_s, (len(hws),), 0, levels).astype(jnp.float32) * np.float32(0.01)
+    strengths = jnp.where(jnp.arange(len(hws)) < num_layers, strengths, 0.0)
+    per_token = jnp.repeat(strengths, lengths, total_repeat_length=int(lengths.sum()))
+    flips = jax.random.uniform(k_m, (batch, int(lengths.sum()), d)) < per_token[None, :, None]
+    return split_scales(flips.astype(jnp.uint8), hws), strengths
 
 
 def self_correction_with_flips(z: jax.Array, schedule, flip_masks: Sequence[jax.Array | None], *,
