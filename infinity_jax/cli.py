@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "convert-vae": ("infinity_jax.convert.vae", "main", "official BSQ-VAE .pth <-> our params (npz)"),
     "data": ("infinity_jax.data.cli", "main", "build datasets (data prepare) and look at pipeline batches (data show)"),
     "bench": ("infinity_jax.bench", "main", "benchmarks that print a table: data (more register in bench.py)"),
+    "eval": ("infinity_jax.eval.cli", "main", "evaluators: eval shapes (GenEval-style prompt adherence on the shapes dataset)"),
 }
 
 

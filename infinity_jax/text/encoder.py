@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import functools
 import os
 from typing import Any, Mapping, Sequence
@@ -127,12 +128,8 @@ class TextEncoder:
             config = T5Config.from_dict(config)
         tok = _resolve_tokenizer(tokenizer, None, config, max_length)
         _check_vocab(tok, config)  # before paying for the init
-        key = jax.random.key(seed)
-        if mesh is None:
-            params = nn.unbox(init_params(config, key))
-        else:  # initialise straight into the shards: XL-sized tables never sit on one device
-            shardings = parallel.param_shardings(abstract_params(config), mesh, rules)
-            params = jax.jit(lambda k: nn.unbox(init_params(config, k)), out_shardings=shardings)(key)
+        key_rules = None if mesh is None else parallel.logical_rules(rules)  # a hashable table
+        params = _jitted_init(dataclasses.replace(config, dtype="float32"), mesh, key_rules)(jax.random.key(seed))
         return cls(config, params, tok, mesh=mesh, rules=rules, **kwargs)
 
     def set_params(self, params: Any) -> None:
@@ -236,6 +233,14 @@ class TextEncoder:
         return jax.device_put(a, parallel.batch_sharding(self.mesh, a.ndim))
 
 
+@functools.lru_cache(maxsize=16)
+def _jitted_init(config: T5Config, mesh: Mesh | None, rules: Any):
+    """One compiled init per shape config (compiling it costs seconds; seeds and compute dtypes share
+    it). Under a mesh it writes straight into the shards: XL-sized tables never sit whole on one device."""
+    shardings = None if mesh is None else parallel.param_shardings(abstract_params(config), mesh, rules)
+    return jax.jit(lambda key: nn.unbox(init_params(config, key)), out_shardings=shardings)
+
+
 def _check_vocab(tokenizer: Tokenizer, config: T5Config) -> None:
     if tokenizer.vocab_size > config.vocab_size:
         raise ValueError(f"the {type(tokenizer).__name__} makes ids up to {tokenizer.vocab_size - 1} but the T5 "
@@ -260,7 +265,7 @@ def build_text_encoder(cfg: Mapping[str, Any], mesh: Mesh | None = None) -> Text
     """From a config dict (configs/t5.py): `path` set -> that Hugging Face folder; else a random-init
     `preset` with `model` field overrides. Other keys: tokenizer, max_length, buckets, dtype,
     cache_size, seed, rules."""
-    cfg = dict(cfg)
+    cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)  # ml_collections.ConfigDict or a dict
     common = dict(max_length=cfg.get("max_length", DEFAULT_MAX_LENGTH), mesh=mesh, rules=cfg.get("rules", "dp"),
                   buckets=tuple(cfg.get("buckets") or ()) or None, cache_size=cfg.get("cache_size", 64))
     if cfg.get("path"):

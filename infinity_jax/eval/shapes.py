@@ -1,0 +1,396 @@
+"""GenEval-style prompt adherence for the synthetic shapes dataset (infinity_jax/data/shapes.py).
+
+An image is scored from its caption alone: `parse_caption` turns the caption back into what it
+asks for, `detect` finds the coloured shapes in the pixels, and `score` applies the GenEval rule of
+the caption's category (1.0 or 0.0 per image). `evaluate` averages per category and, as GenEval
+does, reports `overall` as the mean of the per-category accuracies.
+
+Detection (no learned model; numpy only):
+  1. Colour. Every pixel is explained as a blend of the background and one palette colour: for
+     each palette colour c the pixel is projected on the segment background -> c, giving a blend
+     weight alpha in [0, 1] and a residual (distance off the segment). The pixel takes the colour
+     with the smallest residual and is foreground when alpha >= 0.5. Blurred edges (a tokenizer's
+     reconstruction, anti-aliasing) lie on that segment, so they are split at half-way instead of
+     turning into rings of some other palette colour, as plain nearest-colour would do. A pixel far
+     from the background (> `other_dist`) that fits no palette segment (residual > `max_residual`)
+     is foreground of colour None ("other"): such a shape still counts as a shape, never as a
+     colour match.
+  2. Objects. 4-connected components per colour; components smaller than `min_area_frac` of the
+     image or thinner than `min_side_frac` of its short side are dropped (specks, seams left in
+     the one-pixel gaps between blurred objects).
+  3. Shape. From the share of the component's pixels in the bottom half of its bounding box (the
+     dataset's triangles point up: ~3/4; circles and squares ~1/2) and the fill ratio of the box
+     (square ~1, circle ~pi/4, triangle ~1/2): bottom share >= 0.58 is a triangle, else fill
+     >= 0.89 a square, fill >= 0.55 a circle. The bottom share decides triangles because it
+     survives blur on small objects (a blurred 6-pixel triangle loses its apex and fills 0.76 of
+     its box, like a circle). A component whose box is elongated (aspect > `max_aspect`) or that
+     fills too little is no shape (None): every dataset shape sits in a square box.
+
+Rules per category (GenEval's, with "most confident detection" read as "largest component"):
+  single_object  at least one <shape>
+  two_object     at least one of each shape
+  counting       exactly n of <shape> (GenEval: include n, exclude n+1); other shapes allowed
+  colors         some <shape> has <color>
+  position       the largest subject and the largest reference stand in the named relation by
+                 GenEval's `relative_position`: box centres, offsets shrunk by 0.1 x the sum of
+                 the box sizes, then the unit direction's component along the axis must exceed 0.5
+  color_attr     some <shape> has <color> and some <shape2> has <color2>
+GenEval checks colour on its most confident detection only; here any detection of the shape will
+do (a deliberate, slightly more lenient choice: our "confidence" would only be area).
+
+Samples folder (what `infinity-jax eval shapes --samples DIR` reads, `write_samples` writes):
+    DIR/captions.jsonl   one JSON object per line: {"file": "<image path relative to DIR>",
+                         "caption": "<the prompt>"}; other keys are ignored (the same file is a
+                         valid `image_folder` dataset sidecar, see data/sources.py)
+    DIR/<file>           the images, any format PIL reads (PNG by default), RGB or RGBA
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+
+import numpy as np
+from PIL import Image
+
+from infinity_jax.data import shapes as data
+
+# Shape thresholds. Drawn large: square fill 1, circle pi/4, triangle 1/2; bottom-half share 1/2
+# for squares and circles, 3/4 for (up-pointing) triangles. Measured on the dataset with blur
+# (sigma <= 1 px): circles/squares <= 0.56 bottom share, triangles >= 0.60; circles fill 0.61-0.84.
+TRIANGLE_BOTTOM = 0.58
+SQUARE_FILL = (1 + math.pi / 4) / 2
+MIN_FILL = 0.55
+_SOFT_PAD, _SOFT_MIN = 2, 0.1  # soft coverage: pixels around the box, ignoring noise-level weights
+_WORD_NUMBERS = {w: n for n, w in data.NUMBER_WORDS.items()}
+POSITION_THRESHOLD = 0.1  # GenEval's default
+
+
+# ----------------------------------------------------------------------------------- captions
+
+def parse_caption(caption: str) -> dict:
+    """What a caption asks for, by the dataset's grammar (data/shapes.py).
+
+    Returns a spec-like dict: {"category", "objects": [{"shape"[, "color"]}, ...],
+    "relation" (position), "count" (counting; `objects` then holds `count` entries)}.
+    Case, surrounding spaces and a final period are ignored. Raises ValueError otherwise.
+    """
+    text = " ".join(str(caption).strip().lower().rstrip(".").split())
+    shp = "|".join(data.SHAPES)
+    col = "|".join(data.PALETTE)
+    rel = "|".join(data.RELATIONS)
+    num = "|".join(_WORD_NUMBERS)
+    obj = lambda i, color: (f"(?P<c{i}>{col}) " if color else "") + f"(?P<s{i}>{shp})"  # noqa: E731
+    grammar = [
+        ("single_object", rf"a photo of a {obj(0, False)}"),
+        ("two_object", rf"a photo of a {obj(0, False)} and a {obj(1, False)}"),
+        ("counting", rf"a photo of (?P<n>{num}) (?P<s0>{shp})s"),
+        ("colors", rf"a photo of a {obj(0, True)}"),
+        ("position", rf"a photo of a {obj(0, False)} (?P<rel>{rel}) a {obj(1, False)}"),
+        ("color_attr", rf"a photo of a {obj(0, True)} and a {obj(1, True)}"),
+    ]
+    for category, pattern in grammar:
+        m = re.fullmatch(pattern, text)
+        if m is None:
+            continue
+        g = m.groupdict()
+        objects = [{"shape": g[f"s{i}"], **({"color": g[f"c{i}"]} if g.get(f"c{i}") else {})}
+                   for i in range(2) if g.get(f"s{i}")]
+        out: dict = {"category": category, "objects": objects}
+        if category == "counting":
+            out["count"] = _WORD_NUMBERS[g["n"]]
+            out["objects"] = [dict(objects[0]) for _ in range(out["count"])]
+        if category == "position":
+            out["relation"] = g["rel"]
+        return out
+    raise ValueError(
+        f"caption {caption!r} does not follow the shapes grammar; expected e.g. 'a photo of a circle', "
+        f"'a photo of three squares', 'a photo of a red triangle and a blue circle', "
+        f"'a photo of a circle left of a square' (shapes {data.SHAPES}, colours {tuple(data.PALETTE)}, "
+        f"relations {data.RELATIONS}, counts {tuple(_WORD_NUMBERS)})")
+
+
+# ---------------------------------------------------------------------------------- detection
+
+def blend(image: np.ndarray, max_residual: float = 60.0,
+          other_dist: float = 90.0) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel as background blended with one palette colour (module docstring, step 1).
+
+    image: (H, W, 3) uint8 (or float 0..255) RGB. Returns (labels (H, W) int: index into
+    `list(data.PALETTE)`, -1 background, len(PALETTE) foreground of no palette colour;
+    alpha (H, W, K): blend weight of each palette colour in [0, 1]).
+    """
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[-1] != 3:
+        raise ValueError(f"image of shape {img.shape}: expected (H, W, 3) RGB")
+    bg = np.asarray(data.BACKGROUND, np.float32)
+    cols = np.asarray(list(data.PALETTE.values()), np.float32) - bg          # (K, 3)
+    d = img.astype(np.float32) - bg                                            # (H, W, 3)
+    alpha = np.clip(d @ cols.T / (cols * cols).sum(-1), 0.0, 1.0)             # (H, W, K)
+    resid = np.linalg.norm(d[..., None, :] - alpha[..., None] * cols, axis=-1)  # (H, W, K)
+    k = resid.argmin(-1)
+    a = np.take_along_axis(alpha, k[..., None], -1)[..., 0]
+    r = np.take_along_axis(resid, k[..., None], -1)[..., 0]
+    labels = np.where((a >= 0.5) & (r <= max_residual), k, -1)
+    other = (r > max_residual) & (np.linalg.norm(d, axis=-1) > other_dist)
+    return np.where(other, len(cols), labels), alpha
+
+
+def classify_pixels(image: np.ndarray, max_residual: float = 60.0, other_dist: float = 90.0) -> np.ndarray:
+    """Colour label per pixel: (H, W) int, as the labels of `blend`."""
+    return blend(image, max_residual, other_dist)[0]
+
+
+def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """4-connected components of a boolean (H, W) mask: (labels (H, W) int, 0 = off, 1..n; n).
+
+    Min-label propagation with pointer jumping: every pixel starts as its own flat index, takes the
+    smallest label among itself and its on-neighbours, then follows label -> label's label; a few
+    dozen vectorised passes at most for the blob-like components here.
+    """
+    mask = np.asarray(mask, bool)
+    H, W = mask.shape
+    big = H * W
+    lab = np.where(mask, np.arange(big).reshape(H, W), big)
+    while True:
+        new = lab.copy()
+        np.minimum(new[1:], lab[:-1], out=new[1:])
+        np.minimum(new[:-1], lab[1:], out=new[:-1])
+        np.minimum(new[:, 1:], lab[:, :-1], out=new[:, 1:])
+        np.minimum(new[:, :-1], lab[:, 1:], out=new[:, :-1])
+        new = np.where(mask, new, big)
+        flat = np.append(new.ravel(), big)
+        new = np.where(mask, flat[flat[new]], big)  # jump: adopt the label's own label
+        if np.array_equal(new, lab):
+            break
+        lab = new
+    roots, out = np.unique(lab, return_inverse=True)
+    out = out.reshape(H, W)
+    if roots[-1] == big:  # background is the largest value
+        n = len(roots) - 1
+        out = np.where(mask, out + 1, 0)
+    else:
+        n = len(roots)
+        out = out + 1
+    return out, n
+
+
+def classify_shape(component: np.ndarray, weight: np.ndarray | None = None,
+                   max_aspect: float = 1.6) -> tuple[str | None, dict]:
+    """Shape of one object: (name or None, features).
+
+    component: (h, w) bool, the object's pixels cropped to their bounding box. weight: optional
+    (h, w) soft coverage of the same crop (blend weights, see `detect`); its sum stands for the
+    area in the fill ratio, which keeps a blurred square (corners below half) at fill ~1.
+    """
+    h, w = component.shape
+    area = float(component.sum())
+    fill = (area if weight is None else float(weight.sum())) / (h * w)
+    bottom = component[(h + 1) // 2:].sum() + (0.5 * component[h // 2].sum() if h % 2 else 0.0)
+    bottom_frac = float(bottom) / area  # share of pixels below the box's middle row
+    aspect = max(h, w) / min(h, w)
+    feats = {"fill": round(fill, 4), "bottom": round(bottom_frac, 4), "aspect": round(aspect, 4)}
+    if aspect > max_aspect:
+        return None, feats
+    if bottom_frac >= TRIANGLE_BOTTOM:
+        return "triangle", feats
+    if fill < MIN_FILL:  # hollow or pointed blob that is not an up-pointing triangle
+        return None, feats
+    return ("square" if fill >= SQUARE_FILL else "circle"), feats
+
+
+def detect(image: np.ndarray, min_area_frac: float = 0.004, min_side_frac: float = 0.05,
+           max_residual: float = 60.0, other_dist: float = 90.0, max_aspect: float = 1.6) -> list[dict]:
+    """Objects in an image of the shapes dataset. `image`: (H, W, 3) uint8 RGB.
+
+    Returns [{"shape": str | None, "color": str | None, "box": [x0, y0, x1, y1] (x1, y1 exclusive),
+    "centroid": [x, y], "area": int, "features": {...}}], largest first.
+    """
+    img = np.asarray(image)
+    labels, alpha = blend(img, max_residual, other_dist)
+    H, W = labels.shape
+    names = list(data.PALETTE) + [None]
+    min_area = max(3, min_area_frac * H * W)
+    min_side = max(2, round(min_side_frac * min(H, W)))
+    found = []
+    for k in np.unique(labels[labels >= 0]):
+        comp, n = connected_components(labels == k)
+        for i in range(1, n + 1):
+            ys, xs = np.nonzero(comp == i)
+            if len(ys) < min_area:
+                continue
+            x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+            if min(x1 - x0, y1 - y0) < min_side:
+                continue
+            mask = comp[y0:y1, x0:x1] == i
+            weight = None
+            if k < len(data.PALETTE):
+                # Soft coverage: the object's own pixels plus the faint (background-labelled) blend
+                # pixels around it that lean towards its colour; the blur spreads mass there.
+                p = _SOFT_PAD
+                sy, sx = slice(max(y0 - p, 0), y1 + p), slice(max(x0 - p, 0), x1 + p)
+                a = alpha[sy, sx, k]
+                own = (comp[sy, sx] == i) | ((labels[sy, sx] == -1) & (a >= _SOFT_MIN))
+                weight = np.where(own, a, 0.0)
+            shape, feats = classify_shape(mask, weight, max_aspect)
+            found.append({"shape": shape, "color": names[int(k)], "box": [int(x0), int(y0), int(x1), int(y1)],
+                          "centroid": [float(xs.mean()), float(ys.mean())], "area": int(len(ys)),
+                          "features": feats})
+    return sorted(found, key=lambda o: -o["area"])
+
+
+# ------------------------------------------------------------------------------------ scoring
+
+def relative_position(box_a, box_b, threshold: float = POSITION_THRESHOLD) -> set[str]:
+    """Relations of box a to box b ({"left of", "above", ...}) by GenEval's rule (module docstring)."""
+    a, b = np.asarray(box_a, float).reshape(2, 2), np.asarray(box_b, float).reshape(2, 2)
+    offset = a.mean(0) - b.mean(0)
+    dims = np.abs(a[1] - a[0]) + np.abs(b[1] - b[0])
+    revised = np.maximum(np.abs(offset) - threshold * dims, 0) * np.sign(offset)
+    if np.all(np.abs(revised) < 1e-3):
+        return set()
+    dx, dy = revised / np.linalg.norm(offset)
+    rels = set()
+    if dx < -0.5:
+        rels.add("left of")
+    if dx > 0.5:
+        rels.add("right of")
+    if dy < -0.5:
+        rels.add("above")
+    if dy > 0.5:
+        rels.add("below")
+    return rels
+
+
+def judge(objects: list[dict], want: dict) -> tuple[bool, str]:
+    """GenEval's verdict for detections `objects` (from `detect`) against `want` (from
+    `parse_caption`): (correct, reason when not)."""
+    cat, req = want["category"], want["objects"]
+    of = lambda shape: [o for o in objects if o["shape"] == shape]  # noqa: E731 (largest first)
+    has = lambda o: any(d["color"] == o["color"] for d in of(o["shape"]))  # noqa: E731
+    if cat in ("single_object", "two_object"):
+        missing = [o["shape"] for o in req if not of(o["shape"])]
+        return not missing, f"no {', '.join(missing)} found" if missing else ""
+    if cat == "counting":
+        n = len(of(req[0]["shape"]))
+        return n == want["count"], "" if n == want["count"] else f"expected {want['count']} {req[0]['shape']}s, found {n}"
+    if cat in ("colors", "color_attr"):
+        missing = [f"{o['color']} {o['shape']}" for o in req if not has(o)]
+        return not missing, f"no {', '.join(missing)} found" if missing else ""
+    if cat == "position":
+        subj, ref = of(req[0]["shape"]), of(req[1]["shape"])
+        if not subj or not ref:
+            return False, f"no {req[0]['shape'] if not subj else req[1]['shape']} found"
+        rels = relative_position(subj[0]["box"], ref[0]["box"])
+        ok = want["relation"] in rels
+        return ok, "" if ok else f"expected {want['relation']}, found {' and '.join(sorted(rels)) or 'no relation'}"
+    raise ValueError(f"category {cat!r}: expected one of {data.CATEGORIES}")
+
+
+def score(image: np.ndarray, caption: str, **detect_kwargs) -> dict:
+    """Score one image against its caption: {"category", "score" (1.0 or 0.0), "reason", "objects"}."""
+    want = parse_caption(caption)
+    objects = detect(image, **detect_kwargs)
+    ok, reason = judge(objects, want)
+    return {"category": want["category"], "score": float(ok), "reason": reason, "objects": objects}
+
+
+def aggregate(results: list[dict]) -> dict:
+    """Per-category accuracy of `score` results, plus 'overall' (mean of the categories present)."""
+    by_cat: dict[str, list[float]] = {}
+    for r in results:
+        by_cat.setdefault(r["category"], []).append(r["score"])
+    out = {c: float(np.mean(by_cat[c])) for c in data.CATEGORIES if c in by_cat}
+    out["overall"] = float(np.mean(list(out.values()))) if out else float("nan")
+    return out
+
+
+def evaluate(images, captions, **detect_kwargs) -> dict:
+    """{category: accuracy, ..., 'overall': mean over categories} for paired images and captions."""
+    images, captions = list(images), list(captions)
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions: expected one caption per image")
+    return aggregate([score(im, c, **detect_kwargs) for im, c in zip(images, captions)])
+
+
+# --------------------------------------------------------------------------- samples on disk
+
+CAPTIONS_FILE = "captions.jsonl"
+_FILE_KEYS = ("file", "file_name", "image", "image_path", "path")
+
+
+def write_samples(folder: str, images, captions, extra: list[dict] | None = None) -> str:
+    """Write images ((H, W, 3) uint8 each) as NNNNNN.png plus captions.jsonl; returns the jsonl path.
+    `extra`: optional per-image dicts merged into each jsonl record (e.g. seed, cfg)."""
+    images, captions = list(images), list(captions)
+    extra = list(extra) if extra is not None else [{}] * len(images)
+    if not len(images) == len(captions) == len(extra):
+        raise ValueError(f"{len(images)} images, {len(captions)} captions, {len(extra)} extra records: "
+                         "expected one of each per image")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, CAPTIONS_FILE)
+    with open(path, "w", encoding="utf-8") as f:
+        for i, (im, cap) in enumerate(zip(images, captions)):
+            name = f"{i:06d}.png"
+            Image.fromarray(np.asarray(im, np.uint8)).save(os.path.join(folder, name))
+            f.write(json.dumps({"file": name, "caption": cap, **extra[i]}) + "\n")
+    return path
+
+
+def read_samples(folder: str) -> list[tuple[str, str]]:
+    """[(image path, caption)] of a samples folder (format in the module docstring).
+    Raises FileNotFoundError / ValueError that name the folder, file and line at fault."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"samples folder {folder!r} does not exist; expected a folder with images "
+                                f"and {CAPTIONS_FILE}")
+    path = os.path.join(folder, CAPTIONS_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no {CAPTIONS_FILE} in {folder!r}; expected one JSON object per line: "
+                                '{"file": "000000.png", "caption": "a photo of a red circle"}')
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not JSON ({e}); expected {{\"file\": ..., \"caption\": ...}}") from None
+            name = next((rec[k] for k in _FILE_KEYS if isinstance(rec, dict) and rec.get(k)), None)
+            if name is None or not isinstance(rec.get("caption"), str):
+                raise ValueError(f"{where}: {line.strip()[:120]!r} lacks 'file' or 'caption'; "
+                                 'expected {"file": "000000.png", "caption": "..."}')
+            image = os.path.join(folder, name)
+            if not os.path.isfile(image):
+                raise FileNotFoundError(f"{where}: image {name!r} not found in {folder!r}")
+            out.append((image, rec["caption"]))
+    if not out:
+        raise ValueError(f"{path} lists no images; expected one JSON object per line")
+    return out
+
+
+def load_image(path: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of an image file (alpha and palette modes converted)."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def degrade(image: np.ndarray, blur: float = 0.0, noise: float = 0.0, seed: int = 0) -> np.ndarray:
+    """Gaussian blur (std `blur` px, edge-padded) then Gaussian noise (std `noise`, 0..255 scale),
+    rounded to uint8: stands in for a tokenizer's slightly blurry reconstruction in robustness checks."""
+    a = np.asarray(image, np.float32)
+    if blur > 0:
+        r = int(math.ceil(3 * blur))
+        k = np.exp(-np.arange(-r, r + 1) ** 2 / (2 * blur ** 2))
+        k /= k.sum()
+        for axis in (0, 1):
+            pad = [(0, 0)] * a.ndim
+            pad[axis] = (r, r)
+            p = np.pad(a, pad, mode="edge")
+            n = a.shape[axis]
+            a = sum(w * np.take(p, np.arange(i, i + n), axis=axis) for i, w in enumerate(k))
+    if noise > 0:
+        a = a + np.random.default_rng(seed).normal(0.0, noise, a.shape)
+    return np.clip(np.round(a), 0, 255).astype(np.uint8)
