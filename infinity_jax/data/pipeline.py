@@ -122,7 +122,7 @@ def decode_resize_crop(data: bytes, size: tuple[int, int], fast: bool = True) ->
         return np.asarray(im)
     s = max(tw / w, th / h)
     bw, bh = tw / s, th / s  # the crop window in source pixels
-    box = ((w - bw) / 2, (h - bh) / 2, (w + bw) / 2, (h + bh) / 2)
+    box = (max(0.0, (w - bw) / 2), max(0.0, (h - bh) / 2), min(w, (w + bw) / 2), min(h, (h + bh) / 2))
     return np.asarray(im.resize((tw, th), Image.LANCZOS, box=box))
 
 

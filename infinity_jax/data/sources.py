@@ -189,12 +189,14 @@ def _read_bytes(path: str) -> Callable[[], bytes]:
 
 # ---------------------------------------------------------------- the official jsonl format
 
+_SIDECARS = ("metadata.jsonl", "captions.jsonl")  # image_folder caption files, not official splits
+
 def jsonl_split_files(folder: str) -> list[str]:
     """The official split files of a dataset folder (the folder or its splits/ subfolder)."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"dataset path {folder!r} does not exist or is not a folder")
     for d in (folder, os.path.join(folder, "splits")):
-        files = sorted(glob.glob(os.path.join(d, "*.jsonl")))
+        files = sorted(f for f in glob.glob(os.path.join(d, "*.jsonl")) if os.path.basename(f) not in _SIDECARS)
         if files:
             return files
     raise FileNotFoundError(f"no *.jsonl split files in {folder!r} or {os.path.join(folder, 'splits')!r}; "
@@ -274,7 +276,7 @@ _CAPTION_KEYS = ("caption", "long_caption")
 
 
 def _sidecar_rows(folder: str) -> list[dict] | None:
-    for name in ("metadata.jsonl", "captions.jsonl"):
+    for name in _SIDECARS:
         p = os.path.join(folder, name)
         if os.path.isfile(p):
             with open(p, encoding="utf-8") as f:
