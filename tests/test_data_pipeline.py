@@ -92,6 +92,9 @@ def test_resume_after_k_batches_gives_batch_k_plus_1_through_orbax(shapes_path, 
         k, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh)))
     for j in range(k, 15):
         assert same(next(fresh), want[j]), j
+    # or without the saved state: skip k batches of the plan
+    skipped = iter(pipeline.make_dataset(c, shard=(0, 1), start_batch=k))
+    assert same(next(skipped), want[k])
 
 
 def test_worker_processes_give_the_same_batches_and_resume(shapes_path):

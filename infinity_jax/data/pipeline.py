@@ -209,6 +209,13 @@ class _Plan(grain.MapDataset):
         return state
 
 
+def _try_read(src, i: int):
+    try:
+        return src[i]
+    except Exception as e:
+        return e
+
+
 class _LoadBatch:
     """Plan entry -> batch dict (runs inside the worker processes; picklable)."""
 
@@ -222,8 +229,7 @@ class _LoadBatch:
             return (s, s) if isinstance(s, int) else tuple(s)
         return schedules.image_size(schedules.official_schedule(template, self.cfg.pn))
 
-    def example(self, i: int, size, rng: np.random.Generator) -> dict:
-        rec = self.src[int(i)]
+    def example(self, rec: dict, size, rng: np.random.Generator) -> dict:
         img = decode_resize_crop(rec["image"], size, self.cfg.fast_decode)
         long, spec = _text(rec.get("long_caption", "")), _text(rec.get("spec", ""))
         if self.cfg.random_flip and rng.random() < 0.5:
@@ -238,10 +244,16 @@ class _LoadBatch:
     def __call__(self, plan: dict) -> dict | None:
         size = self.out_size(plan["template"])
         out: list[dict | None] = []
-        for j, i in enumerate(plan["indices"]):
+        try:  # one batched read (array_record reads them in parallel)
+            recs = list(self.src.__getitems__([int(i) for i in plan["indices"]]))
+        except Exception:  # fall back to single reads so one bad record costs one example
+            recs = [_try_read(self.src, int(i)) for i in plan["indices"]]
+        for j, (i, rec) in enumerate(zip(plan["indices"], recs)):
             rng = np.random.default_rng([self.cfg.seed, plan["epoch"], plan["batch"], plan["col0"] + j])
             try:
-                out.append(self.example(i, size, rng))
+                if isinstance(rec, Exception):
+                    raise rec
+                out.append(self.example(rec, size, rng))
             except Exception as e:  # a bad record must not stop training
                 self.skips.skip("undecodable", f"record {int(i)} ({type(e).__name__}: {e})")
                 out.append(None)
@@ -280,12 +292,17 @@ def _shard(shard) -> tuple[int, int]:
     return index, count
 
 
-def make_dataset(cfg: DataConfig, tokenizer: Tokenizer | None = None, shard=None) -> grain.IterDataset:
+def make_dataset(cfg: DataConfig, tokenizer: Tokenizer | None = None, shard=None,
+                 start_batch: int = 0) -> grain.IterDataset:
     """The training input pipeline as a grain IterDataset (see the module docstring).
 
     tokenizer: captions -> (ids (B, L), mask (B, L)); must be picklable when worker_count > 0.
     shard: (shard_index, shard_count) or grain ShardOptions; default (jax.process_index(),
     jax.process_count()).
+    start_batch: skip the first batches of the plan (counted across epochs). A resume that does
+    not need the saved iterator state: start_batch=k gives what the k+1-th batch of a fresh
+    iterator would be, under any worker count (unless a batch was dropped for having no
+    decodable image). Restoring the saved state (grain.checkpoint) needs the same worker_count.
     """
     if cfg.batch_size < 1:
         raise ValueError(f"batch_size={cfg.batch_size}: expected a positive per-host batch size")
@@ -298,17 +315,20 @@ def make_dataset(cfg: DataConfig, tokenizer: Tokenizer | None = None, shard=None
         raise ValueError(f"short_cap_prob={cfg.short_cap_prob}: expected a probability in [0, 1]")
     index, count = _shard(shard)
     src, info = sources.open_split(cfg.path, cfg.split)
-    templates = sources.record_h_div_w(src, info)
     if cfg.image_size is not None:
         s = cfg.image_size
         H, W = (s, s) if isinstance(s, int) else tuple(s)
         templates = np.full(len(src), H / W)  # one bucket
+    else:
+        templates = sources.record_h_div_w(src, info)
     plan = _Plan(templates, cfg.batch_size, index, count, cfg.seed, cfg.shuffle, cfg.num_epochs)
     if plan.per_epoch == 0:
         sizes = {float(t): int(n) for t, n in zip(*np.unique(templates, return_counts=True))}
         raise ValueError(f"dataset {cfg.path} split {cfg.split!r}: no template has enough examples for one "
                          f"global batch of {cfg.batch_size}x{count}; examples per template: {sizes}")
-    ds = plan.map(_LoadBatch(src, cfg, tokenizer))
+    if start_batch < 0:
+        raise ValueError(f"start_batch={start_batch}: expected >= 0")
+    ds = (plan[start_batch:] if start_batch else plan).map(_LoadBatch(src, cfg, tokenizer))
     threads = max(1, cfg.num_threads)
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads + 1))
     workers = default_worker_count() if cfg.worker_count is None else cfg.worker_count
@@ -323,11 +343,12 @@ def make_dataset(cfg: DataConfig, tokenizer: Tokenizer | None = None, shard=None
 
 def batches_per_epoch(cfg: DataConfig, shard=None) -> int:
     """Steps in one epoch for this config (the same on every host)."""
-    index, count = _shard(shard)
+    _, count = _shard(shard)
     src, info = sources.open_split(cfg.path, cfg.split)
-    templates = sources.record_h_div_w(src, info)
     if cfg.image_size is not None:
         templates = np.zeros(len(src))
+    else:
+        templates = sources.record_h_div_w(src, info)
     return len(epoch_batches(templates, cfg.batch_size * count, 0, 0, False))
 
 
