@@ -72,7 +72,7 @@ def test_byte_tokenizer_matches_byt5_tokenizer():
     np.testing.assert_array_equal(mask, ref["attention_mask"].astype(bool))
 
 
-def test_padding_to_a_shorter_length_and_errors(spiece, tmp_path):
+def test_padding_to_a_shorter_length_and_errors(tmp_path):
     tok = ByteTokenizer(max_length=512)
     ids, mask = tok(["ab", ""], length=4)
     np.testing.assert_array_equal(ids, [[100, 101, 1, 0], [1, 0, 0, 0]])
