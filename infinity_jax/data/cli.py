@@ -41,6 +41,8 @@ def prepare(argv: list[str]) -> int:
     ap.add_argument("--seed", type=int, default=0, help="shapes: dataset seed")
     ap.add_argument("--verify", default="decode", choices=("decode", "header", "none"),
                     help="check each image: decode (default, catches truncation), header, or none")
+    ap.add_argument("--threads", type=int, default=None, help="images read and checked in parallel "
+                                                              "(default: one per core)")
     ap.add_argument("--overwrite", action="store_true", help="rebuild even if the dataset exists")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -51,7 +53,7 @@ def prepare(argv: list[str]) -> int:
     kind = sources.detect_kind(a.source) if a.kind == "auto" else a.kind
     path = sources.prepare(kind, a.out, source=None if kind == "shapes" else a.source, image_root=a.image_root,
                            limit=a.limit, num_examples=a.num_examples, image_size=a.image_size, seed=a.seed,
-                           verify=a.verify, overwrite=a.overwrite)
+                           verify=a.verify, overwrite=a.overwrite, threads=a.threads)
     src, info = sources.open_split(path)
     meta = info.metadata or {}
     print(f"{kind}: {len(src)} examples in {path}")

@@ -30,6 +30,8 @@ usable example is an error.
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import csv
 import glob
 import io
@@ -119,8 +121,9 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     code_path = None
 
     def __init__(self, *, data_dir: str, options: dict, verify: str = "decode", log_every: int = 100,
-                 progress: bool = True, **kwargs):
+                 progress: bool = True, threads: int | None = None, **kwargs):
         self._options, self._verify, self._progress = dict(options), verify, progress
+        self._threads = threads or os.cpu_count() or 1
         self._skips = SkipCounter(f"prepare {self.name}", log_every)
         super().__init__(data_dir=data_dir, file_format="array_record", **kwargs)
 
@@ -135,6 +138,19 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _items(self) -> list[_Item]:
         raise NotImplementedError
 
+    def _load_checked(self, it: _Item) -> tuple[bytes | None, tuple[str, str] | None]:
+        """(bytes, None), or (None, (reason, detail)) for an unreadable or undecodable image."""
+        try:
+            data = it.load()
+        except OSError as e:
+            return None, ("unreadable", str(e))
+        if it.verify and self._verify != "none":
+            try:
+                check_image(data, self._verify)
+            except Exception as e:  # PIL raises many types for bad data
+                return None, ("corrupt", f"{type(e).__name__}: {e}")
+        return data, None
+
     def _generate_examples(self) -> Iterator[tuple[int, dict]]:
         items = self._items()
         if not items:
@@ -143,19 +159,12 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         order = sorted(range(len(items)), key=lambda i: templates[i])  # stable: source order within a template
         runs: list[list] = []
         kept = 0
-        for i in _progress(order, self._progress, f"{self.name}: reading"):
+        loaded = _ordered_map(self._load_checked, (items[i] for i in order), self._threads)
+        for i, (data, err) in zip(_progress(order, self._progress, f"{self.name}: reading"), loaded):
             it = items[i]
-            try:
-                data = it.load()
-            except OSError as e:
-                self._skips.skip("unreadable", it.source + f" ({e})")
+            if err is not None:
+                self._skips.skip(err[0], f"{it.source} ({err[1]})")
                 continue
-            if it.verify and self._verify != "none":
-                try:
-                    check_image(data, self._verify)
-                except Exception as e:  # PIL raises many types for bad data
-                    self._skips.skip("corrupt", it.source + f" ({type(e).__name__}: {e})")
-                    continue
             if runs and runs[-1][0] == templates[i]:
                 runs[-1][2] += 1
             else:
@@ -171,6 +180,22 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                                   prepare={"kind": self.name, **self._options})
         log.info("%s: wrote %d examples in %d aspect-ratio runs; skipped %s", self.name, kept, len(runs),
                  self._skips.counts)
+
+
+def _ordered_map(fn, items, threads: int, window: int = 256):
+    """fn over items in threads (PIL and file reads release the GIL), results in input order,
+    at most `window` in flight so memory stays bounded on big sources."""
+    if threads <= 1:
+        yield from map(fn, items)
+        return
+    with concurrent.futures.ThreadPoolExecutor(threads) as ex:
+        pending: collections.deque = collections.deque()
+        for x in items:
+            pending.append(ex.submit(fn, x))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _progress(seq, enabled: bool, desc: str):
@@ -391,12 +416,13 @@ def detect_kind(source: str) -> str:
 def prepare(kind: str, out: str, *, source: str | None = None, image_root: str | None = None,
             limit: int | None = None, num_examples: int = 1000, image_size: int | tuple[int, int] = 64,
             seed: int = 0, verify: str = "decode", overwrite: bool = False, progress: bool = True,
-            log_every: int = 100) -> str:
+            log_every: int = 100, threads: int | None = None) -> str:
     """Builds dataset `kind` under `out` (tfds data_dir) and returns the dataset directory
     (`out/<kind>/1.0.0`), which `open_split` and the pipeline take.
 
     source: the folder to read (infinity_jsonl, image_folder); shapes takes num_examples,
     image_size (int or (H, W)) and seed. verify: 'decode' | 'header' | 'none' (see check_image).
+    threads: images read and checked in parallel (default: one per core).
     """
     if kind not in BUILDERS:
         raise ValueError(f"kind={kind!r}: expected one of {KINDS}")
@@ -415,7 +441,7 @@ def prepare(kind: str, out: str, *, source: str | None = None, image_root: str |
         if kind == "infinity_jsonl":
             options["image_root"] = image_root
     builder = BUILDERS[kind](data_dir=out, options=options, verify=verify, progress=progress,
-                             log_every=log_every)
+                             log_every=log_every, threads=threads)
     mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
     if overwrite:
         mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD
