@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
 from infinity_jax import parallel
 from infinity_jax.config_util import load_config
@@ -20,7 +21,7 @@ from infinity_jax.convert.t5 import (find_weights, hf_to_params, load_t5, params
                                      read_safetensors, save_t5)
 from infinity_jax.text.encoder import (TextEncoder, build_text_encoder, encode_tokens, length_buckets,
                                        pack_features)
-from infinity_jax.text.t5 import T5Config, relative_position_buckets
+from infinity_jax.text.t5 import T5Config, abstract_params, relative_position_buckets
 from infinity_jax.text.tokenizers import ByteTokenizer
 
 TOL = 1e-5  # fp32 parity bound; measured ~2e-6
@@ -261,6 +262,8 @@ def test_sharded_encoder_matches_unsharded_on_8_devices():
 
 def test_encoder_from_a_plain_config_dict_needs_no_files():
     cfg = dict(vocab_size=384, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4)  # plain values
+    boxed = jax.tree.leaves(abstract_params(T5Config(**cfg)), is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    assert boxed and all(isinstance(b, nn.Partitioned) and len(b.names) == b.value.ndim for b in boxed)
     enc = build_text_encoder({"model": cfg, "max_length": 32, "dtype": "bfloat16", "seed": 5})
     assert isinstance(enc.tokenizer, ByteTokenizer) and enc.config.dtype == "bfloat16" and enc.width == 64
     feats, mask = enc.encode_text(["a small demo prompt"])
