@@ -93,6 +93,16 @@ def _state_tree(state) -> dict:
     return tree
 
 
+def _shapes(tree) -> dict[str, tuple]:
+    """'params/blocks_0/w' -> shape, for arrays and orbax metadata alike (namedtuple fields by name)."""
+    def name(k):
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                return str(getattr(k, attr))
+        return str(k)
+    return {"/".join(map(name, path)): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
 def _abstract(tree):
     """ShapeDtypeStructs carrying each leaf's sharding (the restore target)."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
@@ -133,16 +143,27 @@ class Checkpointer:
         if step is None:
             raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
         target = _abstract(_state_tree(target_state))
-        try:
-            out = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), data=DataStateRestore()))
-        except (ValueError, KeyError) as e:
-            raise ValueError(f"checkpoint {self.directory}/{step} does not match the model/optimizer being "
-                             f"restored: {e}") from e
+        self._check_shapes(step, target)
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), data=DataStateRestore()))
         tree = out["state"]
         state = target_state.replace(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"],
                                      rng=tree["rng"], ema_params=tree.get("ema_params"))
         return state, out["data"]
+
+    def _check_shapes(self, step: int, target) -> None:
+        """A clear error naming the first key whose presence or shape differs (before orbax reads)."""
+        saved = _shapes(self.manager.item_metadata(step)["state"])
+        wanted = _shapes(target)
+        where = f"checkpoint {self.directory}/{step}"
+        for key in sorted(set(saved) | set(wanted)):
+            if key not in saved:
+                raise ValueError(f"{where} has no {key!r} (expected shape {wanted[key]}); the model or "
+                                 f"optimizer differs from the one that wrote it")
+            if key not in wanted:
+                raise ValueError(f"{where} has {key!r} {saved[key]} that the model/optimizer being restored lacks")
+            if saved[key] != wanted[key]:
+                raise ValueError(f"{where}: {key!r} has shape {saved[key]}, the model expects {wanted[key]}")
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

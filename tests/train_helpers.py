@@ -48,13 +48,16 @@ def standin_module(dtype="float32"):
             att = jax.nn.softmax(att, axis=-1).astype(dt)
             o = jnp.einsum("bhlm,bmhd->blhd", att, v).reshape(*x.shape[:2], EMBED)
             x = x + nn.Dense(EMBED, dtype=dt, name="proj",
-                             kernel_init=p(nn.initializers.lecun_normal(), ("heads", "embed")))(o)
+                             kernel_init=p(nn.initializers.lecun_normal(), ("heads", "embed")),
+                             bias_init=p(nn.initializers.zeros, ("embed",)))(o)
             h = nn.Dense(MLP, dtype=dt, name="fc1", kernel_init=p(nn.initializers.lecun_normal(), ("embed", "mlp")),
                          bias_init=p(nn.initializers.zeros, ("mlp",)))(x)
             x = x + nn.Dense(EMBED, dtype=dt, name="fc2",
-                             kernel_init=p(nn.initializers.lecun_normal(), ("mlp", "embed")))(nn.gelu(h))
+                             kernel_init=p(nn.initializers.lecun_normal(), ("mlp", "embed")),
+                                       bias_init=p(nn.initializers.zeros, ("embed",)))(nn.gelu(h))
             return nn.Dense(VOCAB, dtype=dt, name="head",
-                            kernel_init=p(nn.initializers.lecun_normal(), ("embed", "vocab")))(x)
+                            kernel_init=p(nn.initializers.lecun_normal(), ("embed", "vocab")),
+                            bias_init=p(nn.initializers.zeros, ("vocab",)))(x)
 
     return StandIn()
 
