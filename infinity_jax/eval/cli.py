@@ -49,8 +49,12 @@ def shapes_main(argv: list[str]) -> int:
         if a.samples is not None:
             source = os.path.abspath(a.samples)
             for path, caption in ev.read_samples(a.samples):
-                r = ev.score(ev.load_image(path), caption)
-                results.append({"file": os.path.relpath(path, a.samples), "caption": caption, **r})
+                name = os.path.relpath(path, a.samples)
+                try:
+                    r = ev.score(ev.load_image(path), caption)
+                except (ValueError, OSError) as e:
+                    raise ValueError(f"{name}: {e}") from None
+                results.append({"file": name, "caption": caption, **r})
         else:
             from infinity_jax.data import shapes as ds
             if a.dataset_check < 1:
