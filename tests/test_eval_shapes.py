@@ -167,6 +167,13 @@ def test_relative_position_follows_the_geneval_rule():
     assert ev.relative_position([40, 18, 60, 38], [20, 20, 30, 30]) == {"right of"}
 
 
+def test_float_images_are_refused_and_to_uint8_converts_model_outputs(renders64):
+    image, caption, _ = renders64[0]
+    with pytest.raises(ValueError, match="expected uint8"):
+        ev.score(image.astype(np.float32) / 127.5 - 1.0, caption)
+    assert np.array_equal(ev.to_uint8(image.astype(np.float32) / 127.5 - 1.0), image)
+
+
 def test_overall_is_the_mean_of_category_accuracies_not_of_images():
     res = [{"category": "single_object", "score": 1.0}] * 3 + [{"category": "counting", "score": 0.0}]
     assert ev.aggregate(res) == {"single_object": 1.0, "counting": 0.0, "overall": 0.5}

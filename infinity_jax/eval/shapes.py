@@ -121,13 +121,16 @@ def blend(image: np.ndarray, max_residual: float = 60.0,
           other_dist: float = 90.0) -> tuple[np.ndarray, np.ndarray]:
     """Each pixel as background blended with one palette colour (module docstring, step 1).
 
-    image: (H, W, 3) uint8 (or float 0..255) RGB. Returns (labels (H, W) int: index into
-    `list(data.PALETTE)`, -1 background, len(PALETTE) foreground of no palette colour;
-    alpha (H, W, K): blend weight of each palette colour in [0, 1]).
+    image: (H, W, 3) uint8 RGB. Returns (labels (H, W) int: index into `list(data.PALETTE)`,
+    -1 background, len(PALETTE) foreground of no palette colour; alpha (H, W, K): blend weight
+    of each palette colour in [0, 1]).
     """
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[-1] != 3:
         raise ValueError(f"image of shape {img.shape}: expected (H, W, 3) RGB")
+    if img.dtype != np.uint8:  # a [-1, 1] float image would silently read as all background
+        raise ValueError(f"image of dtype {img.dtype}: expected uint8 pixels 0..255 "
+                         "(convert model outputs in [-1, 1] with `to_uint8`)")
     bg = np.asarray(data.BACKGROUND, np.float32)
     cols = np.asarray(list(data.PALETTE.values()), np.float32) - bg          # (K, 3)
     d = img.astype(np.float32) - bg                                            # (H, W, 3)
@@ -139,6 +142,11 @@ def blend(image: np.ndarray, max_residual: float = 60.0,
     labels = np.where((a >= 0.5) & (r <= max_residual), k, -1)
     other = (r > max_residual) & (np.linalg.norm(d, axis=-1) > other_dist)
     return np.where(other, len(cols), labels), alpha
+
+
+def to_uint8(images) -> np.ndarray:
+    """Images in [-1, 1] (the model's convention, any leading shape) -> uint8 0..255, rounded."""
+    return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def classify_pixels(image: np.ndarray, max_residual: float = 60.0, other_dist: float = 90.0) -> np.ndarray:
@@ -185,8 +193,8 @@ def classify_shape(component: np.ndarray, weight: np.ndarray | None = None,
     """Shape of one object: (name or None, features).
 
     component: (h, w) bool, the object's pixels cropped to their bounding box. weight: optional
-    (h, w) soft coverage of the same crop (blend weights, see `detect`); its sum stands for the
-    area in the fill ratio, which keeps a blurred square (corners below half) at fill ~1.
+    soft coverage (blend weights in and around the box, any shape; see `detect`); its sum stands
+    for the area in the fill ratio, which keeps a blurred square (corners below half) at fill ~1.
     """
     h, w = component.shape
     area = float(component.sum())
