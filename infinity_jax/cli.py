@@ -13,6 +13,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "schedules": ("infinity_jax.schedules_cli", "main", "print the official scale schedules and token counts"),
     "convert-vae": ("infinity_jax.convert.vae", "main", "official BSQ-VAE .pth <-> our params (npz)"),
+    "convert-infinity": ("infinity_jax.convert.infinity", "main", "official Infinity transformer .pth <-> our params (npz)"),
+    "params": ("infinity_jax.model.transformer", "params_main", "parameter counts of the Infinity model configs"),
     "data": ("infinity_jax.data.cli", "main", "build datasets (data prepare) and look at pipeline batches (data show)"),
     "bench": ("infinity_jax.bench", "main", "benchmarks that print a table: data (more register in bench.py)"),
     "eval": ("infinity_jax.eval.cli", "main", "evaluators: eval shapes (GenEval-style prompt adherence on the shapes dataset)"),

@@ -382,3 +382,23 @@ def abstract_params(cfg: InfinityConfig) -> dict[str, Any]:
 def count_params(cfg: InfinityConfig) -> int:
     """Number of parameters, from shapes only (comparable to the official model's parameters())."""
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nn.unbox(abstract_params(cfg)))))
+
+
+def params_main(argv: list[str] | None = None) -> int:
+    """`infinity-jax params [--config NAME|file.py[:arg]] ...`: parameter counts from shapes only."""
+    import argparse
+    from infinity_jax.convert.infinity import load_config
+    p = argparse.ArgumentParser(prog="infinity-jax params", description=params_main.__doc__)
+    p.add_argument("--config", action="append", help="configs/infinity.py name or file.py[:arg] (repeatable; "
+                                                     "default: every official size)")
+    args = p.parse_args(argv)
+    specs = args.config or ["infinity_2b", "infinity_8b", "infinity_20b"] + [f"infinity_layer{n}" for n in
+                                                                              (12, 16, 24, 32, 40, 48)]
+    print(f"{'config':24s} {'depth':>5s} {'width':>5s} {'heads':>5s} {'params':>16s} {'official':>16s}")
+    for spec in specs:
+        cd = load_config(spec)
+        cfg = InfinityConfig.from_dict(cd.model)
+        n, off = count_params(cfg), cd.get("official_params", None)
+        print(f"{spec:24s} {cfg.depth:5d} {cfg.embed_dim:5d} {cfg.num_heads:5d} {n:16,d} "
+              f"{(f'{off:,d}' if off else '-'):>16s}{'' if not off or off == n else '  MISMATCH'}")
+    return 0

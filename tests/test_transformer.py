@@ -1,0 +1,236 @@
+"""The Infinity transformer against the official implementation's fixtures (tiny, tiny-wide).
+
+Tolerances (float32, see the reference README's parity protocol): teacher-forced logits atol 1e-4
+(measured ~6e-6 / ~1e-5 with self-correction inputs), loss rtol 1e-5, gradients per tensor
+max|diff| <= 1e-3 * max|g| (measured ~3e-6 relative), KV-cache decode vs teacher forcing atol 1e-5,
+CFG sampler logits atol 2e-4 (measured ~1.4e-5).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+from jax.sharding import PartitionSpec as P
+
+from infinity_jax import parallel, schedules
+from infinity_jax.convert import infinity as conv
+from infinity_jax.model import layers, loss as L, transformer as T
+from tests.conftest import load_fixture, state_dict
+
+FIXTURES = ("tiny", "tiny-wide")
+
+
+def fixture_config(meta, **kw) -> T.InfinityConfig:
+    s = meta["settings"]
+    return T.InfinityConfig(depth=s["depth"], embed_dim=s["embed_dim"], num_heads=s["num_heads"],
+                            block_chunks=s["block_chunks"], codebook_dim=s["d"], text_channels=meta["text_channels"],
+                            text_maxlen=meta["text_maxlen"], **kw)
+
+
+class Case:
+    """One fixture with our model built from its official weights; each jitted function compiles once."""
+
+    def __init__(self, name):
+        self.name = name
+        self.f = f = load_fixture(name)
+        self.meta = f["meta"]
+        self.cfg = fixture_config(self.meta)
+        self.sched = tuple(tuple(int(v) for v in x) for x in self.meta["schedule"])
+        self.params = conv.torch_to_params(state_dict(f, "gpt"), self.cfg)
+        self.model = T.Infinity(self.cfg)
+        self.text, self.mask = jnp.asarray(f["in/text_padded"]), jnp.asarray(f["in/text_mask"])
+        sched, model = self.sched, self.model
+        self.forward = jax.jit(lambda p, t, m, x: model.apply({"params": p}, t, m, x, sched))
+        self._cache = {}
+
+    def once(self, key, fn):
+        if key not in self._cache:
+            self._cache[key] = fn()
+        return self._cache[key]
+
+    @property
+    def tf_logits(self):
+        return self.once("tf", lambda: np.asarray(self.forward(self.params, self.text, self.mask,
+                                                               self.f["tf/x_wo_prefix"])))
+
+    def loss_and_grads(self, cfg=None, params=None):
+        """(loss, logits, grads as an official state dict) of the fixture's training loss."""
+        cfg, params = cfg or self.cfg, params if params is not None else self.params
+        model, f, sched = T.Infinity(cfg), self.f, self.sched
+
+        def loss_fn(p):
+            lg = model.apply({"params": p}, self.text, self.mask, f["tf/x_wo_prefix"], sched)
+            return L.bitwise_loss(lg, f["tf/labels"], sched), lg
+        (loss, lg), g = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+        return float(loss), np.asarray(lg), conv.params_to_torch(g, cfg)
+
+    @property
+    def decoded(self):
+        """KV-cache decode of one batch of 3B: [cond text on sample inputs, null text on sample inputs,
+        cond text on the teacher-forcing inputs]."""
+        def run():
+            f = self.f
+            null = T.null_text(self.params, self.mask)
+            text = jnp.concatenate([self.text, null, self.text])
+            mask = jnp.concatenate([self.mask] * 3)
+            xs = jnp.concatenate([f["sample/x_wo_prefix"], f["sample/x_wo_prefix"], f["tf/x_wo_prefix"]])
+            fn = jax.jit(lambda p, t, m, x: decode_all(self.model, self.cfg, p, t, m, x, self.sched))
+            return np.asarray(fn(self.params, text, mask, xs))
+        return self.once("decoded", run)
+
+
+def decode_all(model, cfg, params, text, mask, x_wo_prefix, sched):
+    """Runs the scales one by one through a preallocated KV cache: (B, L, 2d)."""
+    ctx = model.apply({"params": params}, text, mask, method=T.Infinity.encode_text)
+    cache = T.init_cache(cfg, text.shape[0], sched)
+    offs, lens = schedules.scale_offsets(sched), schedules.scale_lengths(sched)
+    outs = []
+    for k in range(len(sched)):
+        xk = None if k == 0 else x_wo_prefix[:, offs[k] - 1:offs[k] - 1 + lens[k]]
+        lg, cache = model.apply({"params": params}, ctx, xk, cache, sched, k, method=T.Infinity.decode_scale)
+        outs.append(lg)
+    return jnp.concatenate(outs, 1)
+
+
+_CASES: dict[str, Case] = {}
+
+
+@pytest.fixture(scope="session", params=FIXTURES)
+def case(request) -> Case:
+    if request.param not in _CASES:
+        _CASES[request.param] = Case(request.param)
+    return _CASES[request.param]
+
+
+@pytest.fixture(scope="session")
+def tiny() -> Case:
+    if "tiny" not in _CASES:
+        _CASES["tiny"] = Case("tiny")
+    return _CASES["tiny"]
+
+
+def max_abs(a, b) -> float:
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+
+
+def test_rope2d_table_equals_official(case):
+    table = layers.rope2d_table(case.sched, case.cfg.head_dim, mode=2)
+    assert table.shape == case.f["aux/rope"].shape
+    assert max_abs(table, case.f["aux/rope"]) <= 1e-6
+
+
+def test_teacher_forced_logits_match_official(case):
+    assert case.tf_logits.shape == case.f["tf/logits"].shape
+    assert max_abs(case.tf_logits, case.f["tf/logits"]) <= 1e-4
+
+
+def test_self_correction_inputs_give_official_logits(case):
+    got = case.forward(case.params, case.text, case.mask, case.f["bsc/x_wo_prefix"])
+    assert max_abs(got, case.f["bsc/logits"]) <= 1e-4
+
+
+def test_bitwise_loss_matches_official_trainer(case):
+    f = case.f
+    got = float(L.bitwise_loss(case.tf_logits, f["tf/labels"], case.sched))
+    np.testing.assert_allclose(got, float(f["tf/loss"]), rtol=1e-5)
+    np.testing.assert_allclose(L.scale_token_weights(case.sched), f["tf/loss_token_weights"], rtol=1e-6)
+    np.testing.assert_allclose(L.bit_cross_entropy(case.tf_logits, f["tf/labels"]), f["tf/loss_per_token"],
+                               rtol=1e-4, atol=1e-5)
+    bsc_logits = case.forward(case.params, case.text, case.mask, f["bsc/x_wo_prefix"])
+    np.testing.assert_allclose(float(L.bitwise_loss(bsc_logits, f["bsc/labels"], case.sched)), float(f["bsc/loss"]),
+                               rtol=1e-5)
+
+
+def test_gradients_match_official(tiny):
+    _, _, grads = tiny.once("grads", tiny.loss_and_grads)
+    ref = {k[len("grad/"):]: v for k, v in tiny.f.items() if k.startswith("grad/")}
+    assert set(ref) == {k for k in grads if not k.endswith("zero_k_bias")}
+    worst = {k: np.abs(grads[k] - g).max() / max(np.abs(g).max(), 1e-12) for k, g in ref.items()}
+    assert max(worst.values()) <= 1e-3, sorted(worst.items(), key=lambda kv: -kv[1])[:5]
+    assert not np.any(grads["cfg_uncond"])  # the null text is not used without dropped prompts
+
+
+def test_kv_cache_decode_equals_teacher_forcing(case):
+    b = case.mask.shape[0]
+    assert max_abs(case.decoded[2 * b:], case.tf_logits) <= 1e-5
+
+
+def test_cfg_decode_reproduces_official_sampler_logits(case):
+    """cond and uncond halves of one batch; uncond text = cfg_uncond[:len] per prompt; CFG on logits."""
+    f, b = case.f, case.mask.shape[0]
+    null = np.asarray(T.null_text(case.params, case.mask))
+    packed = np.concatenate([null[i, :n] for i, n in enumerate(f["in/text_lens"])])
+    np.testing.assert_array_equal(packed, f["sample/uncond_text_features"])
+    cfg, tau = float(f["meta/cfg"]), float(f["meta/tau"])
+    guided = cfg * case.decoded[:b] / tau + (1 - cfg) * case.decoded[b:2 * b] / tau
+    assert max_abs(guided, f["sample/logits"]) <= 2e-4
+
+
+@pytest.mark.parametrize("scan,remat", [(True, "full"), (False, "attn")])
+def test_scan_and_remat_give_identical_logits_and_gradients(tiny, scan, remat):
+    cfg = dataclasses.replace(tiny.cfg, scan_layers=scan, remat=remat)
+    params = conv.torch_to_params(state_dict(tiny.f, "gpt"), cfg)
+    l1, lg1, g1 = tiny.loss_and_grads(cfg, params)
+    l0, lg0, g0 = tiny.once("grads", tiny.loss_and_grads)
+    assert max_abs(lg1, lg0) <= 1e-6 and abs(l1 - l0) <= 1e-7
+    assert max(max_abs(g1[k], g0[k]) for k in g0) <= 1e-7
+    if scan:  # the scanned KV-cache path too
+        model = T.Infinity(cfg)
+        got = jax.jit(lambda p: decode_all(model, cfg, p, tiny.text, tiny.mask, tiny.f["tf/x_wo_prefix"],
+                                           tiny.sched))(params)
+        assert max_abs(got, tiny.tf_logits) <= 1e-5
+
+
+def test_every_param_has_logical_axes_and_shards_by_preset(tiny):
+    for scan in (False, True):
+        cfg = dataclasses.replace(tiny.cfg, scan_layers=scan)
+        abstract = T.abstract_params(cfg)
+        leaves = jax.tree.leaves(abstract, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+        assert all(isinstance(x, nn.Partitioned) and len(x.names) == len(x.value.shape) for x in leaves)
+    mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
+    sh = parallel.param_shardings(T.abstract_params(tiny.cfg), mesh, "fsdp_tp")
+    assert sh["blocks_0"]["sa"]["mat_qkv"].spec == P("fsdp", None, "tensor")
+    assert sh["blocks_0"]["ffn"]["fc1"]["kernel"].spec == P("fsdp", "tensor")
+    assert sh["blocks_0"]["ffn"]["fc2"]["kernel"].spec == P("tensor", "fsdp")
+    # the forward is unchanged when params and batch are sharded (8 host devices)
+    placed = jax.device_put(tiny.params, sh)
+    with jax.set_mesh(mesh):
+        got = tiny.forward(placed, tiny.text, tiny.mask, tiny.f["tf/x_wo_prefix"])
+    assert max_abs(got, tiny.tf_logits) <= 1e-5
+
+
+def test_dropped_prompts_use_the_null_text(tiny):
+    drop = jnp.array([True, False])
+    ctx_drop = tiny.model.apply({"params": tiny.params}, tiny.text, tiny.mask, drop, method=T.Infinity.encode_text)
+    null = T.null_text(tiny.params, tiny.mask)
+    ctx_null = tiny.model.apply({"params": tiny.params}, null, tiny.mask, method=T.Infinity.encode_text)
+    ctx = tiny.model.apply({"params": tiny.params}, tiny.text, tiny.mask, method=T.Infinity.encode_text)
+    np.testing.assert_array_equal(ctx_drop["cond"][0], ctx_null["cond"][0])
+    np.testing.assert_array_equal(ctx_drop["cond"][1], ctx["cond"][1])
+
+
+def test_per_scale_accuracy_counts_argmax_bits():
+    sched = ((1, 1, 1), (1, 2, 2))
+    labels = np.zeros((2, 5, 3), np.uint8)
+    logits = np.zeros((2, 5, 6), np.float32)
+    logits[..., 0::2] = 1.0          # predicts 0 everywhere: all right
+    logits[:, 1:, 1] = 2.0           # scale 1: bit 0 predicted 1 -> 2 of 3 bits right
+    np.testing.assert_allclose(L.per_scale_accuracy(logits, labels, sched), [1.0, 2 / 3], rtol=1e-6)
+    w = L.scale_token_weights(sched)
+    np.testing.assert_allclose(w, np.array([2, 1, 1, 1, 1]) / 6, rtol=1e-6)
+    np.testing.assert_allclose(L.scale_token_weights(sched, reweight=False), np.full(5, 0.2), rtol=1e-6)
+    ce = float(L.bitwise_loss(np.zeros((1, 5, 6), np.float32), labels[:1], sched))
+    np.testing.assert_allclose(ce, np.log(2.0), rtol=1e-6)
+
+
+def test_bad_inputs_name_the_expected_shapes(tiny):
+    with pytest.raises(ValueError, match=r"expected \(B, 520, 32\)"):
+        tiny.model.apply({"params": tiny.params}, tiny.text, tiny.mask, jnp.zeros((2, 10, 32)), tiny.sched)
+    with pytest.raises(ValueError, match="num_heads"):
+        T.InfinityConfig(embed_dim=100, num_heads=3)
+    with pytest.raises(ValueError, match="remat"):
+        T.InfinityConfig(remat="sometimes")
