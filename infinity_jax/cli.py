@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "params": ("infinity_jax.model.transformer", "params_main", "parameter counts of the Infinity model configs"),
     "data": ("infinity_jax.data.cli", "main", "build datasets (data prepare) and look at pipeline batches (data show)"),
     "bench": ("infinity_jax.bench", "main", "benchmarks that print a table: data (more register in bench.py)"),
+    "sample": ("infinity_jax.sample_cli", "main", "text -> images with the one-program sampler (PNGs and a grid)"),
     "eval": ("infinity_jax.eval.cli", "main", "evaluators: eval shapes (GenEval-style prompt adherence on the shapes dataset)"),
 }
 
