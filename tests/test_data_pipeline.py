@@ -233,3 +233,12 @@ def test_clear_errors_for_missing_data_bad_config_and_too_few_examples(shapes_pa
         pipeline.make_dataset(cfg(shapes_path), shard=(2, 2))
     with pytest.raises(ValueError, match="unknown data config keys"):
         pipeline.DataConfig.from_dict({"path": "x", "batch_size": 1, "bogus": 1})
+
+
+def test_bench_data_prints_a_throughput_table(capsys):
+    from infinity_jax.cli import main
+    assert main(["bench", "data", "--num-images", "8", "--batch-size", "4", "--batches", "2", "--warmup", "1",
+                 "--workers", "0", "--image-size", "64"]) == 0
+    out = capsys.readouterr().out
+    row = out.strip().splitlines()[-1].split()
+    assert "images/s" in out and row[0] == "0" and float(row[2]) > 0

@@ -28,20 +28,21 @@ def synthetic_jpegs(folder: str, n: int, seed: int = 0, lo: int = 384, hi: int =
             f.write(f"synthetic image {i}, {w}x{h}")
 
 
-def _time(cfg, batches: int, warmup: int) -> tuple[float, float]:
+def _time(cfg, batches: int, warmup: int) -> tuple[float, float, float]:
+    """(images/s, startup s, CPU ms per image of this process: the whole cost when in-process)."""
     from infinity_jax.data import pipeline
     t0 = time.perf_counter()
     it = iter(pipeline.make_dataset(cfg, shard=(0, 1)))
     for _ in range(warmup):
         next(it)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     n = 0
     for _ in range(batches):
         n += len(next(it)["image"])
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     if hasattr(it, "close"):
         it.close()
-    return n / (t2 - t1), t1 - t0
+    return n / (t2 - t1), t1 - t0, 1000 * (c2 - c1) / n
 
 
 def main(argv: list[str]) -> int:
@@ -74,10 +75,13 @@ def main(argv: list[str]) -> int:
         size = None if a.pn else a.image_size
         out = f"{a.image_size}x{a.image_size}" if size else f"templates of {a.pn}"
         print(f"output {out}, batch {a.batch_size}, {os.cpu_count()} CPU cores")
-        print(f"{'workers':>7} {'threads':>7} {'images/s':>9} {'ms/batch':>9} {'startup s':>9}")
+        print(f"load average {os.getloadavg()[0]:.1f} (other processes share these cores)")
+        print(f"{'workers':>7} {'threads':>7} {'images/s':>9} {'ms/batch':>9} {'startup s':>9} {'cpu ms/img':>10}")
         for w in workers:
             cfg = pipeline.DataConfig(path=path, batch_size=a.batch_size, image_size=size, pn=a.pn or "0.06M",
                                       worker_count=w, **extra)
-            ips, startup = _time(cfg, a.batches, a.warmup)
-            print(f"{w:>7} {cfg.num_threads:>7} {ips:>9.1f} {1000 * a.batch_size / ips:>9.1f} {startup:>9.1f}")
+            ips, startup, cpu = _time(cfg, a.batches, a.warmup)
+            cpu_txt = f"{cpu:.2f}" if w == 0 else "-"  # worker processes' CPU time is not visible here
+            print(f"{w:>7} {cfg.num_threads:>7} {ips:>9.1f} {1000 * a.batch_size / ips:>9.1f} {startup:>9.1f} "
+                  f"{cpu_txt:>10}")
     return 0
