@@ -70,6 +70,8 @@ def test_an_epoch_visits_every_record_once_and_epochs_reshuffle(shapes_path):
     e1 = np.concatenate([b["index"] for b in batches[6:]])
     assert sorted(e0) == sorted(e1) == list(range(48))
     assert not np.array_equal(e0, e1)
+    threaded, _ = take(cfg(shapes_path, batch_size=8, num_threads=4), 12)  # thread count changes nothing
+    assert all(same(x, y) for x, y in zip(batches, threaded))
     ordered, _ = take(cfg(shapes_path, batch_size=8, shuffle=False), 6)
     assert np.concatenate([b["index"] for b in ordered]).tolist() == list(range(48))
     finite = list(pipeline.make_dataset(cfg(shapes_path, batch_size=8, num_epochs=2), shard=(0, 1)))

@@ -183,7 +183,7 @@ class _Plan(grain.MapDataset):
         self._seed, self._shuffle = seed, shuffle
         self.per_epoch = len(epoch_batches(templates, batch_size * shard_count, seed, 0, False))
         self._len = sys.maxsize if num_epochs is None else self.per_epoch * num_epochs
-        self._cache: tuple[int, np.ndarray] | None = None
+        self._cache: dict[int, np.ndarray] = {}  # this epoch's plan and the one before
 
     def __len__(self) -> int:
         return self._len
@@ -195,17 +195,18 @@ class _Plan(grain.MapDataset):
         if isinstance(k, slice):
             return self.slice(k)
         epoch, b = divmod(int(k), self.per_epoch)
-        if self._cache is None or self._cache[0] != epoch:
-            self._cache = (epoch, epoch_batches(self._templates, self._B * self._count, self._seed, epoch,
-                                                self._shuffle))
+        rows = self._cache.get(epoch)  # threads read concurrently: never index self._cache twice
+        if rows is None:
+            rows = epoch_batches(self._templates, self._B * self._count, self._seed, epoch, self._shuffle)
+            self._cache = {**{e: r for e, r in self._cache.items() if e == epoch - 1}, epoch: rows}
         cols = slice(self._shard * self._B, (self._shard + 1) * self._B)
-        idx = self._cache[1][b, cols]
+        idx = rows[b, cols]
         return {"indices": idx, "epoch": epoch, "batch": b, "col0": cols.start,
                 "template": float(self._templates[idx[0]])}
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_cache"] = None  # workers rebuild it
+        state["_cache"] = {}  # workers rebuild it
         return state
 
 
