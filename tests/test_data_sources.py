@@ -161,3 +161,9 @@ def test_missing_paths_and_empty_sources_are_clear_errors(tmp_path):
     path = sources.prepare("shapes", str(tmp_path / "out5"), num_examples=2, progress=False)
     with pytest.raises(KeyError, match="split 'test'"):
         sources.open_split(path, "test")
+    # same options reuse the build; other options into the same folder are refused
+    assert sources.prepare("shapes", str(tmp_path / "out5"), num_examples=2, progress=False) == path
+    with pytest.raises(ValueError, match="already holds"):
+        sources.prepare("shapes", str(tmp_path / "out5"), num_examples=3, progress=False)
+    sources.prepare("shapes", str(tmp_path / "out5"), num_examples=3, progress=False, overwrite=True)
+    assert len(sources.open_split(path)[0]) == 3

@@ -445,6 +445,13 @@ def prepare(kind: str, out: str, *, source: str | None = None, image_root: str |
     mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
     if overwrite:
         mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD
+    elif os.path.isfile(os.path.join(str(builder.data_dir), "dataset_info.json")):
+        had = dict((tfds.builder_from_directory(str(builder.data_dir)).info.metadata or {}).get("prepare", {}))
+        want = json.loads(json.dumps({"kind": kind, **options}))  # as stored (tuples become lists)
+        if had != want:
+            raise ValueError(f"{builder.data_dir} already holds a {kind} dataset built with {had}; asked for "
+                             f"{want}: expected another --out, or overwrite=True (--overwrite)")
+        log.info("%s: reusing the dataset already built in %s", kind, builder.data_dir)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
     return str(builder.data_dir)
 
