@@ -109,9 +109,10 @@ def scale_ids(schedule: schedules.Schedule) -> np.ndarray:
     return np.concatenate([np.full(t * h * w, k, np.int32) for k, (t, h, w) in enumerate(schedule)])
 
 
-def block_causal_mask(schedule: schedules.Schedule) -> np.ndarray:
-    """(L, L) bool: token i sees token j iff j's scale <= i's scale."""
-    s = scale_ids(schedule)
+def block_causal_mask(schedule: schedules.Schedule) -> jax.Array:
+    """(L, L) bool: token i sees token j iff j's scale <= i's scale. Built in-graph from the (L,)
+    scale ids, so a 1M schedule does not embed a 110 MB constant in the program."""
+    s = jnp.asarray(scale_ids(schedule))
     return s[:, None] >= s[None, :]
 
 
@@ -325,7 +326,7 @@ class Infinity(nn.Module):
         x = jnp.concatenate([self._sos(ctx), self._embed(x_wo_prefix)], axis=1)
         lvl = self.lvl_embed(jnp.asarray(scale_ids(schedule)))
         rope = jnp.asarray(layers.rope2d_table(schedule, c.head_dim, c.rope2d_normalized_by_hw))
-        x, _ = self._blocks(x, ctx, rope, jnp.asarray(block_causal_mask(schedule)), lvl)
+        x, _ = self._blocks(x, ctx, rope, block_causal_mask(schedule), lvl)
         return self._logits(x, ctx["cond"])
 
     def decode_scale(self, ctx, x_scale, cache, schedule, scale_index: int):
