@@ -120,6 +120,11 @@ class Checkpointer:
             self.directory, options=options, item_names=("state", "data", "config"),
             item_handlers={"state": ocp.StandardCheckpointHandler(), "data": DataStateHandler(),
                            "config": ocp.JsonCheckpointHandler()})
+        # orbax deletes stale temporary folders (a killed save) in the background; finish that now so
+        # a second manager on the same directory never races it (private hook, hence the guard)
+        await_cleanup = getattr(self.manager, "_maybe_await_cleanup_tmp_directory", None)
+        if await_cleanup is not None:
+            await_cleanup()
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -171,6 +176,12 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def load_config(directory: str | os.PathLike, step: int | None = None) -> ml_collections.ConfigDict:

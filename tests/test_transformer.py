@@ -247,3 +247,15 @@ def test_bf16_compute_stays_close_to_float32(tiny):
     assert max_abs(lg, tiny.f["tf/logits"]) <= 0.15
     np.testing.assert_allclose(float(L.bitwise_loss(lg, tiny.f["tf/labels"], tiny.sched)), float(tiny.f["tf/loss"]),
                                rtol=2e-3)
+
+
+def test_drop_path_only_in_training_and_per_example(tiny):
+    cfg = dataclasses.replace(tiny.cfg, drop_path_rate=0.5)  # block rates linspace(0, 0.5): only block 1 drops
+    model = T.Infinity(cfg)
+    run = jax.jit(lambda k: model.apply({"params": tiny.params}, tiny.text, tiny.mask, tiny.f["tf/x_wo_prefix"],
+                                        tiny.sched, train=True, rngs={"dropout": k}))
+    assert max_abs(model.apply({"params": tiny.params}, tiny.text, tiny.mask, tiny.f["tf/x_wo_prefix"], tiny.sched),
+                   tiny.tf_logits) <= 1e-5
+    outs = {tuple(np.round(np.abs(np.asarray(run(jax.random.key(s))) - tiny.tf_logits).max((1, 2)), 4))
+            for s in range(6)}
+    assert len(outs) > 1 and all(max(o) > 0 for o in outs)  # random per example; training differs from eval

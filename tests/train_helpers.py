@@ -187,20 +187,28 @@ def _set_compile_cache(path):
     compilation_cache.reset_cache()
 
 
+# Test modules import these fixtures, which makes pytest register one instance per module; the
+# values are memoised here so the session really has one cache directory and one reference run.
+_SESSION: dict = {}
+
+
 @pytest.fixture(scope="session")
 def compile_cache(tmp_path_factory):
     """A persistent XLA cache for this session (also handed to subprocess workers via the env):
     the same train step is compiled once, not once per run/process."""
-    path = str(tmp_path_factory.mktemp("xla_cache"))
-    old = os.environ.get("JAX_COMPILATION_CACHE_DIR")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
-    _set_compile_cache(path)
-    yield path
-    _set_compile_cache(None)
-    if old is None:
-        os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
-    else:
-        os.environ["JAX_COMPILATION_CACHE_DIR"] = old
+    if "cache" not in _SESSION:
+        _SESSION["cache"] = path = str(tmp_path_factory.mktemp("xla_cache"))
+        _SESSION["old_env"] = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+        _set_compile_cache(path)
+    yield _SESSION["cache"]
+    if _SESSION.pop("cache", None) is not None:  # the first teardown restores the settings
+        _set_compile_cache(None)
+        old = _SESSION.pop("old_env")
+        if old is None:
+            os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+        else:
+            os.environ["JAX_COMPILATION_CACHE_DIR"] = old
 
 
 def run(workdir, *, n_devices=None, rules="dp", fsdp=1, tensor=1, every=0, grad_accum=1, ema=0.0,
@@ -223,4 +231,6 @@ def run(workdir, *, n_devices=None, rules="dp", fsdp=1, tensor=1, every=0, grad_
 @pytest.fixture(scope="session")
 def reference_run(compile_cache, tmp_path_factory):
     """The stand-in trained for STEPS steps on one device (no checkpoints)."""
-    return run(tmp_path_factory.mktemp("ref"), n_devices=1)
+    if "reference" not in _SESSION:
+        _SESSION["reference"] = run(tmp_path_factory.mktemp("ref"), n_devices=1)
+    return _SESSION["reference"]
