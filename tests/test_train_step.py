@@ -1,0 +1,85 @@
+"""The Infinity training loss (train/step.py): the official teacher-forced loss and gradients when
+self-correction and text dropout are off, and self-correction really on the training path."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from infinity_jax import schedules
+from infinity_jax.convert import infinity as conv
+from infinity_jax.model import transformer as T
+from infinity_jax.tokenizer import bsq
+from infinity_jax.train import step as S
+from tests.conftest import load_fixture, state_dict
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    f = load_fixture("tiny")
+    m, s = f["meta"], f["meta"]["settings"]
+    cfg = T.InfinityConfig(depth=s["depth"], embed_dim=s["embed_dim"], num_heads=s["num_heads"],
+                           block_chunks=s["block_chunks"], codebook_dim=s["d"], text_channels=m["text_channels"],
+                           text_maxlen=m["text_maxlen"])
+    sched = tuple(tuple(int(v) for v in x) for x in m["schedule"])
+    batch = {"latent": jnp.asarray(f["vae/out/h"].transpose(0, 2, 3, 1)),
+             "text_features": jnp.asarray(f["in/text_padded"]), "text_mask": jnp.asarray(f["in/text_mask"])}
+    return f, T.Infinity(cfg), conv.torch_to_params(state_dict(f, "gpt"), cfg), sched, batch
+
+
+def test_without_flips_or_dropout_loss_and_grads_match_official_trainer(tiny):
+    f, model, params, sched, batch = tiny
+    opts = S.StepOptions(bsc_strength=0.0, cond_drop=0.0)
+    loss_fn = S.make_loss_fn(model, sched, opts)
+    (loss, metrics), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params, batch, jax.random.key(0))
+    np.testing.assert_allclose(float(loss), float(f["tf/loss"]), rtol=1e-5)
+    grads_sd = {k[5:]: v for k, v in f.items() if k.startswith("grad/")}
+    grads_sd.update({k: v for k, v in state_dict(f, "gpt").items() if k.endswith("zero_k_bias")})  # buffers
+    ref = conv.torch_to_params(grads_sd, model.cfg)
+    for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref)):
+        scale = max(float(np.abs(r).max()), 1e-12)
+        assert float(np.abs(np.asarray(g) - r).max()) <= 1e-3 * scale, jax.tree_util.keystr(path)
+    assert metrics["bit_acc"].shape == (len(sched),) and metrics["scale_loss"].shape == (len(sched),)
+    assert 0.3 < float(metrics["bit_acc"].mean()) < 0.7  # random weights: chance level
+
+
+def test_self_correction_changes_inputs_and_labels_on_the_training_path(tiny):
+    f, model, params, sched, batch = tiny
+    z = batch["latent"]
+    x0, y0, _ = bsq.self_correction(z, sched, jax.random.key(1), strength=0.0)
+    x1, y1, masks = bsq.self_correction(z, sched, jax.random.key(1), strength=0.3, num_layers=13)
+    n0 = sched[0][1] * sched[0][2]
+    assert float(jnp.abs(x1 - x0).max()) > 0.1               # corrupted inputs
+    assert bool((y1[:, n0:] != y0[:, n0:]).any())            # later labels correct earlier flips
+    flipped = float(jnp.mean(jnp.concatenate([m.reshape(-1) for m in masks]).astype(jnp.float32)))
+    assert 0.0 < flipped < 0.3
+    on = S.make_loss_fn(model, sched, S.StepOptions(bsc_strength=0.3, cond_drop=0.0))
+    off = S.make_loss_fn(model, sched, S.StepOptions(bsc_strength=0.0, cond_drop=0.0))
+    l_on = float(jax.jit(on)(params, batch, jax.random.key(2))[0])
+    l_off = float(jax.jit(off)(params, batch, jax.random.key(2))[0])
+    assert abs(l_on - float(f["bsc/loss"])) < 0.05 and l_on != l_off
+
+
+def test_text_dropout_uses_the_null_text(tiny):
+    f, model, params, sched, batch = tiny
+    all_drop = S.make_loss_fn(model, sched, S.StepOptions(bsc_strength=0.0, cond_drop=1.0))
+    null = dict(batch, text_features=jnp.broadcast_to(params["cfg_uncond"][None, :batch["text_mask"].shape[1]],
+                                                      batch["text_features"].shape))
+    no_drop = S.make_loss_fn(model, sched, S.StepOptions(bsc_strength=0.0, cond_drop=0.0))
+    a = float(all_drop(params, batch, jax.random.key(0))[0])
+    b = float(no_drop(params, null, jax.random.key(0))[0])
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_missing_inputs_raise_clear_errors(tiny):
+    f, model, params, sched, batch = tiny
+    loss_fn = S.make_loss_fn(model, sched)
+    with pytest.raises(ValueError, match="no 'latent'"):
+        loss_fn(params, {"image": jnp.zeros((2, 256, 256, 3))}, jax.random.key(0))
+
+
+def test_flops_count_counts_block_causal_pairs():
+    sched = ((1, 1, 1), (1, 2, 2))
+    # tokens 5; query-key pairs: 1*1 + 4*5 = 21 self + 5*3 text
+    got = S.train_flops_per_example(10, sched, depth=2, embed_dim=4, text_len=3)
+    assert got == 6 * 10 * 5 + 3 * 2 * 4 * 4 * (21 + 15)
+    assert schedules.num_tokens(sched) == 5
