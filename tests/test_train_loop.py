@@ -10,11 +10,13 @@ import time
 import jax
 import numpy as np
 import pytest
+from flax import linen as nn
 from jax.sharding import PartitionSpec as P
 
 from infinity_jax.checkpoint import Checkpointer
 from infinity_jax.train import distributed, loop, metrics
-from tests.train_helpers import STEPS, TokenData, compile_cache, reference_run, run  # noqa: F401 (fixtures)
+from tests.train_helpers import EMBED, MLP, STEPS, VOCAB, TokenData, make_fns, run
+from tests.train_helpers import compile_cache, reference_run  # noqa: F401 (fixtures)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
@@ -40,8 +42,20 @@ def sharded_runs(compile_cache, tmp_path_factory):
                     hooks=[loop.Hook(hook, every=2, name="probe")])
     out["dp"].hook_calls = calls
     out["fsdp"] = run(tmp_path_factory.mktemp("fsdp"), rules="fsdp", fsdp=4, grad_accum=2)
-    out["fsdp_tp"] = run(tmp_path_factory.mktemp("fsdp_tp"), rules="fsdp_tp", fsdp=2, tensor=2, ema=0.9)
+    out["fsdp_tp"] = run(tmp_path_factory.mktemp("fsdp_tp"), rules="fsdp_tp", fsdp=2, tensor=2, ema=0.9,
+                         loss_fn=_loss_with_frozen, frozen=FROZEN)
     return out
+
+
+# frozen arrays (as a VAE or text encoder would be): sharded by their logical names, never trained
+FROZEN = {"gain": np.ones((VOCAB,), np.float32),
+          "proj": nn.LogicallyPartitioned(np.arange(EMBED * MLP, dtype=np.float32).reshape(EMBED, MLP),
+                                          ("embed", "mlp"))}
+
+
+def _loss_with_frozen(params, batch, rng, frozen):
+    loss, m = make_fns()[1](params, batch, rng)
+    return loss * frozen["gain"].mean() + 0.0 * frozen["proj"].sum(), m  # == loss
 
 
 @needs8
@@ -81,6 +95,9 @@ def test_params_and_optimizer_state_are_sharded_as_the_rules_say(sharded_runs):
     st = sharded_runs["fsdp_tp"].state
     assert st.params["qkv"]["kernel"].addressable_shards[0].data.shape == (8, 24)  # (16, 48) / (fsdp 2, tensor 2)
     assert st.step.sharding.spec == P() and int(st.step) == STEPS
+    assert st.frozen["proj"].sharding.spec == P("fsdp", "tensor") and st.frozen["gain"].sharding.spec == P()
+    np.testing.assert_array_equal(st.frozen["proj"], FROZEN["proj"].value)  # untouched by the updates
+    assert sharded_runs["dp"].state.frozen is None
 
 
 @needs8

@@ -6,7 +6,7 @@ What it needs from the model side:
   init_params(rng) -> params    boxed with logical axis names (`model.init(rng, ...)['params']`);
                                 only shapes and annotations are traced, then it runs jitted with
                                 the output already sharded (no full copy on one device).
-  loss_fn(params, batch, rng) -> (loss, metrics)
+  loss_fn(params, batch, rng[, frozen]) -> (loss, metrics)
                                 the loop wraps it with make_step (grad accumulation, compute
                                 dtype, clipping, AdamW, EMA); or, instead,
   step_fn(state, batch, rng) -> (state, metrics)
@@ -119,7 +119,7 @@ def run_training(config, workdir: str, *, init_params: Callable[[jax.Array], Any
                  loss_fn: Callable | None = None, step_fn: Callable | None = None,
                  hooks: Sequence[Hook] = (), mesh: Mesh | None = None,
                  flops_per_step: float | None = None, tokens_per_example: float | None = None,
-                 until_step: int | None = None) -> TrainResult:
+                 until_step: int | None = None, frozen: Any = None) -> TrainResult:
     """Train to config.train.total_steps (resuming from workdir if it holds a checkpoint).
 
     flops_per_step: model FLOPs of one update (forward + backward over the global batch), for MFU;
@@ -128,6 +128,9 @@ def run_training(config, workdir: str, *, init_params: Callable[[jax.Array], Any
     mesh: overrides the mesh built from config.parallel (e.g. a subset of devices).
     until_step: stop (saving a checkpoint) once this step is reached, before total_steps; the
       schedule still runs to total_steps, so a later call continues the same run.
+    frozen: arrays the loss needs but never trains (VAE, text encoder), as host or device arrays,
+      boxed with logical names to shard them (plain leaves are replicated). They ride in
+      state.frozen, are passed as loss_fn's 4th argument, and are not checkpointed.
     """
     if (loss_fn is None) == (step_fn is None):
         raise ValueError("run_training: give exactly one of loss_fn= or step_fn=")
@@ -163,6 +166,12 @@ def run_training(config, workdir: str, *, init_params: Callable[[jax.Array], Any
     else:
         with _sharding_context(mesh, rules):
             state = jax.jit(init_state, out_shardings=shardings)()
+
+    if frozen is not None:
+        frozen_sh = parallel.logical_to_mesh_sharding(nn.get_partition_spec(frozen), mesh, rules)
+        frozen_arrays = jax.tree.map(_to_global, nn.meta.unbox(frozen), frozen_sh)
+        state = state.replace(frozen=frozen_arrays)
+        shardings = shardings.replace(frozen=frozen_sh)
 
     writer = metrics_lib.MetricsWriter(workdir, tensorboard=t.get("tensorboard", True))
     start = int(jax.device_get(state.step))
@@ -247,6 +256,14 @@ def run_training(config, workdir: str, *, init_params: Callable[[jax.Array], Any
             ckpt.close()
         writer.close()
     return TrainResult(state=state, history=history, stopped=stopped, start_step=start, workdir=workdir)
+
+
+def _to_global(x, sharding: NamedSharding) -> jax.Array:
+    """A global array with `sharding` from a value every process holds in full."""
+    if isinstance(x, jax.Array) and x.sharding == sharding:
+        return x
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
 
 @contextlib.contextmanager

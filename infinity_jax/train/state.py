@@ -2,13 +2,14 @@
 
 A step is a pure function `step(state, batch, rng) -> (state, metrics)`; the loop jits it with
 explicit in/out shardings. `make_step(loss_fn, ...)` builds one from
-`loss_fn(params, batch, rng) -> (loss, metrics)`: micro-batch gradient accumulation (one optimizer
+`loss_fn(params, batch, rng[, frozen]) -> (loss, metrics)`: micro-batch gradient accumulation (one optimizer
 update per step), optional cast of the params to a compute dtype (fp32 params and optimizer
 state, bf16 compute), global-norm clipping and AdamW (inside `state.tx`), EMA, and the
 metrics `loss`, `grad_norm` (before clipping), `lr` plus whatever the loss returns.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -29,12 +30,14 @@ StepFn = Callable[["TrainState", Any, jax.Array], tuple["TrainState", dict]]
 class TrainState:
     """step: int32 (); params: fp32 tree (unboxed); opt_state: tx state (sharded like params);
     rng: uint32 raw key data, the run's base key (step keys are fold_in(rng, step));
-    ema_params: fp32 tree or None; tx and ema_decay are static."""
+    ema_params: fp32 tree or None; frozen: arrays the loss reads but never trains (e.g. the
+    VAE or text encoder), not checkpointed, or None; tx and ema_decay are static."""
     step: jax.Array
     params: Any
     opt_state: Any
     rng: jax.Array
     ema_params: Any = None
+    frozen: Any = None
     tx: optax.GradientTransformation = struct.field(pytree_node=False, default=None)
     ema_decay: float = struct.field(pytree_node=False, default=0.0)
 
@@ -62,8 +65,9 @@ def step_key(state: TrainState) -> jax.Array:
 
 
 def state_shardings(abstract_state: TrainState, param_logical_specs, mesh: Mesh, rules) -> TrainState:
-    """NamedShardings for every leaf of the state: params and EMA from their logical specs,
-    optimizer moments like the params they belong to (optax.tree_map_params), the rest replicated."""
+    """NamedShardings for every leaf of a state without frozen arrays (the loop adds those): params
+    and EMA from their logical specs, optimizer moments like the params they belong to
+    (optax.tree_map_params), the rest replicated."""
     rep = NamedSharding(mesh, P())
     p_sh = parallel.logical_to_mesh_sharding(param_logical_specs, mesh, rules)
     opt_sh = optax.tree_map_params(abstract_state.tx, lambda _, s: s, abstract_state.opt_state, p_sh,
@@ -74,7 +78,8 @@ def state_shardings(abstract_state: TrainState, param_logical_specs, mesh: Mesh,
 
 def make_step(loss_fn: LossFn, schedule: optax.Schedule | None = None, grad_accum: int = 1,
               compute_dtype: Any = None, mesh: Mesh | None = None) -> StepFn:
-    """A pure `step(state, batch, rng) -> (state, metrics)` from `loss_fn(params, batch, rng)`.
+    """A pure `step(state, batch, rng) -> (state, metrics)` from `loss_fn(params, batch, rng)`
+    (or `loss_fn(params, batch, rng, frozen)` when the state carries frozen arrays).
 
     grad_accum: micro-batches per update (lax.scan inside the step; one update per step).
     compute_dtype: if set (e.g. jnp.bfloat16), floating params are cast to it before loss_fn;
@@ -87,15 +92,17 @@ def make_step(loss_fn: LossFn, schedule: optax.Schedule | None = None, grad_accu
             return params
         return jax.tree.map(lambda p: p.astype(compute_dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
 
-    def cast_loss(params, batch, rng):
-        loss, metrics = loss_fn(cast(params), batch, rng)
+    def cast_loss(params, batch, rng, frozen):
+        extra = () if frozen is None else (frozen,)
+        loss, metrics = loss_fn(cast(params), batch, rng, *extra)
         return loss.astype(jnp.float32), jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
 
     def constrain(mb):
         return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, parallel.batch_sharding(mesh, x.ndim)), mb)
 
     def step(state: TrainState, batch, rng):
-        loss, metrics, grads = optim.accumulate_gradients(cast_loss, state.params, batch, rng, grad_accum,
+        loss, metrics, grads = optim.accumulate_gradients(functools.partial(cast_loss, frozen=state.frozen),
+                                                          state.params, batch, rng, grad_accum,
                                                           constrain if mesh is not None else None)
         metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
         if schedule is not None:
