@@ -50,6 +50,8 @@ from infinity_jax.tokenizer import bsq
 
 # The official tools/run_infinity.py defaults (top_k 900 keeps both logits of a bit: a no-op).
 DEFAULT_CFG, DEFAULT_TAU, DEFAULT_TOP_K, DEFAULT_TOP_P = 3.0, 1.0, 900, 0.97
+# XLA compile options used when a Sampler is given none (tests set LLVM -O0: same numbers, faster CPU compiles)
+DEFAULT_COMPILER_OPTIONS: dict[str, Any] = {}
 
 
 # ---------------------------------------------------------------- guidance schedules (host side)
@@ -301,7 +303,8 @@ class Sampler:
                              f"codebook_dim={model_cfg.codebook_dim}")
         self.mesh, self.rules = mesh, rules
         self.cfg_batch, self.return_logits, self.progress = cfg_batch, return_logits, progress
-        self.compiler_options = dict(compiler_options) if compiler_options else None
+        opts = DEFAULT_COMPILER_OPTIONS if compiler_options is None else compiler_options
+        self.compiler_options = dict(opts) or None
         self._executables: dict[Any, Any] = {}
         self.compile_seconds: dict[Any, float] = {}
         self._param_shardings = self._vae_shardings = None

@@ -160,6 +160,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--negative-prompt", default="", help="text for the uncond half of CFG (default: null text)")
     p.add_argument("--h-div-w", type=float, default=1.0, help="aspect ratio h/w; the nearest official template")
     p.add_argument("--pn", default="1M", help="pixel budget: 0.06M, 0.25M, 0.60M or 1M")
+    p.add_argument("--schedule", default=None, help="a custom schedule 'HxW,HxW,...' (latent sides) instead "
+                   "of --h-div-w/--pn, for small models and smoke runs")
     p.add_argument("--cfg", default="3", help="guidance: a number, one per scale 'a,b,...', or 'lin:A:B'")
     p.add_argument("--tau", default="1", help="temperature, same forms as --cfg")
     p.add_argument("--top-k", type=int, default=900, help="per bit: 1 keeps the larger logit only; 0 or >= 2 off")
@@ -175,6 +177,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-grid", action="store_true", help="do not write grid.png")
     p.add_argument("--out", required=True, help="output folder")
     return p
+
+
+def resolve_schedule(h_div_w: float, pn: str, custom: str | None = None):
+    """(schedule, h/w template used or None): the official template nearest h_div_w at budget pn,
+    or a custom 'HxW,...' list (small models and smoke runs)."""
+    from infinity_jax import schedules
+    try:
+        if custom:
+            return schedules.parse_schedule(custom), None
+        return schedules.official_schedule(h_div_w, pn), schedules.nearest_h_div_w(h_div_w)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
 
 
 def _model_config(args, ckpt_config):
@@ -240,12 +254,11 @@ def run(args) -> dict:
     import jax
     from infinity_jax import parallel, sample, schedules
     prompts = read_prompts(args.prompt, args.prompts_file)
+    schedule, template = resolve_schedule(args.h_div_w, args.pn, args.schedule)
     try:
-        schedule = schedules.official_schedule(args.h_div_w, args.pn)
         sp = sample.sampling_params(len(schedule), args.cfg, args.tau, args.top_k, args.top_p, args.greedy)
     except ValueError as e:
         raise UsageError(str(e)) from e
-    template = schedules.nearest_h_div_w(args.h_div_w)
     H, W = schedules.image_size(schedule)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: expected >= 1")
@@ -277,7 +290,8 @@ def run(args) -> dict:
         nf, nm = (np.asarray(a) for a in encoder.encode_text([args.negative_prompt]))
         neg = (nf, nm)
     bsz = -(-min(args.batch_size, len(prompts)) // sampler.batch_multiple) * sampler.batch_multiple
-    print(f"[sample] {len(prompts)} prompt(s), {W}x{H} (h/w template {template}, {args.pn}, {len(schedule)} scales, "
+    where = f"h/w template {template}, {args.pn}" if template is not None else "custom schedule"
+    print(f"[sample] {len(prompts)} prompt(s), {W}x{H} ({where}, {len(schedule)} scales, "
           f"{schedules.num_tokens(schedule)} tokens), batch {bsz}, {jax.device_count()} device(s)", file=sys.stderr)
     os.makedirs(args.out, exist_ok=True)
     records, images_all = [], []
@@ -300,7 +314,8 @@ def run(args) -> dict:
             records.append({"index": i, "prompt": prompts[i], "seed": int(seeds[j]), "file": name})
     if len(images_all) > 1 and not args.no_grid:
         save_png(grid(np.stack(images_all)), os.path.join(args.out, "grid.png"))
-    summary = {"schedule": [list(s) for s in schedule], "h_div_w_template": template, "pn": args.pn,
+    summary = {"schedule": [list(s) for s in schedule], "h_div_w_template": template,
+               "pn": None if template is None else args.pn,
                "image_hw": [H, W], "cfg": [float(v) for v in sp.cond_w], "tau": [float(1 / v) for v in sp.inv_tau],
                "top_k": args.top_k, "top_p": args.top_p, "greedy": args.greedy,
                "negative_prompt": args.negative_prompt, "compile_s": sum(sampler.compile_seconds.values()),

@@ -214,7 +214,7 @@ def test_sharded_sampling_equals_unsharded(small):
         b = shd(placed, None, text, mask, 5, **kw)
         assert b.bits.sharding.spec == P(parallel.BATCH_AXES)
         np.testing.assert_array_equal(np.asarray(a.bits), np.asarray(b.bits))
-        np.testing.assert_allclose(np.asarray(a.logits), np.asarray(b.logits), atol=2e-5, rtol=0)
+        np.testing.assert_allclose(np.asarray(a.logits), np.asarray(b.logits), atol=1e-4, rtol=0)
     assert shd.num_compiles == 1
     with pytest.raises(ValueError, match="multiple of the 4 batch shards"):
         shd(placed, None, text[:2], mask[:2], 0)
@@ -263,7 +263,7 @@ def test_cli_writes_pngs_grid_and_summary(weights, tmp_path, monkeypatch, capsys
     summary = json.loads((out / "samples.json").read_text())
     assert [s["prompt"] for s in summary["samples"]] == ["a cat", "a red cube", "two blue spheres"]
     assert [s["seed"] for s in summary["samples"]] == [4, 5, 6]
-    assert summary["image_hw"] == [48, 96] and summary["cfg"] == [1.0, 1 + 2 / 3, 1 + 4 / 3, 3.0]
+    assert summary["image_hw"] == [48, 96] and summary["cfg"] == pytest.approx([1, 5 / 3, 7 / 3, 3])
     img = np.asarray(Image.open(out / summary["samples"][2]["file"]))
     assert img.shape == (48, 96, 3) and img.dtype == np.uint8 and img.std() > 0
     assert np.asarray(Image.open(out / "grid.png")).shape == (2 * 48, 2 * 96, 3)
