@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ml_collections
 
-# name -> (depth, embed_dim, num_heads, block_chunks)
+# name -> (depth, embed_dim, num_heads, block_chunks); drop path: 0.25 for 20b, else 0.1 (factory defaults)
 SIZES = {
     "infinity_2b": (32, 2048, 16, 8),
     "infinity_8b": (40, 3584, 28, 8),
@@ -75,6 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.cross_attn_layer_scale = -1.0
     m.rope2d_normalized_by_hw = 2
     m.lvl_embed_first_block_only = True
+    m.drop_path_rate = 0.0 if name == "tiny" else (0.25 if name == "infinity_20b" else 0.1)
     m.dtype = "float32"      # compute dtype (bfloat16 on TPU/GPU); params, norms, softmax, loss stay fp32
     m.remat = "none"         # none | full | attn
     m.scan_layers = False

@@ -50,6 +50,7 @@ class InfinityConfig:
     cross_attn_layer_scale: float = -1.0  # >= 0: learned per-channel gain on cross-attention
     rope2d_normalized_by_hw: int = 2
     lvl_embed_first_block_only: bool = True  # official add_lvl_embeding_only_first_block
+    drop_path_rate: float = 0.0      # stochastic depth, linear 0 -> rate over blocks (training only)
     dtype: str = "float32"           # compute dtype of matmuls (params are fp32)
     remat: str = "none"              # none | full (each block) | attn (self-attention only)
     scan_layers: bool = False
@@ -167,8 +168,8 @@ class Block(nn.Module):
 
     Signature fits nn.scan: __call__(x, xs, shared) -> (x, xs_out).
       x: (B, l, C) float32 residual stream.
-      xs: per-layer inputs: optional 'lvl' (0/1 scalar: add the level embedding first) and, when
-        decoding, the layer's cache 'k', 'v': (B, L_total, H, c).
+      xs: per-layer inputs: optional 'lvl' (0/1 scalar: add the level embedding first), 'drop'
+        (this block's drop-path rate, training) and, when decoding, the cache 'k', 'v': (B, L_total, H, c).
       shared: 'ada' (B, 1, 6, C) shared AdaLN output (or 'cond' (B, D) without shared AdaLN),
         'ca_kv' (B, Lt, D), 'ca_mask' (B, Lt), 'rope' (2, l, c/2), 'mask' (l, m) or None,
         'lvl' (l, C) or None.
@@ -177,6 +178,14 @@ class Block(nn.Module):
     cfg: InfinityConfig
     cache_offset: int | None = None
     remat_attn: bool = False
+
+    def _drop_path(self, h, xs):
+        """Stochastic depth on a residual branch (official DropPath): per example, rescaled by 1/keep."""
+        if "drop" not in xs:
+            return h
+        keep = 1.0 - xs["drop"]
+        hit = jax.random.bernoulli(self.make_rng("dropout"), keep, (h.shape[0], 1, 1))
+        return h * jnp.where(hit, 1.0 / jnp.maximum(keep, 1e-12), 0.0)
 
     @nn.compact
     def __call__(self, x, xs, shared):
@@ -198,7 +207,7 @@ class Block(nn.Module):
         h = layers.ada_norm(x, scale1, shift1, c.norm_eps, c.rms_norm)
         h, cache = sa_cls(c.num_heads, cos_attn=c.cos_attn, tau=c.tau, dtype=dt, cache_offset=self.cache_offset,
                           name="sa")(h, shared["rope"], shared["mask"], cache)
-        x = x + h.astype(jnp.float32) * gamma1
+        x = x + self._drop_path(h.astype(jnp.float32) * gamma1, xs)
 
         h = layers.Norm(c.norm_eps, c.rms_norm, name="ca_norm")(x)
         h = layers.CrossAttention(c.embed_dim, c.num_heads, dtype=dt, name="ca")(h, shared["ca_kv"], shared["ca_mask"])
@@ -210,7 +219,7 @@ class Block(nn.Module):
 
         h = layers.ada_norm(x, scale2, shift2, c.norm_eps, c.rms_norm)
         h = layers.FFN(c.ffn_hidden, dtype=dt, name="ffn")(h)
-        x = x + h.astype(jnp.float32) * gamma2
+        x = x + self._drop_path(h.astype(jnp.float32) * gamma2, xs)
         return x, ({"k": cache[0], "v": cache[1]} if cache is not None else {})
 
 
@@ -281,10 +290,11 @@ class Infinity(nn.Module):
         return list(range(0, c.depth, step))
 
     @nn.compact
-    def _blocks(self, x, ctx, rope, mask, lvl, cache=None, cache_offset=None):
+    def _blocks(self, x, ctx, rope, mask, lvl, cache=None, cache_offset=None, train=False):
         """Runs all blocks. x: (B, l, C) f32; lvl: (l, C) level embedding; cache: {'k','v'} stacked."""
         c = self.cfg
         decoding = cache is not None
+        drop = np.linspace(0.0, c.drop_path_rate, c.depth).astype(np.float32) if train and c.drop_path_rate > 0 else None
         starts = self._chunk_starts()
         shared = {"ca_kv": ctx["ca_kv"], "ca_mask": ctx["ca_mask"], "rope": rope, "mask": mask, "lvl": lvl}
         shared.update({"ada": ctx["ada"]} if c.shared_aln else {"cond": ctx["cond"]})
@@ -295,15 +305,19 @@ class Infinity(nn.Module):
             flags = np.zeros(c.depth, np.float32)
             flags[starts] = 1.0
             xs = {"lvl": jnp.asarray(flags)}
+            if drop is not None:
+                xs["drop"] = jnp.asarray(drop)
             if decoding:
                 xs.update(k=cache["k"], v=cache["v"])
-            scanned = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+            scanned = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                               in_axes=(0, nn.broadcast), length=c.depth,
                               metadata_params={nn.PARTITION_NAME: "layers"})
             x, ys = scanned(c, name="blocks", **kw)(x, xs, shared)
             return x, (ys if decoding else None)
         for i in range(c.depth):
             xs = {"lvl": jnp.float32(1.0)} if i in starts else {}
+            if drop is not None:
+                xs["drop"] = jnp.float32(drop[i])
             if decoding:
                 xs.update(k=cache["k"][i], v=cache["v"][i])
             x, ys = block_cls(c, name=f"blocks_{i}", **kw)(x, xs, shared)
@@ -312,10 +326,11 @@ class Infinity(nn.Module):
         return x, cache
 
     # -------------------------------------------------- entry points
-    def __call__(self, text, text_mask, x_wo_prefix, schedule, drop=None):
+    def __call__(self, text, text_mask, x_wo_prefix, schedule, drop=None, train: bool = False):
         """Teacher-forced logits. text: (B, Lt, Ct), text_mask: (B, Lt), x_wo_prefix: (B, L - 1, d)
-        (the d-bit inputs of scales 2..K, row-major per scale); schedule: K (t, h, w) triples (static).
-        Returns (B, L, 2d) float32."""
+        (the d-bit inputs of scales 2..K, row-major per scale); schedule: K (t, h, w) triples (static);
+        drop: optional (B,) bool, prompts replaced by the null text; train=True applies drop path
+        (needs a 'dropout' rng when drop_path_rate > 0). Returns (B, L, 2d) float32."""
         c = self.cfg
         schedule = schedules.validate(schedule)
         n = schedules.num_tokens(schedule)
@@ -326,7 +341,7 @@ class Infinity(nn.Module):
         x = jnp.concatenate([self._sos(ctx), self._embed(x_wo_prefix)], axis=1)
         lvl = self.lvl_embed(jnp.asarray(scale_ids(schedule)))
         rope = jnp.asarray(layers.rope2d_table(schedule, c.head_dim, c.rope2d_normalized_by_hw))
-        x, _ = self._blocks(x, ctx, rope, block_causal_mask(schedule), lvl)
+        x, _ = self._blocks(x, ctx, rope, block_causal_mask(schedule), lvl, train=train)
         return self._logits(x, ctx["cond"])
 
     def decode_scale(self, ctx, x_scale, cache, schedule, scale_index: int):
