@@ -67,6 +67,8 @@ class Hook:
 
     fn(step, state, writer) runs on every process (it may run sharded computations); it may
     return a dict of scalars, which is logged at that step. every=None takes train.hook_every.
+    The next step donates `state`: copy anything the hook wants to keep (writer.workdir is the
+    run's folder, for images and such; write files from process 0 only).
     """
     fn: Callable[[int, TrainState, metrics_lib.MetricsWriter], Mapping[str, float] | None]
     every: int | None = None
@@ -123,7 +125,7 @@ def run_training(config, workdir: str, *, init_params: Callable[[jax.Array], Any
     """Train to config.train.total_steps (resuming from workdir if it holds a checkpoint).
 
     flops_per_step: model FLOPs of one update (forward + backward over the global batch), for MFU;
-      if None, XLA's cost analysis of the compiled step is used (noted as mfu_flops='xla').
+      if None, XLA's cost analysis of the compiled step is used (logged mfu_flops_from_model=0).
     tokens_per_example: for tokens/s (e.g. the schedule's token count per image).
     mesh: overrides the mesh built from config.parallel (e.g. a subset of devices).
     until_step: stop (saving a checkpoint) once this step is reached, before total_steps; the
@@ -224,12 +226,8 @@ def run_training(config, workdir: str, *, init_params: Callable[[jax.Array], Any
                     rows = _flush(pending, schedule, ckpt)
                     pending = []
                     history.extend(rows)
-                    stats = {k: float(np.mean([r[k] for r in rows])) for k in rows[-1] if k != "step"}
-                    stats["lr"] = rows[-1]["lr"]
-                    stats.update(metrics_lib.throughput(elapsed / len(rows), t.global_batch, tokens_per_example,
-                                                        flops, mesh.size, peak))
-                    if "mfu" in stats:
-                        stats["mfu_flops_from_model"] = float(flops_src == "model")
+                    stats = _window_stats(rows, elapsed, t.global_batch, tokens_per_example, flops, flops_src,
+                                          mesh.size, peak)
                     writer.write(done, stats)
                     if bar is not None:
                         bar.update(len(rows))
@@ -286,6 +284,17 @@ def _flush(pending, schedule, ckpt) -> list[dict]:
             raise NonFiniteLossError(step, row["loss"], None if ckpt is None else ckpt.latest_step())
         rows.append(row)
     return rows
+
+
+def _window_stats(rows, elapsed, global_batch, tokens_per_example, flops, flops_src, n_devices, peak) -> dict:
+    """Means of the step metrics over a logging window (lr: the last), plus throughput and MFU."""
+    stats = {k: float(np.mean([r[k] for r in rows])) for k in rows[-1] if k != "step"}
+    stats["lr"] = rows[-1]["lr"]
+    stats.update(metrics_lib.throughput(elapsed / len(rows), global_batch, tokens_per_example, flops,
+                                        n_devices, peak))
+    if "mfu" in stats:
+        stats["mfu_flops_from_model"] = float(flops_src == "model")
+    return stats
 
 
 def _xla_flops(compiled, num_devices: int) -> float | None:
