@@ -38,8 +38,9 @@ def test_without_flips_or_dropout_loss_and_grads_match_official_trainer(tiny):
     for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref)):
         scale = max(float(np.abs(r).max()), 1e-12)
         assert float(np.abs(np.asarray(g) - r).max()) <= 1e-3 * scale, jax.tree_util.keystr(path)
-    assert metrics["bit_acc"].shape == (len(sched),) and metrics["scale_loss"].shape == (len(sched),)
-    assert 0.3 < float(metrics["bit_acc"].mean()) < 0.7  # random weights: chance level
+    assert all(np.shape(v) == () for v in metrics.values())
+    assert {f"bit_acc/s{k:02d}" for k in range(len(sched))} <= set(metrics)
+    assert 0.3 < float(metrics["bit_acc"]) < 0.7  # random weights: chance level
 
 
 def test_self_correction_changes_inputs_and_labels_on_the_training_path(tiny):

@@ -12,7 +12,7 @@
      re-quantization) -> inputs x (B, L - 1, d) and labels (B, L, d);
   4. classifier-free-guidance text dropout: each prompt replaced by the null text with p = cond_drop;
   5. teacher-forced logits and the official bit-wise loss with per-scale reweighting;
-     metrics: per-scale bit accuracy and loss.
+     metrics (scalars): bit_acc (mean over scales), bit_acc/sKK and loss/sKK per scale.
 
 Frozen encoders are arguments of the step (not closed-over constants, which XLA would embed in
 the program): pass them as `frozen` (TrainState.frozen in the loop).
@@ -90,8 +90,10 @@ def make_loss_fn(model, schedule: schedules.Schedule, options: StepOptions = Ste
                              train=True, rngs={"dropout": k_path})
         loss = loss_lib.bitwise_loss(logits, labels, schedule, reweight=options.reweight_by_scale,
                                      label_smoothing=options.label_smoothing)
-        metrics = {"bit_acc": loss_lib.per_scale_accuracy(logits, labels, schedule),
-                   "scale_loss": loss_lib.per_scale_loss(logits, labels, schedule)}
+        acc = loss_lib.per_scale_accuracy(logits, labels, schedule)
+        per_scale = loss_lib.per_scale_loss(logits, labels, schedule)
+        metrics = {"bit_acc": acc.mean(), **{f"bit_acc/s{k:02d}": a for k, a in enumerate(acc)},
+                   **{f"loss/s{k:02d}": v for k, v in enumerate(per_scale)}}
         return loss, metrics
 
     return loss_fn
