@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from infinity_jax.checkpoint import Checkpointer
 from tests.train_helpers import STEPS, compile_cache, reference_run  # noqa: F401 (fixtures)

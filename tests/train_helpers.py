@@ -64,7 +64,6 @@ def standin_module(dtype="float32"):
 
 def make_fns(dtype="float32"):
     """(init_params, loss_fn) for the stand-in: next-token cross-entropy on TokenData batches."""
-    import jax
     import jax.numpy as jnp
     import optax
 
