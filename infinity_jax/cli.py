@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("infinity_jax.bench", "main", "benchmarks that print a table: data (more register in bench.py)"),
     "sample": ("infinity_jax.sample_cli", "main", "text -> images with the one-program sampler (PNGs and a grid)"),
     "eval": ("infinity_jax.eval.cli", "main", "evaluators: eval shapes (GenEval-style prompt adherence on the shapes dataset)"),
+    "train": ("infinity_jax.train.cli", "main", "train the Infinity transformer (resumes from --workdir)"),
 }
 
 

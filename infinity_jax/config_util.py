@@ -13,6 +13,7 @@ import ast
 import importlib.util
 import json
 import os
+import sys
 from typing import Iterable
 
 import ml_collections
@@ -36,6 +37,7 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
     """spec 'file.py[:arg]' or 'name[:arg]' -> the file's get_config(arg), with overrides applied."""
     path, _, arg = spec.partition(":")
     path = resolve_config_path(path)
+    _make_configs_importable(path)
     mod_spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(path))}", path)
     mod = importlib.util.module_from_spec(mod_spec)
     mod_spec.loader.exec_module(mod)
@@ -43,6 +45,16 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
         raise ValueError(f"config file {path!r} has no get_config(arg) function")
     cfg = mod.get_config(arg or None)
     return apply_overrides(cfg, overrides)
+
+
+def _make_configs_importable(path: str) -> None:
+    """Config files build on each other (`from configs import train_defaults`): put the folder that
+    holds their `configs/` package on sys.path (console scripts do not run from the repo root)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.basename(folder) == "configs":
+        root = os.path.dirname(folder)
+        if root not in sys.path:
+            sys.path.insert(0, root)
 
 
 def _parse_value(text: str):

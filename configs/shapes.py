@@ -1,0 +1,99 @@
+"""Text-to-image on the synthetic shapes dataset: the built-in demo and the scaling-sweep base.
+
+usage: infinity-jax train --config configs/shapes.py[:ARG] --workdir runs/shapes [--config.key=value ...]
+ARG: '' (the demo size), 'tiny' (seconds-long CI/test runs), 'layers=N,width=C,heads=H,bits=D'
+(sweep points; any subset).
+
+Everything is small enough for a 2-core CPU: 64x64 images, a stride-16 VAE (4x4 latents, or the
+tokenizer trained by `infinity-jax train-tokenizer` when `vae.params` points at it), a byte-level
+T5 text encoder (frozen, random unless `text.folder` names a Hugging Face folder), and a
+transformer a few layers deep. Data comes from `infinity-jax data prepare --source shapes`.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from configs import infinity as infinity_configs
+from configs import train_defaults
+
+
+def _parse(arg: str | None) -> dict:
+    out = {}
+    for part in (arg or "").split(","):
+        if part.strip():
+            k, _, v = part.partition("=")
+            out[k.strip()] = v.strip() or "1"
+    return out
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    opts = _parse(arg)
+    tiny = "tiny" in opts
+    c = train_defaults.get_config("tiny" if tiny else None)
+    c.name = "shapes"
+
+    t = c.train
+    t.total_steps = 6 if tiny else 3000
+    t.global_batch = 8 if tiny else 32
+    t.compute_dtype = "float32"
+    t.log_every = 1 if tiny else 25
+    t.hook_every = 1000
+    c.optim.base_lr = 1e-3 * 256 / t.global_batch  # peak lr = base_lr * global_batch / 256 = 1e-3
+    c.optim.warmup_steps = 2 if tiny else 100
+    c.optim.final_frac = 0.1
+    c.optim.weight_decay = 0.005
+    c.optim.grad_clip = 5.0
+    c.parallel.rules = "dp"
+    c.checkpoint.every = 3 if tiny else 500
+    c.checkpoint.keep = 2
+    c.checkpoint.async_save = not tiny
+
+    # transformer: the official block structure at a small size
+    m = infinity_configs.get_config("tiny").model
+    m.depth = int(opts.get("layers", 2 if tiny else 4))
+    m.embed_dim = int(opts.get("width", 64 if tiny else 128))
+    m.num_heads = int(opts.get("heads", 2 if tiny else 4))
+    m.block_chunks = 1
+    m.codebook_dim = int(opts.get("bits", 16))
+    m.text_channels = 128  # a multiple of the official text-pool head width (128)
+    m.text_maxlen = 64
+    m.drop_path_rate = 0.0
+    c.model = m
+
+    # tokenizer: a BSQ-VAE of stride 16 on 64x64 images -> 4x4 latents
+    c.vae = v = ml_collections.ConfigDict()
+    v.config = "bsq_vae:tiny"       # config_util spec, or the config.json that train-tokenizer saves
+    v.overrides = (f"codebook_dim={m.codebook_dim}", f"z_channels={m.codebook_dim}")
+    v.params = ""                                   # npz/msgpack of our params or an official .pth; '' = random
+    c.schedule = "1x1,2x2,3x3,4x4"                  # or an official pixel budget name, e.g. '0.06M'
+
+    # text: a frozen byte-level T5 (no files needed)
+    c.text = x = ml_collections.ConfigDict()
+    x.preset = "tiny-byt5"      # infinity_jax.text.t5 PRESETS name, used when folder is ''
+    x.d_model = m.text_channels
+    x.folder = ""               # a local Hugging Face T5 folder (config.json + weights)
+    x.tokenizer = "bytes"
+    x.max_length = m.text_maxlen
+    x.seed = 0
+
+    # data: built by `infinity-jax data prepare --source shapes --image-size 64 --out data/shapes`
+    c.data = d = ml_collections.ConfigDict()
+    d.path = "data/shapes"
+    d.image_size = 64
+    d.worker_count = 0
+    d.num_threads = 2
+    d.short_cap_prob = 0.0
+    d.random_flip = False
+
+    # loss: official self-correction and CFG dropout
+    c.step = s = ml_collections.ConfigDict()
+    s.bsc_strength = 0.3
+    s.bsc_layers = 13
+    s.bsc_requant = True
+    s.cond_drop = 0.1
+    s.reweight_by_scale = True
+    s.label_smoothing = 0.0
+
+    c.eval = e = ml_collections.ConfigDict()
+    e.val_batches = 1 if tiny else 8   # held-out batches (seed + 1) for the final validation loss
+    return c

@@ -1,0 +1,184 @@
+"""`infinity-jax train --config SPEC --workdir DIR [--config.key=value ...]`: train the Infinity transformer.
+
+Builds, from one config (e.g. configs/shapes.py): the data pipeline (images + tokenized captions),
+the frozen BSQ-VAE and T5 text encoder (arguments of the jitted step, sharded by their logical
+axes), the transformer, and runs infinity_jax.train.loop.run_training. Rerunning the same command
+resumes from DIR/checkpoints. At the end it computes a validation loss on held-out batches
+(teacher forcing, no flips, no text dropout) and writes DIR/final.json atomically:
+  {"step", "train_loss", "val_loss", "params", "flops_total", "tokens_total", "config"}.
+Multi-host: jax.distributed is initialised from the environment (TPU auto-detect, or
+JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID); only process 0 writes files.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from infinity_jax import config_util, schedules
+
+log = logging.getLogger("infinity_jax.train")
+ARRAY_KEYS = ("image", "tokens", "token_mask")  # what the step reads from a data batch
+
+
+def parse_args(argv: list[str], prog: str, doc: str) -> tuple[argparse.Namespace, list[str]]:
+    """--config/--workdir plus --config.key=value overrides (shared by the training commands)."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
+    ap.add_argument("--config", required=True, help="config spec: file.py[:arg] or name[:arg] (configs/)")
+    ap.add_argument("--workdir", required=True, help="run folder: checkpoints, metrics, final.json")
+    args, rest = ap.parse_known_args(argv)
+    bad = [a for a in rest if not a.startswith("--config.")]
+    if bad:
+        ap.error(f"unrecognised arguments {bad}; overrides look like --config.model.depth=4")
+    return args, rest
+
+
+def schedule_from_config(cfg) -> schedules.Schedule:
+    """config.schedule: an official pixel budget ('0.06M', with data.h_div_w or 1.0) or 'HxW,HxW,...'."""
+    spec = str(cfg.schedule)
+    if spec in schedules.PIXEL_BUDGETS:
+        return schedules.official_schedule(float(cfg.data.get("h_div_w", 1.0)), spec)
+    return schedules.parse_schedule(spec)
+
+
+def build_vae(cfg):
+    """(module, params) of the frozen BSQ-VAE: config from cfg.vae.config (+ overrides), params from
+    cfg.vae.params (our npz/msgpack or an official .pth), or random when cfg.vae.params is ''."""
+    from infinity_jax.convert import common
+    from infinity_jax.convert import vae as vae_convert
+    from infinity_jax.tokenizer import vae as vae_lib
+    spec = str(cfg.vae.config)
+    if spec.endswith(".json"):
+        with open(spec) as f:
+            vcfg = config_util.apply_overrides(config_util.from_json(f.read()), cfg.vae.get("overrides", ()))
+    else:
+        vcfg = config_util.load_config(spec, cfg.vae.get("overrides", ()))
+    if int(vcfg.codebook_dim) != int(cfg.model.codebook_dim):
+        raise ValueError(f"VAE codebook_dim={vcfg.codebook_dim} (from {spec!r}) does not match "
+                         f"model.codebook_dim={cfg.model.codebook_dim}")
+    module = vae_lib.from_config(vcfg)
+    path = str(cfg.vae.get("params", ""))
+    if not path:
+        log.warning("vae.params is empty: using a randomly initialised (untrained) BSQ-VAE")
+        params = jax.jit(lambda k: vae_lib.init_params(module, k))(jax.random.key(cfg.seed + 7))
+    elif path.endswith((".pth", ".pt", ".bin")):
+        from infinity_jax.convert.torch_io import load_state_dict
+        params = vae_convert.torch_to_params(load_state_dict(path), vcfg)
+    else:
+        params = common.load_params(path)
+    return module, vcfg, params
+
+
+def build_text(cfg):
+    """(T5Config, params, tokenizer) of the frozen text encoder."""
+    from infinity_jax.text.encoder import TextEncoder
+    x = cfg.text
+    if x.get("folder"):
+        enc = TextEncoder.from_pretrained(x.folder, tokenizer=x.tokenizer, max_length=x.max_length)
+    else:
+        from infinity_jax.text.t5 import T5Config
+        t5 = T5Config.preset(x.preset, d_model=int(x.d_model)) if x.get("d_model") else T5Config.preset(x.preset)
+        enc = TextEncoder.from_config(t5, seed=int(x.seed), tokenizer=x.tokenizer, max_length=int(x.max_length))
+    if enc.config.d_model != cfg.model.text_channels:
+        raise ValueError(f"text encoder width {enc.config.d_model} does not match "
+                         f"model.text_channels={cfg.model.text_channels}")
+    return enc.config, enc.params, enc.tokenizer
+
+
+class ArrayBatches:
+    """Keeps only the arrays the step reads (strings stay on the host); forwards get/set_state."""
+
+    def __init__(self, iterator):
+        self._it = iterator
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        b = next(self._it)
+        return {k: np.asarray(b[k]) for k in ARRAY_KEYS if k in b}
+
+    def get_state(self):
+        return self._it.get_state()
+
+    def set_state(self, state):
+        self._it.set_state(state)
+
+
+def build_data(cfg, tokenizer, *, seed_offset: int = 0):
+    from infinity_jax.data import pipeline
+    d = dict(cfg.data.to_dict())
+    d.pop("h_div_w", None)
+    d["batch_size"] = cfg.train.global_batch // jax.process_count()
+    d["seed"] = int(d.get("seed", cfg.seed)) + seed_offset
+    return ArrayBatches(iter(pipeline.make_dataset(pipeline.DataConfig.from_dict(d), tokenizer=tokenizer)))
+
+
+def run(cfg, workdir: str) -> dict:
+    """Train (or resume) and write final.json; returns its content."""
+    from infinity_jax.model import transformer as T
+    from infinity_jax.text.encoder import encode_tokens
+    from infinity_jax.train import distributed, loop, step as step_lib
+
+    distributed.initialize_distributed()
+    schedule = schedule_from_config(cfg)
+    mcfg = T.InfinityConfig.from_dict(cfg.model)
+    model = T.Infinity(mcfg)
+    vae, vcfg, vae_params = build_vae(cfg)
+    latent_hw = (int(cfg.data.image_size) // int(vcfg.patch_size),) * 2 if cfg.data.get("image_size") else None
+    schedules.validate(schedule, latent_hw)
+    t5_cfg, t5_params, tokenizer = build_text(cfg)
+    options = step_lib.StepOptions.from_config(cfg.step)
+    loss_fn = step_lib.make_loss_fn(model, schedule, options, vae=vae,
+                                    text_encoder=functools.partial(encode_tokens, t5_cfg))
+    frozen = {"vae": vae_params, "t5": t5_params}
+    n_params = T.count_params(mcfg)
+    flops_example = step_lib.train_flops_per_example(n_params, schedule, depth=mcfg.depth, embed_dim=mcfg.embed_dim,
+                                                     text_len=int(cfg.text.max_length))
+    data = build_data(cfg, tokenizer)
+    result = loop.run_training(cfg, workdir, init_params=lambda k: T.init_params(mcfg, k), loss_fn=loss_fn,
+                               data=data, frozen=frozen, flops_per_step=flops_example * cfg.train.global_batch,
+                               tokens_per_example=schedules.num_tokens(schedule))
+    step = int(jax.device_get(result.state.step))
+    final = {"step": step, "stopped": result.stopped,
+             "train_loss": result.history[-1]["loss"] if result.history else None,
+             "params": n_params, "flops_total": flops_example * cfg.train.global_batch * step,
+             "tokens_total": schedules.num_tokens(schedule) * cfg.train.global_batch * step,
+             "config": json.loads(config_util.to_json(cfg))}
+    if result.stopped != "done":
+        return final
+    val_fn = step_lib.make_loss_fn(model, schedule, dataclasses.replace(options, bsc_strength=0.0, cond_drop=0.0),
+                                   vae=vae, text_encoder=functools.partial(encode_tokens, t5_cfg))
+    val_step = jax.jit(lambda p, b, f: val_fn(p, b, jax.random.key(0), f)[0])
+    val_data = build_data(cfg, tokenizer, seed_offset=1)
+    losses = [float(val_step(result.state.params, jax.tree.map(jnp.asarray, next(val_data)), result.state.frozen))
+              for _ in range(int(cfg.eval.val_batches))]
+    final["val_loss"] = float(np.mean(losses))
+    if jax.process_index() == 0:
+        from infinity_jax.convert.common import atomic_write
+        atomic_write(os.path.join(workdir, "final.json"),
+                     lambda f: f.write(json.dumps(final, indent=1).encode()))
+    return final
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it renames at INFO
+    args, overrides = parse_args(argv, "infinity-jax train", __doc__)
+    cfg = config_util.load_config(args.config, overrides)
+    final = run(cfg, args.workdir)
+    print(json.dumps({k: v for k, v in final.items() if k != "config"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
