@@ -30,13 +30,12 @@ its own seed only (not on its batch or position in it), bit-identically on one b
 """
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import functools
-import math
 import re
 import sys
 import time
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -371,7 +370,6 @@ class Sampler:
         return exe, dt
 
     def _context(self):
-        import contextlib
         stack = contextlib.ExitStack()
         if self.mesh is not None:
             stack.enter_context(jax.set_mesh(self.mesh))
@@ -443,8 +441,8 @@ def transformer_flops(cfg: InfinityConfig, schedule, batch: int, text_len: int, 
     """Matmul FLOPs of one sampling call's transformer work (2 per multiply-add), with the KV cache.
 
     Per scale of l tokens attending to n cached ones: q/k/v/out projections 8 l C^2, the FFN
-    4 l C F, attention 4 l n C, cross-attention 4 l C^2 (q, out) + 4 l Lt C, the head; plus the
-    cross-attention keys/values of the text (4 Lt C Ct-ish, once). Rows: 2B with CFG.
+    4 l C F, attention 4 l n C, cross-attention 4 l C^2 (q, out) + 4 l Lt C, word embedding and
+    head; plus, per layer, the cross-attention keys/values of the text (4 Lt Ct C). Rows: 2B with CFG.
     """
     C, F, D = cfg.embed_dim, cfg.ffn_hidden, cfg.depth
     rows = batch * (2 if cfg_batch else 1)
@@ -453,5 +451,5 @@ def transformer_flops(cfg: InfinityConfig, schedule, batch: int, text_len: int, 
         seen += l
         per_layer = 8 * l * C * C + 4 * l * C * F + 4 * l * seen * C + 4 * l * C * C + 4 * l * text_len * C
         total += D * per_layer + 2 * l * C * 2 * cfg.codebook_dim + 2 * l * cfg.codebook_dim * C
-    total += D * 4 * text_len * C * C  # cross-attention k/v of the text, per layer
+    total += D * 4 * text_len * cfg.text_channels * C  # cross-attention k/v of the text, per layer
     return rows * total

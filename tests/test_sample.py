@@ -9,7 +9,6 @@ summed codes atol 1e-5 and the uint8 image within 1 when the bits are equal.
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
