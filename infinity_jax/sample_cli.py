@@ -150,16 +150,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="transformer config: configs/infinity.py name (options after "
                    "commas, e.g. infinity_2b,dtype=bfloat16) or file.py[:arg]; default: the checkpoint's")
     p.add_argument("--checkpoint", required=True, help="transformer weights: orbax folder, .npz/.msgpack or .pth")
-    p.add_argument("--vae", required=True, help="BSQ-VAE weights: .npz/.msgpack params or an official .pth")
+    p.add_argument("--vae", default=None, help="BSQ-VAE weights: .npz/.msgpack params or an official .pth; "
+                   "default: the one named by a training checkpoint's config")
     p.add_argument("--vae-config", default="d32", help="configs/bsq_vae.py name or file.py[:arg] (default d32)")
-    p.add_argument("--text-encoder", default="flan-t5-xl",
+    p.add_argument("--text-encoder", default=None,
                    help="configs/t5.py argument, e.g. 'flan-t5-xl,path=weights/flan-t5-xl', or a Hugging Face "
-                        "folder; without a path the encoder is random (smoke tests only)")
+                        "folder; without a path the encoder is random (smoke tests only); default: a training "
+                        "checkpoint's text encoder, else flan-t5-xl")
     p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     p.add_argument("--prompts-file", default=None, help="one prompt per line")
     p.add_argument("--negative-prompt", default="", help="text for the uncond half of CFG (default: null text)")
     p.add_argument("--h-div-w", type=float, default=1.0, help="aspect ratio h/w; the nearest official template")
-    p.add_argument("--pn", default="1M", help="pixel budget: 0.06M, 0.25M, 0.60M or 1M")
+    p.add_argument("--pn", default=None, help="pixel budget: 0.06M, 0.25M, 0.60M or 1M (default: a training "
+                   "checkpoint's schedule, else 1M)")
     p.add_argument("--schedule", default=None, help="a custom schedule 'HxW,HxW,...' (latent sides) instead "
                    "of --h-div-w/--pn, for small models and smoke runs")
     p.add_argument("--cfg", default="3", help="guidance: a number, one per scale 'a,b,...', or 'lin:A:B'")
@@ -210,23 +213,33 @@ def _model_config(args, ckpt_config):
     return InfinityConfig.from_dict(d)
 
 
-def _vae_config(args, ckpt_config):
-    from infinity_jax.convert import vae as conv
-    if ckpt_config is not None and "vae" in ckpt_config and args.vae_config == "d32":
-        cfg = ckpt_config.vae
+def _vae(args, ckpt_config):
+    """(VAE config, params): --vae/--vae-config, else what a training checkpoint's config names."""
+    if args.vae is None:
+        if ckpt_config is None or "vae" not in ckpt_config:
+            raise UsageError("no VAE: pass --vae PARAMS (and --vae-config) for a params-file checkpoint")
+        from infinity_jax.train.cli import build_vae
+        _, cfg, params = build_vae(ckpt_config)
     else:
+        from infinity_jax.convert import vae as conv
         try:
             cfg = conv.load_config(args.vae_config)
         except (FileNotFoundError, ValueError) as e:
             raise UsageError(f"--vae-config {args.vae_config!r}: {e}") from e
+        params, _ = load_weights(args.vae, "vae", cfg)
     if args.dtype:
         cfg.dtype = args.dtype
-    return cfg
+    return cfg, params
 
 
-def _text_encoder(spec: str, width: int, mesh):
+def _text_encoder(spec: str | None, width: int, ckpt_config=None):
     from infinity_jax import config_util
-    from infinity_jax.text.encoder import build_text_encoder
+    from infinity_jax.text.encoder import TextEncoder, build_text_encoder
+    if spec is None and ckpt_config is not None and "text" in ckpt_config:  # the encoder the model trained with
+        from infinity_jax.train.cli import build_text
+        config, params, tokenizer = build_text(ckpt_config)
+        return TextEncoder(config, params, tokenizer)
+    spec = spec or "flan-t5-xl"
     if os.path.isdir(spec):
         spec = f"flan-t5-xl,path={spec}"
     try:
@@ -239,22 +252,24 @@ def _text_encoder(spec: str, width: int, mesh):
         print(f"[sample] warning: random-initialised text encoder ({cfg.preset}, width {width}); images will not "
               "follow the prompts", file=sys.stderr)
         cfg.model.d_model = width
-    enc = build_text_encoder(cfg, mesh=mesh)
+    enc = build_text_encoder(cfg)
     if enc.width != width:
         raise UsageError(f"text encoder width {enc.width} does not match the model's text_channels={width}")
     return enc
-
-
-def _pad_rows(feats: np.ndarray, mask: np.ndarray, length: int):
-    n = length - feats.shape[1]
-    return np.pad(feats, ((0, 0), (0, n), (0, 0))), np.pad(mask, ((0, 0), (0, n)))
 
 
 def run(args) -> dict:
     import jax
     from infinity_jax import parallel, sample, schedules
     prompts = read_prompts(args.prompt, args.prompts_file)
-    schedule, template = resolve_schedule(args.h_div_w, args.pn, args.schedule)
+    params, ckpt_config = None, None
+    if not os.path.isfile(args.checkpoint):  # a folder carries its config; a missing path fails here
+        params, ckpt_config = load_weights(args.checkpoint, "transformer", prefer_ema=not args.no_ema)
+    if args.pn is None and args.schedule is None and ckpt_config is not None and "schedule" in ckpt_config:
+        from infinity_jax.train.cli import schedule_from_config
+        schedule, template = schedule_from_config(ckpt_config), None
+    else:
+        schedule, template = resolve_schedule(args.h_div_w, args.pn or "1M", args.schedule)
     try:
         sp = sample.sampling_params(len(schedule), args.cfg, args.tau, args.top_k, args.top_p, args.greedy)
     except ValueError as e:
@@ -263,20 +278,16 @@ def run(args) -> dict:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: expected >= 1")
 
-    params, ckpt_config = None, None
-    if not os.path.isfile(args.checkpoint):  # a folder carries its config; a missing path fails here
-        params, ckpt_config = load_weights(args.checkpoint, "transformer", prefer_ema=not args.no_ema)
     model_cfg = _model_config(args, ckpt_config)
     if params is None:
         params, _ = load_weights(args.checkpoint, "transformer", model_cfg)
-    vae_cfg = _vae_config(args, ckpt_config)
-    vae_params, _ = load_weights(args.vae, "vae", vae_cfg)
     _check_shapes(params, model_cfg, args.checkpoint)
+    vae_cfg, vae_params = _vae(args, ckpt_config)
 
     mesh = None
     if jax.device_count() > 1:
         mesh = parallel.make_mesh(tensor=args.tensor)
-    encoder = _text_encoder(args.text_encoder, model_cfg.text_channels, mesh=None)
+    encoder = _text_encoder(args.text_encoder, model_cfg.text_channels, ckpt_config)
     sampler = sample.Sampler(model_cfg, schedule, vae=vae_cfg, mesh=mesh, rules=args.rules,
                              cfg_batch=sample.uses_guidance(sp), progress=not args.no_progress)
     params, vae_params = sampler.place_params(params, vae_params)
@@ -290,7 +301,7 @@ def run(args) -> dict:
         nf, nm = (np.asarray(a) for a in encoder.encode_text([args.negative_prompt]))
         neg = (nf, nm)
     bsz = -(-min(args.batch_size, len(prompts)) // sampler.batch_multiple) * sampler.batch_multiple
-    where = f"h/w template {template}, {args.pn}" if template is not None else "custom schedule"
+    where = f"h/w template {template}, {args.pn or '1M'}" if template is not None else "custom schedule"
     print(f"[sample] {len(prompts)} prompt(s), {W}x{H} ({where}, {len(schedule)} scales, "
           f"{schedules.num_tokens(schedule)} tokens), batch {bsz}, {jax.device_count()} device(s)", file=sys.stderr)
     os.makedirs(args.out, exist_ok=True)
@@ -315,7 +326,7 @@ def run(args) -> dict:
     if len(images_all) > 1 and not args.no_grid:
         save_png(grid(np.stack(images_all)), os.path.join(args.out, "grid.png"))
     summary = {"schedule": [list(s) for s in schedule], "h_div_w_template": template,
-               "pn": None if template is None else args.pn,
+               "pn": None if template is None else (args.pn or "1M"),
                "image_hw": [H, W], "cfg": [float(v) for v in sp.cond_w], "tau": [float(1 / v) for v in sp.inv_tau],
                "top_k": args.top_k, "top_p": args.top_p, "greedy": args.greedy,
                "negative_prompt": args.negative_prompt, "compile_s": sum(sampler.compile_seconds.values()),
