@@ -1,0 +1,101 @@
+"""Training a small BSQ-VAE on the synthetic 64x64 shapes dataset (CPU-sized, minutes).
+
+usage: infinity-jax train-tokenizer --config configs/tokenizer_shapes.py[:ARG] --workdir runs/tok
+       [--config.key=value ...]
+ARG: '' (the demo), 'tiny' (seconds-long test runs), or 'bits=D,stride=S,width=C' (any subset).
+
+The default VAE (stride 16, d = 16 bits, 4x4 latents on 64x64 images) is the one configs/shapes.py
+expects, so the transformer trains on it with
+    --config.vae.config=runs/tok/vae_config.json --config.vae.params=runs/tok/vae_params.npz
+stride=8 gives 8x8 latents (sharper reconstructions, 4x the tokens). Data comes from
+`infinity-jax data prepare --source shapes --image-size 64 --out data/shapes`.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from configs import bsq_vae
+from configs import train_defaults
+
+
+def _parse(arg: str | None) -> dict:
+    out = {}
+    for part in (arg or "").split(","):
+        if part.strip():
+            k, _, v = part.partition("=")
+            out[k.strip()] = v.strip() or "1"
+    return out
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    opts = _parse(arg)
+    unknown = set(opts) - {"tiny", "bits", "stride", "width"}
+    if unknown:
+        raise ValueError(f"tokenizer_shapes arg {arg!r}: unknown keys {sorted(unknown)}; expected tiny, bits, "
+                         "stride, width")
+    tiny = "tiny" in opts
+    c = train_defaults.get_config("tiny" if tiny else None)
+    c.name = "tokenizer_shapes"
+
+    t = c.train
+    t.total_steps = 30 if tiny else 600
+    t.global_batch = 8 if tiny else 16
+    t.compute_dtype = "float32"
+    t.log_every = 5 if tiny else 25
+    c.optim.base_lr = 2e-3 * 256 / t.global_batch  # peak lr 2e-3 (peak = base_lr * global_batch / 256)
+    c.optim.b1, c.optim.b2 = 0.9, 0.95              # official tokenizer betas (beta1 0.9, beta2 0.95)
+    c.optim.warmup_steps = 3 if tiny else 30
+    c.optim.final_frac = 0.1
+    c.optim.weight_decay = 0.0
+    c.optim.grad_clip = 1.0                         # official max_grad_norm
+    c.parallel.rules = "dp"
+    c.checkpoint.every = 15 if tiny else 200
+    c.checkpoint.keep = 2
+    c.checkpoint.async_save = not tiny
+
+    # the VAE: the official architecture, narrow and shallow
+    stride = int(opts.get("stride", 16))
+    if stride not in (8, 16):
+        raise ValueError(f"tokenizer_shapes stride={stride}: expected 8 or 16")
+    v = bsq_vae.get_config("tiny")
+    v.name = f"shapes_s{stride}"
+    v.base_ch = int(opts.get("width", 24 if tiny else 32))  # GroupNorm: a multiple of 32 or 24
+    v.ch_mult = (1, 1, 2, 2, 2) if stride == 16 else (1, 1, 2, 2)
+    v.num_res_blocks = 1
+    v.patch_size = stride
+    v.codebook_dim = v.z_channels = int(opts.get("bits", 16))
+    c.vae = v
+    # quantizer scales over the 64 // stride latent: 1,2,4 (stride 16) or 1,2,4,8 (stride 8)
+    c.schedule = ",".join(f"{s}x{s}" for s in (1, 2, 4, 8) if s <= 64 // stride)
+
+    c.init = ml_collections.ConfigDict()
+    c.init.vae_params = ""          # start from these VAE params (.npz/.msgpack of ours, or an official .pth)
+
+    c.loss = o = ml_collections.ConfigDict()
+    o.recon = "l1"
+    o.recon_weight = 4.0
+    o.quantizer_weight = 1.0
+    o.commit_weight = 0.25
+    o.entropy_weight = 0.1
+    o.inv_temperature = 100.0
+    o.gamma0 = 1.0
+    o.gamma = 1.0
+    o.zeta = 1.0
+    o.perceptual_weight = 0.0       # LPIPS: needs lpips_weights (a local file; not implemented yet)
+    o.lpips_weights = ""
+    o.gan_weight = 0.0              # > 0: a PatchGAN discriminator trained from scratch (hinge loss)
+    o.disc_start = 0
+    o.disc_channels = 16 if tiny else 32
+    o.disc_layers = 3
+    o.disc_weights = ""
+
+    c.data = d = ml_collections.ConfigDict()
+    d.path = "data/shapes"
+    d.image_size = 64
+    d.worker_count = 0
+    d.num_threads = 2
+    d.random_flip = True
+
+    c.eval = e = ml_collections.ConfigDict()
+    e.num_images = 16 if tiny else 256  # held-out (seed + 1) images reconstructed at the end
+    return c

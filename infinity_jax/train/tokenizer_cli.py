@@ -1,0 +1,188 @@
+"""`infinity-jax train-tokenizer --config SPEC --workdir DIR [--config.key=value ...]`: train the BSQ-VAE.
+
+Builds, from one config (e.g. configs/tokenizer_shapes.py): the image pipeline, the BSQ-VAE
+(cfg.vae, a configs/bsq_vae.py-style dict), the loss of infinity_jax.train.tokenizer_step
+(cfg.loss), and runs infinity_jax.train.loop.run_training (sharding, AdamW, checkpoints in
+DIR/checkpoints, resume, metrics in DIR/metrics.jsonl). Rerunning the command resumes.
+cfg.init.vae_params (optional): start from these VAE params (our .npz/.msgpack, or an official .pth).
+
+When the run completes, process 0 writes (atomically):
+  DIR/vae_params.npz    the trained VAE params (EMA params when optim.ema_decay > 0), our layout
+                        ('/'-joined keys, infinity_jax.convert.common.save_params); the
+                        transformer's `vae.params`, and `convert-vae --to-torch` exports it
+  DIR/vae_config.json   the VAE config (the transformer's `vae.config`)
+  DIR/final.json        {"step", "train_loss", "recon": {mse, psnr, l1} of held-out images through
+                        the inference path (tokenize -> decode_bits), "shapes_eval": the shapes
+                        evaluator's scores of the reconstructions and of the originals (shapes
+                        data only), "config"}
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from flax import traverse_util
+
+from infinity_jax import config_util, schedules
+
+log = logging.getLogger("infinity_jax.train_tokenizer")
+PARAMS_FILE, CONFIG_FILE, FINAL_FILE = "vae_params.npz", "vae_config.json", "final.json"
+
+
+def build(cfg):
+    """(vae module, schedule, loss options) from a config; checks the schedule against the image size."""
+    from infinity_jax.tokenizer import vae as vae_lib
+    from infinity_jax.train import tokenizer_step as ts
+    vae = vae_lib.from_config(cfg.vae)
+    schedule = schedules.parse_schedule(str(cfg.schedule))
+    size = int(cfg.data.image_size)
+    if size % vae.patch_size:
+        raise ValueError(f"data.image_size={size} is not a multiple of the VAE stride vae.patch_size={vae.patch_size}")
+    schedules.validate(schedule, latent_hw=(size // vae.patch_size,) * 2)
+    vae._check_quantizable()
+    return vae, schedule, ts.TokenizerLossOptions.from_config(cfg.loss)
+
+
+def _load_tree(path: str, vae_cfg=None):
+    from infinity_jax.convert import common
+    if path.endswith((".pth", ".pt", ".bin")):
+        if vae_cfg is None:
+            raise ValueError(f"{path!r}: only VAE weights can come from a torch file")
+        from infinity_jax.convert import vae as vae_convert
+        from infinity_jax.convert.torch_io import load_state_dict
+        return vae_convert.torch_to_params(load_state_dict(path), vae_cfg)
+    return common.load_params(path)
+
+
+def _with_values(boxed, values, what: str):
+    """The boxed tree `boxed` with every leaf's value taken from `values` (same paths and shapes)."""
+    from infinity_jax.convert import common
+    want, have = common.flatten(boxed), common.flatten(values)
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    bad = [f"{k}: {np.shape(have[k])} (expected {want[k].shape})" for k in want
+           if k in have and tuple(np.shape(have[k])) != tuple(want[k].shape)]
+    if missing or extra or bad:
+        raise ValueError(f"{what}: params do not match the model: missing {missing[:5]}, unexpected {extra[:5]}, "
+                         f"mis-shaped {bad[:5]}")
+    is_box = lambda _, x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
+    flat_boxed = {"/".join(k): v for k, v in traverse_util.flatten_dict(dict(boxed), is_leaf=is_box).items()}
+    out = {k: (b.replace_boxed(jnp.asarray(have[k], jnp.float32)) if isinstance(b, nn.meta.AxisMetadata)
+               else jnp.asarray(have[k], jnp.float32)) for k, b in flat_boxed.items()}
+    return common.unflatten(out)
+
+
+def make_init(cfg, vae, options):
+    """init_params(rng) for the loop: fresh params, or VAE/discriminator values from local files."""
+    from infinity_jax.train import tokenizer_step as ts
+    size = int(cfg.data.image_size)
+    vae_init = str(cfg.get("init", {}).get("vae_params", "") or "")
+    vae_values = _load_tree(vae_init, cfg.vae) if vae_init else None
+    disc_values = _load_tree(options.disc_weights) if options.gan_weight > 0 and options.disc_weights else None
+
+    def init_params(rng):
+        params = ts.init_params(vae, rng, options, (size, size))
+        if vae_values is not None:
+            params["vae"] = _with_values(params["vae"], vae_values, f"init.vae_params={vae_init!r}")
+        if disc_values is not None:
+            params["disc"] = _with_values(params["disc"], disc_values, f"loss.disc_weights={options.disc_weights!r}")
+        return params
+    return init_params
+
+
+def build_data(cfg, *, seed_offset: int = 0, keys=("image",), eval_mode: bool = False):
+    from infinity_jax.data import pipeline
+    from infinity_jax.train import tokenizer_step as ts
+    d = dict(cfg.data.to_dict())
+    d["batch_size"] = cfg.train.global_batch // jax.process_count()
+    d["seed"] = int(d.get("seed", cfg.seed)) + seed_offset
+    if eval_mode:
+        d.update(random_flip=False, short_cap_prob=0.0)
+    it = iter(pipeline.make_dataset(pipeline.DataConfig.from_dict(d)))
+    return it if eval_mode else ts.StepCounter(it, keys)
+
+
+def evaluate_reconstructions(cfg, vae, vae_params, schedule) -> dict:
+    """MSE/PSNR/L1 (on [-1, 1] pixels) of cfg.eval.num_images held-out images through tokenize ->
+    decode_bits, and the shapes evaluator on the uint8 reconstructions vs. the originals."""
+    from infinity_jax.train import tokenizer_step as ts
+    recon_fn = jax.jit(lambda p, x: ts.reconstruct(vae, p, x, schedule))
+    it = build_data(cfg, seed_offset=1, eval_mode=True)
+    n = int(cfg.eval.num_images)
+    originals, recons, captions = [], [], []
+    for _ in range(math.ceil(n / int(cfg.train.global_batch))):
+        b = next(it)
+        originals.append(np.asarray(b["image"]))
+        recons.append(np.asarray(recon_fn(vae_params, jnp.asarray(b["image"]))))
+        captions.extend(str(c) for c in b["caption"])
+    x = np.concatenate(originals)[:n].astype(np.float32) / 127.5 - 1.0
+    r = np.concatenate(recons)[:n]
+    mse = float(np.mean((r - x) ** 2))
+    out = {"recon": {"images": int(len(x)), "mse": mse, "psnr": float(10 * np.log10(4.0 / max(mse, 1e-10))),
+                     "l1": float(np.mean(np.abs(r - x)))}}
+    if str(cfg.data.get("path", "")).rstrip("/").endswith("shapes") or cfg.eval.get("shapes_eval", False):
+        from infinity_jax.eval import shapes as shapes_eval
+        to_u8 = lambda a: np.clip(np.round((a + 1.0) * 127.5), 0, 255).astype(np.uint8)  # noqa: E731
+        try:
+            out["shapes_eval"] = {"reconstructions": shapes_eval.evaluate(to_u8(r), captions[:n]),
+                                  "originals": shapes_eval.evaluate(to_u8(x), captions[:n])}
+        except ValueError as e:  # captions that are not the shapes grammar: no score
+            log.warning("shapes evaluator skipped: %s", e)
+    return out
+
+
+def save_vae(workdir: str, vae_params, vae_cfg) -> tuple[str, str]:
+    """Writes DIR/vae_params.npz and DIR/vae_config.json (process 0); returns their paths."""
+    from infinity_jax.convert import common
+    p, c = os.path.join(workdir, PARAMS_FILE), os.path.join(workdir, CONFIG_FILE)
+    if jax.process_index() == 0:
+        common.save_params(jax.device_get(vae_params), p)
+        common.atomic_write(c, lambda f: f.write(config_util.to_json(vae_cfg).encode()))
+    return p, c
+
+
+def run(cfg, workdir: str) -> dict:
+    """Train (or resume), save the VAE, evaluate reconstructions, write final.json; returns its content."""
+    from infinity_jax.train import distributed, loop
+    from infinity_jax.train import tokenizer_step as ts
+
+    distributed.initialize_distributed()
+    vae, schedule, options = build(cfg)
+    loss_fn = ts.make_loss_fn(vae, schedule, options)
+    result = loop.run_training(cfg, workdir, init_params=make_init(cfg, vae, options), loss_fn=loss_fn,
+                               data=build_data(cfg),
+                               tokens_per_example=schedules.num_tokens(schedule))
+    step = int(jax.device_get(result.state.step))
+    final = {"step": step, "stopped": result.stopped,
+             "train_loss": result.history[-1]["loss"] if result.history else None,
+             "config": json.loads(config_util.to_json(cfg))}
+    if result.stopped != "done":
+        return final
+    params = result.state.ema_params if result.state.ema_params is not None else result.state.params
+    final["vae_params"], final["vae_config"] = save_vae(workdir, params["vae"], cfg.vae)
+    final.update(evaluate_reconstructions(cfg, vae, params["vae"], schedule))
+    if jax.process_index() == 0:
+        from infinity_jax.convert.common import atomic_write
+        atomic_write(os.path.join(workdir, FINAL_FILE), lambda f: f.write(json.dumps(final, indent=1).encode()))
+    return final
+
+
+def main(argv: list[str]) -> int:
+    from infinity_jax.train.cli import parse_args
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    args, overrides = parse_args(argv, "infinity-jax train-tokenizer", __doc__)
+    cfg = config_util.load_config(args.config, overrides)
+    final = run(cfg, args.workdir)
+    print(json.dumps({k: v for k, v in final.items() if k != "config"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
