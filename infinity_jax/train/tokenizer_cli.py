@@ -110,23 +110,24 @@ def build_data(cfg, *, seed_offset: int = 0, keys=("image",), eval_mode: bool = 
 
 def evaluate_reconstructions(cfg, vae, vae_params, schedule) -> dict:
     """MSE/PSNR/L1 (on [-1, 1] pixels) of cfg.eval.num_images held-out images through tokenize ->
-    decode_bits, and the shapes evaluator on the uint8 reconstructions vs. the originals."""
+    decode_bits, and (shapes data) the shapes evaluator on the uint8 reconstructions and the originals."""
     from infinity_jax.train import tokenizer_step as ts
     recon_fn = jax.jit(lambda p, x: ts.reconstruct(vae, p, x, schedule))
     it = build_data(cfg, seed_offset=1, eval_mode=True)
     n = int(cfg.eval.num_images)
-    originals, recons, captions = [], [], []
+    originals, recons, captions, specs = [], [], [], []
     for _ in range(math.ceil(n / int(cfg.train.global_batch))):
         b = next(it)
         originals.append(np.asarray(b["image"]))
         recons.append(np.asarray(recon_fn(vae_params, jnp.asarray(b["image"]))))
         captions.extend(str(c) for c in b["caption"])
+        specs.extend(str(c) for c in b.get("spec", [""] * len(b["caption"])))
     x = np.concatenate(originals)[:n].astype(np.float32) / 127.5 - 1.0
     r = np.concatenate(recons)[:n]
     mse = float(np.mean((r - x) ** 2))
     out = {"recon": {"images": int(len(x)), "mse": mse, "psnr": float(10 * np.log10(4.0 / max(mse, 1e-10))),
                      "l1": float(np.mean(np.abs(r - x)))}}
-    if str(cfg.data.get("path", "")).rstrip("/").endswith("shapes") or cfg.eval.get("shapes_eval", False):
+    if all(specs[:n]):  # the shapes dataset (its examples carry a spec): score prompt adherence too
         from infinity_jax.eval import shapes as shapes_eval
         to_u8 = lambda a: np.clip(np.round((a + 1.0) * 127.5), 0, 255).astype(np.uint8)  # noqa: E731
         try:
@@ -147,8 +148,10 @@ def save_vae(workdir: str, vae_params, vae_cfg) -> tuple[str, str]:
     return p, c
 
 
-def run(cfg, workdir: str) -> dict:
-    """Train (or resume), save the VAE, evaluate reconstructions, write final.json; returns its content."""
+def run(cfg, workdir: str, until_step: int | None = None) -> dict:
+    """Train (or resume), save the VAE, evaluate reconstructions, write final.json; returns its content.
+
+    until_step: stop (with a checkpoint) at this step; a later call resumes (see run_training)."""
     from infinity_jax.train import distributed, loop
     from infinity_jax.train import tokenizer_step as ts
 
@@ -157,9 +160,9 @@ def run(cfg, workdir: str) -> dict:
     loss_fn = ts.make_loss_fn(vae, schedule, options)
     result = loop.run_training(cfg, workdir, init_params=make_init(cfg, vae, options), loss_fn=loss_fn,
                                data=build_data(cfg),
-                               tokens_per_example=schedules.num_tokens(schedule))
+                               tokens_per_example=schedules.num_tokens(schedule), until_step=until_step)
     step = int(jax.device_get(result.state.step))
-    final = {"step": step, "stopped": result.stopped,
+    final = {"step": step, "stopped": result.stopped, "start_step": result.start_step,
              "train_loss": result.history[-1]["loss"] if result.history else None,
              "config": json.loads(config_util.to_json(cfg))}
     if result.stopped != "done":

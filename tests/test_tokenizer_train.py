@@ -1,0 +1,215 @@
+"""BSQ-VAE training (`infinity-jax train-tokenizer`): the quantizer's training terms on hand-made
+inputs, the straight-through gradient, a short CPU run that learns and resumes, the saved
+params loading into the transformer's trainer, and the optional losses' switches."""
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from infinity_jax import config_util, schedules
+from infinity_jax.tokenizer import bsq
+from infinity_jax.tokenizer import vae as vae_lib
+from infinity_jax.train import tokenizer_step as ts
+from tests.train_helpers import compile_cache  # noqa: F401  (fixture: the resumed run reuses the compiled step)
+
+D = 4
+ALL_CODES = np.array([[1.0 if (i >> b) & 1 else -1.0 for b in range(D)] for i in range(2 ** D)], np.float32)
+
+
+def small_vae():
+    return vae_lib.BSQVAE(base_ch=32, ch_mult=(1, 1), num_res_blocks=1, z_channels=8, codebook_dim=8, patch_size=2)
+
+
+# ----------------------------------------------------------------------------- loss terms
+
+
+def test_codebook_entropy_is_d_ln2_for_uniform_codes_and_zero_when_collapsed():
+    uniform = ALL_CODES / math.sqrt(D)  # every code once, on the sphere
+    per_sample, book = ts.soft_entropies(jnp.asarray(uniform))
+    assert float(book) == pytest.approx(D * math.log(2), abs=1e-5)
+    assert float(per_sample) < 1e-6  # |n_i| = 1/sqrt(d): sigmoid(+-100) -> confident bits
+    collapsed = np.repeat(uniform[3:4], 16, axis=0)
+    per_sample, book = ts.soft_entropies(jnp.asarray(collapsed))
+    assert float(book) < 1e-4 and float(per_sample) < 1e-6
+    # undecided inputs (n = 0) are maximally uncertain per sample
+    per_sample, book = ts.soft_entropies(jnp.zeros((5, D)))
+    assert float(per_sample) == pytest.approx(D * math.log(2), abs=1e-6)
+    # a soft input: p = sigmoid(4 * T * n / sqrt(d)) by hand
+    n = np.array([[0.01, -0.02, 0.0, 0.005]], np.float32)
+    p = 1 / (1 + np.exp(-4 * 100 * n / math.sqrt(D)))
+    want = float(np.sum(-(p * np.log(p) + (1 - p) * np.log(1 - p))))
+    per_sample, book = ts.soft_entropies(jnp.asarray(n))
+    assert float(per_sample) == pytest.approx(want, rel=1e-5) and float(book) == pytest.approx(want, rel=1e-4)
+
+
+def test_commitment_is_zero_on_the_codebook_and_matches_hand_values_off_it():
+    sched = ((1, 2, 2),)  # one scale: the quantizer sees z itself
+    rng = np.random.default_rng(0)
+    on_book = ALL_CODES[rng.integers(0, 16, (2, 2, 2))] * 3.7  # any positive scale of a codeword
+    _, _, terms = ts.quantize_for_training(jnp.asarray(on_book), sched)
+    assert float(terms["commit"]) < 1e-12
+    z = rng.normal(size=(2, 2, 2, D)).astype(np.float32)
+    n = z / np.linalg.norm(z, axis=-1, keepdims=True)
+    want = np.mean((n - np.sign(n) / math.sqrt(D)) ** 2)
+    _, _, terms = ts.quantize_for_training(jnp.asarray(z), sched)
+    assert float(terms["commit"]) == pytest.approx(want, rel=1e-5)
+    o = ts.TokenizerLossOptions()
+    hs, hb = ts.soft_entropies(jnp.asarray(n))
+    aux = o.commit_weight * want + o.entropy_weight * (float(hs) - float(hb)) / o.inv_temperature
+    assert float(terms["quant_loss"]) == pytest.approx(aux, rel=1e-4)
+
+
+def test_straight_through_value_is_bsq_z_hat_and_gradient_goes_through_each_scale():
+    sched = ((1, 1, 1), (1, 2, 2), (1, 4, 4))
+    z = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
+    z_q, bits, _ = ts.quantize_for_training(z, sched)
+    ref = bsq.multiscale_quantize(z, sched)
+    np.testing.assert_allclose(np.asarray(z_q), np.asarray(ref.z_hat), atol=1e-6)
+    assert all(np.array_equal(a, b) for a, b in zip(bits, ref.bits))
+    # one scale: d(sum w * z_q)/dz is the Jacobian of the l2 normalisation applied to w
+    w = jax.random.normal(jax.random.key(1), z.shape)
+    g = jax.grad(lambda z: jnp.sum(w * ts.quantize_for_training(z, ((1, 4, 4),))[0]))(z)
+    _, vjp = jax.vjp(ts.l2_normalize, z)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(vjp(w)[0]), rtol=1e-5, atol=1e-6)
+    # several scales: every scale adds its path (earlier codes are constants)
+    def st_sum(z):
+        r = bsq.multiscale_quantize(z, sched).quant_inputs
+        return sum(jnp.sum(w * bsq.bilinear_resize(ts.l2_normalize(x), (4, 4))) for x in r)
+    g3 = jax.grad(lambda z: jnp.sum(w * ts.quantize_for_training(z, sched)[0]))(z)
+    np.testing.assert_allclose(np.asarray(g3), np.asarray(jax.grad(st_sum)(z)), rtol=1e-5, atol=1e-6)
+    assert float(jnp.abs(g3 - g).max()) > 1e-3
+
+
+def test_encoder_receives_gradients_through_the_quantizer():
+    vae = small_vae()
+    sched = schedules.custom_schedule((8, 8), stride=2)
+    params = nn.unbox(ts.init_params(vae, jax.random.key(0), image_hw=(8, 8)))
+    x = jax.random.uniform(jax.random.key(1), (4, 8, 8, 3), minval=-1, maxval=1)
+    loss_fn = ts.make_loss_fn(vae, sched)
+    (loss, m), g = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params, {"image": x}, None)
+    enc = np.concatenate([np.ravel(a) for a in jax.tree.leaves(g["vae"]["encoder"])])
+    assert np.all(np.isfinite(enc)) and np.linalg.norm(enc) > 1e-3
+    assert set(g["vae"]["encoder"]["conv_in"]["conv"]) == {"kernel", "bias"}
+    assert float(jnp.abs(g["vae"]["encoder"]["conv_in"]["conv"]["kernel"]).max()) > 0
+    assert {"recon_l1", "recon_mse", "psnr", "commit", "entropy_sample", "entropy_codebook", "quant_loss"} <= set(m)
+    assert float(loss) == pytest.approx(4.0 * float(m["recon_l1"]) + float(m["quant_loss"]), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- optional losses
+
+
+def test_perceptual_and_adversarial_losses_are_off_by_default_and_lpips_needs_weights():
+    o = ts.TokenizerLossOptions()
+    assert o.perceptual_weight == 0 and o.gan_weight == 0
+    cfg = config_util.load_config("tokenizer_shapes:tiny")
+    assert cfg.loss.perceptual_weight == 0 and cfg.loss.gan_weight == 0
+    with pytest.raises(ValueError, match="lpips_weights"):
+        ts.TokenizerLossOptions.from_config({"perceptual_weight": 1.0})
+    with pytest.raises(NotImplementedError, match="LPIPS"):
+        ts.TokenizerLossOptions.from_config({"perceptual_weight": 1.0, "lpips_weights": "vgg_lpips.npz"})
+    with pytest.raises(ValueError, match="unknown"):
+        ts.TokenizerLossOptions.from_config({"lpips": 1.0})
+
+
+def test_gan_trains_the_discriminator_and_waits_for_disc_start():
+    vae = small_vae()
+    sched = schedules.custom_schedule((16, 16), stride=2)
+    o = ts.TokenizerLossOptions(gan_weight=0.5, disc_start=10, disc_channels=16, disc_layers=2)
+    params = nn.unbox(ts.init_params(vae, jax.random.key(0), o, image_hw=(16, 16)))
+    x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3), minval=-1, maxval=1)
+    grad = jax.jit(jax.value_and_grad(ts.make_loss_fn(vae, sched, o), has_aux=True))
+    no_gan = jax.jit(ts.make_loss_fn(vae, sched))({"vae": params["vae"]}, {"image": x}, None)[0]
+    (before, m0), g0 = grad(params, {"image": x, "step": np.full((2,), 9, np.int32)}, None)
+    (after, m1), g1 = grad(params, {"image": x, "step": np.full((2,), 10, np.int32)}, None)
+    assert float(m0["gan_on"]) == 0 and float(m1["gan_on"]) == 1
+    assert float(before) == pytest.approx(float(no_gan), rel=1e-6)
+    assert all(float(jnp.abs(a).max()) == 0 for a in jax.tree.leaves(g0["disc"]))
+    assert max(float(jnp.abs(a).max()) for a in jax.tree.leaves(g1["disc"])) > 0
+    want = float(before) + 0.5 * float(m1["g_loss"]) + float(m1["d_loss"])
+    assert float(after) == pytest.approx(want, rel=1e-5)
+    # the discriminator term does not push the generator: VAE grads = recon/quantizer + 0.5 * g_loss's
+    disc = ts.PatchDiscriminator(16, 2)
+
+    def generator_side(p):
+        recon_loss = ts.make_loss_fn(vae, sched)(p, {"image": x}, None)[0]
+        z_q = ts.quantize_for_training(vae.apply({"params": p["vae"]}, x, method="encode"), sched)[0]
+        recon = vae.apply({"params": p["vae"]}, z_q, method=ts._decode_unclamped)
+        return recon_loss - 0.5 * jnp.mean(disc.apply({"params": params["disc"]}, recon))
+    g_only = jax.jit(jax.grad(generator_side))({"vae": params["vae"]})
+    for a, b in zip(jax.tree.leaves(g1["vae"]), jax.tree.leaves(g_only["vae"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_step_counter_adds_the_step_and_resumes_it():
+    class It:
+        def __init__(self):
+            self.i = 0
+
+        def __next__(self):
+            self.i += 1
+            return {"image": np.zeros((2, 4, 4, 3), np.uint8), "caption": np.array(["a", "b"])}
+
+        def get_state(self):
+            return {"i": self.i}
+
+        def set_state(self, s):
+            self.i = s["i"]
+
+    c = ts.StepCounter(It())
+    next(c), next(c)
+    state = c.get_state()
+    b = next(c)
+    assert set(b) == {"image", "step"} and b["step"].tolist() == [2, 2]
+    c2 = ts.StepCounter(It())
+    c2.set_state(json.loads(json.dumps(state)))
+    assert next(c2)["step"].tolist() == [2, 2]
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def tokenizer_run(tmp_path_factory, compile_cache):
+    """The tiny config on a 48-image shapes set: 15 steps, stop, then resume to 30 (one process)."""
+    from infinity_jax.data import sources
+    from infinity_jax.train import tokenizer_cli
+    data = sources.prepare("shapes", str(tmp_path_factory.mktemp("shapes")), num_examples=48, image_size=32,
+                           seed=3, progress=False)
+    workdir = tmp_path_factory.mktemp("tok")
+    cfg = config_util.load_config("configs/tokenizer_shapes.py:tiny", [
+        f"data.path={data!r}", "data.image_size=32", "schedule='1x1,2x2'", "eval.num_images=16"])
+    first = tokenizer_cli.run(cfg, str(workdir), until_step=15)
+    second = tokenizer_cli.run(cfg, str(workdir))
+    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    return cfg, workdir, first, second, [r for r in rows if "recon_l1" in r]
+
+
+def test_short_cpu_run_reduces_reconstruction_loss_and_resumes(tokenizer_run):
+    _, workdir, first, second, rows = tokenizer_run
+    assert first["stopped"] == "until_step" and first["step"] == 15 and "recon" not in first
+    assert second["start_step"] == 15 and second["step"] == 30 and second["stopped"] == "done"
+    assert [r["step"] for r in rows] == [5, 10, 15, 20, 25, 30]
+    assert rows[-1]["recon_l1"] < 0.5 * rows[0]["recon_l1"], [r["recon_l1"] for r in rows]
+    assert rows[-1]["psnr"] > rows[0]["psnr"] + 3.0
+    # held-out reconstructions through tokenize -> decode_bits
+    r = second["recon"]
+    assert r["images"] == 16 and r["psnr"] == pytest.approx(10 * math.log10(4 / r["mse"]))
+    assert r["psnr"] > 12.0
+    assert second["shapes_eval"]["originals"]["overall"] == 1.0
+    assert json.load(open(workdir / "final.json"))["recon"] == r
+
+
+def test_saved_vae_loads_into_the_transformer_trainer(tokenizer_run):
+    from infinity_jax.train import cli as train_cli
+    cfg, workdir, _, second, _ = tokenizer_run
+    tcfg = config_util.load_config("shapes:tiny", [f"vae.config={str(workdir / 'vae_config.json')!r}",
+                                                   f"vae.params={str(workdir / 'vae_params.npz')!r}"])
+    vae, vcfg, params = train_cli.build_vae(tcfg)
+    assert (vae.patch_size, vae.codebook_dim, vae.base_ch) == (16, 16, 24)
+    images = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
+    got = ts.reconstruct(vae, params, jnp.asarray(images), ((1, 1, 1), (1, 2, 2)))
+    assert got.shape == (2, 32, 32, 3) and np.all(np.isfinite(np.asarray(got)))
