@@ -72,8 +72,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.init.vae_params = ""          # start from these VAE params (.npz/.msgpack of ours, or an official .pth)
 
     c.loss = o = ml_collections.ConfigDict()
-    o.recon = "l1"
-    o.recon_weight = 4.0
+    # l2, not the official l1 (weight 4): on these mostly-background images l1 (a median) learns to
+    # paint the background and drops the small shapes (measured: 16 dB PSNR, shapes score 0)
+    o.recon = "l2"
+    o.recon_weight = 1.0
     o.quantizer_weight = 1.0
     o.commit_weight = 0.25
     o.entropy_weight = 0.1

@@ -148,10 +148,11 @@ def save_vae(workdir: str, vae_params, vae_cfg) -> tuple[str, str]:
     return p, c
 
 
-def run(cfg, workdir: str, until_step: int | None = None) -> dict:
+def run(cfg, workdir: str, until_step: int | None = None, mesh=None) -> dict:
     """Train (or resume), save the VAE, evaluate reconstructions, write final.json; returns its content.
 
-    until_step: stop (with a checkpoint) at this step; a later call resumes (see run_training)."""
+    until_step: stop (with a checkpoint) at this step; a later call resumes. mesh: instead of the
+    one built from cfg.parallel (see run_training)."""
     from infinity_jax.train import distributed, loop
     from infinity_jax.train import tokenizer_step as ts
 
@@ -160,7 +161,8 @@ def run(cfg, workdir: str, until_step: int | None = None) -> dict:
     loss_fn = ts.make_loss_fn(vae, schedule, options)
     result = loop.run_training(cfg, workdir, init_params=make_init(cfg, vae, options), loss_fn=loss_fn,
                                data=build_data(cfg),
-                               tokens_per_example=schedules.num_tokens(schedule), until_step=until_step)
+                               tokens_per_example=schedules.num_tokens(schedule), until_step=until_step,
+                               mesh=mesh)
     step = int(jax.device_get(result.state.step))
     final = {"step": step, "stopped": result.stopped, "start_step": result.start_step,
              "train_loss": result.history[-1]["loss"] if result.history else None,
