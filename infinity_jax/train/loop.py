@@ -222,8 +222,8 @@ def run_training(config, workdir: str, *, init_params: Callable[[jax.Array], Any
                 multi = jax.process_count() > 1
                 stop = preempt.flag and not multi
                 if log_due or stop:
-                    elapsed = time.perf_counter() - window_t0
-                    rows = _flush(pending, schedule, ckpt)
+                    rows = _flush(pending, schedule, ckpt)  # waits for the window's steps to finish
+                    elapsed = time.perf_counter() - window_t0  # after the wait: steps run asynchronously
                     pending = []
                     history.extend(rows)
                     stats = _window_stats(rows, elapsed, t.global_batch, tokens_per_example, flops, flops_src,
