@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sample": ("infinity_jax.sample_cli", "main", "text -> images with the one-program sampler (PNGs and a grid)"),
     "eval": ("infinity_jax.eval.cli", "main", "evaluators: eval shapes (GenEval-style prompt adherence on the shapes dataset)"),
     "train": ("infinity_jax.train.cli", "main", "train the Infinity transformer (resumes from --workdir)"),
+    "demo": ("infinity_jax.demo", "main", "train and sample a real text-to-image model on the shapes data, then score it"),
     "train-tokenizer": ("infinity_jax.train.tokenizer_cli", "main", "train the BSQ-VAE tokenizer (resumes from --workdir; saves vae_params.npz)"),
 }
 

@@ -1,0 +1,217 @@
+"""`infinity-jax demo [--workdir runs/demo] [--minutes 20]`: the whole system, for real, on one CPU.
+
+Stages (each resumable: rerunning the command skips finished stages and resumes the others):
+  1. data        the synthetic shapes dataset (64x64, GenEval-style captions) -> WORKDIR/data
+  2. tokenizer   a BSQ-VAE trained on it (configs/tokenizer_shapes.py) -> WORKDIR/tokenizer
+  3. transformer Infinity with bitwise self-correction and CFG dropout (configs/shapes.py), on
+                 the trained tokenizer -> WORKDIR/transformer
+  4. sample      held-out prompts (a dataset seed never trained on), CFG -> WORKDIR/samples
+  5. evaluate    prompt adherence with the shapes evaluator (infinity-jax eval shapes), of the
+                 samples and of tokenizer reconstructions; report -> WORKDIR/report:
+                 samples.png (prompt under each image), reconstructions.png, loss_curves.png,
+                 scores.json, summary.txt
+Step counts come from the time budget: each training stage first times a few steps of its own
+(a throwaway calibration run), then plans as many steps as fit; the plan is saved in
+WORKDIR/plan.json so a resumed demo trains exactly the planned run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+
+from infinity_jax import config_util
+
+log = logging.getLogger("infinity_jax.demo")
+HELD_OUT_SEED = 9176  # shapes dataset seed of the held-out prompts (training data uses seed 0)
+SHARES = {"tokenizer": 0.35, "transformer": 0.50}  # of the budget; the rest: data, sampling, report
+
+
+def _stage_header(name: str, minutes: float | None = None):
+    extra = f" (budget {minutes:.1f} min)" if minutes is not None else ""
+    print(f"\n== demo: {name}{extra}", file=sys.stderr, flush=True)
+
+
+def _load_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_json(path, obj):
+    from infinity_jax.convert.common import atomic_write
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+
+
+def _seconds_per_step(run_fn, cfg, workdir, steps: int) -> float:
+    """Median step time of a short throwaway run (compile excluded), from its metrics.jsonl."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    cal = config_util.apply_overrides(cfg, [f"train.total_steps={2 * steps}", f"train.log_every={steps}",
+                                            "checkpoint.enabled=False", "train.progress_bar=False"])
+    run_fn(cal, workdir)
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    times = [r["step_time_s"] for r in rows if "step_time_s" in r]
+    shutil.rmtree(workdir, ignore_errors=True)
+    return float(times[-1]) if times else 1.0  # the second window: caches warm, compile excluded
+
+
+def plan_steps(args, name: str, run_fn, cfg, workdir: str, plan: dict) -> int:
+    """Steps for stage `name` that fit its share of the budget (saved in the plan, reused on resume)."""
+    if name in plan:
+        return plan[name]["steps"]
+    budget_s = args.minutes * 60 * SHARES[name]
+    sec = _seconds_per_step(run_fn, cfg, workdir + ".calibrate", steps=5)
+    steps = int(max(args.min_steps, min(args.max_steps, budget_s * 0.9 / sec)))
+    plan[name] = {"steps": steps, "seconds_per_step": sec, "budget_s": budget_s}
+    _write_json(os.path.join(args.workdir, "plan.json"), plan)
+    print(f"[demo] {name}: {sec * 1000:.0f} ms/step -> {steps} steps", file=sys.stderr)
+    return steps
+
+
+def held_out_prompts(n: int, size: int) -> tuple[list[str], list[np.ndarray]]:
+    """n captions and ground-truth images from a dataset seed the models never saw."""
+    from infinity_jax.data import shapes
+    examples = [shapes.render(i, HELD_OUT_SEED, size) for i in range(n)]
+    return [caption for _, caption, _ in examples], [np.asarray(image) for image, _, _ in examples]
+
+
+def run(args) -> dict:
+    from infinity_jax.data import sources
+    from infinity_jax.train import cli as train_cli, tokenizer_cli
+    os.makedirs(args.workdir, exist_ok=True)
+    plan_path = os.path.join(args.workdir, "plan.json")
+    plan = _load_json(plan_path) if os.path.exists(plan_path) else {}
+    t_start = time.perf_counter()
+
+    # 1. data
+    _stage_header("data")
+    data_dir = os.path.join(args.workdir, "data")
+    sources.prepare("shapes", data_dir, num_examples=args.num_examples, image_size=args.image_size, seed=0)
+    data_over = [f"data.path={data_dir!r}"]
+
+    # 2. tokenizer
+    tok_dir = os.path.join(args.workdir, "tokenizer")
+    tok_cfg = config_util.load_config(f"tokenizer_shapes:{args.tokenizer_arg}", data_over)
+    _stage_header("tokenizer", args.minutes * SHARES["tokenizer"])
+    steps = plan_steps(args, "tokenizer", tokenizer_cli.run, tok_cfg, tok_dir, plan)
+    tok_cfg = config_util.apply_overrides(tok_cfg, [f"train.total_steps={steps}"])
+    tok_final_path = os.path.join(tok_dir, tokenizer_cli.FINAL_FILE)
+    tok = _load_json(tok_final_path) if os.path.exists(tok_final_path) else tokenizer_cli.run(tok_cfg, tok_dir)
+
+    # 3. transformer on the trained tokenizer
+    gpt_dir = os.path.join(args.workdir, "transformer")
+    gpt_cfg = config_util.load_config(f"shapes:{args.model_arg}", data_over + [
+        f"vae.config={tok['vae_config']!r}", f"vae.params={tok['vae_params']!r}", "vae.overrides=()",
+        f"schedule={tok['config']['schedule']!r}"])
+    _stage_header("transformer", args.minutes * SHARES["transformer"])
+    steps = plan_steps(args, "transformer", train_cli.run, gpt_cfg, gpt_dir, plan)
+    gpt_cfg = config_util.apply_overrides(gpt_cfg, [f"train.total_steps={steps}"])
+    gpt_final_path = os.path.join(gpt_dir, "final.json")
+    gpt = _load_json(gpt_final_path) if os.path.exists(gpt_final_path) else train_cli.run(gpt_cfg, gpt_dir)
+
+    # 4. sample held-out prompts
+    _stage_header("sample")
+    captions, truth = held_out_prompts(args.num_prompts, args.image_size)
+    images = sample_prompts(args, gpt_dir, captions)
+
+    # 5. evaluate and report
+    _stage_header("evaluate")
+    from infinity_jax.eval import shapes as shapes_eval
+    scores = {"samples": shapes_eval.evaluate(images, captions),
+              "ground_truth": shapes_eval.evaluate(np.stack(truth), captions),
+              "tokenizer_reconstructions": tok.get("shapes_eval", {}).get("reconstructions"),
+              "tokenizer_recon": tok.get("recon"),
+              "chance_reference": chance_scores(args, captions),
+              "tokenizer_steps": tok["step"], "transformer_steps": gpt["step"],
+              "transformer_val_loss": gpt.get("val_loss"), "minutes": (time.perf_counter() - t_start) / 60}
+    report(args, scores, images, captions, tok_dir, gpt_dir)
+    return scores
+
+
+def sample_prompts(args, gpt_dir: str, captions: list[str]) -> np.ndarray:
+    """Images for `captions` from the trained run (its config brings the VAE, text encoder, schedule)."""
+    from infinity_jax import sample_cli
+    out = os.path.join(args.workdir, "samples")
+    prompts_file = os.path.join(args.workdir, "held_out_prompts.txt")
+    with open(prompts_file, "w") as f:
+        f.write("\n".join(captions) + "\n")
+    sargs = sample_cli._parser().parse_args([
+        "--checkpoint", gpt_dir, "--prompts-file", prompts_file, "--cfg", str(args.cfg), "--tau", str(args.tau),
+        "--top-k", "900", "--top-p", str(args.top_p), "--seed", "0", "--batch-size", str(min(16, len(captions))),
+        "--no-progress", "--out", out])
+    summary = sample_cli.run(sargs)
+    from infinity_jax.eval import shapes as shapes_eval
+    return np.stack([shapes_eval.load_image(os.path.join(out, r["file"])) for r in summary["samples"]])
+
+
+def chance_scores(args, captions: list[str]) -> dict:
+    """The evaluator on images of *other* prompts (shuffled ground truth): what no text adherence scores."""
+    from infinity_jax.eval import shapes as shapes_eval
+    _, truth = held_out_prompts(len(captions), args.image_size)
+    rolled = truth[len(truth) // 2:] + truth[:len(truth) // 2]
+    return shapes_eval.evaluate(np.stack(rolled), captions)
+
+
+# ---------------------------------------------------------------- report
+def report(args, scores, images, captions, tok_dir, gpt_dir):
+    from infinity_jax import plots
+    folder = os.path.join(args.workdir, "report")
+    os.makedirs(folder, exist_ok=True)
+    plots.captioned_grid(images, captions).save(os.path.join(folder, "samples.png"))
+    recon = os.path.join(tok_dir, "reconstructions.png")
+    if os.path.exists(recon):
+        shutil.copy(recon, os.path.join(folder, "reconstructions.png"))
+    curves = {}
+    for name, d in (("tokenizer", tok_dir), ("transformer", gpt_dir)):
+        path = os.path.join(d, "metrics.jsonl")
+        if os.path.exists(path):
+            rows = [json.loads(line) for line in open(path)]
+            curves[name] = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    plots.line_plots(curves, title="training loss").save(os.path.join(folder, "loss_curves.png"))
+    _write_json(os.path.join(folder, "scores.json"), scores)
+    s = scores["samples"]
+    lines = [f"infinity-jax demo: {scores['minutes']:.1f} min on {os.cpu_count()} CPU core(s)",
+             f"tokenizer: {scores['tokenizer_steps']} steps; recon {json.dumps(scores['tokenizer_recon'])}",
+             f"tokenizer reconstructions, shapes evaluator overall: "
+             f"{(scores['tokenizer_reconstructions'] or {}).get('overall')}",
+             f"transformer: {scores['transformer_steps']} steps; val loss {scores['transformer_val_loss']}",
+             f"held-out prompts ({len(captions)}), prompt adherence (GenEval-style):",
+             *[f"  {k:14s} {v:.3f}" for k, v in s.items()],
+             f"chance (images of other prompts) overall: {scores['chance_reference']['overall']:.3f}; "
+             f"ground truth overall: {scores['ground_truth']['overall']:.3f}"]
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(folder, "summary.txt"), "w") as f:
+        f.write(text)
+    print(text)
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    ap = argparse.ArgumentParser(prog="infinity-jax demo", description=__doc__.split("\n")[0])
+    ap.add_argument("--workdir", default="runs/demo")
+    ap.add_argument("--minutes", type=float, default=20.0, help="time budget for the whole demo")
+    ap.add_argument("--num-examples", type=int, default=20000, help="shapes training images")
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--num-prompts", type=int, default=120, help="held-out prompts to sample and score")
+    ap.add_argument("--tokenizer-arg", default="", help="configs/tokenizer_shapes.py argument")
+    ap.add_argument("--model-arg", default="", help="configs/shapes.py argument, e.g. layers=4,width=128")
+    ap.add_argument("--cfg", type=float, default=3.0)
+    ap.add_argument("--tau", type=float, default=1.0)
+    ap.add_argument("--top-p", type=float, default=0.97)
+    ap.add_argument("--min-steps", type=int, default=20)
+    ap.add_argument("--max-steps", type=int, default=20000)
+    args = ap.parse_args(argv)
+    if args.minutes <= 0:
+        ap.error(f"--minutes {args.minutes}: expected a positive budget")
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
