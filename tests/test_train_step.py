@@ -84,3 +84,12 @@ def test_flops_count_counts_block_causal_pairs():
     got = S.train_flops_per_example(10, sched, depth=2, embed_dim=4, text_len=3)
     assert got == 6 * 10 * 5 + 3 * 2 * 4 * 4 * (21 + 15)
     assert schedules.num_tokens(sched) == 5
+
+
+def test_bench_train_prints_a_row(capsys):
+    from infinity_jax.train import bench
+    assert bench.main(["--config", "infinity:tiny", "--schedule", "1x1,2x2,4x4", "--batch", "2", "--steps", "1",
+                       "--text-len", "4", "--rules", "dp"]) == 0
+    header, row = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert "img/s" in header and "MFU" in header
+    assert row.split()[1] == "64x64" and float(row.split()[5]) > 0  # step seconds
