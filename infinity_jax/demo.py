@@ -52,7 +52,7 @@ def _seconds_per_step(run_fn, cfg, workdir, steps: int) -> float:
     """Median step time of a short throwaway run (compile excluded), from its metrics.jsonl."""
     shutil.rmtree(workdir, ignore_errors=True)
     cal = config_util.apply_overrides(cfg, [f"train.total_steps={2 * steps}", f"train.log_every={steps}",
-                                            "checkpoint.enabled=False", "train.progress_bar=False"])
+                                            "optim.warmup_steps=1", "checkpoint.enabled=False", "train.progress_bar=False"])
     run_fn(cal, workdir)
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     times = [r["step_time_s"] for r in rows if "step_time_s" in r]
@@ -71,6 +71,12 @@ def plan_steps(args, name: str, run_fn, cfg, workdir: str, plan: dict) -> int:
     _write_json(os.path.join(args.workdir, "plan.json"), plan)
     print(f"[demo] {name}: {sec * 1000:.0f} ms/step -> {steps} steps", file=sys.stderr)
     return steps
+
+
+def with_steps(cfg, steps: int):
+    """The stage's config for its planned step count (warm-up at most a tenth of the run)."""
+    warmup = min(int(cfg.optim.warmup_steps), max(1, steps // 10))
+    return config_util.apply_overrides(cfg, [f"train.total_steps={steps}", f"optim.warmup_steps={warmup}"])
 
 
 def held_out_prompts(n: int, size: int) -> tuple[list[str], list[np.ndarray]]:
@@ -99,7 +105,7 @@ def run(args) -> dict:
     tok_cfg = config_util.load_config(f"tokenizer_shapes:{args.tokenizer_arg}", data_over)
     _stage_header("tokenizer", args.minutes * SHARES["tokenizer"])
     steps = plan_steps(args, "tokenizer", tokenizer_cli.run, tok_cfg, tok_dir, plan)
-    tok_cfg = config_util.apply_overrides(tok_cfg, [f"train.total_steps={steps}"])
+    tok_cfg = with_steps(tok_cfg, steps)
     tok_final_path = os.path.join(tok_dir, tokenizer_cli.FINAL_FILE)
     tok = _load_json(tok_final_path) if os.path.exists(tok_final_path) else tokenizer_cli.run(tok_cfg, tok_dir)
 
@@ -110,7 +116,7 @@ def run(args) -> dict:
         f"schedule={tok['config']['schedule']!r}"])
     _stage_header("transformer", args.minutes * SHARES["transformer"])
     steps = plan_steps(args, "transformer", train_cli.run, gpt_cfg, gpt_dir, plan)
-    gpt_cfg = config_util.apply_overrides(gpt_cfg, [f"train.total_steps={steps}"])
+    gpt_cfg = with_steps(gpt_cfg, steps)
     gpt_final_path = os.path.join(gpt_dir, "final.json")
     gpt = _load_json(gpt_final_path) if os.path.exists(gpt_final_path) else train_cli.run(gpt_cfg, gpt_dir)
 
