@@ -94,6 +94,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     s.reweight_by_scale = True
     s.label_smoothing = 0.0
 
+    c.sample = sp = ml_collections.ConfigDict()  # periodic sample grids of fixed prompts (0: off)
+    sp.every = 2 if tiny else 500
+    sp.cfg = 3.0
+    sp.prompts = ("a photo of a red circle", "a photo of two squares", "a photo of a blue triangle left of a circle",
+                  "a photo of a yellow square and a purple circle")
+
     c.eval = e = ml_collections.ConfigDict()
     e.val_batches = 1 if tiny else 8   # held-out batches (seed + 1) for the final validation loss
     return c

@@ -30,6 +30,7 @@ def test_train_command_trains_resumes_and_reports(shapes_data, tmp_path):
     logged = {k for r in rows for k in r}
     assert {"loss", "bit_acc", "bit_acc/s00", "bit_acc/s03", "grad_norm", "lr", "images_per_s"} <= logged
     assert sorted(os.listdir(tmp_path / "checkpoints"))[-1] == "4"
+    assert sorted(os.listdir(tmp_path / "samples")) == ["step_0000002.png", "step_0000004.png"]  # sample.every=2
     # the same command again resumes at step 4 and has nothing left to do
     cfg6 = config_util.apply_overrides(cfg, ["train.total_steps=6"])
     again = cli.run(cfg6, str(tmp_path))

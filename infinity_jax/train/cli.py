@@ -6,6 +6,7 @@ axes), the transformer, and runs infinity_jax.train.loop.run_training. Rerunning
 resumes from DIR/checkpoints. At the end it computes a validation loss on held-out batches
 (teacher forcing, no flips, no text dropout) and writes DIR/final.json atomically:
   {"step", "train_loss", "val_loss", "params", "flops_total", "tokens_total", "config"}.
+Every cfg.sample.every steps a grid of cfg.sample.prompts goes to DIR/samples/step_XXXXXXX.png.
 Multi-host: jax.distributed is initialised from the environment (TPU auto-detect, or
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID); only process 0 writes files.
 """
@@ -123,6 +124,35 @@ def build_data(cfg, tokenizer, *, seed_offset: int = 0):
     return ArrayBatches(iter(pipeline.make_dataset(pipeline.DataConfig.from_dict(d), tokenizer=tokenizer)))
 
 
+def sample_grid_hook(cfg, mcfg, schedule, vae, t5_cfg, tokenizer, mesh):
+    """A loop Hook: every cfg.sample.every steps, images for cfg.sample.prompts (fixed seeds, CFG)
+    from the current (EMA if kept) params, saved as WORKDIR/samples/step_XXXXXXX.png."""
+    from infinity_jax import plots, sample
+    from infinity_jax.text.encoder import encode_tokens
+    from infinity_jax.train.loop import Hook
+    s = cfg.sample
+    prompts = list(s.prompts)
+    sampler = sample.Sampler(mcfg, schedule, vae=vae, mesh=mesh, rules=cfg.parallel.rules)
+    k = sampler.batch_multiple
+    prompts_padded = prompts + prompts[-1:] * (-len(prompts) % k)
+    ids, mask = tokenizer(prompts_padded, length=int(cfg.text.max_length))
+    encode = jax.jit(functools.partial(encode_tokens, t5_cfg))
+    seeds = np.arange(len(prompts_padded), dtype=np.int64)
+    sp = sample.sampling_params(len(schedule), cfg=float(s.cfg), tau=1.0)
+
+    def fn(step, state, writer):
+        feats = encode(state.frozen["t5"], ids, mask)
+        params = state.ema_params if state.ema_params is not None else state.params
+        out = sampler(params, state.frozen["vae"], np.asarray(feats), mask, seeds, sp)
+        images = np.asarray(jax.device_get(out.images))[:len(prompts)]
+        if jax.process_index() == 0:
+            folder = os.path.join(writer.workdir, "samples")
+            os.makedirs(folder, exist_ok=True)
+            plots.captioned_grid(images, prompts).save(os.path.join(folder, f"step_{step:07d}.png"))
+        return None
+    return Hook(fn, every=int(s.every), name="sample_grid")
+
+
 def run(cfg, workdir: str) -> dict:
     """Train (or resume) and write final.json; returns its content."""
     from infinity_jax.model import transformer as T
@@ -145,9 +175,13 @@ def run(cfg, workdir: str) -> dict:
     flops_example = step_lib.train_flops_per_example(n_params, schedule, depth=mcfg.depth, embed_dim=mcfg.embed_dim,
                                                      text_len=int(cfg.text.max_length))
     data = build_data(cfg, tokenizer)
+    mesh = loop.build_mesh(cfg)
+    hooks = []
+    if cfg.get("sample") and int(cfg.sample.get("every", 0)) > 0 and cfg.sample.prompts:
+        hooks.append(sample_grid_hook(cfg, mcfg, schedule, vae, t5_cfg, tokenizer, mesh))
     result = loop.run_training(cfg, workdir, init_params=lambda k: T.init_params(mcfg, k), loss_fn=loss_fn,
                                data=data, frozen=frozen, flops_per_step=flops_example * cfg.train.global_batch,
-                               tokens_per_example=schedules.num_tokens(schedule))
+                               tokens_per_example=schedules.num_tokens(schedule), hooks=hooks, mesh=mesh)
     step = int(jax.device_get(result.state.step))
     final = {"step": step, "stopped": result.stopped,
              "train_loss": result.history[-1]["loss"] if result.history else None,
