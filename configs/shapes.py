@@ -13,21 +13,14 @@ from __future__ import annotations
 
 import ml_collections
 
+from infinity_jax.config_util import parse_arg
+
 from configs import infinity as infinity_configs
 from configs import train_defaults
 
 
-def _parse(arg: str | None) -> dict:
-    out = {}
-    for part in (arg or "").split(","):
-        if part.strip():
-            k, _, v = part.partition("=")
-            out[k.strip()] = v.strip() or "1"
-    return out
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    opts = _parse(arg)
+    opts = parse_arg(arg, {"tiny", "layers", "width", "heads", "bits"}, "shapes")
     tiny = "tiny" in opts
     c = train_defaults.get_config("tiny" if tiny else None)
     c.name = "shapes"

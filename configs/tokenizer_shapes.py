@@ -14,25 +14,14 @@ from __future__ import annotations
 
 import ml_collections
 
+from infinity_jax.config_util import parse_arg
+
 from configs import bsq_vae
 from configs import train_defaults
 
 
-def _parse(arg: str | None) -> dict:
-    out = {}
-    for part in (arg or "").split(","):
-        if part.strip():
-            k, _, v = part.partition("=")
-            out[k.strip()] = v.strip() or "1"
-    return out
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    opts = _parse(arg)
-    unknown = set(opts) - {"tiny", "bits", "stride", "width"}
-    if unknown:
-        raise ValueError(f"tokenizer_shapes arg {arg!r}: unknown keys {sorted(unknown)}; expected tiny, bits, "
-                         "stride, width")
+    opts = parse_arg(arg, {"tiny", "bits", "stride", "width"}, "tokenizer_shapes")
     tiny = "tiny" in opts
     c = train_defaults.get_config("tiny" if tiny else None)
     c.name = "tokenizer_shapes"

@@ -47,6 +47,19 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
     return apply_overrides(cfg, overrides)
 
 
+def parse_arg(arg: str | None, allowed: Iterable[str] | None = None, where: str = "config") -> dict[str, str]:
+    """A get_config argument 'tiny,bits=16,width=64' -> {'tiny': '1', 'bits': '16', 'width': '64'}."""
+    out = {}
+    for part in (arg or "").split(","):
+        if part.strip():
+            k, _, v = part.partition("=")
+            out[k.strip()] = v.strip() or "1"
+    if allowed is not None and set(out) - set(allowed):
+        raise ValueError(f"{where} argument {arg!r}: unknown keys {sorted(set(out) - set(allowed))}; "
+                         f"expected some of {sorted(allowed)}")
+    return out
+
+
 def _make_configs_importable(path: str) -> None:
     """Config files build on each other (`from configs import train_defaults`): put the folder that
     holds their `configs/` package on sys.path (console scripts do not run from the repo root)."""

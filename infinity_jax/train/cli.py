@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import sys
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -204,14 +203,19 @@ def run(cfg, workdir: str) -> dict:
     return final
 
 
-def main(argv: list[str]) -> int:
+def run_command(argv: list[str], prog: str, doc: str, run_fn) -> int:
+    """The shared body of the training commands: parse, load the config, run_fn(cfg, workdir), print final."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it renames at INFO
-    args, overrides = parse_args(argv, "infinity-jax train", __doc__)
+    args, overrides = parse_args(argv, prog, doc)
     cfg = config_util.load_config(args.config, overrides)
-    final = run(cfg, args.workdir)
+    final = run_fn(cfg, args.workdir)
     print(json.dumps({k: v for k, v in final.items() if k != "config"}))
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return run_command(argv, "infinity-jax train", __doc__, run)
 
 
 if __name__ == "__main__":

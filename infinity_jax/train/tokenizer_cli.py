@@ -179,14 +179,8 @@ def run(cfg, workdir: str, until_step: int | None = None, mesh=None) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from infinity_jax.train.cli import parse_args
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    args, overrides = parse_args(argv, "infinity-jax train-tokenizer", __doc__)
-    cfg = config_util.load_config(args.config, overrides)
-    final = run(cfg, args.workdir)
-    print(json.dumps({k: v for k, v in final.items() if k != "config"}))
-    return 0
+    from infinity_jax.train.cli import run_command
+    return run_command(argv, "infinity-jax train-tokenizer", __doc__, run)
 
 
 if __name__ == "__main__":
