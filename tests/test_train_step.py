@@ -88,7 +88,7 @@ def test_flops_count_counts_block_causal_pairs():
 
 def test_bench_train_prints_a_row(capsys):
     from infinity_jax.train import bench
-    assert bench.main(["--config", "infinity:tiny", "--schedule", "1x1,2x2,4x4", "--batch", "2", "--steps", "1",
+    assert bench.main(["--config", "infinity:tiny", "--schedule", "1x1,2x2,4x4", "--batch", "8", "--steps", "1",
                        "--text-len", "4", "--rules", "dp"]) == 0
     header, row = capsys.readouterr().out.strip().splitlines()[-2:]
     assert "img/s" in header and "MFU" in header

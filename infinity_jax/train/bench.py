@@ -39,6 +39,10 @@ def main(argv: list[str]) -> int:
     mcfg = T.InfinityConfig.from_dict(cfg.model)
     sched = schedules.parse_schedule(a.schedule) if a.schedule else schedules.official_schedule(1.0, a.pn)
     mesh = parallel.make_mesh(tensor=a.tensor)
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if a.batch % shards:
+        ap.error(f"--batch {a.batch} must be a multiple of the {shards} batch shards of the "
+                 f"{jax.device_count()}-device mesh")
     model = T.Infinity(mcfg)
     loss_fn = step_lib.make_loss_fn(model, sched)
     tx, lr = optim.make_optimizer(config_util.load_config("train_defaults").optim, 1000, a.batch)
