@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": ("infinity_jax.eval.cli", "main", "evaluators: eval shapes (GenEval-style prompt adherence on the shapes dataset)"),
     "train": ("infinity_jax.train.cli", "main", "train the Infinity transformer (resumes from --workdir)"),
     "demo": ("infinity_jax.demo", "main", "train and sample a real text-to-image model on the shapes data, then score it"),
+    "export-torch": ("infinity_jax.convert.export", "main", "a training run -> official PyTorch state dicts (strict-loadable)"),
     "train-tokenizer": ("infinity_jax.train.tokenizer_cli", "main", "train the BSQ-VAE tokenizer (resumes from --workdir; saves vae_params.npz)"),
 }
 

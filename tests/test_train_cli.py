@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import pytest
 
 from infinity_jax import config_util
@@ -31,6 +32,21 @@ def test_train_command_trains_resumes_and_reports(shapes_data, tmp_path):
     assert {"loss", "bit_acc", "bit_acc/s00", "bit_acc/s03", "grad_norm", "lr", "images_per_s"} <= logged
     assert sorted(os.listdir(tmp_path / "checkpoints"))[-1] == "4"
     assert sorted(os.listdir(tmp_path / "samples")) == ["step_0000002.png", "step_0000004.png"]  # sample.every=2
+    # export-torch: the run's transformer as the official state dict (same keys/shapes, exact values)
+    import numpy as np
+    from infinity_jax.convert import export, infinity as conv, torch_io
+    summary = export.export_run(str(tmp_path), str(tmp_path / "gpt.npz"))
+    sd = torch_io.load_state_dict(str(tmp_path / "gpt.npz"))
+    expected = conv.expected_state_dict_shapes(cfg)
+    assert summary["transformer"]["keys"] == len(sd) == len(expected)
+    assert {k: tuple(v.shape) for k, v in sd.items()} == {k: tuple(v) for k, v in expected.items()}
+    from infinity_jax.sample_cli import load_weights
+    params, _ = load_weights(str(tmp_path), "transformer")
+    back = conv.torch_to_params(sd, cfg)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="random VAE"):
+        export.export_run(str(tmp_path), str(tmp_path / "g2.npz"), vae_out=str(tmp_path / "vae.npz"))
     # the same command again resumes at step 4 and has nothing left to do
     cfg6 = config_util.apply_overrides(cfg, ["train.total_steps=6"])
     again = cli.run(cfg6, str(tmp_path))
