@@ -96,10 +96,10 @@ class DataConfig:
 
 
 def to_float(images):
-    """uint8 images (numpy or jax) -> float32 in [-1, 1]; float images pass through unchanged."""
+    """uint8 images (numpy or jax, also inside jit) -> float32 in [-1, 1]; float images -> float32."""
     if images.dtype == np.uint8:
         return images.astype(np.float32) / 127.5 - 1.0
-    return images
+    return images.astype(np.float32)
 
 
 # ---------------------------------------------------------------- per-example transforms

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from infinity_jax import schedules
+from infinity_jax.data.pipeline import to_float
 from infinity_jax.model import loss as loss_lib
 from infinity_jax.tokenizer import bsq
 
@@ -50,12 +51,6 @@ class StepOptions:
         return cls(**cfg)
 
 
-def _images_to_float(images: jax.Array) -> jax.Array:
-    if images.dtype == jnp.uint8:
-        return images.astype(jnp.float32) / 127.5 - 1.0
-    return images.astype(jnp.float32)
-
-
 def make_loss_fn(model, schedule: schedules.Schedule, options: StepOptions = StepOptions(), *,
                  vae=None, text_encoder: Callable | None = None) -> Callable:
     """model: an `Infinity` module; schedule: the (static) training schedule of this bucket;
@@ -68,7 +63,7 @@ def make_loss_fn(model, schedule: schedules.Schedule, options: StepOptions = Ste
             return batch["latent"].astype(jnp.float32)
         if vae is None or frozen is None or "vae" not in frozen:
             raise ValueError("batch has no 'latent': give a vae module and frozen['vae'] params to encode 'image'")
-        return vae.apply({"params": frozen["vae"]}, _images_to_float(batch["image"]), method="encode")
+        return vae.apply({"params": frozen["vae"]}, to_float(batch["image"]), method="encode")
 
     def text(batch, frozen):
         if "text_features" in batch:

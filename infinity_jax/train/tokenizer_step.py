@@ -41,6 +41,7 @@ import numpy as np
 from flax import linen as nn
 
 from infinity_jax import schedules
+from infinity_jax.data.pipeline import to_float
 from infinity_jax.tokenizer import bsq
 from infinity_jax.tokenizer import vae as vae_lib
 
@@ -207,13 +208,6 @@ def make_discriminator(options: TokenizerLossOptions) -> PatchDiscriminator | No
 # ----------------------------------------------------------------------------- the loss
 
 
-def images_to_float(images: jax.Array) -> jax.Array:
-    """uint8 (B, H, W, 3) -> float32 in [-1, 1]; floats pass through as float32."""
-    if images.dtype == jnp.uint8:
-        return images.astype(jnp.float32) / 127.5 - 1.0
-    return images.astype(jnp.float32)
-
-
 def psnr(mse: jax.Array) -> jax.Array:
     """PSNR in dB of images in [-1, 1] (peak-to-peak 2) from their mean squared error."""
     return 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10))
@@ -249,7 +243,7 @@ def make_loss_fn(vae: vae_lib.BSQVAE, schedule, options: TokenizerLossOptions = 
 
     def loss_fn(params, batch, rng, frozen=None):
         del rng, frozen  # deterministic; nothing frozen
-        x = images_to_float(batch["image"])
+        x = to_float(batch["image"])
         v = {"params": params["vae"]}
         z = vae.apply(v, x, method="encode")
         z_q, bits, terms = quantize_for_training(z, schedule, o)
@@ -280,7 +274,7 @@ def make_loss_fn(vae: vae_lib.BSQVAE, schedule, options: TokenizerLossOptions = 
 
 def reconstruct(vae: vae_lib.BSQVAE, vae_params, images: jax.Array, schedule) -> jax.Array:
     """The inference path: images (B, H, W, 3) uint8 or [-1, 1] -> bits -> decoded (B, H, W, 3) in [-1, 1]."""
-    x = images_to_float(images)
+    x = to_float(images)
     bits = vae.apply({"params": vae_params}, x, schedule, method="tokenize")
     return vae.apply({"params": vae_params}, bits, schedule, method="decode_bits")
 
