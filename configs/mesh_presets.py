@@ -1,0 +1,183 @@
+"""Mesh / sharding presets: how to lay an official model out on a TPU slice or an 8xH100 node.
+
+usage: get_config('v5p-128') -> ConfigDict {parallel: {rules, data, fsdp, tensor}, train: {global_batch,
+compute_dtype}, model: {remat, dtype}, ...}; configs/zoo.py applies one with `mesh=NAME`, e.g.
+`infinity-jax train --config zoo:infinity_2b,mesh=v5p-128 ...`. `python configs/mesh_presets.py`
+prints the table below from the memory estimate.
+
+A preset names the slice, the sharding rules of infinity_jax/parallel.py ('dp': replicate params,
+split the batch; 'fsdp': params split over `fsdp` along their embed axis; 'fsdp_tp': also heads /
+mlp / adaln split over `tensor`), the mesh (data x fsdp x tensor = devices; the batch is split over
+data x fsdp, replicated over tensor), and the per-device batch. global_batch = per-device batch x
+data x fsdp. Slice names follow Cloud TPU: v4-N and v5p-N count TensorCores (chips = N / 2),
+v5litepod-N and v6e-N count chips.
+
+The per-device batches are NOT measured (no TPU or GPU was at hand): each is half the largest power
+of two that `estimate_memory_gib` puts under 90 % of the device memory (bf16 compute, fp32 params +
+AdamW, full remat, the model's materialised fp32 attention logits) at the preset's intended model
+and square images at its pixel budget, at most 64. Treat them as starting points and measure with
+`infinity-jax bench train` on the real slice; tests/test_zoo_configs.py keeps the table and the rule
+in step. Columns: est GiB = the estimate at that batch; (suggested) = the rule's value.
+
+  preset        slice                      rules    data x fsdp x tensor  model              pn     batch/dev  global  est GiB  (suggested)
+  h100x8-dp     1 node, 8xH100             dp       8 x 1 x 1             infinity_layer12   0.06M  64         512     10.3     (64)
+  h100x8-fsdp   1 node, 8xH100             fsdp     1 x 8 x 1             infinity_2b        0.06M  64         512     24.4     (64)
+  h100x8-tp     1 node, 8xH100             fsdp_tp  1 x 4 x 2             infinity_8b        0.06M  64         256     42.3     (64)
+  v4-32         v4-32 (16 chips)           fsdp     2 x 8 x 1             infinity_layer24   0.06M  32         512     10.8     (32)
+  v4-128        v4-128 (64 chips)          fsdp     4 x 16 x 1            infinity_2b        0.06M  32         2048    12.7     (32)
+  v5e-64        v5litepod-64 (64 chips)    fsdp     4 x 16 x 1            infinity_2b        0.06M  16         1024    8.1      (16)
+  v5e-256       v5litepod-256 (256 chips)  fsdp_tp  8 x 8 x 4             infinity_8b        0.06M  16         1024    9.8      (16)
+  v5p-128       v5p-128 (64 chips)         fsdp     4 x 16 x 1            infinity_2b        0.25M  8          512     26.2     (8)
+  v5p-512       v5p-512 (256 chips)        fsdp_tp  8 x 16 x 2            infinity_8b        0.25M  8          1024    29.4     (8)
+  v5p-1024      v5p-1024 (512 chips)       fsdp_tp  8 x 16 x 4            infinity_20b       0.25M  8          1024    29.7     (8)
+  v6e-64        v6e-64 (64 chips)          fsdp     4 x 16 x 1            infinity_2b        0.06M  32         2048    12.7     (32)
+  v6e-256       v6e-256 (256 chips)        fsdp_tp  16 x 8 x 2            infinity_8b        0.06M  16         2048    16.0     (16)
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+GiB = 1024 ** 3
+MAX_PER_DEVICE_BATCH = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Accelerator:
+    name: str
+    hbm_gib: float          # memory per device (chip / GPU)
+    peak_bf16_tflops: float  # dense, per device (vendor figures; the same as train/metrics.py)
+
+
+ACCELERATORS = {
+    "h100": Accelerator("H100 SXM", 80, 989),
+    "v4": Accelerator("TPU v4", 32, 275),
+    "v5e": Accelerator("TPU v5e", 16, 197),
+    "v5p": Accelerator("TPU v5p", 95, 459),
+    "v6e": Accelerator("TPU v6e", 32, 918),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshPreset:
+    name: str
+    accelerator: str        # a key of ACCELERATORS
+    slice: str              # what to ask the cloud for
+    rules: str              # infinity_jax.parallel.RULES name
+    data: int
+    fsdp: int
+    tensor: int
+    per_device_batch: int   # examples per device per step, along the batch axes (data x fsdp)
+    model: str              # the configs/infinity.py size the batch was sized for
+    pn: str                 # the pixel budget the batch was sized for
+    remat: str = "full"
+
+    @property
+    def devices(self) -> int:
+        return self.data * self.fsdp * self.tensor
+
+    @property
+    def global_batch(self) -> int:
+        return self.per_device_batch * self.data * self.fsdp
+
+
+_P = MeshPreset
+PRESETS: dict[str, MeshPreset] = {p.name: p for p in (
+    _P("h100x8-dp", "h100", "1 node, 8xH100", "dp", 8, 1, 1, 64, "infinity_layer12", "0.06M"),
+    _P("h100x8-fsdp", "h100", "1 node, 8xH100", "fsdp", 1, 8, 1, 64, "infinity_2b", "0.06M"),
+    _P("h100x8-tp", "h100", "1 node, 8xH100", "fsdp_tp", 1, 4, 2, 64, "infinity_8b", "0.06M"),
+    _P("v4-32", "v4", "v4-32 (16 chips)", "fsdp", 2, 8, 1, 32, "infinity_layer24", "0.06M"),
+    _P("v4-128", "v4", "v4-128 (64 chips)", "fsdp", 4, 16, 1, 32, "infinity_2b", "0.06M"),
+    _P("v5e-64", "v5e", "v5litepod-64 (64 chips)", "fsdp", 4, 16, 1, 16, "infinity_2b", "0.06M"),
+    _P("v5e-256", "v5e", "v5litepod-256 (256 chips)", "fsdp_tp", 8, 8, 4, 16, "infinity_8b", "0.06M"),
+    _P("v5p-128", "v5p", "v5p-128 (64 chips)", "fsdp", 4, 16, 1, 8, "infinity_2b", "0.25M"),
+    _P("v5p-512", "v5p", "v5p-512 (256 chips)", "fsdp_tp", 8, 16, 2, 8, "infinity_8b", "0.25M"),
+    _P("v5p-1024", "v5p", "v5p-1024 (512 chips)", "fsdp_tp", 8, 16, 4, 8, "infinity_20b", "0.25M"),
+    _P("v6e-64", "v6e", "v6e-64 (64 chips)", "fsdp", 4, 16, 1, 32, "infinity_2b", "0.06M"),
+    _P("v6e-256", "v6e", "v6e-256 (256 chips)", "fsdp_tp", 16, 8, 2, 16, "infinity_8b", "0.06M"),
+)}
+NAMES = tuple(PRESETS)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config sections a preset sets (merged into a training config by configs/zoo.py)."""
+    if arg not in PRESETS:
+        raise ValueError(f"mesh preset {arg!r}: expected one of {NAMES}")
+    p = PRESETS[arg]
+    c = ml_collections.ConfigDict()
+    c.name = p.name
+    c.accelerator, c.slice, c.devices = p.accelerator, p.slice, p.devices
+    c.per_device_batch, c.sized_for = p.per_device_batch, f"{p.model} @ {p.pn}"
+    c.parallel = ml_collections.ConfigDict(dict(rules=p.rules, data=p.data, fsdp=p.fsdp, tensor=p.tensor))
+    c.train = ml_collections.ConfigDict(dict(global_batch=p.global_batch, compute_dtype="bfloat16"))
+    c.model = ml_collections.ConfigDict(dict(remat=p.remat, dtype="bfloat16"))
+    return c
+
+
+def estimate_memory_gib(*, params: int, depth: int, embed_dim: int, num_heads: int, tokens: int,
+                        per_device_batch: int, rules: str, fsdp: int, tensor: int, bits: int = 32,
+                        text_len: int = 512, remat: str = "full", ema: bool = False) -> float:
+    """Rough peak memory of one training step on one device, in GiB (an estimate, not a measurement).
+
+    Weights: fp32 params + grads + AdamW m, v (16 B/param, +4 with EMA), divided over fsdp x tensor
+    (dp: replicated). Activations in bf16 for a per-device batch B over `tokens` L: with full remat
+    each block keeps only its input (depth x B L C); the block being recomputed holds ~24 B L C
+    of projections/MLP, plus fp32 self-attention logits and probabilities with their gradients
+    (4 x B H L^2 x 4 B; our attention materialises them) and cross-attention (4 x B H L T x 4 B),
+    the head-split parts divided over tensor. The bit head keeps fp32 logits (B L 2d x 4 B, x3).
+    +20 % and 1 GiB for XLA buffers and fragmentation.
+    """
+    shards = 1 if rules == "dp" else fsdp * (tensor if rules == "fsdp_tp" else 1)
+    weights = params * (20 if ema else 16) / shards
+    B, L, C, H = per_device_batch, tokens, embed_dim, num_heads
+    tp = tensor if rules == "fsdp_tp" else 1
+    layer = 2 * 24 * B * L * C / tp + 4 * 4 * B * H * L * (L + text_len) / tp
+    kept = 2 * depth * B * L * C if remat == "full" else depth * layer
+    work = layer if remat == "full" else 0
+    head = 3 * 4 * B * L * 2 * bits
+    return (weights + kept + work + head) * 1.2 / GiB + 1.0
+
+
+def fits(preset: MeshPreset, *, params: int, depth: int, embed_dim: int, num_heads: int, tokens: int,
+         bits: int = 32, margin: float = 0.9) -> tuple[bool, float]:
+    """(estimate <= margin x device memory, estimate in GiB) for the preset's per-device batch."""
+    est = estimate_memory_gib(params=params, depth=depth, embed_dim=embed_dim, num_heads=num_heads, tokens=tokens,
+                              per_device_batch=preset.per_device_batch, rules=preset.rules, fsdp=preset.fsdp,
+                              tensor=preset.tensor, bits=bits, remat=preset.remat)
+    return est <= margin * ACCELERATORS[preset.accelerator].hbm_gib, est
+
+
+def largest_fitting_batch(preset: MeshPreset, **model) -> int:
+    """The largest power-of-two per-device batch (<= 1024) that `fits` for this preset and model."""
+    ok = [b for b in (2 ** i for i in range(11)) if fits(dataclasses.replace(preset, per_device_batch=b), **model)[0]]
+    return max(ok, default=0)
+
+
+def suggested_batch(preset: MeshPreset, **model) -> int:
+    """The documented rule: half the largest fitting batch (slack for what the estimate misses), at most 64."""
+    return min(MAX_PER_DEVICE_BATCH, largest_fitting_batch(preset, **model) // 2)
+
+
+def model_shape(model: str, pn: str) -> dict:
+    """The `fits` keyword arguments of a configs/infinity.py size at a pixel budget (square images)."""
+    from infinity_jax import schedules
+    from infinity_jax.model.transformer import InfinityConfig, count_params
+    from configs import infinity as infinity_configs
+    m = InfinityConfig.from_dict(infinity_configs.get_config(model).model)
+    return dict(params=count_params(m), depth=m.depth, embed_dim=m.embed_dim, num_heads=m.num_heads,
+                tokens=schedules.num_tokens(schedules.official_schedule(1.0, pn)), bits=m.codebook_dim)
+
+
+if __name__ == "__main__":  # the table in the docstring, recomputed
+    import os
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    print("  preset        slice                      rules    data x fsdp x tensor  model              pn     "
+          "batch/dev  global  est GiB  (suggested)")
+    for p in PRESETS.values():
+        kw = model_shape(p.model, p.pn)
+        ok, est = fits(p, **kw)
+        print(f"  {p.name:13s} {p.slice:26s} {p.rules:8s} {f'{p.data} x {p.fsdp} x {p.tensor}':21s} {p.model:18s} "
+              f"{p.pn:6s} {p.per_device_batch:<10d} {p.global_batch:<7d} {est:<8.1f} ({suggested_batch(p, **kw)})"
+              + ("" if ok else "  TOO BIG"))

@@ -1,0 +1,116 @@
+"""The model zoo: a full training config for every official Infinity size, tokenizer and pixel budget.
+
+usage: infinity-jax train --config zoo:NAME[,vae=D][,pn=P][,mesh=M][,scan][,remat=R][,dtype=T]
+           --workdir DIR [--config.data.path=...]
+  NAME  infinity_2b | infinity_8b | infinity_20b | infinity_layer{12,16,24,32,40,48}
+        (short forms: 2b, 8b, 20b, layer12, ...), sizes from configs/infinity.py
+  vae   tokenizer vocabulary, configs/bsq_vae.py: d16 | d24 | d32 (default) | d32reg | d64
+        (d bits per token: 2^d implicit codes); sets model.codebook_dim to match
+  pn    pixel budget, infinity_jax/schedules.py: 0.06M (default; the official pre-training
+        stage) | 0.25M | 0.60M | 1M; square images of 256 / 512 / 768 / 1024 px
+  mesh  a configs/mesh_presets.py preset (sharding rules, mesh shape, global batch, remat, bf16),
+        e.g. h100x8-fsdp, v5p-128; without it: train_defaults (fsdp over all devices, batch 256)
+  scan, remat=, dtype=  execution options passed to configs/infinity.py
+
+Files the run reads (put them there or override the keys): the official VAE weights
+weights/infinity_vae_d{D}.pth (vae.params), a Flan-T5-XL Hugging Face folder weights/flan-t5-xl
+(text.folder), and a dataset built by `infinity-jax data prepare` (data.path). Training images are
+square crops at the budget's 1:1 size (the trainer runs one schedule). Not covered: the released 8B
+model's d56 spatial-patchify tokenizer (no such VAE config here). The optimizer settings are
+train_defaults' (official code defaults); see DESIGN.md for where the official script differs.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from infinity_jax import schedules
+from infinity_jax.config_util import parse_arg
+
+from configs import bsq_vae
+from configs import infinity as infinity_configs
+from configs import mesh_presets
+from configs import train_defaults
+
+MODELS = tuple(n for n in infinity_configs.NAMES if n != "tiny")
+ALIASES = {n.removeprefix("infinity_"): n for n in MODELS}
+VAES = tuple(n for n in bsq_vae.NAMES if n != "tiny")
+PIXEL_BUDGETS = tuple(schedules.PIXEL_BUDGETS)
+_OPTIONS = {"vae", "pn", "mesh", "scan", "remat", "dtype"}
+
+
+def image_size(pn: str) -> int:
+    """Side of the square image whose latent is the last scale of the 1:1 template at `pn`."""
+    _, h, _ = schedules.official_schedule(1.0, pn)[-1]
+    return h * schedules.VAE_STRIDE
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    name, _, rest = (arg or "infinity_2b").partition(",")
+    name = ALIASES.get(name.strip(), name.strip())
+    if name not in MODELS:
+        raise ValueError(f"zoo model {name!r} (from {arg!r}): expected one of {MODELS} or {tuple(ALIASES)}")
+    opts = parse_arg(rest, _OPTIONS, f"zoo:{name}")
+    vae_name, pn, mesh = opts.get("vae", "d32"), opts.get("pn", "0.06M"), opts.get("mesh")
+    if vae_name not in VAES:
+        raise ValueError(f"zoo vae={vae_name!r}: expected one of {VAES}")
+    if pn not in PIXEL_BUDGETS:
+        raise ValueError(f"zoo pn={pn!r}: expected one of {PIXEL_BUDGETS}")
+
+    c = train_defaults.get_config()
+    c.name = f"zoo/{name}"
+    exec_opts = [k if v == "1" else f"{k}={v}" for k, v in opts.items() if k in ("scan", "remat", "dtype")]
+    m = infinity_configs.get_config(",".join([name] + exec_opts)).model
+    if "dtype" not in opts:
+        m.dtype = "bfloat16"
+    vcfg = bsq_vae.get_config(vae_name)
+    m.codebook_dim = int(vcfg.codebook_dim)
+    c.model = m
+
+    c.vae = v = ml_collections.ConfigDict()
+    v.config = f"bsq_vae:{vae_name}"
+    v.overrides = ()
+    v.params = f"weights/{vcfg.checkpoint}"
+    c.schedule = pn
+
+    c.text = x = ml_collections.ConfigDict()
+    x.preset = "flan-t5-xl"
+    x.d_model = m.text_channels
+    x.folder = "weights/flan-t5-xl"
+    x.tokenizer = "auto"
+    x.max_length = m.text_maxlen
+    x.seed = 0
+
+    c.data = d = ml_collections.ConfigDict()
+    d.path = "data/infinity"
+    d.pn = pn
+    d.image_size = image_size(pn)
+    d.h_div_w = 1.0
+    d.short_cap_prob = 0.5         # official train script
+    d.dynamic_length_prompt = True  # official train script
+    d.random_flip = False
+    d.num_threads = 8
+
+    c.step = s = ml_collections.ConfigDict()  # official train script (infinity_jax.train.step.StepOptions)
+    s.bsc_strength = 0.3
+    s.bsc_layers = 13
+    s.bsc_requant = True
+    s.cond_drop = 0.1
+    s.reweight_by_scale = True
+    s.label_smoothing = 0.0
+
+    c.sample = sp = ml_collections.ConfigDict()  # periodic sample grids: off by default at these sizes
+    sp.every = 0
+    sp.cfg = 3.0
+    sp.prompts = ("a photo of a cat", "an oil painting of a lighthouse at dusk")
+
+    c.eval = ml_collections.ConfigDict(dict(val_batches=8))
+
+    if mesh is not None:
+        p = mesh_presets.get_config(mesh)
+        c.parallel.update(p.parallel.to_dict())
+        c.train.global_batch = p.train.global_batch
+        c.train.compute_dtype = p.train.compute_dtype
+        if "remat" not in opts:
+            m.remat = p.model.remat
+        c.mesh_preset = mesh
+    return c
