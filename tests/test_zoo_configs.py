@@ -1,0 +1,144 @@
+"""The model zoo and mesh presets: every named config builds (shapes only), matches the official
+parameter counts, and every mesh preset divides its model's params and fits the memory estimate."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from infinity_jax import config_util, parallel, schedules
+from infinity_jax.data.pipeline import DataConfig
+from infinity_jax.model import transformer as T
+from infinity_jax.text.t5 import T5Config
+from infinity_jax.train.step import StepOptions
+
+from configs import bsq_vae, infinity as infinity_configs, mesh_presets, zoo
+
+
+def abstract(model_cfg: T.InfinityConfig):
+    """Boxed ShapeDtypeStructs of the params (jax.eval_shape of the init; nothing allocated).
+    remat, dtype and drop path do not change shapes: one trace per architecture."""
+    return _abstract(dataclasses.replace(model_cfg, remat="none", dtype="float32", drop_path_rate=0.0))
+
+
+@functools.lru_cache(maxsize=None)
+def _abstract(model_cfg: T.InfinityConfig):
+    return T.abstract_params(model_cfg)
+
+
+def n_params(model_cfg: T.InfinityConfig) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nn.unbox(abstract(model_cfg)))))
+
+
+def check_buildable(cfg) -> T.InfinityConfig:
+    """Everything `infinity-jax train` derives from a config before touching files, shapes only."""
+    m = T.InfinityConfig.from_dict(cfg.model)
+    vcfg = config_util.load_config(cfg.vae.config, cfg.vae.overrides)
+    assert vcfg.codebook_dim == m.codebook_dim
+    latent = cfg.data.image_size // vcfg.patch_size
+    sched = schedules.validate(schedules.official_schedule(cfg.data.h_div_w, cfg.schedule), (latent, latent))
+    assert len(sched) == schedules.PIXEL_BUDGETS[cfg.schedule]
+    data = {k: v for k, v in cfg.data.to_dict().items() if k != "h_div_w"}
+    DataConfig.from_dict({**data, "batch_size": 1})
+    StepOptions.from_config(cfg.step)
+    assert T5Config.preset(cfg.text.preset, d_model=cfg.text.d_model).d_model == m.text_channels
+    return m
+
+
+@pytest.mark.parametrize("name", zoo.MODELS)
+def test_every_official_model_is_a_buildable_zoo_config_with_the_official_param_count(name):
+    cfg = config_util.load_config(f"zoo:{name}")
+    m = check_buildable(cfg)
+    assert n_params(m) == infinity_configs.OFFICIAL_PARAMS[name]  # d = 32, the released recipe
+    assert (cfg.schedule, cfg.data.image_size, cfg.model.dtype) == ("0.06M", 256, "bfloat16")
+    assert cfg.vae.params == "weights/infinity_vae_d32.pth"
+
+
+def test_tokenizer_vocabularies_set_the_bit_width_everywhere():
+    base = n_params(T.InfinityConfig.from_dict(config_util.load_config("zoo:layer12").model))
+    for vae in zoo.VAES:
+        cfg = config_util.load_config(f"zoo:layer12,vae={vae}")
+        d = bsq_vae.get_config(vae).codebook_dim
+        m = check_buildable(cfg)
+        assert m.codebook_dim == d and cfg.vae.config == f"bsq_vae:{vae}"
+        # only the bit embedding (d -> C, with bias) and the bit head (C -> 2d, with bias) depend on d
+        assert n_params(m) - base == (d - 32) * m.embed_dim + (d - 32) * 2 * (m.embed_dim + 1)
+
+
+def test_pixel_budgets_set_schedule_and_image_size():
+    for pn, (scales, side) in {"0.06M": (7, 256), "0.25M": (10, 512), "0.60M": (12, 768), "1M": (13, 1024)}.items():
+        cfg = config_util.load_config(f"zoo:2b,pn={pn}")
+        check_buildable(cfg)
+        assert (cfg.data.image_size, cfg.data.pn, schedules.PIXEL_BUDGETS[cfg.schedule]) == (side, pn, scales)
+
+
+def test_bad_zoo_arguments_name_the_choices():
+    with pytest.raises(ValueError, match="infinity_2b"):
+        zoo.get_config("infinity_3b")
+    with pytest.raises(ValueError, match="d16"):
+        zoo.get_config("2b,vae=d48")
+    with pytest.raises(ValueError, match="0.25M"):
+        zoo.get_config("2b,pn=2M")
+    with pytest.raises(ValueError, match="h100x8-fsdp"):
+        zoo.get_config("2b,mesh=v7-8")
+    with pytest.raises(ValueError, match="unknown keys"):
+        zoo.get_config("2b,batch=4")
+
+
+def sharded_dims_divide(abstract_params, rules: str, axis_sizes: dict[str, int]) -> list[str]:
+    """Params whose sharded dims do not divide by their mesh axes' sizes (computed, no devices)."""
+    specs = nn.get_partition_spec(abstract_params)
+    table = parallel.logical_rules(rules)
+    bad = []
+    flat_specs = jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))[0]
+    shapes = jax.tree.leaves(nn.unbox(abstract_params))
+    for (path, spec), leaf in zip(flat_specs, shapes):
+        mesh_spec = nn.logical_to_mesh_axes(tuple(spec), table)
+        for dim, axes in zip(leaf.shape, tuple(mesh_spec) + (None,) * len(leaf.shape)):
+            axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+            if dim % math.prod(axis_sizes[a] for a in axes):
+                bad.append(f"{jax.tree_util.keystr(path)} {leaf.shape} over {axes}")
+    return bad
+
+
+@pytest.mark.parametrize("name", mesh_presets.NAMES)
+def test_mesh_preset_shards_its_model_evenly_and_fits_the_memory_estimate(name):
+    p = mesh_presets.PRESETS[name]
+    cfg = config_util.load_config(f"zoo:{p.model},pn={p.pn},mesh={name}")
+    m = check_buildable(cfg)
+    assert (cfg.parallel.rules, cfg.parallel.data, cfg.parallel.fsdp, cfg.parallel.tensor) == \
+        (p.rules, p.data, p.fsdp, p.tensor)
+    assert cfg.train.global_batch == p.per_device_batch * p.data * p.fsdp and m.remat == "full"
+    bad = sharded_dims_divide(abstract(m), p.rules, {"data": p.data, "fsdp": p.fsdp, "tensor": p.tensor})
+    assert not bad, bad[:5]
+    if p.rules == "fsdp_tp":
+        assert m.num_heads % p.tensor == 0
+    shape = dict(params=n_params(m), depth=m.depth, embed_dim=m.embed_dim, num_heads=m.num_heads,
+                 tokens=schedules.num_tokens(schedules.official_schedule(1.0, p.pn)), bits=m.codebook_dim)
+    if name == "h100x8-dp":  # the helper behind `python configs/mesh_presets.py` agrees (one extra trace)
+        assert mesh_presets.model_shape(p.model, p.pn) == shape
+    ok, est = mesh_presets.fits(p, **shape)
+    assert ok, f"{name}: estimated {est:.1f} GiB"
+    assert p.per_device_batch == mesh_presets.suggested_batch(p, **shape)  # the docstring's rule
+
+
+def test_h100_presets_build_real_meshes_and_shardings_on_8_devices():
+    if jax.device_count() < 8:
+        pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
+    for name in ("h100x8-dp", "h100x8-fsdp", "h100x8-tp"):
+        p = mesh_presets.PRESETS[name]
+        cfg = config_util.load_config(f"zoo:{p.model},mesh={name}")
+        mesh = parallel.make_mesh(cfg.parallel.data, cfg.parallel.fsdp, cfg.parallel.tensor, jax.devices()[:8])
+        params = abstract(T.InfinityConfig.from_dict(cfg.model))
+        shardings = parallel.param_shardings(params, mesh, cfg.parallel.rules)
+        per_device = sum(int(np.prod(s.shard_shape(x.shape))) for s, x in
+                         zip(jax.tree.leaves(shardings), jax.tree.leaves(nn.unbox(params))))
+        total = n_params(T.InfinityConfig.from_dict(cfg.model))
+        shards = {"dp": 1, "fsdp": 8, "fsdp_tp": 8}[p.rules]
+        # nearly every weight is split: per-device params within 2 % of total / shards (norms, biases replicate)
+        assert total / shards <= per_device <= total / shards * 1.02 + 1e5, (name, per_device, total)
