@@ -22,8 +22,12 @@ from configs import bsq_vae, infinity as infinity_configs, mesh_presets, zoo
 
 def abstract(model_cfg: T.InfinityConfig):
     """Boxed ShapeDtypeStructs of the params (jax.eval_shape of the init; nothing allocated).
-    remat, dtype and drop path do not change shapes: one trace per architecture."""
-    return _abstract(dataclasses.replace(model_cfg, remat="none", dtype="float32", drop_path_rate=0.0))
+    remat, dtype and drop path do not change shapes: one trace per architecture. Traced with
+    scan_layers: one block is traced and its params stacked on a leading (replicated) 'layers'
+    axis -- the same per-block shapes and total, ~10x faster for 58 blocks; the per-block tree
+    (the configs' default) is traced for layer12 in the vocabulary test."""
+    return _abstract(dataclasses.replace(model_cfg, remat="none", dtype="float32", drop_path_rate=0.0,
+                                         scan_layers=True))
 
 
 @functools.lru_cache(maxsize=None)
@@ -60,7 +64,9 @@ def test_every_official_model_is_a_buildable_zoo_config_with_the_official_param_
 
 
 def test_tokenizer_vocabularies_set_the_bit_width_everywhere():
-    base = n_params(T.InfinityConfig.from_dict(config_util.load_config("zoo:layer12").model))
+    base_cfg = T.InfinityConfig.from_dict(config_util.load_config("zoo:layer12").model)
+    base = n_params(base_cfg)
+    assert not base_cfg.scan_layers and T.count_params(base_cfg) == base  # the per-block tree: same count
     for vae in zoo.VAES:
         cfg = config_util.load_config(f"zoo:layer12,vae={vae}")
         d = bsq_vae.get_config(vae).codebook_dim
