@@ -173,10 +173,11 @@ def shapes_data(tmp_path_factory):
     return str(out)
 
 
-def test_four_point_sweep_of_tiny_models_with_the_real_trainer(shapes_data, tmp_path, capsys):
+def test_four_point_sweep_of_tiny_models_with_the_real_trainer(shapes_data, tmp_path, capsys, monkeypatch):
     """configs/sweeps/shapes_tiny.py: 2 sizes x 1 vocabulary x 2 budgets, each run a real
     `infinity-jax train` process (sharing one XLA cache); then collect, fit and plot; a rerun
     launches nothing."""
+    monkeypatch.delenv("XLA_FLAGS", raising=False)  # the runs train on 1 CPU device, not the 8 fake ones
     root = str(tmp_path / "sweep")
     argv = ["--sweep", f"configs/sweeps/shapes_tiny.py:data={shapes_data}", "--root", root, "--jobs", "2"]
     assert sweep.main(argv) == 0, open(next(iter(
