@@ -17,21 +17,21 @@ of two that `estimate_memory_gib` puts under 90 % of the device memory (bf16 com
 AdamW, full remat, the model's materialised fp32 attention logits) at the preset's intended model
 and square images at its pixel budget, at most 64. Treat them as starting points and measure with
 `infinity-jax bench train` on the real slice; tests/test_zoo_configs.py keeps the table and the rule
-in step. Columns: est GiB = the estimate at that batch; (suggested) = the rule's value.
+in step. Columns: est GiB = the estimate at that batch; rule = the rule's batch.
 
-  preset        slice                      rules    data x fsdp x tensor  model              pn     batch/dev  global  est GiB  (suggested)
-  h100x8-dp     1 node, 8xH100             dp       8 x 1 x 1             infinity_layer12   0.06M  64         512     10.3     (64)
-  h100x8-fsdp   1 node, 8xH100             fsdp     1 x 8 x 1             infinity_2b        0.06M  64         512     24.4     (64)
-  h100x8-tp     1 node, 8xH100             fsdp_tp  1 x 4 x 2             infinity_8b        0.06M  64         256     42.3     (64)
-  v4-32         v4-32 (16 chips)           fsdp     2 x 8 x 1             infinity_layer24   0.06M  32         512     10.8     (32)
-  v4-128        v4-128 (64 chips)          fsdp     4 x 16 x 1            infinity_2b        0.06M  32         2048    12.7     (32)
-  v5e-64        v5litepod-64 (64 chips)    fsdp     4 x 16 x 1            infinity_2b        0.06M  16         1024    8.1      (16)
-  v5e-256       v5litepod-256 (256 chips)  fsdp_tp  8 x 8 x 4             infinity_8b        0.06M  16         1024    9.8      (16)
-  v5p-128       v5p-128 (64 chips)         fsdp     4 x 16 x 1            infinity_2b        0.25M  8          512     26.2     (8)
-  v5p-512       v5p-512 (256 chips)        fsdp_tp  8 x 16 x 2            infinity_8b        0.25M  8          1024    29.4     (8)
-  v5p-1024      v5p-1024 (512 chips)       fsdp_tp  8 x 16 x 4            infinity_20b       0.25M  8          1024    29.7     (8)
-  v6e-64        v6e-64 (64 chips)          fsdp     4 x 16 x 1            infinity_2b        0.06M  32         2048    12.7     (32)
-  v6e-256       v6e-256 (256 chips)        fsdp_tp  16 x 8 x 2            infinity_8b        0.06M  16         2048    16.0     (16)
+  preset       chips x kind   rules    data x fsdp x tensor  model             pn     batch/dev  global  est GiB  rule
+  h100x8-dp    8 x h100       dp       8 x 1 x 1             layer12           0.06M  64         512     10.3     64
+  h100x8-fsdp  8 x h100       fsdp     1 x 8 x 1             2b                0.06M  64         512     24.4     64
+  h100x8-tp    8 x h100       fsdp_tp  1 x 4 x 2             8b                0.06M  64         256     42.3     64
+  v4-32        16 x v4        fsdp     2 x 8 x 1             layer24           0.06M  32         512     10.8     32
+  v4-128       64 x v4        fsdp     4 x 16 x 1            2b                0.06M  32         2048    12.7     32
+  v5e-64       64 x v5e       fsdp     4 x 16 x 1            2b                0.06M  16         1024    8.1      16
+  v5e-256      256 x v5e      fsdp_tp  8 x 8 x 4             8b                0.06M  16         1024    9.8      16
+  v5p-128      64 x v5p       fsdp     4 x 16 x 1            2b                0.25M  8          512     26.2     8
+  v5p-512      256 x v5p      fsdp_tp  8 x 16 x 2            8b                0.25M  8          1024    29.4     8
+  v5p-1024     512 x v5p      fsdp_tp  8 x 16 x 4            20b               0.25M  8          1024    29.7     8
+  v6e-64       64 x v6e       fsdp     4 x 16 x 1            2b                0.06M  32         2048    12.7     32
+  v6e-256      256 x v6e      fsdp_tp  16 x 8 x 2            8b                0.06M  16         2048    16.0     16
 """
 from __future__ import annotations
 
@@ -173,11 +173,12 @@ if __name__ == "__main__":  # the table in the docstring, recomputed
     import os
     import sys
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    print("  preset        slice                      rules    data x fsdp x tensor  model              pn     "
-          "batch/dev  global  est GiB  (suggested)")
+    print("  preset       chips x kind   rules    data x fsdp x tensor  model             pn     batch/dev  global  "
+          "est GiB  rule")
     for p in PRESETS.values():
         kw = model_shape(p.model, p.pn)
         ok, est = fits(p, **kw)
-        print(f"  {p.name:13s} {p.slice:26s} {p.rules:8s} {f'{p.data} x {p.fsdp} x {p.tensor}':21s} {p.model:18s} "
-              f"{p.pn:6s} {p.per_device_batch:<10d} {p.global_batch:<7d} {est:<8.1f} ({suggested_batch(p, **kw)})"
-              + ("" if ok else "  TOO BIG"))
+        chips = f"{p.devices} x {p.accelerator}"
+        print(f"  {p.name:12s} {chips:14s} {p.rules:8s} {f'{p.data} x {p.fsdp} x {p.tensor}':21s} "
+              f"{p.model.removeprefix('infinity_'):17s} {p.pn:6s} {p.per_device_batch:<10d} {p.global_batch:<7d} "
+              f"{est:<8.1f} {suggested_batch(p, **kw)}" + ("" if ok else "  TOO BIG"))

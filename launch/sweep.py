@@ -33,8 +33,9 @@ params) and writes, under ROOT:
                      cheaper run beats); per vocabulary and budget: L(N) = a * N^-b + c over model
                      sizes and the best size
   summary.md         the tables; scaling.png (loss vs compute) and loss_vs_params.png (log-log)
---launch print prints the commands of unfinished runs for a launcher (e.g. launch/tpu_pod.sh)
-instead of running them; collect later from a local copy of the root (e.g. gsutil rsync).
+--launch print prints only the commands of unfinished runs for a launcher (e.g. launch/tpu_pod.sh)
+instead of running them (pipe them to a shell or a job queue); collect later with --fit-only,
+from a local copy of a remote root (e.g. gsutil -m rsync -r gs://BUCKET/ladder runs/ladder).
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ import argparse
 import concurrent.futures
 import csv
 import dataclasses
+import functools
 import importlib.util
 import json
 import math
@@ -164,15 +166,19 @@ def budget_label(budget: float, unit: str) -> str:
     return f"C{mant.rstrip('0').rstrip('.')}e{int(exp)}"
 
 
-def run_shape(config: str, overrides: Sequence[str]) -> tuple[int, float]:
+@functools.lru_cache(maxsize=None)
+def run_shape(config: str, overrides: tuple[str, ...]) -> tuple[int, float]:
     """(params, training FLOPs per optimizer step) of one run's config, as `infinity-jax train`
-    computes them for final.json (shapes only: nothing is allocated)."""
+    computes them for final.json (shapes only: nothing is allocated; memoised per process)."""
     from infinity_jax import config_util
     from infinity_jax.model import transformer as T
     from infinity_jax.train import step as step_lib
     from infinity_jax.train.cli import schedule_from_config
     cfg = config_util.load_config(config, overrides)
     mcfg = T.InfinityConfig.from_dict(cfg.model)
+    if mcfg.ffn_hidden <= 0:  # the official rounding (to 256) leaves no MLP below width 64
+        raise ValueError(f"{config} {list(overrides)}: model width {mcfg.embed_dim} x mlp_ratio {mcfg.mlp_ratio} "
+                         "rounds to an FFN of 0 units (multiples of 256); use width >= 64")
     n = T.count_params(mcfg)
     text_len = int(cfg.text.max_length) if "text" in cfg else int(mcfg.text_maxlen)
     per_example = step_lib.train_flops_per_example(n, schedule_from_config(cfg), depth=mcfg.depth,
@@ -437,9 +443,9 @@ def summary_markdown(sweep: Sweep, rows: Sequence[dict], fits: Mapping) -> str:
     lines += ["", "## Runs", "", "| vocab | model | budget | steps | params | FLOPs | val loss | status |",
               "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['vocab']} | {r['model']} | {r['budget_label']} | {r['steps']} | "
-                     f"{'' if r['params'] is None else format(int(r['params']), ',')} | {_g(r['flops_total'], '.3g')} | "
-                     f"{_g(r['val_loss'], '.4f')} | {r['status']} |")
+        params = "" if r["params"] is None else format(int(r["params"]), ",")
+        lines.append(f"| {r['vocab']} | {r['model']} | {r['budget_label']} | {r['steps']} | {params} | "
+                     f"{_g(r['flops_total'], '.3g')} | {_g(r['val_loss'], '.4f')} | {r['status']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -470,12 +476,14 @@ def loglog_png(path: str, series: Sequence[dict], title: str, xlabel: str, ylabe
     (xa, xb), (ya, yb) = pad(lx.min(), lx.max()), pad(ly.min(), ly.max())
     px = lambda v: x0 + (math.log10(v) - xa) / (xb - xa) * (x1 - x0)  # noqa: E731
     py = lambda v: y1 - (math.log10(v) - ya) / (yb - ya) * (y1 - y0)  # noqa: E731
-    for e in range(math.ceil(xa), math.floor(xb) + 1):  # decade ticks on x
-        draw.line((px(10 ** e), y1, px(10 ** e), y1 + 4), fill=(0, 0, 0))
-        draw.text((px(10 ** e) - 12, y1 + 6), f"1e{e}", fill=(0, 0, 0), font=font)
-    for v in np.geomspace(10 ** ya, 10 ** yb, 5)[1:-1]:  # a few labelled heights on y
+    decades = range(math.ceil(xa), math.floor(xb) + 1)
+    xticks = [10.0 ** e for e in decades] if len(decades) >= 2 else np.geomspace(10 ** xa, 10 ** xb, 6)[1:-1]
+    for v in xticks:  # decades on x, or a few labelled points when the range is under two decades
+        draw.line((px(v), y1, px(v), y1 + 4), fill=(0, 0, 0))
+        draw.text((px(v) - 14, y1 + 6), f"{v:.2g}".replace("+", ""), fill=(0, 0, 0), font=font)
+    for v in np.geomspace(10 ** ya, 10 ** yb, 6)[1:-1]:  # a few labelled heights on y
         draw.line((x0 - 4, py(v), x0, py(v)), fill=(0, 0, 0))
-        draw.text((6, py(v) - 6), f"{v:.4g}", fill=(0, 0, 0), font=font)
+        draw.text((6, py(v) - 6), f"{v:.3g}", fill=(0, 0, 0), font=font)
     for i, s in enumerate(series):
         col = COLORS[i % len(COLORS)]
         line = [(px(x), py(y)) for x, y in s.get("line", ()) if x > 0 and y > 0]
@@ -569,8 +577,7 @@ def main(argv: Sequence[str] | None = None, runner: Runner | None = None) -> int
         print(f"# {len(todo)} of {len(runs)} runs to launch ({len(runs) - len(todo)} finished)", file=sys.stderr)
         for r in todo:
             print(launcher_command(r, launcher, largs))
-        if "://" in args.root:
-            return 0
+        return 0  # stdout is only commands (pipe it to a shell); collect later with --fit-only
     elif launch == "local":
         if runner is None:
             cache = os.path.join(os.path.abspath(args.root), "xla_cache") if args.compile_cache is None \
@@ -584,7 +591,8 @@ def main(argv: Sequence[str] | None = None, runner: Runner | None = None) -> int
             if rc:
                 print(f"sweep: run {wd} exited {rc}; see {os.path.join(wd, 'train.log')}", file=sys.stderr)
     if "://" in args.root:
-        return 0
+        print("sweep: a remote root cannot be collected here; --fit-only on a local copy", file=sys.stderr)
+        return 1 if failed else 0
     out = report(sweep, runs, os.path.abspath(args.root), args.fit_on)
     for vocab, e in out["fits"]["loss_vs_compute"].items():
         msg = f"L = {e['a']:.4g} * C^-{e['b']:.4f} + {e['c']:.4f}" if "b" in e else e["note"]

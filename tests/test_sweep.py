@@ -29,7 +29,7 @@ def test_power_law_fit_recovers_exact_and_noisy_laws():
     c_ = np.geomspace(1e15, 1e20, 12)
     exact = sweep.fit_power_law(c_, 1e3 * c_ ** -0.25 + 0.4)
     np.testing.assert_allclose([exact["a"], exact["b"], exact["c"]], [1e3, 0.25, 0.4], rtol=1e-6)
-    # 0.5 % noise, 15 points over 4 decades: |b error| was <= 0.012 over 300 seeds; allow 0.02
+    # 0.5 % noise, 15 points over 4 decades: |b error| was <= 0.012 over 300 noise seeds; allow 0.02
     rng = np.random.default_rng(0)
     x = np.geomspace(1e10, 1e14, 15)
     y = (30 * x ** -0.15 + 0.35) * (1 + NOISE * rng.standard_normal(15))
@@ -75,7 +75,8 @@ class FakeTrainer:
             run = json.load(f)
         a, b, c = LAWS[run["vocab"]]
         flops = run["steps"] * run["flops_per_step"]
-        noise = np.random.default_rng(zlib.crc32(workdir.encode())).standard_normal()
+        point = "/".join(workdir.split(os.sep)[-3:])  # vocab/model/budget: the same noise wherever the root is
+        noise = np.random.default_rng(zlib.crc32(point.encode())).standard_normal()
         loss = (a * flops ** -b + c) * (1 + NOISE * noise)
         with open(os.path.join(workdir, "final.json"), "w") as f:
             json.dump({"step": run["steps"], "train_loss": loss, "val_loss": loss, "params": run["params"],
@@ -106,7 +107,11 @@ def test_sweep_skips_finished_resumes_partial_and_fits_the_injected_law(tmp_path
     for vocab, (a, b, c) in LAWS.items():
         e = fits["loss_vs_compute"][vocab]
         assert e["points"] == 15 and e["fit_points"] >= 5
-        assert abs(e["b"] - b) < 0.02 and abs(e["c"] - c) < 0.02, (vocab, e)  # see the tolerance note above
+        # 0.5 % noise on 15 runs (1e9..1e13 FLOPs), frontier fit: over 500 noise seeds the largest
+        # errors were 0.016 in b and 0.072 in c (d8; the asymptote is the least determined)
+        assert abs(e["b"] - b) < 0.02 and abs(e["c"] - c) < 0.08, (vocab, e)
+        grid = np.geomspace(1e9, 1e13, 50)
+        assert np.max(np.abs(sweep.power_law(e, grid) / (a * grid ** -b + c) - 1)) < 0.01
         assert set(fits["loss_vs_params"][vocab]) == {"C1e9", "C1e10", "C1e11", "C1e12", "C1e13"}
     rows = list(csv.DictReader(open(os.path.join(root, "results.csv"))))
     assert len(rows) == 30 and all(r["status"] == "finished" for r in rows)

@@ -101,7 +101,8 @@ def sharded_dims_divide(abstract_params, rules: str, axis_sizes: dict[str, int])
     specs = nn.get_partition_spec(abstract_params)
     table = parallel.logical_rules(rules)
     bad = []
-    flat_specs = jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))[0]
+    is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)  # noqa: E731
+    flat_specs = jax.tree_util.tree_flatten_with_path(specs, is_leaf=is_spec)[0]
     shapes = jax.tree.leaves(nn.unbox(abstract_params))
     for (path, spec), leaf in zip(flat_specs, shapes):
         mesh_spec = nn.logical_to_mesh_axes(tuple(spec), table)

@@ -25,7 +25,8 @@ def get_sweep(arg=None):
         config="configs/shapes.py",
         arg="",
         overrides=(f"data.path={opts.get('data', 'data/shapes')}", "sample.every=0", "checkpoint.every=1000"),
-        models={f"L{n}W{w}": f"layers={n},width={w},heads={w // 32}" for n, w in ((2, 64), (4, 128), (6, 192), (8, 256))},
+        models={f"L{n}W{w}": f"layers={n},width={w},heads={w // 32}"
+                for n, w in ((2, 64), (4, 128), (6, 192), (8, 256))},
         vocabs=vocabs,
         budgets=(1e12, 3e12, 1e13, 3e13),
         budget_unit="flops",
