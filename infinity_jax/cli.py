@@ -13,6 +13,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "schedules": ("infinity_jax.schedules_cli", "main", "print the official scale schedules and token counts"),
     "convert-vae": ("infinity_jax.convert.vae", "main", "official BSQ-VAE .pth <-> our params (npz)"),
+    "convert-lpips": ("infinity_jax.convert.lpips", "main", "VGG16 + LPIPS lin .pth files -> our LPIPS params (npz) for loss.lpips_weights"),
     "convert-infinity": ("infinity_jax.convert.infinity", "main", "official Infinity transformer .pth <-> our params (npz)"),
     "params": ("infinity_jax.model.transformer", "params_main", "parameter counts of the Infinity model configs"),
     "data": ("infinity_jax.data.cli", "main", "build datasets (data prepare) and look at pipeline batches (data show)"),
