@@ -14,7 +14,9 @@ from infinity_jax import config_util, parallel, schedules
 from infinity_jax.tokenizer import bsq
 from infinity_jax.tokenizer import vae as vae_lib
 from infinity_jax.train import tokenizer_step as ts
-from tests.train_helpers import compile_cache  # noqa: F401  (fixture: the resumed run reuses the compiled step)
+from tests import train_helpers
+
+compile_cache = train_helpers.compile_cache  # fixture: the resumed run reuses the compiled step
 
 D = 4
 ALL_CODES = np.array([[1.0 if (i >> b) & 1 else -1.0 for b in range(D)] for i in range(2 ** D)], np.float32)
@@ -105,8 +107,8 @@ def test_perceptual_and_adversarial_losses_are_off_by_default_and_lpips_needs_we
     assert cfg.loss.perceptual_weight == 0 and cfg.loss.gan_weight == 0
     with pytest.raises(ValueError, match="lpips_weights"):
         ts.TokenizerLossOptions.from_config({"perceptual_weight": 1.0})
-    with pytest.raises(NotImplementedError, match="LPIPS"):
-        ts.TokenizerLossOptions.from_config({"perceptual_weight": 1.0, "lpips_weights": "vgg_lpips.npz"})
+    with pytest.raises(ValueError, match="VGG16_FILE,LIN_FILE"):  # one file must be our .npz (tests/test_lpips.py)
+        ts.TokenizerLossOptions.from_config({"perceptual_weight": 1.0, "lpips_weights": "vgg16.pth"})
     with pytest.raises(ValueError, match="unknown"):
         ts.TokenizerLossOptions.from_config({"lpips": 1.0})
 

@@ -5,6 +5,8 @@ Builds, from one config (e.g. configs/tokenizer_shapes.py): the image pipeline, 
 (cfg.loss), and runs infinity_jax.train.loop.run_training (sharding, AdamW, checkpoints in
 DIR/checkpoints, resume, metrics in DIR/metrics.jsonl). Rerunning the command resumes.
 cfg.init.vae_params (optional): start from these VAE params (our .npz/.msgpack, or an official .pth).
+cfg.loss.lpips_weights (with loss.perceptual_weight > 0): the LPIPS network's local weight files,
+'VGG16.pth,LIN.pth' or our .npz (infinity_jax/convert/lpips.py), read once at start.
 
 When the run completes, process 0 writes (atomically):
   DIR/vae_params.npz    the trained VAE params (EMA params when optim.ema_decay > 0), our layout
@@ -12,7 +14,8 @@ When the run completes, process 0 writes (atomically):
                         transformer's `vae.params`, and `convert-vae --to-torch` exports it
   DIR/vae_config.json   the VAE config (the transformer's `vae.config`)
   DIR/final.json        {"step", "train_loss", "recon": {mse, psnr, l1} of held-out images through
-                        the inference path (tokenize -> decode_bits), "shapes_eval": the shapes
+                        the inference path (tokenize -> decode_bits), and their lpips when
+                        loss.perceptual_weight > 0, "shapes_eval": the shapes
                         evaluator's scores of the reconstructions and of the originals (shapes
                         data only), "config"}
 """
@@ -108,9 +111,11 @@ def build_data(cfg, *, seed_offset: int = 0, keys=("image",), eval_mode: bool = 
     return it if eval_mode else ts.StepCounter(it, keys)
 
 
-def evaluate_reconstructions(cfg, vae, vae_params, schedule) -> dict:
+def evaluate_reconstructions(cfg, vae, vae_params, schedule, lpips_params=None) -> dict:
     """MSE/PSNR/L1 (on [-1, 1] pixels) of cfg.eval.num_images held-out images through tokenize ->
-    decode_bits, and (shapes data) the shapes evaluator on the uint8 reconstructions and the originals."""
+    decode_bits, their mean LPIPS when lpips_params are given, and (shapes data) the shapes
+    evaluator on the uint8 reconstructions and the originals."""
+    from infinity_jax.tokenizer import lpips
     from infinity_jax.train import tokenizer_step as ts
     recon_fn = jax.jit(lambda p, x: ts.reconstruct(vae, p, x, schedule))
     it = build_data(cfg, seed_offset=1, eval_mode=True)
@@ -127,6 +132,11 @@ def evaluate_reconstructions(cfg, vae, vae_params, schedule) -> dict:
     mse = float(np.mean((r - x) ** 2))
     out = {"recon": {"images": int(len(x)), "mse": mse, "psnr": float(10 * np.log10(4.0 / max(mse, 1e-10))),
                      "l1": float(np.mean(np.abs(r - x)))}}
+    if lpips_params is not None:
+        dist = jax.jit(lambda p, a, b: lpips.LPIPS(vae.dtype).apply({"params": p}, a, b))
+        bs = int(cfg.train.global_batch)  # batches as in training: VGG16 activations are large
+        d = [np.asarray(dist(lpips_params, r[i:i + bs], x[i:i + bs])) for i in range(0, len(x), bs)]
+        out["recon"]["lpips"] = float(np.mean(np.concatenate(d)))
     if all(specs[:n]):  # the shapes dataset (its examples carry a spec): score prompt adherence too
         from infinity_jax.eval import shapes as shapes_eval
         to_u8 = lambda a: np.clip(np.round((a + 1.0) * 127.5), 0, 255).astype(np.uint8)  # noqa: E731
@@ -159,10 +169,11 @@ def run(cfg, workdir: str, until_step: int | None = None, mesh=None) -> dict:
     distributed.initialize_distributed()
     vae, schedule, options = build(cfg)
     loss_fn = ts.make_loss_fn(vae, schedule, options)
+    frozen = ts.load_frozen(options)  # LPIPS weights, read once (not checkpointed)
     result = loop.run_training(cfg, workdir, init_params=make_init(cfg, vae, options), loss_fn=loss_fn,
                                data=build_data(cfg),
                                tokens_per_example=schedules.num_tokens(schedule), until_step=until_step,
-                               mesh=mesh)
+                               mesh=mesh, frozen=frozen)
     step = int(jax.device_get(result.state.step))
     final = {"step": step, "stopped": result.stopped, "start_step": result.start_step,
              "train_loss": result.history[-1]["loss"] if result.history else None,
@@ -171,7 +182,8 @@ def run(cfg, workdir: str, until_step: int | None = None, mesh=None) -> dict:
         return final
     params = result.state.ema_params if result.state.ema_params is not None else result.state.params
     final["vae_params"], final["vae_config"] = save_vae(workdir, params["vae"], cfg.vae)
-    final.update(evaluate_reconstructions(cfg, vae, params["vae"], schedule))
+    final.update(evaluate_reconstructions(cfg, vae, params["vae"], schedule,
+                                          lpips_params=(frozen or {}).get("lpips")))
     if jax.process_index() == 0:
         from infinity_jax.convert.common import atomic_write
         atomic_write(os.path.join(workdir, FINAL_FILE), lambda f: f.write(json.dumps(final, indent=1).encode()))

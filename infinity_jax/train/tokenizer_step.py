@@ -6,6 +6,8 @@
 params: {'vae': BSQVAE params, 'disc': PatchDiscriminator params (only when gan_weight > 0)}.
 batch:  'image' (B, H, W, 3) uint8 or float in [-1, 1]; 'step' (B,) int32, the optimizer step
         (read only by the GAN, to start it at `disc_start`; see StepCounter).
+frozen: {'lpips': LPIPS params} when perceptual_weight > 0 (load_frozen(options) reads them once,
+        from loss.lpips_weights; the loop passes them to every step as a non-trained input).
 
 Quantizer (one quantizer: the forward is infinity_jax.tokenizer.bsq.multiscale_quantize, whose bits
 are signs and carry no gradient). Training adds the official straight-through path: at scale k
@@ -24,7 +26,9 @@ and z_q = sum_k upsample(q_k). The value of z_q is exactly bsq's z_hat. Per scal
 and the quantizer loss is quantizer_weight * mean_k aux_k.
 
 Total loss = recon_weight * recon (l1 or l2 on the unclamped decoder output)
-           + quantizer loss + perceptual_weight * LPIPS + the GAN terms (hinge, PatchGAN). The GAN
+           + quantizer loss + perceptual_weight * mean LPIPS(recon, image) (VGG16,
+           infinity_jax/tokenizer/lpips.py, in the VAE's compute dtype; its params frozen)
+           + the GAN terms (hinge, PatchGAN). The GAN
            runs in the same update: the generator term sees the discriminator's params through
            stop_gradient and the discriminator term sees the reconstruction through stop_gradient,
            so one gradient of the sum is the usual pair of updates.
@@ -41,8 +45,10 @@ import numpy as np
 from flax import linen as nn
 
 from infinity_jax import schedules
+from infinity_jax.convert import lpips as lpips_convert
 from infinity_jax.data.pipeline import to_float
 from infinity_jax.tokenizer import bsq
+from infinity_jax.tokenizer import lpips as lpips_lib
 from infinity_jax.tokenizer import vae as vae_lib
 
 sg = jax.lax.stop_gradient
@@ -62,7 +68,7 @@ class TokenizerLossOptions:
     gamma: float = 1.0              # weight of the codebook entropy
     zeta: float = 1.0               # weight of the whole entropy penalty
     perceptual_weight: float = 0.0  # LPIPS (VGG16); needs lpips_weights
-    lpips_weights: str = ""         # a local file with the VGG16 and LPIPS weights (nothing is downloaded)
+    lpips_weights: str = ""         # local files: 'VGG16.pth,LIN.pth' or our .npz (infinity_jax/convert/lpips.py)
     gan_weight: float = 0.0         # generator hinge loss weight; 0 = no discriminator
     disc_start: int = 0             # optimizer step from which the GAN terms are on
     disc_channels: int = 64         # official base_ch_disc
@@ -84,15 +90,18 @@ class TokenizerLossOptions:
             raise ValueError(f"loss.recon={self.recon!r}: expected 'l1' or 'l2'")
         if self.inv_temperature <= 0:
             raise ValueError(f"loss.inv_temperature={self.inv_temperature}: expected > 0")
+        if self.perceptual_weight < 0:
+            raise ValueError(f"loss.perceptual_weight={self.perceptual_weight}: expected >= 0")
         if self.perceptual_weight > 0:
             if not self.lpips_weights:
-                raise ValueError(f"loss.perceptual_weight={self.perceptual_weight} needs loss.lpips_weights: a "
-                                 "local file holding the VGG16 feature weights and the LPIPS linear heads "
-                                 "(nothing is downloaded); or set loss.perceptual_weight=0")
-            raise NotImplementedError(
-                f"loss.perceptual_weight={self.perceptual_weight} with lpips_weights={self.lpips_weights!r}: the "
-                "LPIPS network (VGG16 features + linear heads in JAX, loaded from that file) is not implemented "
-                "yet; set loss.perceptual_weight=0")
+                raise ValueError(f"loss.perceptual_weight={self.perceptual_weight} needs loss.lpips_weights: "
+                                 "'VGG16_FILE,LIN_FILE' (torchvision's VGG16 state dict, the LPIPS lin heads) or "
+                                 "one .npz from `infinity-jax convert-lpips` (local files: nothing is downloaded); "
+                                 "or set loss.perceptual_weight=0")
+            try:
+                lpips_convert.parse_spec(self.lpips_weights)
+            except ValueError as e:
+                raise ValueError(f"loss.lpips_weights: {e}") from None
         if self.gan_weight > 0 and self.disc_channels % 16:
             raise ValueError(f"loss.disc_channels={self.disc_channels}: expected a multiple of 16 (GroupNorm)")
         if self.gan_weight > 0 and self.disc_weights and not self.disc_weights.endswith((".npz", ".msgpack")):
@@ -228,21 +237,35 @@ def init_params(vae: vae_lib.BSQVAE, rng: jax.Array, options: TokenizerLossOptio
     return params
 
 
+def load_frozen(options: TokenizerLossOptions) -> dict | None:
+    """The loss's non-trained inputs, read once at setup: {'lpips': params} (numpy) when
+    perceptual_weight > 0, else None. Pass them as run_training(frozen=...)."""
+    if options.perceptual_weight <= 0:
+        return None
+    return {"lpips": lpips_convert.load(options.lpips_weights)}
+
+
 def make_loss_fn(vae: vae_lib.BSQVAE, schedule, options: TokenizerLossOptions = TokenizerLossOptions()):
     """loss_fn(params, batch, rng, frozen=None) -> (loss, metrics) for the loop (module docstring).
 
     vae: the BSQVAE module; schedule: the quantizer's (static) scale schedule, last scale = latent.
+    frozen: load_frozen(options) (needed when perceptual_weight > 0).
     metrics (scalars): recon_l1, recon_mse, psnr (clamped output), quant_loss, commit,
-    entropy_sample, entropy_codebook, bit_balance (mean over bits of |P(bit=1) - 1/2|), and with
-    a GAN g_loss, d_loss, d_real, d_fake, gan_on.
+    entropy_sample, entropy_codebook, bit_balance (mean over bits of |P(bit=1) - 1/2|), with
+    LPIPS lpips (mean over images), and with a GAN g_loss, d_loss, d_real, d_fake, gan_on.
     """
     options = options.checked()
     schedule = schedules.validate(schedule)
     disc = make_discriminator(options)
+    perceptual = lpips_lib.LPIPS(dtype=vae.dtype) if options.perceptual_weight > 0 else None
     o = options
 
     def loss_fn(params, batch, rng, frozen=None):
-        del rng, frozen  # deterministic; nothing frozen
+        del rng  # deterministic
+        if perceptual is not None and (not frozen or "lpips" not in frozen):
+            raise ValueError(f"loss.perceptual_weight={o.perceptual_weight}: loss_fn needs frozen['lpips'] "
+                             f"(load_frozen(options) reads {o.lpips_weights!r}); got frozen keys "
+                             f"{sorted(frozen or {})}")
         x = to_float(batch["image"])
         v = {"params": params["vae"]}
         z = vae.apply(v, x, method="encode")
@@ -256,6 +279,10 @@ def make_loss_fn(vae: vae_lib.BSQVAE, schedule, options: TokenizerLossOptions = 
                    "psnr": psnr(jnp.mean(jnp.square(jnp.clip(recon, -1.0, 1.0) - x))),
                    "bit_balance": jnp.mean(jnp.abs(last_bits.reshape(-1, last_bits.shape[-1]).mean(0) - 0.5)),
                    **terms}
+        if perceptual is not None:
+            d = jnp.mean(perceptual.apply({"params": sg(frozen["lpips"])}, recon, x))
+            loss = loss + o.perceptual_weight * d
+            metrics["lpips"] = d
         if disc is not None:
             on = (batch["step"][0] >= o.disc_start).astype(jnp.float32) if "step" in batch else jnp.float32(1.0)
             d_fixed = {"params": sg(params["disc"])}
