@@ -76,33 +76,31 @@ def _converter(what: str):
 
 
 def _load_orbax(path: str, prefer_ema: bool):
-    import jax
+    """(params, config) of a run folder, through infinity_jax.checkpoint (params only, latest step)."""
     import ml_collections
-    import orbax.checkpoint as ocp
-    from etils import epath
+    from infinity_jax.checkpoint import Checkpointer
     root = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
-    mgr = ocp.CheckpointManager(epath.Path(root), options=ocp.CheckpointManagerOptions(read_only=True),
-                                item_names=("state", "config"),
-                                item_handlers={"state": ocp.PyTreeCheckpointHandler(),
-                                               "config": ocp.JsonCheckpointHandler()})
+    ck = Checkpointer(root, read_only=True)
     try:
-        step = mgr.latest_step()
-        if step is None:
-            raise UsageError(f"no complete checkpoint in {root!r}: expected <step>/state and <step>/config")
-        tree = mgr.item_metadata(step)["state"].tree
-        key = "ema_params" if prefer_ema and "ema_params" in tree else "params"
-        if key not in tree:
-            raise UsageError(f"checkpoint {root}/{step}/state holds {sorted(tree)}: expected 'params'")
-        dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        target = {key: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev), tree[key])}
-        out = mgr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                         partial_restore=True),
-            config=ocp.args.JsonRestore()))
+        params, config, step, key = ck.restore_params(prefer_ema=prefer_ema)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from e
     finally:
-        mgr.close()
+        ck.close()
     print(f"[sample] loaded {key} of step {step} from {root}", file=sys.stderr)
-    return jax.tree.map(np.asarray, out["state"][key]), ml_collections.ConfigDict(out["config"] or {})
+    run_dir = os.path.dirname(os.path.abspath(root)) if os.path.basename(os.path.abspath(root)) == "checkpoints" else root
+    return params, run_relative_paths(ml_collections.ConfigDict(config), run_dir)
+
+
+def run_relative_paths(config, run_dir: str):
+    """vae.params / vae.config given relative to the run folder (what import-torch writes) -> absolute
+    paths; any other value (a path relative to the working directory, a config spec) is kept."""
+    vae = config.get("vae")
+    for key in ("params", "config"):
+        value = str(vae.get(key, "")) if vae is not None else ""
+        if value and not os.path.isabs(value) and os.path.exists(os.path.join(run_dir, value)):
+            vae[key] = os.path.join(os.path.abspath(run_dir), value)
+    return config
 
 
 # ---------------------------------------------------------------- prompts and images
