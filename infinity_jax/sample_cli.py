@@ -158,7 +158,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     p.add_argument("--prompts-file", default=None, help="one prompt per line")
     p.add_argument("--negative-prompt", default="", help="text for the uncond half of CFG (default: null text)")
-    p.add_argument("--h-div-w", type=float, default=1.0, help="aspect ratio h/w; the nearest official template")
+    p.add_argument("--h-div-w", type=float, default=None, help="aspect ratio h/w; the nearest official template "
+                   "(default: a training checkpoint's data.h_div_w, else 1.0)")
     p.add_argument("--pn", default=None, help="pixel budget: 0.06M, 0.25M, 0.60M or 1M (default: a training "
                    "checkpoint's schedule, else 1M)")
     p.add_argument("--schedule", default=None, help="a custom schedule 'HxW,HxW,...' (latent sides) instead "
@@ -190,6 +191,20 @@ def resolve_schedule(h_div_w: float, pn: str, custom: str | None = None):
         return schedules.official_schedule(h_div_w, pn), schedules.nearest_h_div_w(h_div_w)
     except ValueError as e:
         raise UsageError(str(e)) from e
+
+
+def _schedule_args(args, ckpt_config) -> tuple[str, float, str | None]:
+    """(pixel budget, h/w, custom schedule or None): the flags first, then a checkpoint's `schedule`
+    (a budget, whose template --h-div-w still picks, or a custom 'HxW,...'), then 1M at h/w 1."""
+    from infinity_jax import schedules
+    saved = str(ckpt_config.get("schedule", "") or "") if ckpt_config is not None else ""
+    data = ckpt_config.get("data") if ckpt_config is not None else None
+    h_div_w = args.h_div_w if args.h_div_w is not None else float(data.get("h_div_w", 1.0) if data else 1.0)
+    custom = args.schedule
+    if custom is None and args.pn is None and saved and saved not in schedules.PIXEL_BUDGETS:
+        custom = saved
+    pn = args.pn or (saved if saved in schedules.PIXEL_BUDGETS else "1M")
+    return pn, h_div_w, custom
 
 
 def _model_config(args, ckpt_config):
@@ -263,11 +278,8 @@ def run(args) -> dict:
     params, ckpt_config = None, None
     if not os.path.isfile(args.checkpoint):  # a folder carries its config; a missing path fails here
         params, ckpt_config = load_weights(args.checkpoint, "transformer", prefer_ema=not args.no_ema)
-    if args.pn is None and args.schedule is None and ckpt_config is not None and "schedule" in ckpt_config:
-        from infinity_jax.train.cli import schedule_from_config
-        schedule, template = schedule_from_config(ckpt_config), None
-    else:
-        schedule, template = resolve_schedule(args.h_div_w, args.pn or "1M", args.schedule)
+    pn, h_div_w, custom = _schedule_args(args, ckpt_config)
+    schedule, template = resolve_schedule(h_div_w, pn, custom)
     try:
         sp = sample.sampling_params(len(schedule), args.cfg, args.tau, args.top_k, args.top_p, args.greedy)
     except ValueError as e:
@@ -299,7 +311,7 @@ def run(args) -> dict:
         nf, nm = (np.asarray(a) for a in encoder.encode_text([args.negative_prompt]))
         neg = (nf, nm)
     bsz = -(-min(args.batch_size, len(prompts)) // sampler.batch_multiple) * sampler.batch_multiple
-    where = f"h/w template {template}, {args.pn or '1M'}" if template is not None else "custom schedule"
+    where = f"h/w template {template}, {pn}" if template is not None else "custom schedule"
     print(f"[sample] {len(prompts)} prompt(s), {W}x{H} ({where}, {len(schedule)} scales, "
           f"{schedules.num_tokens(schedule)} tokens), batch {bsz}, {jax.device_count()} device(s)", file=sys.stderr)
     os.makedirs(args.out, exist_ok=True)
@@ -324,7 +336,7 @@ def run(args) -> dict:
     if len(images_all) > 1 and not args.no_grid:
         save_png(grid(np.stack(images_all)), os.path.join(args.out, "grid.png"))
     summary = {"schedule": [list(s) for s in schedule], "h_div_w_template": template,
-               "pn": None if template is None else (args.pn or "1M"),
+               "pn": None if template is None else pn,
                "image_hw": [H, W], "cfg": [float(v) for v in sp.cond_w], "tau": [float(1 / v) for v in sp.inv_tau],
                "top_k": args.top_k, "top_p": args.top_p, "greedy": args.greedy,
                "negative_prompt": args.negative_prompt, "compile_s": sum(sampler.compile_seconds.values()),

@@ -57,11 +57,7 @@ def build_vae(cfg):
     from infinity_jax.convert import vae as vae_convert
     from infinity_jax.tokenizer import vae as vae_lib
     spec = str(cfg.vae.config)
-    if spec.endswith(".json"):
-        with open(spec) as f:
-            vcfg = config_util.apply_overrides(config_util.from_json(f.read()), cfg.vae.get("overrides", ()))
-    else:
-        vcfg = config_util.load_config(spec, cfg.vae.get("overrides", ()))
+    vcfg = load_vae_config(spec, cfg.vae.get("overrides", ()))
     if int(vcfg.codebook_dim) != int(cfg.model.codebook_dim):
         raise ValueError(f"VAE codebook_dim={vcfg.codebook_dim} (from {spec!r}) does not match "
                          f"model.codebook_dim={cfg.model.codebook_dim}")
@@ -76,6 +72,16 @@ def build_vae(cfg):
     else:
         params = common.load_params(path)
     return module, vcfg, params
+
+
+def load_vae_config(spec: str, overrides=()):
+    """A VAE config from a config spec ('bsq_vae:d32', file.py[:arg]) or a saved config .json file."""
+    if spec.endswith(".json"):
+        if not os.path.isfile(spec):
+            raise FileNotFoundError(f"VAE config file {spec!r} does not exist")
+        with open(spec) as f:
+            return config_util.apply_overrides(config_util.from_json(f.read()), overrides)
+    return config_util.load_config(spec, overrides)
 
 
 def build_text(cfg):
