@@ -123,8 +123,10 @@ class Checkpointer:
 
     def __init__(self, directory: str | os.PathLike, keep: int = 3, async_save: bool = True,
                  read_only: bool = False):
-        # orbax's array writer refuses relative paths (at the first save, deep in tensorstore)
-        self.directory = epath.Path(os.path.abspath(os.fspath(directory)))
+        # orbax's array writer refuses relative paths (at the first save, deep in tensorstore);
+        # a URL (gs://...) is kept as it is
+        path = os.fspath(directory)
+        self.directory = epath.Path(path if "://" in path else os.path.abspath(path))
         if read_only:  # never creates, cleans up or deletes anything (sampling, export)
             options = ocp.CheckpointManagerOptions(read_only=True)
         else:

@@ -39,6 +39,8 @@ def parse_args(argv: list[str], prog: str, doc: str) -> tuple[argparse.Namespace
     bad = [a for a in rest if not a.startswith("--config.")]
     if bad:
         ap.error(f"unrecognised arguments {bad}; overrides look like --config.model.depth=4")
+    if "://" not in args.workdir:  # a local path: orbax refuses relative checkpoint paths (gs:// stays)
+        args.workdir = os.path.abspath(args.workdir)
     return args, rest
 
 
