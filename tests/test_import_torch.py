@@ -194,6 +194,7 @@ def test_config_names_and_vae_defaults():
     cfg = import_torch.load_model_config(_config_file() + ":2b")  # configs/infinity.py:2b
     assert cfg.model.depth == 32 and cfg.model.embed_dim == 2048
     assert import_torch.vae_config_spec(None, "w/infinity_vae_d32reg.pth", cfg) == "bsq_vae:d32reg"
+    assert import_torch.vae_config_spec(None, "w/infinity_vae_d32_reg.pth", cfg) == "bsq_vae:d32reg"
     assert import_torch.vae_config_spec(None, "w/my_vae.pth", cfg) == "bsq_vae:d32"
     assert import_torch.vae_config_spec("d16", "w/infinity_vae_d32reg.pth", cfg) == "bsq_vae:d16"
 

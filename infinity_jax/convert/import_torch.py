@@ -55,9 +55,9 @@ def vae_config_spec(given: str | None, vae_path: str, cfg) -> str:
     the config's vae.config, else d{model.codebook_dim}; bare names are configs/bsq_vae.py's."""
     if given:
         return given if (":" in given or given.endswith((".py", ".json"))) else f"bsq_vae:{given}"
-    m = re.fullmatch(r"infinity_vae_(d\d+(?:reg)?)\.\w+", os.path.basename(vae_path))
+    m = re.fullmatch(r"infinity_vae_(d\d+(?:_?reg)?)\.\w+", os.path.basename(vae_path))  # also d32_reg
     if m:
-        return f"bsq_vae:{m.group(1)}"
+        return f"bsq_vae:{m.group(1).replace('_', '')}"
     if "vae" in cfg and cfg.vae.get("config"):
         return str(cfg.vae.config)
     return f"bsq_vae:d{int(cfg.model.codebook_dim)}"
