@@ -197,6 +197,8 @@ def test_config_names_and_vae_defaults():
     assert import_torch.vae_config_spec(None, "w/infinity_vae_d32_reg.pth", cfg) == "bsq_vae:d32reg"
     assert import_torch.vae_config_spec(None, "w/my_vae.pth", cfg) == "bsq_vae:d32"
     assert import_torch.vae_config_spec("d16", "w/infinity_vae_d32reg.pth", cfg) == "bsq_vae:d16"
+    zoo = import_torch.load_model_config("zoo:layer12,vae=d16")  # a training config: its VAE is the default
+    assert zoo.model.depth == 12 and import_torch.vae_config_spec(None, "w/my_vae.pth", zoo) == "bsq_vae:d16"
 
 
 def _config_file() -> str:
