@@ -1,7 +1,8 @@
 """Infinity transformer configs: every official model size, and the test fixtures' 'tiny'.
 
 usage: get_config('infinity_2b') -> ConfigDict with a `model` section (InfinityConfig fields);
-names: infinity_2b, infinity_8b, infinity_20b, infinity_layer{12,16,24,32,40,48}, tiny.
+names: infinity_2b, infinity_8b, infinity_20b, infinity_layer{12,16,24,32,40,48}, tiny
+(short forms as in configs/zoo.py: 2b, 8b, 20b, layer12, ...).
 Append ',scan' / ',remat=full' / ',dtype=bfloat16' to an argument for execution options, e.g.
 get_config('infinity_2b,scan,remat=full,dtype=bfloat16').
 
@@ -42,6 +43,7 @@ OFFICIAL_PARAMS = {
     "tiny": 272_836,  # meta/json params.gpt of the tiny fixtures
 }
 NAMES = tuple(SIZES)
+ALIASES = {n.removeprefix("infinity_"): n for n in NAMES if n.startswith("infinity_")}  # '2b' -> 'infinity_2b'
 
 
 def _parse(arg: str | None) -> tuple[str, dict]:
@@ -55,8 +57,9 @@ def _parse(arg: str | None) -> tuple[str, dict]:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     name, opts = _parse(arg)
+    name = ALIASES.get(name, name)
     if name not in SIZES:
-        raise ValueError(f"infinity config {name!r}: expected one of {NAMES}")
+        raise ValueError(f"infinity config {name!r}: expected one of {NAMES} or {tuple(ALIASES)}")
     depth, width, heads, chunks = SIZES[name]
     c = ml_collections.ConfigDict()
     c.name = name

@@ -11,6 +11,8 @@ Saves are asynchronous (arrays are copied to host, then written in the backgroun
 orbax writes into a temporary folder and renames it when every item is complete, so a job
 killed mid-save leaves at most a temporary folder that `latest_step()` never picks (and that
 is cleaned up when the next manager opens the directory). Keeps the last `keep` steps.
+`Checkpointer(dir, read_only=True).restore_params()` reads only the (EMA) params and the config,
+the way sampling and export use a run; a relative `directory` is made absolute (orbax needs that).
 """
 from __future__ import annotations
 
@@ -108,22 +110,37 @@ def _abstract(tree):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
 
 
+def _restore_args(target, partial: bool = False) -> ocp.args.PyTreeRestore:
+    """Restore `target`'s leaves (ShapeDtypeStructs) with their shardings (numpy where they have none);
+    partial: the target may name only some of the saved keys."""
+    return ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                  partial_restore=partial)
+
+
 # ------------------------------------------------------------------ the manager
 class Checkpointer:
     """Save/restore TrainState + data state + config in `directory` (see module docstring)."""
 
-    def __init__(self, directory: str | os.PathLike, keep: int = 3, async_save: bool = True):
-        self.directory = epath.Path(directory)
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
-                                               enable_async_checkpointing=async_save)
+    def __init__(self, directory: str | os.PathLike, keep: int = 3, async_save: bool = True,
+                 read_only: bool = False):
+        # orbax's array writer refuses relative paths (at the first save, deep in tensorstore);
+        # a URL (gs://...) is kept as it is
+        path = os.fspath(directory)
+        self.directory = epath.Path(path if "://" in path else os.path.abspath(path))
+        if read_only:  # never creates, cleans up or deletes anything (sampling, export)
+            options = ocp.CheckpointManagerOptions(read_only=True)
+        else:
+            options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+                                                   enable_async_checkpointing=async_save)
+        # PyTree (not Standard) handler: the same files, and it can restore a part of the state
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "data", "config"),
-            item_handlers={"state": ocp.StandardCheckpointHandler(), "data": DataStateHandler(),
+            item_handlers={"state": ocp.PyTreeCheckpointHandler(), "data": DataStateHandler(),
                            "config": ocp.JsonCheckpointHandler()})
         # orbax deletes stale temporary folders (a killed save) in the background; finish that now so
         # a second manager on the same directory never races it (private hook, hence the guard)
         await_cleanup = getattr(self.manager, "_maybe_await_cleanup_tmp_directory", None)
-        if await_cleanup is not None:
+        if await_cleanup is not None and not read_only:
             await_cleanup()
 
     def latest_step(self) -> int | None:
@@ -136,7 +153,7 @@ class Checkpointer:
         """Saves at step int(state.step). data_state: this process's iterator get_state()."""
         step = int(jax.device_get(state.step))
         self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_state_tree(state)), data=DataStateSave(data_state),
+            state=ocp.args.PyTreeSave(_state_tree(state)), data=DataStateSave(data_state),
             config=ocp.args.JsonSave(config_to_dict(config))), force=True)
         if wait:
             self.wait()
@@ -144,17 +161,42 @@ class Checkpointer:
     def restore(self, target_state, step: int | None = None):
         """(state, data_state) at `step` (default: latest). target_state: a TrainState (real or
         with jax.ShapeDtypeStruct leaves) whose leaves carry the shardings to restore onto."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+        step = self._step(step)
         target = _abstract(_state_tree(target_state))
         self._check_shapes(step, target)
         out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), data=DataStateRestore()))
+            state=_restore_args(target), data=DataStateRestore()))
         tree = out["state"]
         state = target_state.replace(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"],
                                      rng=tree["rng"], ema_params=tree.get("ema_params"))
         return state, out["data"]
+
+    def restore_params(self, step: int | None = None, prefer_ema: bool = True) -> tuple[Any, dict, int, str]:
+        """(params as numpy, config dict, step, 'ema_params' or 'params') at `step` (default: latest):
+        only that part of the state is read (no optimizer state, no data state)."""
+        step = self._step(step)
+        tree = self.manager.item_metadata(step)["state"]
+        key = "ema_params" if prefer_ema and "ema_params" in tree else "params"
+        if key not in tree:
+            raise ValueError(f"checkpoint {self.directory}/{step}/state holds {sorted(tree)}: expected 'params'")
+        # no sharding: every leaf comes back as a host numpy array
+        target = {key: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree[key])}
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            state=_restore_args(target, partial=True), config=ocp.args.JsonRestore()))
+        return out["state"][key], dict(out["config"] or {}), step, key
+
+    def restore_config(self, step: int | None = None) -> ml_collections.ConfigDict:
+        """The config saved at `step` (default: latest)."""
+        step = self._step(step)
+        cfg = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+        return ml_collections.ConfigDict(cfg)
+
+    def _step(self, step: int | None) -> int:
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no complete checkpoint in {self.directory}: expected <step>/state "
+                                    f"and <step>/config folders")
+        return step
 
     def _check_shapes(self, step: int, target) -> None:
         """A clear error naming the first key whose presence or shape differs (before orbax reads)."""
@@ -186,11 +228,8 @@ class Checkpointer:
 
 def load_config(directory: str | os.PathLike, step: int | None = None) -> ml_collections.ConfigDict:
     """The config saved with the checkpoint at `step` (default: latest) in `directory`."""
-    mgr = ocp.CheckpointManager(epath.Path(directory), options=ocp.CheckpointManagerOptions(read_only=True),
-                                item_names=("config",), item_handlers={"config": ocp.JsonCheckpointHandler()})
-    step = mgr.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no complete checkpoint in {directory}")
-    cfg = mgr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-    mgr.close()
-    return ml_collections.ConfigDict(cfg)
+    ck = Checkpointer(directory, read_only=True)
+    try:
+        return ck.restore_config(step)
+    finally:
+        ck.close()

@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("infinity_jax.train.cli", "main", "train the Infinity transformer (resumes from --workdir)"),
     "demo": ("infinity_jax.demo", "main", "train and sample a real text-to-image model on the shapes data, then score it"),
     "export-torch": ("infinity_jax.convert.export", "main", "a training run -> official PyTorch state dicts (strict-loadable)"),
+    "import-torch": ("infinity_jax.convert.import_torch", "main",
+                     "official PyTorch state dicts -> a checkpoint folder that sample/export-torch read"),
     "train-tokenizer": ("infinity_jax.train.tokenizer_cli", "main", "train the BSQ-VAE tokenizer (resumes from --workdir; saves vae_params.npz)"),
 }
 

@@ -215,6 +215,7 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     if args.minutes <= 0:
         ap.error(f"--minutes {args.minutes}: expected a positive budget")
+    args.workdir = os.path.abspath(args.workdir)  # orbax refuses relative checkpoint paths
     run(args)
     return 0
 

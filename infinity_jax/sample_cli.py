@@ -76,33 +76,31 @@ def _converter(what: str):
 
 
 def _load_orbax(path: str, prefer_ema: bool):
-    import jax
+    """(params, config) of a run folder, through infinity_jax.checkpoint (params only, latest step)."""
     import ml_collections
-    import orbax.checkpoint as ocp
-    from etils import epath
+    from infinity_jax.checkpoint import Checkpointer
     root = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
-    mgr = ocp.CheckpointManager(epath.Path(root), options=ocp.CheckpointManagerOptions(read_only=True),
-                                item_names=("state", "config"),
-                                item_handlers={"state": ocp.PyTreeCheckpointHandler(),
-                                               "config": ocp.JsonCheckpointHandler()})
+    ck = Checkpointer(root, read_only=True)
     try:
-        step = mgr.latest_step()
-        if step is None:
-            raise UsageError(f"no complete checkpoint in {root!r}: expected <step>/state and <step>/config")
-        tree = mgr.item_metadata(step)["state"].tree
-        key = "ema_params" if prefer_ema and "ema_params" in tree else "params"
-        if key not in tree:
-            raise UsageError(f"checkpoint {root}/{step}/state holds {sorted(tree)}: expected 'params'")
-        dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        target = {key: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev), tree[key])}
-        out = mgr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                         partial_restore=True),
-            config=ocp.args.JsonRestore()))
+        params, config, step, key = ck.restore_params(prefer_ema=prefer_ema)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from e
     finally:
-        mgr.close()
+        ck.close()
     print(f"[sample] loaded {key} of step {step} from {root}", file=sys.stderr)
-    return jax.tree.map(np.asarray, out["state"][key]), ml_collections.ConfigDict(out["config"] or {})
+    run_dir = os.path.dirname(os.path.abspath(root)) if os.path.basename(os.path.abspath(root)) == "checkpoints" else root
+    return params, run_relative_paths(ml_collections.ConfigDict(config), run_dir)
+
+
+def run_relative_paths(config, run_dir: str):
+    """vae.params / vae.config given relative to the run folder (what import-torch writes) -> absolute
+    paths; any other value (a path relative to the working directory, a config spec) is kept."""
+    vae = config.get("vae")
+    for key in ("params", "config"):
+        value = str(vae.get(key, "")) if vae is not None else ""
+        if value and not os.path.isabs(value) and os.path.exists(os.path.join(run_dir, value)):
+            vae[key] = os.path.join(os.path.abspath(run_dir), value)
+    return config
 
 
 # ---------------------------------------------------------------- prompts and images
@@ -160,7 +158,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     p.add_argument("--prompts-file", default=None, help="one prompt per line")
     p.add_argument("--negative-prompt", default="", help="text for the uncond half of CFG (default: null text)")
-    p.add_argument("--h-div-w", type=float, default=1.0, help="aspect ratio h/w; the nearest official template")
+    p.add_argument("--h-div-w", type=float, default=None, help="aspect ratio h/w; the nearest official template "
+                   "(default: a training checkpoint's data.h_div_w, else 1.0)")
     p.add_argument("--pn", default=None, help="pixel budget: 0.06M, 0.25M, 0.60M or 1M (default: a training "
                    "checkpoint's schedule, else 1M)")
     p.add_argument("--schedule", default=None, help="a custom schedule 'HxW,HxW,...' (latent sides) instead "
@@ -192,6 +191,20 @@ def resolve_schedule(h_div_w: float, pn: str, custom: str | None = None):
         return schedules.official_schedule(h_div_w, pn), schedules.nearest_h_div_w(h_div_w)
     except ValueError as e:
         raise UsageError(str(e)) from e
+
+
+def _schedule_args(args, ckpt_config) -> tuple[str, float, str | None]:
+    """(pixel budget, h/w, custom schedule or None): the flags first, then a checkpoint's `schedule`
+    (a budget, whose template --h-div-w still picks, or a custom 'HxW,...'), then 1M at h/w 1."""
+    from infinity_jax import schedules
+    saved = str(ckpt_config.get("schedule", "") or "") if ckpt_config is not None else ""
+    data = ckpt_config.get("data") if ckpt_config is not None else None
+    h_div_w = args.h_div_w if args.h_div_w is not None else float(data.get("h_div_w", 1.0) if data else 1.0)
+    custom = args.schedule
+    if custom is None and args.pn is None and saved and saved not in schedules.PIXEL_BUDGETS:
+        custom = saved
+    pn = args.pn or (saved if saved in schedules.PIXEL_BUDGETS else "1M")
+    return pn, h_div_w, custom
 
 
 def _model_config(args, ckpt_config):
@@ -265,11 +278,8 @@ def run(args) -> dict:
     params, ckpt_config = None, None
     if not os.path.isfile(args.checkpoint):  # a folder carries its config; a missing path fails here
         params, ckpt_config = load_weights(args.checkpoint, "transformer", prefer_ema=not args.no_ema)
-    if args.pn is None and args.schedule is None and ckpt_config is not None and "schedule" in ckpt_config:
-        from infinity_jax.train.cli import schedule_from_config
-        schedule, template = schedule_from_config(ckpt_config), None
-    else:
-        schedule, template = resolve_schedule(args.h_div_w, args.pn or "1M", args.schedule)
+    pn, h_div_w, custom = _schedule_args(args, ckpt_config)
+    schedule, template = resolve_schedule(h_div_w, pn, custom)
     try:
         sp = sample.sampling_params(len(schedule), args.cfg, args.tau, args.top_k, args.top_p, args.greedy)
     except ValueError as e:
@@ -301,7 +311,7 @@ def run(args) -> dict:
         nf, nm = (np.asarray(a) for a in encoder.encode_text([args.negative_prompt]))
         neg = (nf, nm)
     bsz = -(-min(args.batch_size, len(prompts)) // sampler.batch_multiple) * sampler.batch_multiple
-    where = f"h/w template {template}, {args.pn or '1M'}" if template is not None else "custom schedule"
+    where = f"h/w template {template}, {pn}" if template is not None else "custom schedule"
     print(f"[sample] {len(prompts)} prompt(s), {W}x{H} ({where}, {len(schedule)} scales, "
           f"{schedules.num_tokens(schedule)} tokens), batch {bsz}, {jax.device_count()} device(s)", file=sys.stderr)
     os.makedirs(args.out, exist_ok=True)
@@ -326,7 +336,7 @@ def run(args) -> dict:
     if len(images_all) > 1 and not args.no_grid:
         save_png(grid(np.stack(images_all)), os.path.join(args.out, "grid.png"))
     summary = {"schedule": [list(s) for s in schedule], "h_div_w_template": template,
-               "pn": None if template is None else (args.pn or "1M"),
+               "pn": None if template is None else pn,
                "image_hw": [H, W], "cfg": [float(v) for v in sp.cond_w], "tau": [float(1 / v) for v in sp.inv_tau],
                "top_k": args.top_k, "top_p": args.top_p, "greedy": args.greedy,
                "negative_prompt": args.negative_prompt, "compile_s": sum(sampler.compile_seconds.values()),

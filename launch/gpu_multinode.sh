@@ -1,19 +1,50 @@
 #!/usr/bin/env bash
 # One process per node on a multi-node GPU cluster (each process drives all local GPUs).
 # Run this script on every node with the same COORDINATOR (host:port of node 0), NUM_NODES, and
-# this node's NODE_RANK:
-#   COORDINATOR=10.0.0.1:1234 NUM_NODES=4 NODE_RANK=0 launch/gpu_multinode.sh CONFIG WORKDIR [overrides...]
+# this node's NODE_RANK, e.g. the 2B model on 4 nodes of 8xH100 (the h100x8-fsdp preset is one node:
+# 1 x 8 x 1; four nodes take data=4 and four times its batch):
+#   COORDINATOR=10.0.0.1:1234 NUM_NODES=4 NODE_RANK=0 launch/gpu_multinode.sh \
+#       configs/zoo.py:2b,mesh=h100x8-fsdp /shared/runs/2b --config.parallel.data=4 --config.train.global_batch=2048
+# usage: COORDINATOR=.. NUM_NODES=.. NODE_RANK=.. launch/gpu_multinode.sh [--dry-run] CONFIG WORKDIR [--config.key=value ...]
 # The trainer reads JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID and calls
 # jax.distributed.initialize(); the workdir must be on a shared file system.
+# --dry-run (or DRY_RUN=1) prints the command instead of running it.
 set -euo pipefail
-: "${COORDINATOR:?set COORDINATOR=host:port of node 0}" "${NUM_NODES:?set NUM_NODES}" "${NODE_RANK:?set NODE_RANK}"
-if [[ $# -lt 2 ]]; then
-  echo "usage: COORDINATOR=.. NUM_NODES=.. NODE_RANK=.. $0 CONFIG WORKDIR [--config.key=value ...]" >&2
-  exit 2
-fi
-config=$1 workdir=$2
-shift 2
-export JAX_COORDINATOR_ADDRESS=$COORDINATOR JAX_NUM_PROCESSES=$NUM_NODES JAX_PROCESS_ID=$NODE_RANK
-# Let XLA use most of the GPU memory and overlap collectives with compute.
-export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
-exec infinity-jax train --config "$config" --workdir "$workdir" "$@"
+usage="usage: COORDINATOR=host:port NUM_NODES=N NODE_RANK=i $0 [--dry-run] CONFIG WORKDIR [--config.key=value ...]"
+die() { echo "$0: $*" >&2; echo "$usage" >&2; exit 2; }
+repo=$(cd "$(dirname "$0")/.." && pwd)
+dry=${DRY_RUN:-0} pos=() overrides=()
+for a in "$@"; do
+  case "$a" in
+    --dry-run) dry=1 ;;
+    -h|--help) echo "$usage"; exit 0 ;;
+    --config.*) overrides+=("$a") ;;
+    -*) die "unknown argument '$a' (overrides look like --config.key=value)" ;;
+    *) pos+=("$a") ;;
+  esac
+done
+[[ ${#pos[@]} -ge 1 ]] || die "missing CONFIG, e.g. configs/zoo.py:2b,mesh=h100x8-fsdp"
+[[ ${#pos[@]} -ge 2 ]] || die "missing WORKDIR (on a file system every node shares)"
+[[ ${#pos[@]} -eq 2 ]] || die "unexpected argument '${pos[2]}' after CONFIG WORKDIR"
+config=${pos[0]} workdir=${pos[1]}
+file=${config%%:*}
+[[ -f "$file" || -f "$repo/configs/$file.py" ]] ||
+  die "config file '$file' does not exist (from CONFIG '$config'; expected file.py[:arg] or a configs/ name)"
+[[ ${COORDINATOR:-} =~ ^[^:]+:[0-9]+$ ]] || die "set COORDINATOR=host:port of node 0 (got '${COORDINATOR:-}')"
+[[ ${NUM_NODES:-} =~ ^[1-9][0-9]*$ ]] || die "set NUM_NODES to the number of nodes (got '${NUM_NODES:-}')"
+[[ ${NODE_RANK:-} =~ ^[0-9]+$ ]] && (( NODE_RANK < NUM_NODES )) ||
+  die "set NODE_RANK to this node's index, 0 .. $((NUM_NODES - 1)) (got '${NODE_RANK:-}')"
+
+quote() {  # one word for a shell command line: as it is when safe, else in single quotes
+  if [[ $1 =~ ^[A-Za-z0-9_./:=,@%+~-]+$ ]]; then printf '%s' "$1"; else printf "'%s'" "${1//\'/\'\\\'\'}"; fi
+}
+show() {  # one line a shell can run again
+  local out="" a
+  for a in "$@"; do out+="$(quote "$a") "; done
+  echo "${out% }"
+}
+# Let XLA use most of the GPU memory.
+cmd=(env JAX_COORDINATOR_ADDRESS="$COORDINATOR" JAX_NUM_PROCESSES="$NUM_NODES" JAX_PROCESS_ID="$NODE_RANK"
+     XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}"
+     infinity-jax train --config "$config" --workdir "$workdir" "${overrides[@]}")
+if [[ $dry == 1 ]]; then show "${cmd[@]}"; else exec "${cmd[@]}"; fi

@@ -83,3 +83,21 @@ def test_grain_iterator_state_round_trips(tmp_path):
     it2 = iter(grain.MapDataset.range(100).shuffle(seed=1).batch(4).to_iter_dataset())
     it2.set_state(ck.restore(_target(st, sh))[1])
     np.testing.assert_array_equal(next(it2), expected)
+
+
+def test_relative_directory_saves_and_reads_params_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # orbax's writer refuses relative paths; the Checkpointer makes them absolute
+    mesh = parallel.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    st, _ = _state(mesh, "dp")
+    with Checkpointer("run/checkpoints", async_save=False) as ck:
+        ck.save(st.replace(step=jnp.asarray(4, jnp.int32)), None, {"model": {"depth": 2}}, wait=True)
+    assert ck.directory == tmp_path / "run" / "checkpoints"
+    reader = Checkpointer("run/checkpoints", read_only=True)
+    params, config, step, key = reader.restore_params()
+    assert (step, key, config) == (4, "ema_params", {"model": {"depth": 2}})
+    np.testing.assert_array_equal(params["w"], np.asarray(st.ema_params["w"]))
+    assert isinstance(params["w"], np.ndarray)
+    assert reader.restore_params(prefer_ema=False)[3] == "params" and load_config("run/checkpoints").model.depth == 2
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        Checkpointer("nowhere", read_only=True).restore_params()
+    assert not (tmp_path / "nowhere").exists()  # read-only: creates nothing

@@ -18,38 +18,41 @@ def shapes_data(tmp_path_factory):
     return str(out)
 
 
-def test_train_command_trains_resumes_and_reports(shapes_data, tmp_path):
-    cfg = config_util.load_config("shapes:tiny", [f"data.path={shapes_data!r}", "train.total_steps=4",
-                                                  "checkpoint.every=2"])
-    final = cli.run(cfg, str(tmp_path))
+def test_train_command_trains_resumes_and_reports(shapes_data, tmp_path, monkeypatch):
+    overrides = [f"data.path={shapes_data!r}", "train.total_steps=4", "checkpoint.every=2"]
+    cfg = config_util.load_config("shapes:tiny", overrides)
+    # the command itself, with a relative --workdir (orbax refuses relative paths: the command absolutises it)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["--config", "shapes:tiny", "--workdir", "run"] + [f"--config.{o}" for o in overrides]) == 0
+    run = tmp_path / "run"
+    with open(run / "final.json") as f:
+        final = json.load(f)
     assert final["step"] == 4 and final["stopped"] == "done"
     assert 0.3 < final["val_loss"] < 1.0 and 0.3 < final["train_loss"] < 1.0  # bit CE near log 2 at the start
     assert final["params"] > 0 and final["flops_total"] > 0 and final["tokens_total"] == 30 * 8 * 4
-    with open(tmp_path / "final.json") as f:
-        assert json.load(f)["val_loss"] == final["val_loss"]
-    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
     logged = {k for r in rows for k in r}
     assert {"loss", "bit_acc", "bit_acc/s00", "bit_acc/s03", "grad_norm", "lr", "images_per_s"} <= logged
-    assert sorted(os.listdir(tmp_path / "checkpoints"))[-1] == "4"
-    assert sorted(os.listdir(tmp_path / "samples")) == ["step_0000002.png", "step_0000004.png"]  # sample.every=2
+    assert sorted(os.listdir(run / "checkpoints"))[-1] == "4"
+    assert sorted(os.listdir(run / "samples")) == ["step_0000002.png", "step_0000004.png"]  # sample.every=2
     # export-torch: the run's transformer as the official state dict (same keys/shapes, exact values)
     import numpy as np
     from infinity_jax.convert import export, infinity as conv, torch_io
-    summary = export.export_run(str(tmp_path), str(tmp_path / "gpt.npz"))
-    sd = torch_io.load_state_dict(str(tmp_path / "gpt.npz"))
+    summary = export.export_run(str(run), str(run / "gpt.npz"))
+    sd = torch_io.load_state_dict(str(run / "gpt.npz"))
     expected = conv.expected_state_dict_shapes(cfg)
     assert summary["transformer"]["keys"] == len(sd) == len(expected)
     assert {k: tuple(v.shape) for k, v in sd.items()} == {k: tuple(v) for k, v in expected.items()}
     from infinity_jax.sample_cli import load_weights
-    params, _ = load_weights(str(tmp_path), "transformer")
+    params, _ = load_weights(str(run), "transformer")
     back = conv.torch_to_params(sd, cfg)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(ValueError, match="random VAE"):
-        export.export_run(str(tmp_path), str(tmp_path / "g2.npz"), vae_out=str(tmp_path / "vae.npz"))
+        export.export_run(str(run), str(run / "g2.npz"), vae_out=str(run / "vae.npz"))
     # the same command again resumes at step 4 and has nothing left to do
     cfg6 = config_util.apply_overrides(cfg, ["train.total_steps=6"])
-    again = cli.run(cfg6, str(tmp_path))
+    again = cli.run(cfg6, str(run))
     assert again["step"] == 6
 
 
@@ -57,3 +60,11 @@ def test_mismatched_vae_bits_raise_a_clear_error(shapes_data, tmp_path):
     cfg = config_util.load_config("shapes:tiny", [f"data.path={shapes_data!r}", "model.codebook_dim=24"])
     with pytest.raises(ValueError, match="codebook_dim"):
         cli.run(cfg, str(tmp_path))
+
+
+def test_workdir_is_made_absolute_at_the_command_line_urls_are_kept(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args, rest = cli.parse_args(["--config", "shapes:tiny", "--workdir", "runs/a", "--config.seed=1"], "p", "doc")
+    assert args.workdir == str(tmp_path / "runs" / "a") and rest == ["--config.seed=1"]
+    args, _ = cli.parse_args(["--config", "shapes:tiny", "--workdir", "gs://bucket/run"], "p", "doc")
+    assert args.workdir == "gs://bucket/run"

@@ -104,6 +104,14 @@ def cast_exact(x: np.ndarray, dtype: Any, what: str) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- files
+def default_mode(folder: bool = False) -> int:
+    """The permissions a plain open()/mkdir() would give under the current umask (mkstemp and
+    mkdtemp create 0600 / 0700, which other users of a shared file system cannot read)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if folder else 0o666) & ~umask
+
+
 def atomic_write(path: str, write: Callable[[Any], None]) -> None:
     """Calls write(binary file) on a temp file beside `path`, then renames it over `path`."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -112,6 +120,7 @@ def atomic_write(path: str, write: Callable[[Any], None]) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, default_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -97,6 +97,8 @@ def save_state_dict(sd: Mapping[str, np.ndarray], path: str) -> None:
         else:
             torch = _torch()
             torch.save({k: _from_numpy(np.asarray(v)) for k, v in sd.items()}, tmp)
+        from infinity_jax.convert.common import default_mode
+        os.chmod(tmp, default_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -151,7 +151,7 @@ def _np_dtype(name) -> np.dtype:
     return np.dtype({"fp32": "float32", "fp16": "float16"}.get(str(name), str(name)))
 
 
-def _load_official(path: str, key: str | None) -> dict[str, np.ndarray]:
+def load_official_state_dict(path: str, key: str | None = None) -> dict[str, np.ndarray]:
     """A VAE state dict from a file; official .pth checkpoints keep it under 'vae' (the loader's default)."""
     if key is not None or not path.endswith((".pth", ".pt", ".bin", ".ckpt")):
         return load_state_dict(path, key=key)
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         save_state_dict(sd, args.out)
         n = sum(int(np.size(v)) for k, v in sd.items() if k not in MASK_KEYS)
     else:
-        params = torch_to_params(_load_official(args.inp, args.key), config)
+        params = torch_to_params(load_official_state_dict(args.inp, args.key), config)
         common.save_params(params, args.out)
         n = sum(int(np.size(v)) for v in common.flatten(params).values())
     print(f"convert-vae: {args.inp} -> {args.out} (config {config.name}, {n:,} parameters)", file=sys.stderr)

@@ -39,6 +39,8 @@ def parse_args(argv: list[str], prog: str, doc: str) -> tuple[argparse.Namespace
     bad = [a for a in rest if not a.startswith("--config.")]
     if bad:
         ap.error(f"unrecognised arguments {bad}; overrides look like --config.model.depth=4")
+    if "://" not in args.workdir:  # a local path: orbax refuses relative checkpoint paths (gs:// stays)
+        args.workdir = os.path.abspath(args.workdir)
     return args, rest
 
 
@@ -57,11 +59,7 @@ def build_vae(cfg):
     from infinity_jax.convert import vae as vae_convert
     from infinity_jax.tokenizer import vae as vae_lib
     spec = str(cfg.vae.config)
-    if spec.endswith(".json"):
-        with open(spec) as f:
-            vcfg = config_util.apply_overrides(config_util.from_json(f.read()), cfg.vae.get("overrides", ()))
-    else:
-        vcfg = config_util.load_config(spec, cfg.vae.get("overrides", ()))
+    vcfg = load_vae_config(spec, cfg.vae.get("overrides", ()))
     if int(vcfg.codebook_dim) != int(cfg.model.codebook_dim):
         raise ValueError(f"VAE codebook_dim={vcfg.codebook_dim} (from {spec!r}) does not match "
                          f"model.codebook_dim={cfg.model.codebook_dim}")
@@ -76,6 +74,16 @@ def build_vae(cfg):
     else:
         params = common.load_params(path)
     return module, vcfg, params
+
+
+def load_vae_config(spec: str, overrides=()):
+    """A VAE config from a config spec ('bsq_vae:d32', file.py[:arg]) or a saved config .json file."""
+    if spec.endswith(".json"):
+        if not os.path.isfile(spec):
+            raise FileNotFoundError(f"VAE config file {spec!r} does not exist")
+        with open(spec) as f:
+            return config_util.apply_overrides(config_util.from_json(f.read()), overrides)
+    return config_util.load_config(spec, overrides)
 
 
 def build_text(cfg):

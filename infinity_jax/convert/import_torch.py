@@ -1,0 +1,279 @@
+"""`infinity-jax import-torch --transformer infinity_2b_reg.pth [--vae infinity_vae_d32reg.pth] --config 2b --out DIR`.
+
+The official released state dicts (.pth / .safetensors; bf16 and fp16 load, upcast exactly to fp32)
+-> a folder that `infinity-jax sample --checkpoint DIR` and `infinity-jax export-torch --checkpoint
+DIR` read as they read a training run, with no flags for model, VAE or schedule:
+
+  DIR/checkpoints/<step>/  an orbax checkpoint of infinity_jax/checkpoint.py: the params (no optimizer
+                           state) and the config: model, schedule, data.h_div_w, vae, text (when
+                           --text-encoder is given) and `source` (the files it came from)
+  DIR/vae_params.npz       the BSQ-VAE params in our layout   (config vae.params, relative to DIR)
+  DIR/vae_config.json      the BSQ-VAE config                 (config vae.config, relative to DIR)
+
+Loading is strict: one error lists every missing, unexpected and mis-shaped key, with the sizes the
+state dict implies beside the config's. The folder appears atomically: it is written as a hidden
+temporary sibling of DIR and renamed at the end; a non-empty DIR is refused unless --overwrite.
+
+usage:
+  infinity-jax import-torch --transformer weights/infinity_2b_reg.pth --vae weights/infinity_vae_d32reg.pth \\
+      --config configs/infinity.py:2b --text-encoder weights/flan-t5-xl --out models/infinity_2b
+  infinity-jax sample --checkpoint models/infinity_2b --prompt "a cat on a sofa" --out samples/
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+
+CHECKPOINTS, VAE_PARAMS, VAE_CONFIG = "checkpoints", "vae_params.npz", "vae_config.json"
+MODEL_FIELDS = ("depth", "embed_dim", "num_heads", "block_chunks", "codebook_dim", "text_channels")
+
+
+# ---------------------------------------------------------------- configs
+def load_model_config(spec: str):
+    """--config: a configs/infinity.py name ('2b', 'infinity_2b,dtype=bfloat16') or a config spec
+    (configs/infinity.py:2b, configs/zoo.py:2b,mesh=h100x8-fsdp, zoo:2b); it needs a `model` section."""
+    from infinity_jax import config_util
+    full = spec if (":" in spec or spec.endswith(".py")) else f"infinity:{spec}"
+    try:
+        cfg = config_util.load_config(full)
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"--config {spec!r}: {e}") from e
+    if "model" not in cfg:
+        raise ValueError(f"--config {spec!r} has no `model` section: expected a configs/infinity.py or "
+                         f"configs/zoo.py config")
+    return cfg
+
+
+def vae_config_spec(given: str | None, vae_path: str, cfg) -> str:
+    """--vae-config, else the released name in the file name (infinity_vae_d32reg.pth -> d32reg), else
+    the config's vae.config, else d{model.codebook_dim}; bare names are configs/bsq_vae.py's."""
+    if given:
+        return given if (":" in given or given.endswith((".py", ".json"))) else f"bsq_vae:{given}"
+    m = re.fullmatch(r"infinity_vae_(d\d+(?:_?reg)?)\.\w+", os.path.basename(vae_path))  # also d32_reg
+    if m:
+        return f"bsq_vae:{m.group(1).replace('_', '')}"
+    if "vae" in cfg and cfg.vae.get("config"):
+        return str(cfg.vae.config)
+    return f"bsq_vae:d{int(cfg.model.codebook_dim)}"
+
+
+def text_section(spec: str, model) -> dict:
+    """--text-encoder (a Hugging Face T5 folder, or a configs/t5.py argument such as
+    'flan-t5-xl,path=DIR' or 'tiny-byt5') -> the `text` section that training configs carry."""
+    from infinity_jax import config_util
+    t5 = config_util.load_config(f"t5:flan-t5-xl,path={spec}" if os.path.isdir(spec) else f"t5:{spec}")
+    if t5.path and not os.path.isdir(t5.path):
+        raise FileNotFoundError(f"--text-encoder path {t5.path!r} does not exist: expected a Hugging Face T5 folder")
+    return {"preset": t5.preset, "d_model": int(model.text_channels),
+            "folder": os.path.abspath(t5.path) if t5.path else "", "tokenizer": t5.tokenizer,
+            "max_length": min(int(t5.max_length), int(model.text_maxlen)), "seed": int(t5.seed)}
+
+
+def check_schedule(spec: str) -> str:
+    """A pixel budget ('1M') or 'HxW,HxW,...': checked here, so a typo fails before any weights load."""
+    from infinity_jax import schedules
+    if spec not in schedules.PIXEL_BUDGETS:
+        try:
+            schedules.parse_schedule(spec)
+        except ValueError as e:
+            raise ValueError(f"--schedule {spec!r}: {e}; expected one of {tuple(schedules.PIXEL_BUDGETS)} "
+                             f"or 'HxW,HxW,...'") from e
+    return spec
+
+
+# ---------------------------------------------------------------- state dicts
+def state_dict_sizes(sd) -> dict[str, int]:
+    """The model sizes an official transformer state dict implies (for mismatch messages)."""
+    out, blocks, chunks = {}, set(), set()
+    if "word_embed.weight" in sd:
+        out["embed_dim"], out["codebook_dim"] = (int(n) for n in np.shape(sd["word_embed.weight"]))
+    if "text_norm.weight" in sd:
+        out["text_channels"] = int(np.shape(sd["text_norm.weight"])[0])
+    for k, v in sd.items():
+        m = re.match(r"(?:blocks\.(\d+)|block_chunks\.(\d+)\.module\.(\d+))\.", k)
+        if m:
+            blocks.add(m.groups())
+            chunks.add(m.group(2))
+        if k.endswith("sa.scale_mul_1H11") and "num_heads" not in out:
+            out["num_heads"] = int(np.shape(v)[1])
+    if blocks:
+        out["depth"], out["block_chunks"] = len(blocks), max(1, len(chunks - {None}))
+    return out
+
+
+def _mismatch_hint(sd, cfg) -> str:
+    implied = state_dict_sizes(sd)
+    diffs = [f"{k} {implied[k]} (state dict) vs {cfg.model[k]} (config)" for k in MODEL_FIELDS
+             if k in implied and int(cfg.model[k]) != implied[k]]
+    return f"the state dict implies {', '.join(diffs)}" if diffs else ""
+
+
+def _read(path: str, what: str, load):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--{what} {path!r} does not exist: expected an official .pth or .safetensors "
+                                f"state dict")
+    return load(path)
+
+
+def _describe(sd, params) -> dict:
+    from infinity_jax.convert import common
+    flat = common.flatten(params)
+    return {"keys": len(sd), "params": int(sum(np.size(v) for v in flat.values())),
+            "dtypes": sorted({str(np.asarray(v).dtype) for v in sd.values()}),
+            "param_dtypes": sorted({str(np.asarray(v).dtype) for v in flat.values()})}
+
+
+# ---------------------------------------------------------------- the folder
+def _refuse_existing(out: str, overwrite: bool) -> None:
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out!r} is a file: expected a folder (new, or empty)")
+    if os.path.isdir(out) and os.listdir(out) and not overwrite:
+        raise ValueError(f"--out {out!r} exists and is not empty: pass --overwrite to replace it")
+
+
+def _move_into_place(tmp: str, out: str) -> None:
+    """Renames the finished temporary folder to `out`, replacing an old one (kept aside until then)."""
+    if not os.path.isdir(out):
+        os.rename(tmp, out)
+        return
+    trash = tempfile.mkdtemp(dir=os.path.dirname(out), prefix=f".{os.path.basename(out)}.old-")
+    os.rename(out, os.path.join(trash, "old"))
+    os.rename(tmp, out)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _write(folder: str, params, config, step: int, vae_params=None, vae_cfg=None) -> None:
+    import jax
+    from infinity_jax import config_util
+    from infinity_jax.checkpoint import Checkpointer
+    from infinity_jax.convert import common
+    from infinity_jax.train.state import TrainState
+    # a TrainState without optimizer state: what sample/export read, and nothing to resume training from
+    state = TrainState(step=np.int32(step), params=params, opt_state={},
+                       rng=np.asarray(jax.random.key_data(jax.random.key(0))))
+    with Checkpointer(os.path.join(folder, CHECKPOINTS), keep=1, async_save=False) as ck:
+        ck.save(state, None, config, wait=True)
+    if vae_params is not None:
+        common.save_params(vae_params, os.path.join(folder, VAE_PARAMS))
+        common.atomic_write(os.path.join(folder, VAE_CONFIG), lambda f: f.write(config_util.to_json(vae_cfg).encode()))
+
+
+def import_weights(transformer: str, out: str, *, config: str, vae: str | None = None,
+                   vae_config: str | None = None, text_encoder: str | None = None, schedule: str | None = None,
+                   step: int = 0, key: str | None = None, overwrite: bool = False) -> dict:
+    """Writes the folder (see the module docstring); returns {'out', 'step', 'config', 'transformer', 'vae'}."""
+    import jax
+    import ml_collections
+    from infinity_jax.convert import common, infinity as conv_gpt, torch_io, vae as conv_vae
+    from infinity_jax.train.cli import load_vae_config
+    if jax.process_count() > 1:
+        raise ValueError(f"import-torch runs in one process; this is process {jax.process_index()} of "
+                         f"{jax.process_count()}")
+    out = os.path.abspath(out)
+    _refuse_existing(out, overwrite)
+    if vae_config and not vae:
+        raise ValueError(f"--vae-config {vae_config!r} without --vae: give the VAE state dict too")
+    cfg = load_model_config(config)
+    saved = cfg.to_dict()
+    saved["name"] = f"import/{cfg.get('name', config)}"
+    saved["schedule"] = check_schedule(schedule or str(cfg.get("schedule", "") or "") or "1M")
+    saved.setdefault("data", {}).setdefault("h_div_w", 1.0)
+    saved.pop("vae", None)  # a training config names VAE weights elsewhere; only an imported VAE is kept
+    if text_encoder:
+        saved["text"] = text_section(text_encoder, cfg.model)
+    summary = {"out": out, "step": int(step), "config": config}
+
+    sd = _read(transformer, "transformer", lambda p: torch_io.load_state_dict(p, key=key))
+    try:
+        params = conv_gpt.torch_to_params(sd, cfg)
+    except ValueError as e:
+        hint = _mismatch_hint(sd, cfg)  # first: the key lists below can run to thousands of lines
+        raise ValueError(f"--transformer {transformer!r} does not fit --config {config!r}"
+                         + (f" ({hint})" if hint else "") + f":\n{e}") from None
+    summary["transformer"] = dict(_describe(sd, params), file=os.path.abspath(transformer))
+    del sd
+
+    vae_params = vae_cfg = None
+    if vae:
+        vspec = vae_config_spec(vae_config, vae, cfg)
+        try:
+            vae_cfg = load_vae_config(vspec)
+        except (FileNotFoundError, ValueError) as e:
+            raise ValueError(f"--vae-config {vspec!r}: {e}") from e
+        if int(vae_cfg.codebook_dim) != int(cfg.model.codebook_dim):
+            raise ValueError(f"--vae-config {vspec!r} has codebook_dim={vae_cfg.codebook_dim}; the model config "
+                             f"{config!r} has codebook_dim={cfg.model.codebook_dim}: they must match")
+        vsd = _read(vae, "vae", conv_vae.load_official_state_dict)
+        try:
+            vae_params = conv_vae.torch_to_params(vsd, vae_cfg)
+        except ValueError as e:
+            raise ValueError(f"--vae {vae!r} does not fit --vae-config {vspec!r}: {e}") from None
+        summary["vae"] = dict(_describe(vsd, vae_params), file=os.path.abspath(vae), config=vspec)
+        saved["vae"] = {"config": VAE_CONFIG, "overrides": (), "params": VAE_PARAMS}
+    saved["source"] = {"transformer": os.path.abspath(transformer), "vae": os.path.abspath(vae) if vae else "",
+                       "config": config, "vae_config": summary.get("vae", {}).get("config", "")}
+
+    parent, base = os.path.dirname(out), os.path.basename(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.tmp-")
+    try:
+        os.chmod(tmp, common.default_mode(folder=True))
+        _write(tmp, params, ml_collections.ConfigDict(saved), step, vae_params, vae_cfg)
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    summary["schedule"], summary["text"] = saved["schedule"], saved.get("text")
+    return summary
+
+
+# ---------------------------------------------------------------- command
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="infinity-jax import-torch", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--transformer", required=True, help="official transformer state dict (.pth / .safetensors)")
+    p.add_argument("--vae", default=None, help="official BSQ-VAE state dict (e.g. infinity_vae_d32reg.pth); "
+                   "without it, sample needs --vae")
+    p.add_argument("--config", required=True, help="model config: configs/infinity.py name (2b, infinity_2b,"
+                   "dtype=bfloat16) or a spec (configs/infinity.py:2b, configs/zoo.py:2b)")
+    p.add_argument("--vae-config", default=None, help="configs/bsq_vae.py name or spec (bsq_vae:d32reg); default: "
+                   "the released name in the --vae file name, else the config's, else d<codebook_dim>")
+    p.add_argument("--text-encoder", default=None, help="a Hugging Face T5 folder (e.g. weights/flan-t5-xl) or a "
+                   "configs/t5.py argument, saved for sample; default: none (sample's --text-encoder)")
+    p.add_argument("--schedule", default=None, help="sampling schedule: a pixel budget (0.06M 0.25M 0.60M 1M) or "
+                   "'HxW,...'; default: the config's, else 1M")
+    p.add_argument("--step", type=int, default=0, help="the step number to save the checkpoint under")
+    p.add_argument("--key", default=None, help="sub-dict of the transformer file to read (e.g. 'trainer')")
+    p.add_argument("--out", required=True, help="output folder (must be new or empty unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    try:
+        s = import_weights(a.transformer, a.out, config=a.config, vae=a.vae, vae_config=a.vae_config,
+                           text_encoder=a.text_encoder, schedule=a.schedule, step=a.step, key=a.key,
+                           overwrite=a.overwrite)
+    except (OSError, ValueError, KeyError, ImportError) as e:
+        print(f"infinity-jax import-torch: error: {e}", file=sys.stderr)
+        return 2
+    for name in ("transformer", "vae"):
+        if name in s:
+            d = s[name]
+            print(f"import-torch: {name}: {d['file']}: {d['keys']} keys, {d['params']:,} params, "
+                  f"{'/'.join(d['dtypes'])} -> {'/'.join(d['param_dtypes'])}")
+    text = s["text"] and (s["text"]["folder"] or f"{s['text']['preset']} (random, no weights)")
+    print(f"import-torch: wrote {s['out']} (step {s['step']}, config {s['config']}, schedule {s['schedule']}, "
+          f"vae {'yes' if 'vae' in s else 'no: pass --vae to sample'}, text encoder {text or 'none'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""launch/*.sh and gpu_slurm.sbatch: --dry-run prints the commands they would run (config, workdir,
+overrides, the coordinator / process environment), and bad command lines exit 2 with a clear message."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ZOO_2B = "configs/zoo.py:2b,mesh=h100x8-fsdp"
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+
+
+def _run(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """bash launch/<script> args, from the repository root, with only PATH/HOME plus `env` set."""
+    base = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}
+    return subprocess.run(["bash", os.path.join("launch", script), *args], cwd=REPO, env=dict(base, **env),
+                          capture_output=True, text=True, timeout=30)
+
+
+def _lines(result) -> list[str]:
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def test_local_dry_run_prints_the_train_command():
+    out = _lines(_run("local.sh", "--dry-run", ZOO_2B, "runs/2b", "--config.train.total_steps=10"))
+    assert out == ["mkdir -p runs/2b",
+                   f"infinity-jax train --config {ZOO_2B} --workdir runs/2b --config.train.total_steps=10"]
+    assert _lines(_run("local.sh", "zoo:layer12", "runs/l12", DRY_RUN="1"))[-1] == \
+        "infinity-jax train --config zoo:layer12 --workdir runs/l12"  # a configs/ name, and DRY_RUN=1
+
+
+def test_multinode_dry_run_sets_the_coordinator_and_process_env():
+    env = dict(COORDINATOR="10.0.0.1:1234", NUM_NODES="4", NODE_RANK="3")
+    (line,) = _lines(_run("gpu_multinode.sh", "--dry-run", ZOO_2B, "/shared/runs/2b", "--config.parallel.data=4", **env))
+    assert line == ("env JAX_COORDINATOR_ADDRESS=10.0.0.1:1234 JAX_NUM_PROCESSES=4 JAX_PROCESS_ID=3 "
+                    f"XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 infinity-jax train --config {ZOO_2B} "
+                    "--workdir /shared/runs/2b --config.parallel.data=4")
+
+
+def test_slurm_dry_run_starts_one_task_per_node_with_the_head_as_coordinator():
+    (line,) = _lines(_run("gpu_slurm.sbatch", "--dry-run", ZOO_2B, "/shared/runs/2b", "--config.parallel.data=4",
+                          SLURM_JOB_NODELIST="gpu01,gpu02", COORDINATOR_PORT="2222"))
+    assert line == ("srun --ntasks-per-node=1 bash -c 'export JAX_COORDINATOR_ADDRESS=gpu01:2222 "
+                    "JAX_NUM_PROCESSES=$SLURM_NTASKS JAX_PROCESS_ID=$SLURM_PROCID; exec infinity-jax train "
+                    f"--config {ZOO_2B} --workdir /shared/runs/2b --config.parallel.data=4'")
+
+
+def test_tpu_pod_dry_run_copies_installs_and_trains_on_every_worker():
+    out = _lines(_run("tpu_pod.sh", "--tpu", "t1", "--zone", "z1", "--config", "configs/zoo.py:2b,mesh=v5p-128",
+                      "--workdir", "gs://b/run 1", "--project", "p1", "--dry-run", "--", "--config.seed=3"))
+    assert out[0].startswith("tar -C ") and len(out) == 4
+    assert out[1].startswith("gcloud compute tpus tpu-vm scp ") and "--worker=all" in out[1]
+    assert all(line.startswith("gcloud compute tpus tpu-vm ssh t1 --zone z1 --project p1 --worker=all --command ")
+               for line in out[2:])
+    assert "pip install -q -e ." in out[2]
+    assert ("infinity-jax train --config configs/zoo.py:2b,mesh=v5p-128 --workdir '\\''gs://b/run 1'\\'' "
+            "--config.seed=3 2>&1 | tee ~/infinity_jax_train.log") in out[3]
+
+
+@pytest.mark.parametrize("script, args, env, message", [
+    ("local.sh", [], {}, "missing CONFIG"),
+    ("local.sh", [ZOO_2B], {}, "missing WORKDIR"),
+    ("local.sh", ["--bogus", ZOO_2B, "runs/x"], {}, "unknown argument '--bogus'"),
+    ("local.sh", ["configs/nope.py:2b", "runs/x"], {}, "config file 'configs/nope.py' does not exist"),
+    ("local.sh", [ZOO_2B, "runs/x", "extra"], {}, "unexpected argument 'extra'"),
+    ("gpu_multinode.sh", [ZOO_2B, "/r"], {"NUM_NODES": "2", "NODE_RANK": "0"}, "set COORDINATOR=host:port"),
+    ("gpu_multinode.sh", [ZOO_2B, "/r"], {"COORDINATOR": "h:1", "NUM_NODES": "2", "NODE_RANK": "2"},
+     "0 .. 1 (got '2')"),
+    ("gpu_multinode.sh", ["--nodes=2", ZOO_2B, "/r"], {}, "unknown argument '--nodes=2'"),
+    ("gpu_slurm.sbatch", ["--dry-run"], {}, "missing CONFIG"),
+    ("gpu_slurm.sbatch", ["-x", ZOO_2B, "/r"], {}, "unknown argument '-x'"),
+    ("gpu_slurm.sbatch", [ZOO_2B, "/r"], {}, "not inside a SLURM allocation"),
+    ("tpu_pod.sh", ["--tpu", "t", "--zone", "z", "--workdir", "gs://b"], {}, "--config is required"),
+    ("tpu_pod.sh", ["--tpu", "t", "--zone", "z", "--config", ZOO_2B, "--workdir", "gs://b", "--bogus"], {},
+     "unknown argument '--bogus'"),
+    ("tpu_pod.sh", ["--tpu", "--zone", "z"], {}, "--tpu needs a value"),
+    ("tpu_pod.sh", ["--tpu", "t", "--zone", "z", "--config", ZOO_2B, "--workdir", "gs://b", "--", "seed=1"], {},
+     "unexpected override 'seed=1'"),
+])
+def test_bad_command_lines_exit_2_with_a_clear_message(script, args, env, message):
+    result = _run(script, *args, **env)
+    assert result.returncode == 2 and result.stdout == ""
+    assert message in result.stderr and "usage:" in result.stderr
