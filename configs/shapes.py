@@ -4,8 +4,9 @@ usage: infinity-jax train --config configs/shapes.py[:ARG] --workdir runs/shapes
 ARG: '' (the demo size), 'tiny' (seconds-long CI/test runs), 'layers=N,width=C,heads=H,bits=D'
 (sweep points; any subset).
 
-Everything is small enough for a 2-core CPU: 64x64 images, a stride-16 VAE (4x4 latents, or the
-tokenizer trained by `infinity-jax train-tokenizer` when `vae.params` points at it), a byte-level
+Everything is small enough for a 2-core CPU: 32x32 images, the stride-4 VAE of
+configs/tokenizer_shapes.py (8x8 latents, scales 1,2,4,8; random unless `vae.params` names the
+weights `infinity-jax train-tokenizer` wrote), a byte-level
 T5 text encoder (frozen, random unless `text.folder` names a Hugging Face folder), and a
 transformer a few layers deep. Data comes from `infinity-jax data prepare --source shapes`.
 """
@@ -16,6 +17,7 @@ import ml_collections
 from infinity_jax.config_util import parse_arg
 
 from configs import infinity as infinity_configs
+from configs import tokenizer_shapes
 from configs import train_defaults
 
 
@@ -53,12 +55,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.drop_path_rate = 0.0
     c.model = m
 
-    # tokenizer: a BSQ-VAE of stride 16 on 64x64 images -> 4x4 latents
+    # tokenizer: the BSQ-VAE of configs/tokenizer_shapes.py (random until `vae.params` names trained
+    # weights, e.g. runs/tok/vae_params.npz with vae.config=runs/tok/vae_config.json)
+    tok = tokenizer_shapes.get_config(f"bits={m.codebook_dim}")
     c.vae = v = ml_collections.ConfigDict()
     v.config = "bsq_vae:tiny"       # config_util spec, or the config.json that train-tokenizer saves
-    v.overrides = (f"codebook_dim={m.codebook_dim}", f"z_channels={m.codebook_dim}")
-    v.params = ""                                   # npz/msgpack of our params or an official .pth; '' = random
-    c.schedule = "1x1,2x2,3x3,4x4"                  # or an official pixel budget name, e.g. '0.06M'
+    v.overrides = tuple(f"{k}={val!r}" for k, val in tok.vae.items())
+    v.params = ""                   # npz/msgpack of our params or an official .pth; '' = random
+    c.schedule = tok.schedule       # 'HxW,...' up to the latent grid, or an official budget, e.g. '0.06M'
 
     # text: a frozen byte-level T5 (no files needed)
     c.text = x = ml_collections.ConfigDict()
@@ -69,10 +73,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     x.max_length = m.text_maxlen
     x.seed = 0
 
-    # data: built by `infinity-jax data prepare --source shapes --image-size 64 --out data/shapes`
+    # data: built by `infinity-jax data prepare --source shapes --image-size 32 --out data/shapes`
     c.data = d = ml_collections.ConfigDict()
     d.path = "data/shapes"
-    d.image_size = 64
+    d.image_size = tok.data.image_size
     d.worker_count = 0
     d.num_threads = 2
     d.short_cap_prob = 0.0

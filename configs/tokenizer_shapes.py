@@ -2,13 +2,13 @@
 
 usage: infinity-jax train-tokenizer --config configs/tokenizer_shapes.py[:ARG] --workdir runs/tok
        [--config.key=value ...]
-ARG: '' (the demo), 'tiny' (seconds-long test runs), or 'bits=D,stride=S,width=C' (any subset).
+ARG: '' (the demo), 'tiny' (seconds-long test runs), or 'size=N,bits=D,stride=S,width=C' (any subset).
 
-The default VAE (stride 16, d = 16 bits, 4x4 latents on 64x64 images) is the one configs/shapes.py
-expects, so the transformer trains on it with
+The default VAE (32x32 images, stride 4, d = 16 bits: 8x8 latents, scales 1,2,4,8) is the one the
+demo trains and configs/shapes.py expects; the transformer trains on it with
     --config.vae.config=runs/tok/vae_config.json --config.vae.params=runs/tok/vae_params.npz
-stride=8 gives 8x8 latents (sharper reconstructions, 4x the tokens). Data comes from
-`infinity-jax data prepare --source shapes --image-size 64 --out data/shapes`.
+size=64,stride=8 is the same latent grid at 64x64 (about 4x the compute per image). Data comes from
+`infinity-jax data prepare --source shapes --image-size 32 --out data/shapes`.
 """
 from __future__ import annotations
 
@@ -16,12 +16,18 @@ import ml_collections
 
 from infinity_jax.config_util import parse_arg
 
+from infinity_jax import schedules
+
 from configs import bsq_vae
 from configs import train_defaults
 
 
+# VAE stride -> channel multipliers (one stride-2 level per entry after the first)
+CH_MULT = {4: (1, 2, 2), 8: (1, 1, 2, 2), 16: (1, 1, 2, 2, 2)}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    opts = parse_arg(arg, {"tiny", "bits", "stride", "width"}, "tokenizer_shapes")
+    opts = parse_arg(arg, {"tiny", "size", "bits", "stride", "width"}, "tokenizer_shapes")
     tiny = "tiny" in opts
     c = train_defaults.get_config("tiny" if tiny else None)
     c.name = "tokenizer_shapes"
@@ -43,19 +49,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint.async_save = not tiny
 
     # the VAE: the official architecture, narrow and shallow
-    stride = int(opts.get("stride", 16))
-    if stride not in (8, 16):
-        raise ValueError(f"tokenizer_shapes stride={stride}: expected 8 or 16")
+    size, stride = int(opts.get("size", 32)), int(opts.get("stride", 4))
+    if stride not in CH_MULT:
+        raise ValueError(f"tokenizer_shapes stride={stride}: expected one of {sorted(CH_MULT)}")
+    if size < 32 or size % stride:
+        raise ValueError(f"tokenizer_shapes size={size}: expected at least 32 (the shapes data) and a multiple "
+                         f"of stride={stride}")
     v = bsq_vae.get_config("tiny")
     v.name = f"shapes_s{stride}"
     v.base_ch = int(opts.get("width", 24 if tiny else 32))  # GroupNorm: a multiple of 32 or 24
-    v.ch_mult = (1, 1, 2, 2, 2) if stride == 16 else (1, 1, 2, 2)
+    v.ch_mult = CH_MULT[stride]
     v.num_res_blocks = 1
     v.patch_size = stride
     v.codebook_dim = v.z_channels = int(opts.get("bits", 16))
     c.vae = v
-    # quantizer scales over the 64 // stride latent: 1,2,4 (stride 16) or 1,2,4,8 (stride 8)
-    c.schedule = ",".join(f"{s}x{s}" for s in (1, 2, 4, 8) if s <= 64 // stride)
+    # quantizer scales: doubling from 1x1 up to the latent grid (size // stride)
+    c.schedule = ",".join(f"{h}x{w}" for _, h, w in schedules.custom_schedule((size, size), stride=stride))
 
     c.init = ml_collections.ConfigDict()
     c.init.vae_params = ""          # start from these VAE params (.npz/.msgpack of ours, or an official .pth)
@@ -84,7 +93,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.data = d = ml_collections.ConfigDict()
     d.path = "data/shapes"
-    d.image_size = 64
+    d.image_size = size
     d.worker_count = 0
     d.num_threads = 2
     d.random_flip = True

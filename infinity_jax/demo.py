@@ -1,7 +1,7 @@
 """`infinity-jax demo [--workdir runs/demo] [--minutes 20]`: the whole system, for real, on one CPU.
 
 Stages (each resumable: rerunning the command skips finished stages and resumes the others):
-  1. data        the synthetic shapes dataset (64x64, GenEval-style captions) -> WORKDIR/data
+  1. data        the synthetic shapes dataset (32x32 by default, GenEval-style captions) -> WORKDIR/data
   2. tokenizer   a BSQ-VAE trained on it (configs/tokenizer_shapes.py) -> WORKDIR/tokenizer
   3. transformer Infinity with bitwise self-correction and CFG dropout (configs/shapes.py), on
                  the trained tokenizer -> WORKDIR/transformer
@@ -94,15 +94,16 @@ def run(args) -> dict:
     plan = _load_json(plan_path) if os.path.exists(plan_path) else {}
     t_start = time.perf_counter()
 
-    # 1. data
+    # 1. data, at the tokenizer config's image size
     _stage_header("data")
     data_dir = os.path.join(args.workdir, "data")
-    sources.prepare("shapes", data_dir, num_examples=args.num_examples, image_size=args.image_size, seed=0)
     data_over = [f"data.path={data_dir!r}"]
+    tok_cfg = config_util.load_config(f"tokenizer_shapes:{args.tokenizer_arg}", data_over)
+    args.image_size = int(tok_cfg.data.image_size)
+    sources.prepare("shapes", data_dir, num_examples=args.num_examples, image_size=args.image_size, seed=0)
 
     # 2. tokenizer
     tok_dir = os.path.join(args.workdir, "tokenizer")
-    tok_cfg = config_util.load_config(f"tokenizer_shapes:{args.tokenizer_arg}", data_over)
     _stage_header("tokenizer", args.minutes * SHARES["tokenizer"])
     steps = plan_steps(args, "tokenizer", tokenizer_cli.run, tok_cfg, tok_dir, plan)
     tok_cfg = with_steps(tok_cfg, steps)
@@ -113,7 +114,7 @@ def run(args) -> dict:
     gpt_dir = os.path.join(args.workdir, "transformer")
     gpt_cfg = config_util.load_config(f"shapes:{args.model_arg}", data_over + [
         f"vae.config={tok['vae_config']!r}", f"vae.params={tok['vae_params']!r}", "vae.overrides=()",
-        f"schedule={tok['config']['schedule']!r}"])
+        f"schedule={tok['config']['schedule']!r}", f"data.image_size={args.image_size}"])
     _stage_header("transformer", args.minutes * SHARES["transformer"])
     steps = plan_steps(args, "transformer", train_cli.run, gpt_cfg, gpt_dir, plan)
     gpt_cfg = with_steps(gpt_cfg, steps)
@@ -203,9 +204,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--workdir", default="runs/demo")
     ap.add_argument("--minutes", type=float, default=20.0, help="time budget for the whole demo")
     ap.add_argument("--num-examples", type=int, default=20000, help="shapes training images")
-    ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--num-prompts", type=int, default=120, help="held-out prompts to sample and score")
-    ap.add_argument("--tokenizer-arg", default="", help="configs/tokenizer_shapes.py argument")
+    ap.add_argument("--tokenizer-arg", default="",
+                    help="configs/tokenizer_shapes.py argument (sets the image size), e.g. size=64,stride=8")
     ap.add_argument("--model-arg", default="", help="configs/shapes.py argument, e.g. layers=4,width=128")
     ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--tau", type=float, default=1.0)
