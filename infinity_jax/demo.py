@@ -64,6 +64,11 @@ def plan_steps(args, name: str, run_fn, cfg, workdir: str, plan: dict) -> int:
     """Steps for stage `name` that fit its share of the budget (saved in the plan, reused on resume)."""
     if name in plan:
         return plan[name]["steps"]
+    fixed = getattr(args, f"{name}_steps", None)
+    if fixed:  # given on the command line: no calibration
+        plan[name] = {"steps": int(fixed)}
+        _write_json(os.path.join(args.workdir, "plan.json"), plan)
+        return int(fixed)
     budget_s = args.minutes * 60 * SHARES[name]
     sec = _seconds_per_step(run_fn, cfg, workdir + ".calibrate", steps=5)
     steps = int(max(args.min_steps, min(args.max_steps, budget_s * 0.9 / sec)))
@@ -211,6 +216,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--tau", type=float, default=1.0)
     ap.add_argument("--top-p", type=float, default=0.97)
+    ap.add_argument("--tokenizer-steps", type=int, default=None, help="train the tokenizer this many steps "
+                    "(default: as many as fit its share of --minutes)")
+    ap.add_argument("--transformer-steps", type=int, default=None, help="likewise for the transformer")
     ap.add_argument("--min-steps", type=int, default=20)
     ap.add_argument("--max-steps", type=int, default=20000)
     args = ap.parse_args(argv)

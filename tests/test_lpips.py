@@ -186,8 +186,8 @@ def test_tiny_train_tokenizer_run_with_lpips_logs_it_and_adds_it_to_the_loss(tor
     data = sources.prepare("shapes", str(tmp_path / "shapes"), num_examples=8, image_size=32, seed=3,
                            progress=False)
     # batch 2: a VGG16 step on 32x32 images costs ~0.3 s per image on this CPU
-    cfg = config_util.load_config("configs/tokenizer_shapes.py:tiny", [
-        f"data.path={data!r}", "data.image_size=32", "schedule='1x1,2x2'", "eval.num_images=2",
+    cfg = config_util.load_config("configs/tokenizer_shapes.py:tiny,stride=16", [
+        f"data.path={data!r}", "eval.num_images=2",
         "train.global_batch=2", "train.total_steps=3", "optim.warmup_steps=1", "train.log_every=1",
         "checkpoint.every=3", "loss.perceptual_weight=0.5", f"loss.lpips_weights='{vgg},{lin}'"])
     mesh = parallel.make_mesh(-1, 1, 1, devices=jax.devices()[:1])

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 from flax import linen as nn
 
 from infinity_jax import config_util, parallel, schedules
@@ -182,8 +183,9 @@ def tokenizer_run(tmp_path_factory, compile_cache):
     data = sources.prepare("shapes", str(tmp_path_factory.mktemp("shapes")), num_examples=48, image_size=32,
                            seed=3, progress=False)
     workdir = tmp_path_factory.mktemp("tok")
-    cfg = config_util.load_config("configs/tokenizer_shapes.py:tiny", [
-        f"data.path={data!r}", "data.image_size=32", "schedule='1x1,2x2'", "eval.num_images=16"])
+    cfg = config_util.load_config("configs/tokenizer_shapes.py:tiny,stride=16", [
+        f"data.path={data!r}", "eval.num_images=16"])
+    assert cfg.schedule == "1x1,2x2" and cfg.data.image_size == 32
     mesh = parallel.make_mesh(-1, 1, 1, devices=jax.devices()[:2])  # data parallel over 2 devices
     first = tokenizer_cli.run(cfg, str(workdir), until_step=15, mesh=mesh)
     second = tokenizer_cli.run(cfg, str(workdir), mesh=mesh)
@@ -204,6 +206,7 @@ def test_short_cpu_run_reduces_reconstruction_loss_and_resumes(tokenizer_run):
     assert r["psnr"] > 12.0
     assert second["shapes_eval"]["originals"]["overall"] == 1.0
     assert json.load(open(workdir / "final.json"))["recon"] == r
+    assert Image.open(workdir / "reconstructions.png").size[0] == 8 * (32 * 2 + 6)  # 8 tiles a row
 
 
 def test_saved_vae_loads_into_the_transformer_trainer(tokenizer_run):

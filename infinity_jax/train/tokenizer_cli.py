@@ -111,10 +111,11 @@ def build_data(cfg, *, seed_offset: int = 0, keys=("image",), eval_mode: bool = 
     return it if eval_mode else ts.StepCounter(it, keys)
 
 
-def evaluate_reconstructions(cfg, vae, vae_params, schedule, lpips_params=None) -> dict:
+def evaluate_reconstructions(cfg, vae, vae_params, schedule, lpips_params=None, grid_path: str | None = None) -> dict:
     """MSE/PSNR/L1 (on [-1, 1] pixels) of cfg.eval.num_images held-out images through tokenize ->
     decode_bits, their mean LPIPS when lpips_params are given, and (shapes data) the shapes
-    evaluator on the uint8 reconstructions and the originals."""
+    evaluator on the uint8 reconstructions and the originals.
+    grid_path: also save the first 16 originals beside their reconstructions there (PNG)."""
     from infinity_jax.tokenizer import lpips
     from infinity_jax.train import tokenizer_step as ts
     recon_fn = jax.jit(lambda p, x: ts.reconstruct(vae, p, x, schedule))
@@ -130,6 +131,13 @@ def evaluate_reconstructions(cfg, vae, vae_params, schedule, lpips_params=None) 
     x = np.concatenate(originals)[:n].astype(np.float32) / 127.5 - 1.0
     r = np.concatenate(recons)[:n]
     mse = float(np.mean((r - x) ** 2))
+    to_u8 = lambda a: np.clip(np.round((a + 1.0) * 127.5), 0, 255).astype(np.uint8)  # noqa: E731
+    if grid_path:
+        from infinity_jax import plots
+        k = min(16, n)
+        pairs = np.stack([to_u8(x[:k]), to_u8(r[:k])], axis=1).reshape(2 * k, *x.shape[1:])
+        labels = [t for c in captions[:k] for t in (c, "reconstruction")]
+        plots.captioned_grid(pairs, labels).save(grid_path)
     out = {"recon": {"images": int(len(x)), "mse": mse, "psnr": float(10 * np.log10(4.0 / max(mse, 1e-10))),
                      "l1": float(np.mean(np.abs(r - x)))}}
     if lpips_params is not None:
@@ -139,7 +147,6 @@ def evaluate_reconstructions(cfg, vae, vae_params, schedule, lpips_params=None) 
         out["recon"]["lpips"] = float(np.mean(np.concatenate(d)))
     if all(specs[:n]):  # the shapes dataset (its examples carry a spec): score prompt adherence too
         from infinity_jax.eval import shapes as shapes_eval
-        to_u8 = lambda a: np.clip(np.round((a + 1.0) * 127.5), 0, 255).astype(np.uint8)  # noqa: E731
         try:
             out["shapes_eval"] = {"reconstructions": shapes_eval.evaluate(to_u8(r), captions[:n]),
                                   "originals": shapes_eval.evaluate(to_u8(x), captions[:n])}
@@ -182,8 +189,9 @@ def run(cfg, workdir: str, until_step: int | None = None, mesh=None) -> dict:
         return final
     params = result.state.ema_params if result.state.ema_params is not None else result.state.params
     final["vae_params"], final["vae_config"] = save_vae(workdir, params["vae"], cfg.vae)
+    grid = os.path.join(workdir, "reconstructions.png") if jax.process_index() == 0 else None
     final.update(evaluate_reconstructions(cfg, vae, params["vae"], schedule,
-                                          lpips_params=(frozen or {}).get("lpips")))
+                                          lpips_params=(frozen or {}).get("lpips"), grid_path=grid))
     if jax.process_index() == 0:
         from infinity_jax.convert.common import atomic_write
         atomic_write(os.path.join(workdir, FINAL_FILE), lambda f: f.write(json.dumps(final, indent=1).encode()))
