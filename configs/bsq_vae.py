@@ -1,12 +1,13 @@
 """BSQ-VAE (tokenizer) configs: the released Infinity tokenizers' architectures, and a tiny one.
 
-usage: get_config('d32') -> ConfigDict; names: d16, d24, d32, d32reg, d64, tiny.
+usage: get_config('d32') -> ConfigDict; names: d16, d24, d32, d32reg, d64, tiny, shapes.
 
 Every released tokenizer (infinity_vae_d{16,24,32,64}.pth, infinity_vae_d32reg.pth) is the same
 network -- base_ch 128, ch_mult (1, 2, 4, 4, 4), 2 residual blocks per level, patch 16 -- and
 differs only in the latent width d (z_channels = codebook_dim = d bits per token); d32reg is a
 second set of d=32 weights (the one the released 2B model's inference script uses).
-'tiny' is the architecture of the test fixtures (base_ch 32, ch_mult all ones, d 32).
+'tiny' is the architecture of the test fixtures (base_ch 32, ch_mult all ones, d 32); 'shapes' the
+demo's tokenizer for 32x32 shapes images (stride 4, d 8; configs/tokenizer_shapes.py trains it).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ _RELEASED = {  # name -> (d, official checkpoint file)
     "d32reg": (32, "infinity_vae_d32reg.pth"),
     "d64": (64, "infinity_vae_d64.pth"),
 }
-NAMES = tuple(_RELEASED) + ("tiny",)
+NAMES = tuple(_RELEASED) + ("tiny", "shapes")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -40,6 +41,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if name == "tiny":
         c.base_ch = 32
         c.ch_mult = (1, 1, 1, 1, 1)
+    elif name == "shapes":
+        c.base_ch, c.ch_mult, c.num_res_blocks, c.patch_size = 32, (1, 2, 2), 1, 4
+        c.codebook_dim = c.z_channels = 8
     else:
         c.codebook_dim = c.z_channels = _RELEASED[name][0]
         c.checkpoint = _RELEASED[name][1]

@@ -49,7 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.embed_dim = int(opts.get("width", 64 if tiny else 128))
     m.num_heads = int(opts.get("heads", 2 if tiny else 4))
     m.block_chunks = 1
-    m.codebook_dim = int(opts.get("bits", 16))
+    m.codebook_dim = int(opts.get("bits", 8))  # the tokenizer's d (configs/tokenizer_shapes.py: why 8)
     m.text_channels = 128  # a multiple of the official text-pool head width (128)
     m.text_maxlen = 64
     m.drop_path_rate = 0.0
@@ -59,8 +59,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # weights, e.g. runs/tok/vae_params.npz with vae.config=runs/tok/vae_config.json)
     tok = tokenizer_shapes.get_config(f"bits={m.codebook_dim}")
     c.vae = v = ml_collections.ConfigDict()
-    v.config = "bsq_vae:tiny"       # config_util spec, or the config.json that train-tokenizer saves
-    v.overrides = tuple(f"{k}={val!r}" for k, val in tok.vae.items())
+    v.config = "bsq_vae:shapes"     # config_util spec, or the config.json that train-tokenizer saves
+    v.overrides = tuple(f"{k}={tok.vae[k]!r}" for k in ("codebook_dim", "z_channels"))  # applied to v.config
     v.params = ""                   # npz/msgpack of our params or an official .pth; '' = random
     c.schedule = tok.schedule       # 'HxW,...' up to the latent grid, or an official budget, e.g. '0.06M'
 

@@ -4,7 +4,7 @@ usage: infinity-jax train-tokenizer --config configs/tokenizer_shapes.py[:ARG] -
        [--config.key=value ...]
 ARG: '' (the demo), 'tiny' (seconds-long test runs), or 'size=N,bits=D,stride=S,width=C' (any subset).
 
-The default VAE (32x32 images, stride 4, d = 16 bits: 8x8 latents, scales 1,2,4,8) is the one the
+The default VAE (32x32 images, stride 4, d = 8 bits: 8x8 latents, scales 1,2,4,8) is the one the
 demo trains and configs/shapes.py expects; the transformer trains on it with
     --config.vae.config=runs/tok/vae_config.json --config.vae.params=runs/tok/vae_params.npz
 size=64,stride=8 is the same latent grid at 64x64 (about 4x the compute per image). Data comes from
@@ -55,13 +55,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if size < 32 or size % stride:
         raise ValueError(f"tokenizer_shapes size={size}: expected at least 32 (the shapes data) and a multiple "
                          f"of stride={stride}")
-    v = bsq_vae.get_config("tiny")
+    v = bsq_vae.get_config("shapes")  # 32 channels, stride 4, d 8: the defaults below
     v.name = f"shapes_s{stride}"
-    v.base_ch = int(opts.get("width", 24 if tiny else 32))  # GroupNorm: a multiple of 32 or 24
+    v.base_ch = int(opts.get("width", 24 if tiny else v.base_ch))  # GroupNorm: a multiple of 32 or 24
     v.ch_mult = CH_MULT[stride]
-    v.num_res_blocks = 1
     v.patch_size = stride
-    v.codebook_dim = v.z_channels = int(opts.get("bits", 16))
+    # d = 8, not 16: a bitwise classifier samples each bit on its own, so a half-learned
+    # transformer mixes the bits of several codes. With 8 bits nearly all 256 codes occur in the
+    # data and decode to something plausible; with 16 bits such mixtures are codes the decoder never
+    # saw (garbled colours). Measured: transformer after 300 steps scores 0.16 (d=8) vs 0.0 (d=16).
+    v.codebook_dim = v.z_channels = int(opts.get("bits", v.codebook_dim))
     c.vae = v
     # quantizer scales: doubling from 1x1 up to the latent grid (size // stride)
     c.schedule = ",".join(f"{h}x{w}" for _, h, w in schedules.custom_schedule((size, size), stride=stride))
@@ -76,7 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     o.recon_weight = 1.0
     o.quantizer_weight = 1.0
     o.commit_weight = 0.25
-    o.entropy_weight = 0.1
+    o.entropy_weight = 0.0          # off in the measured d=8 runs (28 dB at 800 steps; on/off not compared)
     o.inv_temperature = 100.0
     o.gamma0 = 1.0
     o.gamma = 1.0

@@ -215,7 +215,7 @@ def test_saved_vae_loads_into_the_transformer_trainer(tokenizer_run):
     tcfg = config_util.load_config("shapes:tiny", [f"vae.config={str(workdir / 'vae_config.json')!r}",
                                                    f"vae.params={str(workdir / 'vae_params.npz')!r}"])
     vae, vcfg, params = train_cli.build_vae(tcfg)
-    assert (vae.patch_size, vae.codebook_dim, vae.base_ch) == (16, 16, 24)
+    assert (vae.patch_size, vae.codebook_dim, vae.base_ch) == (16, 8, 24)
     want = jax.tree.map(lambda a: a.shape, nn.unbox(vae_lib.abstract_params(vae)))
     assert jax.tree.map(np.shape, params) == want
     assert second["vae_params"] == str(workdir / "vae_params.npz")
