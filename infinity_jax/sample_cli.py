@@ -284,7 +284,6 @@ def run(args) -> dict:
         sp = sample.sampling_params(len(schedule), args.cfg, args.tau, args.top_k, args.top_p, args.greedy)
     except ValueError as e:
         raise UsageError(str(e)) from e
-    H, W = schedules.image_size(schedule)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: expected >= 1")
 
@@ -293,6 +292,7 @@ def run(args) -> dict:
         params, _ = load_weights(args.checkpoint, "transformer", model_cfg)
     _check_shapes(params, model_cfg, args.checkpoint)
     vae_cfg, vae_params = _vae(args, ckpt_config)
+    H, W = schedules.image_size(schedule, stride=int(vae_cfg.patch_size))
 
     mesh = None
     if jax.device_count() > 1:

@@ -11,38 +11,14 @@
 # --dry-run (or DRY_RUN=1) prints the command instead of running it.
 set -euo pipefail
 usage="usage: COORDINATOR=host:port NUM_NODES=N NODE_RANK=i $0 [--dry-run] CONFIG WORKDIR [--config.key=value ...]"
-die() { echo "$0: $*" >&2; echo "$usage" >&2; exit 2; }
 repo=$(cd "$(dirname "$0")/.." && pwd)
-dry=${DRY_RUN:-0} pos=() overrides=()
-for a in "$@"; do
-  case "$a" in
-    --dry-run) dry=1 ;;
-    -h|--help) echo "$usage"; exit 0 ;;
-    --config.*) overrides+=("$a") ;;
-    -*) die "unknown argument '$a' (overrides look like --config.key=value)" ;;
-    *) pos+=("$a") ;;
-  esac
-done
-[[ ${#pos[@]} -ge 1 ]] || die "missing CONFIG, e.g. configs/zoo.py:2b,mesh=h100x8-fsdp"
-[[ ${#pos[@]} -ge 2 ]] || die "missing WORKDIR (on a file system every node shares)"
-[[ ${#pos[@]} -eq 2 ]] || die "unexpected argument '${pos[2]}' after CONFIG WORKDIR"
-config=${pos[0]} workdir=${pos[1]}
-file=${config%%:*}
-[[ -f "$file" || -f "$repo/configs/$file.py" ]] ||
-  die "config file '$file' does not exist (from CONFIG '$config'; expected file.py[:arg] or a configs/ name)"
+source "$repo/launch/common.sh"
+parse_config_workdir "configs/zoo.py:2b,mesh=h100x8-fsdp" "on a file system every node shares" "$@"
 [[ ${COORDINATOR:-} =~ ^[^:]+:[0-9]+$ ]] || die "set COORDINATOR=host:port of node 0 (got '${COORDINATOR:-}')"
 [[ ${NUM_NODES:-} =~ ^[1-9][0-9]*$ ]] || die "set NUM_NODES to the number of nodes (got '${NUM_NODES:-}')"
 [[ ${NODE_RANK:-} =~ ^[0-9]+$ ]] && (( NODE_RANK < NUM_NODES )) ||
   die "set NODE_RANK to this node's index, 0 .. $((NUM_NODES - 1)) (got '${NODE_RANK:-}')"
 
-quote() {  # one word for a shell command line: as it is when safe, else in single quotes
-  if [[ $1 =~ ^[A-Za-z0-9_./:=,@%+~-]+$ ]]; then printf '%s' "$1"; else printf "'%s'" "${1//\'/\'\\\'\'}"; fi
-}
-show() {  # one line a shell can run again
-  local out="" a
-  for a in "$@"; do out+="$(quote "$a") "; done
-  echo "${out% }"
-}
 # Let XLA use most of the GPU memory.
 cmd=(env JAX_COORDINATOR_ADDRESS="$COORDINATOR" JAX_NUM_PROCESSES="$NUM_NODES" JAX_PROCESS_ID="$NODE_RANK"
      XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}"

@@ -15,7 +15,8 @@
 # --dry-run (or DRY_RUN=1) prints every command instead of running it.
 set -euo pipefail
 usage="usage: $0 --tpu NAME --zone ZONE --config CONFIG --workdir DIR [--project P] [--dry-run] [-- --config.key=value ...]"
-die() { echo "$0: $*" >&2; echo "$usage" >&2; exit 2; }
+repo=$(cd "$(dirname "$0")/.." && pwd)
+source "$repo/launch/common.sh"
 need() { [[ $# -ge 2 && -n $2 && $2 != --* ]] || die "$1 needs a value"; }
 tpu="" zone="" config="" workdir="" project="" dry=${DRY_RUN:-0} extra=()
 while [[ $# -gt 0 ]]; do
@@ -37,22 +38,12 @@ done
 for a in "${extra[@]}"; do
   [[ $a == --config.* ]] || die "unexpected override '$a' after --: overrides look like --config.key=value"
 done
-repo=$(cd "$(dirname "$0")/.." && pwd)
 file=${config%%:*}
 [[ -f "$repo/$file" || -f "$repo/configs/$file.py" ]] ||
   die "config '$file' is not a file of this checkout (from --config '$config'; e.g. configs/zoo.py:2b,mesh=v5p-128)"
 proj=()
 [[ -n "$project" ]] && proj=(--project "$project")
 
-quote() {  # one word for a shell command line: as it is when safe, else in single quotes
-  if [[ $1 =~ ^[A-Za-z0-9_./:=,@%+~-]+$ ]]; then printf '%s' "$1"; else printf "'%s'" "${1//\'/\'\\\'\'}"; fi
-}
-show() {  # one line a shell can run again
-  local out="" a
-  for a in "$@"; do out+="$(quote "$a") "; done
-  echo "${out% }"
-}
-run() { if [[ $dry == 1 ]]; then show "$@"; else "$@"; fi; }
 ssh_all() {
   run gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" "${proj[@]}" --worker=all --command "$1"
 }
