@@ -33,7 +33,7 @@ from configs import train_defaults
 
 MODELS = tuple(n for n in infinity_configs.NAMES if n != "tiny")
 ALIASES = {n.removeprefix("infinity_"): n for n in MODELS}
-VAES = tuple(n for n in bsq_vae.NAMES if n != "tiny")
+VAES = tuple(n for n in bsq_vae.NAMES if n not in ("tiny", "shapes"))  # the released tokenizers
 PIXEL_BUDGETS = tuple(schedules.PIXEL_BUDGETS)
 _OPTIONS = {"vae", "pn", "mesh", "scan", "remat", "dtype"}
 

@@ -126,7 +126,7 @@ OFFICIAL_PARAM_COUNTS = {"d16": 109_970_579, "d24": 110_044_315, "d32": 110_118_
                          "d64": 110_412_995, "tiny": 634_467}
 
 
-@pytest.mark.parametrize("name", bsq_vae.NAMES)
+@pytest.mark.parametrize("name", sorted(OFFICIAL_PARAM_COUNTS))
 def test_config_param_counts_match_official(name):
     cfg = bsq_vae.get_config(name)
     model = vae.from_config(cfg)
@@ -137,6 +137,13 @@ def test_config_param_counts_match_official(name):
     assert model.patch_size == 16 and model.z_channels == model.codebook_dim == cfg.codebook_dim
     if name == "tiny":
         assert load_fixture("tiny")["meta"]["params"]["vae"] == n
+
+
+def test_every_config_name_builds_and_the_demo_tokenizer_has_stride_4():
+    assert set(bsq_vae.NAMES) == set(OFFICIAL_PARAM_COUNTS) | {"shapes"}
+    model = vae.from_config(bsq_vae.get_config("shapes"))
+    assert (model.patch_size, model.codebook_dim) == (4, 8)
+    assert jax.tree.leaves(nn.unbox(vae.abstract_params(model)))
 
 
 def test_params_carry_logical_axes():
