@@ -12,9 +12,12 @@ transformer a few layers deep. Data comes from `infinity-jax data prepare --sour
 """
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
 from infinity_jax.config_util import parse_arg
+from infinity_jax.train.step import StepOptions
 
 from configs import infinity as infinity_configs
 from configs import tokenizer_shapes
@@ -82,14 +85,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     d.short_cap_prob = 0.0
     d.random_flip = False
 
-    # loss: official self-correction and CFG dropout
-    c.step = s = ml_collections.ConfigDict()
-    s.bsc_strength = 0.3
-    s.bsc_layers = 13
-    s.bsc_requant = True
-    s.cond_drop = 0.1
-    s.reweight_by_scale = True
-    s.label_smoothing = 0.0
+    # loss: official self-correction and CFG dropout (the StepOptions defaults)
+    c.step = ml_collections.ConfigDict(dataclasses.asdict(StepOptions()))
 
     c.sample = sp = ml_collections.ConfigDict()  # periodic sample grids of fixed prompts (0: off)
     sp.every = 2 if tiny else 500

@@ -21,10 +21,13 @@ train_defaults' (official code defaults); see DESIGN.md for where the official s
 """
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
 from infinity_jax import schedules
 from infinity_jax.config_util import parse_arg
+from infinity_jax.train.step import StepOptions
 
 from configs import bsq_vae
 from configs import infinity as infinity_configs
@@ -90,13 +93,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     d.random_flip = False
     d.num_threads = 8
 
-    c.step = s = ml_collections.ConfigDict()  # official train script (infinity_jax.train.step.StepOptions)
-    s.bsc_strength = 0.3
-    s.bsc_layers = 13
-    s.bsc_requant = True
-    s.cond_drop = 0.1
-    s.reweight_by_scale = True
-    s.label_smoothing = 0.0
+    # official train script defaults (self-correction, CFG text dropout, per-scale reweighting)
+    c.step = ml_collections.ConfigDict(dataclasses.asdict(StepOptions()))
 
     c.sample = sp = ml_collections.ConfigDict()  # periodic sample grids: off by default at these sizes
     sp.every = 0
