@@ -116,6 +116,8 @@ def evaluate_reconstructions(cfg, vae, vae_params, schedule, lpips_params=None, 
     decode_bits, their mean LPIPS when lpips_params are given, and (shapes data) the shapes
     evaluator on the uint8 reconstructions and the originals.
     grid_path: also save the first 16 originals beside their reconstructions there (PNG)."""
+    from infinity_jax.data import pipeline
+    from infinity_jax.eval import shapes as shapes_eval
     from infinity_jax.tokenizer import lpips
     from infinity_jax.train import tokenizer_step as ts
     recon_fn = jax.jit(lambda p, x: ts.reconstruct(vae, p, x, schedule))
@@ -128,14 +130,14 @@ def evaluate_reconstructions(cfg, vae, vae_params, schedule, lpips_params=None, 
         recons.append(np.asarray(recon_fn(vae_params, jnp.asarray(b["image"]))))
         captions.extend(str(c) for c in b["caption"])
         specs.extend(str(c) for c in b.get("spec", [""] * len(b["caption"])))
-    x = np.concatenate(originals)[:n].astype(np.float32) / 127.5 - 1.0
+    x = np.asarray(pipeline.to_float(np.concatenate(originals)[:n]))
     r = np.concatenate(recons)[:n]
     mse = float(np.mean((r - x) ** 2))
-    to_u8 = lambda a: np.clip(np.round((a + 1.0) * 127.5), 0, 255).astype(np.uint8)  # noqa: E731
+    x_u8, r_u8 = shapes_eval.to_uint8(x), shapes_eval.to_uint8(r)
     if grid_path:
         from infinity_jax import plots
         k = min(16, n)
-        pairs = np.stack([to_u8(x[:k]), to_u8(r[:k])], axis=1).reshape(2 * k, *x.shape[1:])
+        pairs = np.stack([x_u8[:k], r_u8[:k]], axis=1).reshape(2 * k, *x_u8.shape[1:])
         labels = [t for c in captions[:k] for t in (c, "reconstruction")]
         plots.captioned_grid(pairs, labels).save(grid_path)
     out = {"recon": {"images": int(len(x)), "mse": mse, "psnr": float(10 * np.log10(4.0 / max(mse, 1e-10))),
@@ -146,10 +148,9 @@ def evaluate_reconstructions(cfg, vae, vae_params, schedule, lpips_params=None, 
         d = [np.asarray(dist(lpips_params, r[i:i + bs], x[i:i + bs])) for i in range(0, len(x), bs)]
         out["recon"]["lpips"] = float(np.mean(np.concatenate(d)))
     if all(specs[:n]):  # the shapes dataset (its examples carry a spec): score prompt adherence too
-        from infinity_jax.eval import shapes as shapes_eval
         try:
-            out["shapes_eval"] = {"reconstructions": shapes_eval.evaluate(to_u8(r), captions[:n]),
-                                  "originals": shapes_eval.evaluate(to_u8(x), captions[:n])}
+            out["shapes_eval"] = {"reconstructions": shapes_eval.evaluate(r_u8, captions[:n]),
+                                  "originals": shapes_eval.evaluate(x_u8, captions[:n])}
         except ValueError as e:  # captions that are not the shapes grammar: no score
             log.warning("shapes evaluator skipped: %s", e)
     return out
