@@ -79,6 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # data: built by `infinity-jax data prepare --source shapes --image-size 32 --out data/shapes`
     c.data = d = ml_collections.ConfigDict()
     d.path = "data/shapes"
+    d.latent_cache = ""     # a folder: encode the data once with the frozen VAE, train on the latents
     d.image_size = tok.data.image_size
     d.worker_count = 0
     d.num_threads = 2

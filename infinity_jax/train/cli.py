@@ -122,13 +122,47 @@ class ArrayBatches:
         self._it.set_state(state)
 
 
-def build_data(cfg, tokenizer, *, seed_offset: int = 0):
+def data_config(cfg, *, seed_offset: int = 0):
+    """cfg.data as a pipeline DataConfig for this host (per-host batch, seed + offset)."""
     from infinity_jax.data import pipeline
     d = dict(cfg.data.to_dict())
-    d.pop("h_div_w", None)
+    for key in ("h_div_w", "latent_cache"):  # schedule / trainer settings, not the pipeline's
+        d.pop(key, None)
     d["batch_size"] = cfg.train.global_batch // jax.process_count()
     d["seed"] = int(d.get("seed", cfg.seed)) + seed_offset
-    return ArrayBatches(iter(pipeline.make_dataset(pipeline.DataConfig.from_dict(d), tokenizer=tokenizer)))
+    return pipeline.DataConfig.from_dict(d)
+
+
+def build_data(cfg, tokenizer, *, seed_offset: int = 0):
+    from infinity_jax.data import pipeline
+    return ArrayBatches(iter(pipeline.make_dataset(data_config(cfg, seed_offset=seed_offset), tokenizer=tokenizer)))
+
+
+def build_cached_data(cfg, vae, vae_cfg, vae_params, tokenizer):
+    """Batches of precomputed latents (data.latent_cache, built on first use; see data/latent_cache.py)."""
+    from infinity_jax.data import latent_cache
+    from infinity_jax.data.pipeline import to_float
+    dcfg = data_config(cfg)
+    encode = jax.jit(lambda p, x: vae.apply({"params": p}, to_float(x), method="encode"))
+    vae_file = str(cfg.vae.get("params", ""))
+    fingerprint = {"vae_config": config_util.to_json(vae_cfg),
+                   "vae_params": _file_digest(vae_file) if vae_file else f"random, seed {cfg.seed + 7}",
+                   "data": {k: str(v) for k, v in dcfg.__dict__.items()
+                            if k in ("path", "split", "pn", "image_size", "short_cap_prob")},
+                   "text": {"tokenizer": str(cfg.text.tokenizer), "max_length": int(cfg.text.max_length),
+                            "folder": str(cfg.text.get("folder", ""))}}
+    arrays = latent_cache.ensure(str(cfg.data.latent_cache), dcfg, lambda x: encode(vae_params, x), tokenizer,
+                                 fingerprint)
+    return latent_cache.CachedBatches(arrays, dcfg.batch_size, dcfg.seed)
+
+
+def _file_digest(path: str) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return f"sha256:{h.hexdigest()}"
 
 
 def sample_grid_hook(cfg, mcfg, schedule, vae, t5_cfg, tokenizer, mesh):
@@ -181,7 +215,10 @@ def run(cfg, workdir: str) -> dict:
     n_params = T.count_params(mcfg)
     flops_example = step_lib.train_flops_per_example(n_params, schedule, depth=mcfg.depth, embed_dim=mcfg.embed_dim,
                                                      text_len=int(cfg.text.max_length))
-    data = build_data(cfg, tokenizer)
+    if cfg.data.get("latent_cache"):
+        data = build_cached_data(cfg, vae, vcfg, vae_params, tokenizer)
+    else:
+        data = build_data(cfg, tokenizer)
     mesh = loop.build_mesh(cfg)
     hooks = []
     if cfg.get("sample") and int(cfg.sample.get("every", 0)) > 0 and cfg.sample.prompts:
