@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "export-torch": ("infinity_jax.convert.export", "main", "a training run -> official PyTorch state dicts (strict-loadable)"),
     "import-torch": ("infinity_jax.convert.import_torch", "main",
                      "official PyTorch state dicts -> a checkpoint folder that sample/export-torch read"),
+    "pretrain-text": ("infinity_jax.text.pretrain", "main",
+                      "pretrain a small T5 encoder on a dataset's captions (offline stand-in for Flan-T5)"),
     "train-tokenizer": ("infinity_jax.train.tokenizer_cli", "main", "train the BSQ-VAE tokenizer (resumes from --workdir; saves vae_params.npz)"),
 }
 
