@@ -2,11 +2,13 @@
 
 Stages (each resumable: rerunning the command skips finished stages and resumes the others):
   1. data        the synthetic shapes dataset (32x32 by default, GenEval-style captions) -> WORKDIR/data
-  2. tokenizer   a BSQ-VAE trained on it (configs/tokenizer_shapes.py) -> WORKDIR/tokenizer
-  3. transformer Infinity with bitwise self-correction and CFG dropout (configs/shapes.py), on
-                 the trained tokenizer -> WORKDIR/transformer
-  4. sample      held-out prompts (a dataset seed never trained on), CFG -> WORKDIR/samples
-  5. evaluate    prompt adherence with the shapes evaluator (infinity-jax eval shapes), of the
+  2. text       a small byte-level T5 pretrained on the training captions (text/pretrain.py: the
+                 offline stand-in for Flan-T5; --text-steps 0 keeps a random one) -> WORKDIR/text_encoder
+  3. tokenizer   a BSQ-VAE trained on it (configs/tokenizer_shapes.py) -> WORKDIR/tokenizer
+  4. transformer Infinity with bitwise self-correction and CFG dropout (configs/shapes.py), on
+                 the trained tokenizer and the frozen text encoder -> WORKDIR/transformer
+  5. sample      held-out prompts (a dataset seed never trained on), CFG -> WORKDIR/samples
+  6. evaluate    prompt adherence with the shapes evaluator (infinity-jax eval shapes), of the
                  samples and of tokenizer reconstructions; report -> WORKDIR/report:
                  samples.png (prompt under each image), reconstructions.png, loss_curves.png,
                  scores.json, summary.txt
@@ -110,7 +112,15 @@ def run(args) -> dict:
     args.image_size = int(tok_cfg.data.image_size)
     sources.prepare("shapes", data_dir, num_examples=args.num_examples, image_size=args.image_size, seed=0)
 
-    # 2. tokenizer
+    # 2. text encoder, pretrained on the training captions and then frozen (as Flan-T5 is)
+    text_over, text_report = [], None
+    if args.text_steps > 0:
+        _stage_header("text encoder")
+        text_dir = os.path.join(args.workdir, "text_encoder")
+        text_report = pretrain_text_encoder(args, data_dir, text_dir)
+        text_over = [f"text.folder={text_dir!r}"]
+
+    # 3. tokenizer
     tok_dir = os.path.join(args.workdir, "tokenizer")
     _stage_header("tokenizer", args.minutes * SHARES["tokenizer"])
     steps = plan_steps(args, "tokenizer", tokenizer_cli.run, tok_cfg, tok_dir, plan)
@@ -118,9 +128,9 @@ def run(args) -> dict:
     tok_final_path = os.path.join(tok_dir, tokenizer_cli.FINAL_FILE)
     tok = _load_json(tok_final_path) if os.path.exists(tok_final_path) else tokenizer_cli.run(tok_cfg, tok_dir)
 
-    # 3. transformer on the trained tokenizer
+    # 4. transformer on the trained tokenizer
     gpt_dir = os.path.join(args.workdir, "transformer")
-    gpt_cfg = config_util.load_config(f"shapes:{args.model_arg}", data_over + [
+    gpt_cfg = config_util.load_config(f"shapes:{args.model_arg}", data_over + text_over + [
         f"vae.config={tok['vae_config']!r}", f"vae.params={tok['vae_params']!r}", "vae.overrides=()",
         f"schedule={tok['config']['schedule']!r}", f"data.image_size={args.image_size}"])
     _stage_header("transformer", args.minutes * SHARES["transformer"])
@@ -129,12 +139,12 @@ def run(args) -> dict:
     gpt_final_path = os.path.join(gpt_dir, "final.json")
     gpt = _load_json(gpt_final_path) if os.path.exists(gpt_final_path) else train_cli.run(gpt_cfg, gpt_dir)
 
-    # 4. sample held-out prompts
+    # 5. sample held-out prompts
     _stage_header("sample")
     captions, truth = held_out_prompts(args.num_prompts, args.image_size)
     images = sample_prompts(args, gpt_dir, captions)
 
-    # 5. evaluate and report
+    # 6. evaluate and report
     _stage_header("evaluate")
     from infinity_jax.eval import shapes as shapes_eval
     scores = {"samples": shapes_eval.evaluate(images, captions),
@@ -142,10 +152,30 @@ def run(args) -> dict:
               "tokenizer_reconstructions": tok.get("shapes_eval", {}).get("reconstructions"),
               "tokenizer_recon": tok.get("recon"),
               "chance_reference": chance_scores(args, captions),
+              "text_pretrain": text_report,
               "tokenizer_steps": tok["step"], "transformer_steps": gpt["step"],
               "transformer_val_loss": gpt.get("val_loss"), "minutes": (time.perf_counter() - t_start) / 60}
     report(args, scores, images, captions, tok_dir, gpt_dir)
     return scores
+
+
+def pretrain_text_encoder(args, data_dir: str, text_dir: str) -> dict:
+    """The text stage: the transformer config's T5 (preset, width, text length) pretrained on the
+    dataset's captions, saved as a Hugging Face folder; an existing folder is reused (resume)."""
+    from infinity_jax.text import pretrain
+    from infinity_jax.text.t5 import T5Config
+    report_path = os.path.join(text_dir, "pretrain.json")
+    if os.path.exists(report_path):
+        return _load_json(report_path)
+    text = config_util.load_config(f"shapes:{args.model_arg}").text
+    config = T5Config.preset(str(text.preset), d_model=int(text.d_model))
+    captions = pretrain.dataset_captions(data_dir)
+    params, report = pretrain.pretrain(captions, config, steps=args.text_steps, max_length=int(text.max_length),
+                                       seed=int(text.seed))
+    pretrain.save(text_dir, config, params, report)
+    print(f"[demo] text encoder: {len(captions)} captions, {args.text_steps} steps, "
+          f"{report['seconds']:.0f} s", file=sys.stderr)
+    return report
 
 
 def sample_prompts(args, gpt_dir: str, captions: list[str]) -> np.ndarray:
@@ -191,6 +221,9 @@ def report(args, scores, images, captions, tok_dir, gpt_dir):
     _write_json(os.path.join(folder, "scores.json"), scores)
     s = scores["samples"]
     lines = [f"infinity-jax demo: {scores['minutes']:.1f} min on {os.cpu_count()} CPU core(s)",
+             "text encoder: " + (f"pretrained {scores['text_pretrain']['steps']} steps on "
+                                 f"{scores['text_pretrain']['captions']} captions, then frozen"
+                                 if scores.get("text_pretrain") else "random, frozen"),
              f"tokenizer: {scores['tokenizer_steps']} steps; recon {json.dumps(scores['tokenizer_recon'])}",
              f"tokenizer reconstructions, shapes evaluator overall: "
              f"{(scores['tokenizer_reconstructions'] or {}).get('overall')}",
@@ -216,9 +249,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--tokenizer-arg", default="",
                     help="configs/tokenizer_shapes.py argument (sets the image size), e.g. size=64,stride=8")
     ap.add_argument("--model-arg", default="", help="configs/shapes.py argument, e.g. layers=4,width=128")
-    ap.add_argument("--cfg", type=float, default=3.0)
-    ap.add_argument("--tau", type=float, default=1.0)
+    ap.add_argument("--cfg", default="3", help="CFG scale: a number or one per scale 'a,b,...'")
+    ap.add_argument("--tau", default="1", help="sampling temperature: a number or one per scale 'a,b,...'")
     ap.add_argument("--top-p", type=float, default=0.97)
+    ap.add_argument("--text-steps", type=int, default=400,
+                    help="pretraining steps of the text encoder on the captions; 0: a random frozen T5")
     ap.add_argument("--tokenizer-steps", type=int, default=None, help="train the tokenizer this many steps "
                     "(default: as many as fit its share of --minutes)")
     ap.add_argument("--transformer-steps", type=int, default=None, help="likewise for the transformer")

@@ -45,13 +45,14 @@ def test_short_demo_runs_every_stage_and_beats_chance(tmp_path, capsys):
     from infinity_jax.data import shapes
     workdir = tmp_path / "demo"
     demo.main(["--workdir", str(workdir), "--num-examples", "500", "--num-prompts", "12",
-               "--tokenizer-arg", "tiny", "--model-arg", "tiny", "--tokenizer-steps", "100",
+               "--tokenizer-arg", "tiny", "--model-arg", "tiny", "--text-steps", "20", "--tokenizer-steps", "100",
                "--transformer-steps", "60"])
     report = workdir / "report"
     for name in ("samples.png", "reconstructions.png", "loss_curves.png", "scores.json", "summary.txt"):
         assert (report / name).is_file(), name
     scores = json.load(open(report / "scores.json"))
     assert scores["tokenizer_steps"] == 100 and scores["transformer_steps"] == 60
+    assert scores["text_pretrain"]["steps"] == 20 and (workdir / "text_encoder" / "model.safetensors").is_file()
     assert scores["ground_truth"]["overall"] == 1.0
     _, truth = demo.held_out_prompts(64, 32)
     x = np.stack(truth).astype(np.float32) / 127.5 - 1

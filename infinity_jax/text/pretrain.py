@@ -5,15 +5,19 @@
 The official model freezes a T5 pretrained on a web corpus, whose features know word order. With
 nothing to download, a *random* byte-level T5 is close to a bag of bytes: its relative position
 biases start near zero, so attention is near uniform and each row is its own byte embedding plus
-a blur of the rest (measured on the shapes captions: swapping the two colours of "a red circle and
-a blue square" moves the set of feature rows by ~1% of their spread). A transformer reading such
-features cannot tell which colour goes with which shape, or which shape is left of the other.
+a blur of the rest. A transformer reading such features cannot tell which colour goes with which
+shape, or which shape is left of the other.
 
 The objective here makes every row say what is around it: from the encoder row at byte j, small
 heads predict the bytes at j + o for offsets o in [-window, window] (a few random offsets per
-step). A row can only know its neighbours if attention moves them there, so after a minute the
-row of "circle" in "a red circle left of a square" carries "red" before it and "left of" after
-it. The heads are thrown away; the encoder is saved as a Hugging Face folder (config.json +
+step). A row can only know its neighbours if attention moves them there. Adam moves each weight
+by about lr per step, and sharp local attention needs relative-bias entries several units apart,
+so the bias table learns at `bias_lr_mult` x lr (at 1x the heads stay near uniform and the rows
+stay a bag of bytes). Measured on the shapes captions (d_model 128, 300 steps, ~1 min on 2 cores):
+the distance between the feature-row sets of word-swapped captions ("a red circle and a blue
+square" / "a blue circle and a red square", "a triangle left of a circle" / "a circle left of a
+triangle"), over the typical distance between unrelated captions, goes from 0.05-0.07 (random
+init) to 0.17-0.46. The heads are thrown away; the encoder is saved as a Hugging Face folder (config.json +
 model.safetensors) that `text.folder` loads frozen, exactly like a downloaded Flan-T5.
 """
 from __future__ import annotations
