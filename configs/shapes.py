@@ -36,7 +36,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t.compute_dtype = "float32"
     t.log_every = 1 if tiny else 25
     t.hook_every = 1000
-    c.optim.base_lr = 1e-3 * 256 / t.global_batch  # peak lr = base_lr * global_batch / 256 = 1e-3
+    # peak lr = base_lr * global_batch / 256 = 3e-3 (demo, 1,700 steps: held-out bit loss 0.4065 vs
+    # 0.4117 at 1e-3; prompt adherence the same within its noise)
+    c.optim.base_lr = 3e-3 * 256 / t.global_batch
     c.optim.warmup_steps = 2 if tiny else 100
     c.optim.final_frac = 0.1
     c.optim.weight_decay = 0.005

@@ -154,7 +154,9 @@ def run(args) -> dict:
               "chance_reference": chance_scores(args, captions),
               "text_pretrain": text_report,
               "tokenizer_steps": tok["step"], "transformer_steps": gpt["step"],
-              "transformer_val_loss": gpt.get("val_loss"), "minutes": (time.perf_counter() - t_start) / 60}
+              "transformer_val_loss": gpt.get("val_loss"),
+              "transformer_val_loss_other_text": gpt.get("val_loss_other_text"),
+              "minutes": (time.perf_counter() - t_start) / 60}
     report(args, scores, images, captions, tok_dir, gpt_dir)
     return scores
 
@@ -227,7 +229,8 @@ def report(args, scores, images, captions, tok_dir, gpt_dir):
              f"tokenizer: {scores['tokenizer_steps']} steps; recon {json.dumps(scores['tokenizer_recon'])}",
              f"tokenizer reconstructions, shapes evaluator overall: "
              f"{(scores['tokenizer_reconstructions'] or {}).get('overall')}",
-             f"transformer: {scores['transformer_steps']} steps; val loss {scores['transformer_val_loss']}",
+             f"transformer: {scores['transformer_steps']} steps; held-out bit loss {scores['transformer_val_loss']:.4f}, "
+             f"with other prompts' captions {scores['transformer_val_loss_other_text']:.4f}",
              f"held-out prompts ({len(captions)}), prompt adherence (GenEval-style):",
              *[f"  {k:14s} {v:.3f}" for k, v in s.items()],
              f"chance (images of other prompts) overall: {scores['chance_reference']['overall']:.3f}; "

@@ -29,6 +29,7 @@ def test_train_command_trains_resumes_and_reports(shapes_data, tmp_path, monkeyp
         final = json.load(f)
     assert final["step"] == 4 and final["stopped"] == "done"
     assert 0.3 < final["val_loss"] < 1.0 and 0.3 < final["train_loss"] < 1.0  # bit CE near log 2 at the start
+    assert 0.3 < final["val_loss_other_text"] < 1.0 and final["val_loss_other_text"] != final["val_loss"]
     assert final["params"] > 0 and final["flops_total"] > 0 and final["tokens_total"] == 85 * 8 * 4  # scales 1,2,4,8
     rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
     logged = {k for r in rows for k in r}

@@ -5,7 +5,8 @@ the frozen BSQ-VAE and T5 text encoder (arguments of the jitted step, sharded by
 axes), the transformer, and runs infinity_jax.train.loop.run_training. Rerunning the same command
 resumes from DIR/checkpoints. At the end it computes a validation loss on held-out batches
 (teacher forcing, no flips, no text dropout) and writes DIR/final.json atomically:
-  {"step", "train_loss", "val_loss", "params", "flops_total", "tokens_total", "config"}.
+  {"step", "train_loss", "val_loss", "val_loss_other_text", "params", "flops_total", "tokens_total", "config"}
+(val_loss_other_text: the validation images with the captions of other examples).
 Every cfg.sample.every steps a grid of cfg.sample.prompts goes to DIR/samples/step_XXXXXXX.png.
 Multi-host: jax.distributed is initialised from the environment (TPU auto-detect, or
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID); only process 0 writes files.
@@ -238,9 +239,15 @@ def run(cfg, workdir: str) -> dict:
                                    vae=vae, text_encoder=functools.partial(encode_tokens, t5_cfg))
     val_step = jax.jit(lambda p, b, f: val_fn(p, b, jax.random.key(0), f)[0])
     val_data = build_data(cfg, tokenizer, seed_offset=1)
-    losses = [float(val_step(result.state.params, jax.tree.map(jnp.asarray, next(val_data)), result.state.frozen))
-              for _ in range(int(cfg.eval.val_batches))]
+    losses, other_text = [], []
+    for _ in range(int(cfg.eval.val_batches)):
+        batch = jax.tree.map(jnp.asarray, next(val_data))
+        losses.append(float(val_step(result.state.params, batch, result.state.frozen)))
+        # the same images with the captions of other examples: the gap is what the model reads from the text
+        shifted = dict(batch, tokens=jnp.roll(batch["tokens"], 1, 0), token_mask=jnp.roll(batch["token_mask"], 1, 0))
+        other_text.append(float(val_step(result.state.params, shifted, result.state.frozen)))
     final["val_loss"] = float(np.mean(losses))
+    final["val_loss_other_text"] = float(np.mean(other_text))
     if jax.process_index() == 0:
         from infinity_jax.convert.common import atomic_write
         atomic_write(os.path.join(workdir, "final.json"),
