@@ -221,7 +221,9 @@ def test_length_buckets_change_nothing_but_shape():
     assert alone.shape[1] == 16 and with_long.shape[1] == 64
     n = int(m1.sum())
     assert n == 11 and int(m2[0].sum()) == n
-    assert np.abs(np.asarray(alone[0, :n]) - np.asarray(with_long[0, :n])).max() < 1e-6
+    # equal up to fp32 rounding: the padded length changes the order of the softmax sums (measured
+    # 1.5e-6 on features of size ~2 on one machine, 0 on another)
+    assert np.abs(np.asarray(alone[0, :n]) - np.asarray(with_long[0, :n])).max() < 1e-5
 
 
 def test_cache_serves_repeated_prompts_with_the_same_features():
