@@ -1,6 +1,6 @@
 """Precomputed latents (data/latent_cache.py): the cache holds the encoder output of every example of
 one epoch, batches visit each example once per epoch and resume exactly, a cache built from other
-settings is refused, and `infinity-jax train` with data.latent_cache trains on it."""
+settings is refused, and the trainer's data (cli.build_cached_data) reads the frozen VAE's latents from it."""
 import json
 import os
 
@@ -78,16 +78,16 @@ def test_settings_drawn_per_epoch_are_refused():
         latent_cache.check_cacheable(pipeline.DataConfig(path="x", batch_size=1, short_cap_prob=0.5))
 
 
-def test_train_command_trains_on_a_latent_cache(shapes_data, tmp_path):
+def test_trainer_data_reads_the_frozen_vae_encoding_from_the_cache(shapes_data, tmp_path):
+    """cli.build_cached_data (what `infinity-jax train` uses with data.latent_cache): the cache holds
+    the frozen VAE's encoding of the pipeline's images, and another VAE cannot reuse it."""
     cache = str(tmp_path / "cache")
-    cfg = config_util.load_config("shapes:tiny", [f"data.path={shapes_data!r}", f"data.latent_cache={cache!r}",
-                                                  "train.total_steps=2", "optim.warmup_steps=1", "checkpoint.every=2",
-                                                  "sample.every=0"])
-    final = cli.run(cfg, str(tmp_path / "run"))
-    assert final["step"] == 2 and 0.3 < final["train_loss"] < 1.0
-    assert os.path.exists(os.path.join(cache, "shard-0-of-1", "latent.npy"))
-    # the cache holds the frozen VAE's encoding of the pipeline's images
-    vae, _, vae_params = cli.build_vae(cfg)
+    cfg = config_util.load_config("shapes:tiny", [f"data.path={shapes_data!r}", f"data.latent_cache={cache!r}"])
+    vae, vae_cfg, vae_params = cli.build_vae(cfg)
+    _, _, tokenizer = cli.build_text(cfg)
+    batches = cli.build_cached_data(cfg, vae, vae_cfg, vae_params, tokenizer)
+    batch = next(batches)
+    assert batch["latent"].shape == (8, 8, 8, 8) and batch["tokens"].shape[0] == 8
     arrays = latent_cache.load(cache, json.load(open(os.path.join(cache, "shard-0-of-1", "meta.json")))["fingerprint"],
                                (0, 1))
     first = next(iter(pipeline.make_dataset(pipeline.DataConfig(path=shapes_data, batch_size=8, image_size=32,
@@ -95,7 +95,8 @@ def test_train_command_trains_on_a_latent_cache(shapes_data, tmp_path):
                                             shard=(0, 1))))
     want = vae.apply({"params": vae_params}, pipeline.to_float(first["image"]), method="encode")
     np.testing.assert_allclose(arrays["latent"][:8], np.asarray(want), atol=1e-5)
-    # another VAE (bits) cannot reuse this cache
+    # another VAE (other random weights) cannot reuse this cache
     other = config_util.apply_overrides(cfg, ["seed=3"])
+    vae, vae_cfg, vae_params = cli.build_vae(other)
     with pytest.raises(ValueError, match="vae_params"):
-        cli.run(other, str(tmp_path / "run2"))
+        cli.build_cached_data(other, vae, vae_cfg, vae_params, tokenizer)
