@@ -31,7 +31,7 @@ def test_captioned_grid_and_line_plots_draw():
         plots.captioned_grid(imgs, ["x"])
 
 
-def test_short_demo_runs_every_stage_and_beats_chance(tmp_path, capsys):
+def test_short_demo_runs_every_stage_and_writes_its_report(tmp_path, capsys):
     """The CI-sized demo: tiny tokenizer and transformer, fixed step counts (no calibration).
 
     What a one-minute run can honestly show: every stage completes and writes its report; the
