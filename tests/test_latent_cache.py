@@ -38,7 +38,7 @@ def test_cache_holds_one_epoch_of_encoded_images_and_tokens(shapes_data, tmp_pat
     # a second ensure loads, it does not rebuild (the encoder is not called)
     again = latent_cache.ensure(str(tmp_path / "c"), dcfg, None, tok, {"vae": "pool"}, shard=(0, 1))
     np.testing.assert_array_equal(again["latent"], arrays["latent"])
-    assert [p for p in os.listdir(tmp_path / "c") if p.startswith(".tmp")] == []
+    assert [p for p in os.listdir(tmp_path / "c") if p.startswith(".")] == []
     with pytest.raises(ValueError, match="vae: cache 'pool', now 'other'"):
         latent_cache.load(str(tmp_path / "c"), {"vae": "other"}, (0, 1))
 

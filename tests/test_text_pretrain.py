@@ -60,7 +60,7 @@ def test_pretrain_text_command_writes_a_loadable_folder(tmp_path):
     assert cli.main(["pretrain-text", "--data", data, "--out", out, "--steps", "3", "--d-model", "32",
                      "--batch-size", "4"]) == 0
     assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "pretrain.json"]
-    assert [p for p in os.listdir(tmp_path) if p.startswith(".tmp")] == []
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
     assert json.load(open(os.path.join(out, "pretrain.json")))["steps"] == 3
     enc = TextEncoder.from_pretrained(out, tokenizer="bytes", max_length=32)
     assert enc.config.d_model == 32 and enc.config.vocab_size == 384

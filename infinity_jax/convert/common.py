@@ -7,8 +7,10 @@ transposes and exact casts: a round trip is bit-identical).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import tempfile
 from typing import Any, Callable, Iterable, Mapping
 
@@ -126,6 +128,34 @@ def atomic_write(path: str, write: Callable[[Any], None]) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str):
+    """Yields a new temp folder beside `path` to fill; when the block ends without error it is renamed
+    to `path` (an existing folder there is replaced only then), otherwise it is removed."""
+    path = os.path.abspath(path)
+    parent, base = os.path.dirname(path), os.path.basename(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.tmp-")
+    try:
+        os.chmod(tmp, default_mode(folder=True))
+        yield tmp
+        _move_into_place(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _move_into_place(tmp: str, out: str) -> None:
+    """Renames the finished temporary folder to `out`, replacing an old one (kept aside until then)."""
+    if not os.path.isdir(out):
+        os.rename(tmp, out)
+        return
+    trash = tempfile.mkdtemp(dir=os.path.dirname(out), prefix=f".{os.path.basename(out)}.old-")
+    os.rename(out, os.path.join(trash, "old"))
+    os.rename(tmp, out)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def save_params(params: Mapping[str, Any], path: str) -> None:

@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import sys
-import tempfile
 
 import numpy as np
 
@@ -137,17 +135,6 @@ def _refuse_existing(out: str, overwrite: bool) -> None:
         raise ValueError(f"--out {out!r} exists and is not empty: pass --overwrite to replace it")
 
 
-def _move_into_place(tmp: str, out: str) -> None:
-    """Renames the finished temporary folder to `out`, replacing an old one (kept aside until then)."""
-    if not os.path.isdir(out):
-        os.rename(tmp, out)
-        return
-    trash = tempfile.mkdtemp(dir=os.path.dirname(out), prefix=f".{os.path.basename(out)}.old-")
-    os.rename(out, os.path.join(trash, "old"))
-    os.rename(tmp, out)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
 def _write(folder: str, params, config, step: int, vae_params=None, vae_cfg=None) -> None:
     import jax
     from infinity_jax import config_util
@@ -219,16 +206,8 @@ def import_weights(transformer: str, out: str, *, config: str, vae: str | None =
     saved["source"] = {"transformer": os.path.abspath(transformer), "vae": os.path.abspath(vae) if vae else "",
                        "config": config, "vae_config": summary.get("vae", {}).get("config", "")}
 
-    parent, base = os.path.dirname(out), os.path.basename(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.tmp-")
-    try:
-        os.chmod(tmp, common.default_mode(folder=True))
+    with common.atomic_folder(out) as tmp:
         _write(tmp, params, ml_collections.ConfigDict(saved), step, vae_params, vae_cfg)
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     summary["schedule"], summary["text"] = saved["schedule"], saved.get("text")
     return summary
 

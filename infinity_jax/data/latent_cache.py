@@ -22,13 +22,12 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from infinity_jax.convert.common import atomic_folder
 from infinity_jax.data import pipeline
 
 log = logging.getLogger(__name__)
@@ -72,18 +71,12 @@ def build(folder: str, cfg: pipeline.DataConfig, encode: Callable[[np.ndarray], 
                      (total - i) / rate)
     if not parts["latent"]:
         raise ValueError(f"latent cache: dataset {cfg.path} gave no batches of {cfg.batch_size}")
-    os.makedirs(folder, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=folder, prefix=".tmp-")
-    try:
+    with atomic_folder(out) as tmp:
         for k, v in parts.items():
             np.save(os.path.join(tmp, f"{k}.npy"), np.concatenate(v))
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             json.dump({"fingerprint": dict(fingerprint), "examples": int(sum(len(v) for v in parts["latent"])),
                        "seconds": time.perf_counter() - t0}, f, indent=1)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("latent cache %s: %d examples in %.0f s", out, sum(len(v) for v in parts["latent"]),
              time.perf_counter() - t0)
     return out

@@ -26,9 +26,7 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
 from typing import Sequence
 
@@ -136,20 +134,12 @@ def dataset_captions(path: str, split: str = "train", limit: int | None = None) 
 
 def save(folder: str, config: T5Config, encoder_params, report: dict) -> None:
     """The encoder as a Hugging Face folder, built beside `folder` and renamed into place."""
+    from infinity_jax.convert.common import atomic_folder
     from infinity_jax.convert.t5 import save_t5
-    parent = os.path.dirname(os.path.abspath(folder))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-")
-    try:
+    with atomic_folder(folder) as tmp:
         save_t5(tmp, config, encoder_params)
         with open(os.path.join(tmp, "pretrain.json"), "w") as f:
             json.dump(report, f, indent=1)
-        if os.path.exists(folder):
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def main(argv: list[str]) -> int:
