@@ -145,9 +145,7 @@ def build_cached_data(cfg, vae, vae_cfg, vae_params, tokenizer):
     from infinity_jax.data.pipeline import to_float
     dcfg = data_config(cfg)
     encode = jax.jit(lambda p, x: vae.apply({"params": p}, to_float(x), method="encode"))
-    vae_file = str(cfg.vae.get("params", ""))
-    fingerprint = {"vae_config": config_util.to_json(vae_cfg),
-                   "vae_params": _file_digest(vae_file) if vae_file else f"random, seed {cfg.seed + 7}",
+    fingerprint = {"vae_config": config_util.to_json(vae_cfg), "vae_params": _params_digest(vae_params),
                    "data": {k: str(v) for k, v in dcfg.__dict__.items()
                             if k in ("path", "split", "pn", "image_size", "short_cap_prob")},
                    "text": {"tokenizer": str(cfg.text.tokenizer), "max_length": int(cfg.text.max_length),
@@ -157,12 +155,14 @@ def build_cached_data(cfg, vae, vae_cfg, vae_params, tokenizer):
     return latent_cache.CachedBatches(arrays, dcfg.batch_size, dcfg.seed)
 
 
-def _file_digest(path: str) -> str:
+def _params_digest(params) -> str:
+    """sha256 over the params' names and values: the same for the same weights, however they were loaded."""
     import hashlib
+    from infinity_jax.convert import common
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    for name, value in sorted(common.flatten(params).items()):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(common.as_numpy(value)).tobytes())
     return f"sha256:{h.hexdigest()}"
 
 
