@@ -171,11 +171,9 @@ def pretrain_text_encoder(args, data_dir: str, text_dir: str) -> dict:
         return _load_json(report_path)
     text = config_util.load_config(f"shapes:{args.model_arg}").text
     config = T5Config.preset(str(text.preset), d_model=int(text.d_model))
-    captions = pretrain.dataset_captions(data_dir)
-    params, report = pretrain.pretrain(captions, config, steps=args.text_steps, max_length=int(text.max_length),
-                                       seed=int(text.seed))
-    pretrain.save(text_dir, config, params, report)
-    print(f"[demo] text encoder: {len(captions)} captions, {args.text_steps} steps, "
+    report = pretrain.pretrain_dataset(data_dir, text_dir, config, steps=args.text_steps,
+                                       max_length=int(text.max_length), seed=int(text.seed))
+    print(f"[demo] text encoder: {report['captions']} captions, {args.text_steps} steps, "
           f"{report['seconds']:.0f} s", file=sys.stderr)
     return report
 

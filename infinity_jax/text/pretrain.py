@@ -142,6 +142,15 @@ def save(folder: str, config: T5Config, encoder_params, report: dict) -> None:
             json.dump(report, f, indent=1)
 
 
+def pretrain_dataset(data: str, out: str, config: T5Config, **kwargs) -> dict:
+    """pretrain() on the distinct captions of dataset `data`, saved to folder `out`; returns the report."""
+    captions = dataset_captions(data)
+    log.info("pretrain-text: %d distinct captions from %s", len(captions), data)
+    params, report = pretrain(captions, config, **kwargs)
+    save(out, config, params, report)
+    return report
+
+
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     ap = argparse.ArgumentParser(prog="infinity-jax pretrain-text", description=__doc__.split("\n")[0])
@@ -157,11 +166,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     config = T5Config.preset(args.preset, **({} if args.d_model is None else {"d_model": args.d_model}))
-    captions = dataset_captions(args.data)
-    log.info("pretrain-text: %d distinct captions from %s", len(captions), args.data)
-    params, report = pretrain(captions, config, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+    report = pretrain_dataset(args.data, args.out, config, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                               max_length=args.max_length, window=args.window, seed=args.seed)
-    save(args.out, config, params, report)
     print(json.dumps(report))
     return 0
 
