@@ -84,6 +84,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     o.gamma0 = 1.0
     o.gamma = 1.0
     o.zeta = 1.0
+    o.prefix_weight = 0.0
     o.perceptual_weight = 0.0       # > 0: + weight * LPIPS(recon, image) (VGG16; taming's VQGAN uses 1.0)
     # local files (nothing is downloaded): 'vgg16-397923af.pth,vgg.pth' (torchvision's VGG16, then the
     # lpips package's weights/v0.1/vgg.pth lin heads) or one .npz from `infinity-jax convert-lpips`

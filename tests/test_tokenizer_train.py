@@ -67,12 +67,12 @@ def test_commitment_is_zero_on_the_codebook_and_matches_hand_values_off_it():
     sched = ((1, 2, 2),)  # one scale: the quantizer sees z itself
     rng = np.random.default_rng(0)
     on_book = ALL_CODES[rng.integers(0, 16, (2, 2, 2))] * 3.7  # any positive scale of a codeword
-    _, _, terms = ts.quantize_for_training(jnp.asarray(on_book), sched)
+    _, _, terms, _ = ts.quantize_for_training(jnp.asarray(on_book), sched)
     assert float(terms["commit"]) < 1e-12
     z = rng.normal(size=(2, 2, 2, D)).astype(np.float32)
     n = z / np.linalg.norm(z, axis=-1, keepdims=True)
     want = np.mean((n - np.sign(n) / math.sqrt(D)) ** 2)
-    _, _, terms = ts.quantize_for_training(jnp.asarray(z), sched)
+    _, _, terms, _ = ts.quantize_for_training(jnp.asarray(z), sched)
     assert float(terms["commit"]) == pytest.approx(want, rel=1e-5)
     o = ts.TokenizerLossOptions()
     hs, hb = ts.soft_entropies(jnp.asarray(n))
@@ -83,7 +83,7 @@ def test_commitment_is_zero_on_the_codebook_and_matches_hand_values_off_it():
 def test_straight_through_value_is_bsq_z_hat_and_gradient_goes_through_each_scale():
     sched = ((1, 1, 1), (1, 2, 2), (1, 4, 4))
     z = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
-    z_q, bits, _ = ts.quantize_for_training(z, sched)
+    z_q, bits, _, _ = ts.quantize_for_training(z, sched)
     ref = bsq.multiscale_quantize(z, sched)
     np.testing.assert_allclose(np.asarray(z_q), np.asarray(ref.z_hat), atol=1e-6)
     assert all(np.array_equal(a, b) for a, b in zip(bits, ref.bits))
@@ -99,6 +99,33 @@ def test_straight_through_value_is_bsq_z_hat_and_gradient_goes_through_each_scal
 
 
 # ----------------------------------------------------------------------------- optional losses
+
+
+def test_prefix_loss_decodes_the_codes_of_the_first_scales_drawn_per_image():
+    vae = small_vae()
+    sched = schedules.custom_schedule((16, 16), stride=2)  # 1, 2, 4, 8
+    plain, with_prefix = ts.TokenizerLossOptions(recon="l2"), ts.TokenizerLossOptions(recon="l2", prefix_weight=0.5)
+    params = quick_params(vae, plain)
+    x = jax.random.uniform(jax.random.key(1), (3, 16, 16, 3), minval=-1, maxval=1)
+    rng = jax.random.key(7)
+    loss0, _ = jax.jit(ts.make_loss_fn(vae, sched, plain))(params, {"image": x}, rng)
+    loss1, m = jax.jit(ts.make_loss_fn(vae, sched, with_prefix))(params, {"image": x}, rng)
+    # by hand: image i keeps its first keep_i scales' codes (bsq's accumulation), the decoder draws them
+    keep = np.asarray(jax.random.randint(rng, (3, 1, 1, 1), 1, len(sched))).ravel()
+    assert set(keep) <= {1, 2, 3}
+    z = vae.apply({"params": params["vae"]}, x, method="encode")
+    bits = bsq.multiscale_quantize(z, sched).bits
+    want = []
+    for i, k in enumerate(keep):
+        acc = jnp.zeros_like(z[i:i + 1])
+        for b in bits[:k]:
+            acc = bsq.accumulate_codes(acc, b[i:i + 1])
+        recon = vae.apply({"params": params["vae"]}, acc, method=ts._decode_unclamped)
+        want.append(float(jnp.mean(jnp.square(recon - x[i:i + 1]))))
+    assert float(m["prefix_recon"]) == pytest.approx(np.mean(want), rel=1e-4)
+    assert float(loss1) == pytest.approx(float(loss0) + 0.5 * np.mean(want), rel=1e-4)
+    with pytest.raises(ValueError, match="at least 2 scales"):
+        ts.make_loss_fn(vae, ((1, 8, 8),), with_prefix)
 
 
 def test_perceptual_and_adversarial_losses_are_off_by_default_and_lpips_needs_weights():

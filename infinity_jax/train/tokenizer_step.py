@@ -26,6 +26,10 @@ and z_q = sum_k upsample(q_k). The value of z_q is exactly bsq's z_hat. Per scal
 and the quantizer loss is quantizer_weight * mean_k aux_k.
 
 Total loss = recon_weight * recon (l1 or l2 on the unclamped decoder output)
+           + prefix_weight * recon of the straight-through codes of the first k scales only, k drawn
+             per image from 1..K-1 (ours, off by default: it makes the coarse scales draw the image
+             — layout and colour — so a transformer decides them coarse to fine; measured on the
+             shapes demo in README, "The demo")
            + quantizer loss + perceptual_weight * mean LPIPS(recon, image) (VGG16,
            infinity_jax/tokenizer/lpips.py, in the VAE's compute dtype; its params frozen)
            + the GAN terms (hinge, PatchGAN). The GAN
@@ -67,6 +71,7 @@ class TokenizerLossOptions:
     gamma0: float = 1.0             # weight of the per-sample entropy
     gamma: float = 1.0              # weight of the codebook entropy
     zeta: float = 1.0               # weight of the whole entropy penalty
+    prefix_weight: float = 0.0      # ours: + weight * recon loss of the codes of a random prefix of scales
     perceptual_weight: float = 0.0  # LPIPS (VGG16); needs lpips_weights
     lpips_weights: str = ""         # local files: 'VGG16.pth,LIN.pth' or our .npz (infinity_jax/convert/lpips.py)
     gan_weight: float = 0.0         # generator hinge loss weight; 0 = no discriminator
@@ -149,21 +154,22 @@ def commitment(n: jax.Array, codes: jax.Array) -> jax.Array:
 
 
 def quantize_for_training(z: jax.Array, schedule, options: TokenizerLossOptions = TokenizerLossOptions()):
-    """z: (B, h, w, d) raw latent -> (z_q (B, h, w, d), bits per scale, terms).
+    """z: (B, h, w, d) raw latent -> (z_q (B, h, w, d), bits per scale, terms, parts).
 
     z_q has the value of bsq.multiscale_quantize(z).z_hat and the per-scale straight-through
-    gradient (module docstring). terms: {'quant_loss', 'commit', 'entropy_sample',
+    gradient (module docstring); parts[k] (B, h, w, d) is scale k's share of it (z_q = sum(parts)). terms: {'quant_loss', 'commit', 'entropy_sample',
     'entropy_codebook'} (scalars, means over scales; quant_loss already weighted).
     """
     o = options
     tokens = bsq.multiscale_quantize(z, schedule)
     hw = tuple(z.shape[1:3])
-    st, commits, h_sample, h_book = 0.0, [], [], []
+    st, commits, h_sample, h_book, parts = 0.0, [], [], [], []
     for bits, r in zip(tokens.bits, tokens.quant_inputs):
         n = l2_normalize(r)
         codes = bsq.bits_to_codes(bits)
         up = n if tuple(n.shape[1:3]) == hw else bsq.bilinear_resize(n, hw)
         st = st + up
+        parts.append(sg(bsq.bilinear_resize(codes, hw) - up) + up)
         commits.append(commitment(n, codes))
         hs, hb = soft_entropies(n, o.inv_temperature)
         h_sample.append(hs)
@@ -172,7 +178,7 @@ def quantize_for_training(z: jax.Array, schedule, options: TokenizerLossOptions 
     z_q = sg(tokens.z_hat) + st - sg(st)
     aux = o.commit_weight * commit + o.entropy_weight * o.zeta * (o.gamma0 * hs - o.gamma * hb) / o.inv_temperature
     terms = {"quant_loss": o.quantizer_weight * aux, "commit": commit, "entropy_sample": hs, "entropy_codebook": hb}
-    return z_q, tokens.bits, terms
+    return z_q, tokens.bits, terms, parts
 
 
 # ----------------------------------------------------------------------------- discriminator
@@ -250,18 +256,21 @@ def make_loss_fn(vae: vae_lib.BSQVAE, schedule, options: TokenizerLossOptions = 
 
     vae: the BSQVAE module; schedule: the quantizer's (static) scale schedule, last scale = latent.
     frozen: load_frozen(options) (needed when perceptual_weight > 0).
-    metrics (scalars): recon_l1, recon_mse, psnr (clamped output), quant_loss, commit,
+    metrics (scalars): recon_l1, recon_mse, psnr (clamped output), quant_loss, commit, prefix_recon
+    (with prefix_weight),
     entropy_sample, entropy_codebook, bit_balance (mean over bits of |P(bit=1) - 1/2|), with
     LPIPS lpips (mean over images), and with a GAN g_loss, d_loss, d_real, d_fake, gan_on.
     """
     options = options.checked()
     schedule = schedules.validate(schedule)
+    if options.prefix_weight > 0 and len(schedule) < 2:
+        raise ValueError(f"loss.prefix_weight={options.prefix_weight} needs a schedule of at least 2 scales; "
+                         f"got {len(schedule)}")
     disc = make_discriminator(options)
     perceptual = lpips_lib.LPIPS(dtype=vae.dtype) if options.perceptual_weight > 0 else None
     o = options
 
     def loss_fn(params, batch, rng, frozen=None):
-        del rng  # deterministic
         if perceptual is not None and (not frozen or "lpips" not in frozen):
             raise ValueError(f"loss.perceptual_weight={o.perceptual_weight}: loss_fn needs frozen['lpips'] "
                              f"(load_frozen(options) reads {o.lpips_weights!r}); got frozen keys "
@@ -269,11 +278,18 @@ def make_loss_fn(vae: vae_lib.BSQVAE, schedule, options: TokenizerLossOptions = 
         x = to_float(batch["image"])
         v = {"params": params["vae"]}
         z = vae.apply(v, x, method="encode")
-        z_q, bits, terms = quantize_for_training(z, schedule, o)
+        z_q, bits, terms, parts = quantize_for_training(z, schedule, o)
         recon = vae.apply(v, z_q, method=_decode_unclamped)
         err = recon - x
         l1, mse = jnp.mean(jnp.abs(err)), jnp.mean(jnp.square(err))
         loss = o.recon_weight * (l1 if o.recon == "l1" else mse) + terms["quant_loss"]
+        if o.prefix_weight > 0:  # the first `keep` scales alone must already draw the image
+            keep = jax.random.randint(rng, (x.shape[0], 1, 1, 1), 1, len(parts))
+            z_p = sum(jnp.where(k < keep, p, 0.0) for k, p in enumerate(parts))
+            err_p = vae.apply(v, z_p, method=_decode_unclamped) - x
+            prefix = jnp.mean(jnp.abs(err_p)) if o.recon == "l1" else jnp.mean(jnp.square(err_p))
+            loss = loss + o.prefix_weight * prefix
+            terms = {**terms, "prefix_recon": prefix}
         last_bits = bits[-1].astype(jnp.float32)
         metrics = {"recon_l1": l1, "recon_mse": mse,
                    "psnr": psnr(jnp.mean(jnp.square(jnp.clip(recon, -1.0, 1.0) - x))),
