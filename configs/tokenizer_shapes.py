@@ -2,7 +2,8 @@
 
 usage: infinity-jax train-tokenizer --config configs/tokenizer_shapes.py[:ARG] --workdir runs/tok
        [--config.key=value ...]
-ARG: '' (the demo), 'tiny' (seconds-long test runs), or 'size=N,bits=D,stride=S,width=C' (any subset).
+ARG: '' (the demo), 'tiny' (seconds-long test runs), or 'size=N,bits=D,stride=S,width=C,prefix=W' (any
+subset; prefix=W sets loss.prefix_weight, see infinity_jax/train/tokenizer_step.py).
 
 The default VAE (32x32 images, stride 4, d = 8 bits: 8x8 latents, scales 1,2,4,8) is the one the
 demo trains and configs/shapes.py expects; the transformer trains on it with
@@ -27,7 +28,7 @@ CH_MULT = {4: (1, 2, 2), 8: (1, 1, 2, 2), 16: (1, 1, 2, 2, 2)}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    opts = parse_arg(arg, {"tiny", "size", "bits", "stride", "width"}, "tokenizer_shapes")
+    opts = parse_arg(arg, {"tiny", "size", "bits", "stride", "width", "prefix"}, "tokenizer_shapes")
     tiny = "tiny" in opts
     c = train_defaults.get_config("tiny" if tiny else None)
     c.name = "tokenizer_shapes"
@@ -84,7 +85,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     o.gamma0 = 1.0
     o.gamma = 1.0
     o.zeta = 1.0
-    o.prefix_weight = 0.0
+    o.prefix_weight = float(opts.get("prefix", 0.0))
     o.perceptual_weight = 0.0       # > 0: + weight * LPIPS(recon, image) (VGG16; taming's VQGAN uses 1.0)
     # local files (nothing is downloaded): 'vgg16-397923af.pth,vgg.pth' (torchvision's VGG16, then the
     # lpips package's weights/v0.1/vgg.pth lin heads) or one .npz from `infinity-jax convert-lpips`

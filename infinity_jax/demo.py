@@ -89,10 +89,10 @@ def with_steps(cfg, steps: int):
     return config_util.apply_overrides(cfg, over)
 
 
-def held_out_prompts(n: int, size: int) -> tuple[list[str], list[np.ndarray]]:
+def held_out_prompts(n: int, size: int, layout: str = "random") -> tuple[list[str], list[np.ndarray]]:
     """n captions and ground-truth images from a dataset seed the models never saw."""
     from infinity_jax.data import shapes
-    examples = [shapes.render(i, HELD_OUT_SEED, size) for i in range(n)]
+    examples = [shapes.render(i, HELD_OUT_SEED, size, layout=layout) for i in range(n)]
     return [caption for _, caption, _ in examples], [np.asarray(image) for image, _, _ in examples]
 
 
@@ -110,7 +110,8 @@ def run(args) -> dict:
     data_over = [f"data.path={data_dir!r}"]
     tok_cfg = config_util.load_config(f"tokenizer_shapes:{args.tokenizer_arg}", data_over)
     args.image_size = int(tok_cfg.data.image_size)
-    sources.prepare("shapes", data_dir, num_examples=args.num_examples, image_size=args.image_size, seed=0)
+    sources.prepare("shapes", data_dir, num_examples=args.num_examples, image_size=args.image_size, seed=0,
+                    layout=args.layout)
 
     # 2. text encoder, pretrained on the training captions and then frozen (as Flan-T5 is)
     text_over, text_report = [], None
@@ -141,7 +142,7 @@ def run(args) -> dict:
 
     # 5. sample held-out prompts
     _stage_header("sample")
-    captions, truth = held_out_prompts(args.num_prompts, args.image_size)
+    captions, truth = held_out_prompts(args.num_prompts, args.image_size, args.layout)
     images = sample_prompts(args, gpt_dir, captions)
 
     # 6. evaluate and report
@@ -197,7 +198,7 @@ def sample_prompts(args, gpt_dir: str, captions: list[str]) -> np.ndarray:
 def chance_scores(args, captions: list[str]) -> dict:
     """The evaluator on images of *other* prompts (shuffled ground truth): what no text adherence scores."""
     from infinity_jax.eval import shapes as shapes_eval
-    _, truth = held_out_prompts(len(captions), args.image_size)
+    _, truth = held_out_prompts(len(captions), args.image_size, args.layout)
     rolled = truth[len(truth) // 2:] + truth[:len(truth) // 2]
     return shapes_eval.evaluate(np.stack(rolled), captions)
 
@@ -247,6 +248,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--minutes", type=float, default=20.0, help="time budget for the whole demo")
     ap.add_argument("--num-examples", type=int, default=20000, help="shapes training images")
     ap.add_argument("--num-prompts", type=int, default=120, help="held-out prompts to sample and score")
+    ap.add_argument("--layout", default="random", choices=("random", "slots"),
+                    help="where the shapes dataset puts objects (data/shapes.py)")
     ap.add_argument("--tokenizer-arg", default="",
                     help="configs/tokenizer_shapes.py argument (sets the image size), e.g. size=64,stride=8")
     ap.add_argument("--model-arg", default="", help="configs/shapes.py argument, e.g. layers=4,width=128")

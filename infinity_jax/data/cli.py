@@ -39,6 +39,8 @@ def prepare(argv: list[str]) -> int:
     ap.add_argument("--num-examples", type=int, default=1000, help="shapes: number of images")
     ap.add_argument("--image-size", type=_size, default=64, help="shapes: N or HxW pixels (default 64)")
     ap.add_argument("--seed", type=int, default=0, help="shapes: dataset seed")
+    ap.add_argument("--layout", default="random", choices=("random", "slots"),
+                    help="shapes: where objects go (data/shapes.py: anywhere, or fixed slots by count)")
     ap.add_argument("--verify", default="decode", choices=("decode", "header", "none"),
                     help="check each image: decode (default, catches truncation), header, or none")
     ap.add_argument("--threads", type=int, default=None, help="images read and checked in parallel "
@@ -53,7 +55,7 @@ def prepare(argv: list[str]) -> int:
     kind = sources.detect_kind(a.source) if a.kind == "auto" else a.kind
     path = sources.prepare(kind, a.out, source=None if kind == "shapes" else a.source, image_root=a.image_root,
                            limit=a.limit, num_examples=a.num_examples, image_size=a.image_size, seed=a.seed,
-                           verify=a.verify, overwrite=a.overwrite, threads=a.threads)
+                           layout=a.layout, verify=a.verify, overwrite=a.overwrite, threads=a.threads)
     src, info = sources.open_split(path)
     meta = info.metadata or {}
     print(f"{kind}: {len(src)} examples in {path}")

@@ -21,6 +21,14 @@ the caption does not name gets a random palette colour. Objects never overlap (a
 one pixel). For `position`, the first-named object (the subject) is offset from the second along
 the named axis by at least the larger object's size, and by less than half that offset across it.
 
+Layouts (where the objects go; sizes are random in both):
+    random  anywhere, uniformly (the default)
+    slots   fixed places by object count, each jittered by up to 1/16 of the image side: one object
+            in the centre; two side by side, the first-named on the left (for `position`: the subject
+            on the named side, above/below stacked); three in a triangle; four in the quadrants.
+            As in photos, where things go follows from the caption, so a model need not draw the
+            layout at random (measured on the demo: README, "The demo").
+
 Spec (JSON-serialisable dict, one per image):
     {"category": str, "caption": str, "size": [H, W], "background": [r, g, b],
      "objects": [{"shape": str, "color": str, "rgb": [r, g, b], "box": [x0, y0, x1, y1]}, ...],
@@ -45,6 +53,7 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 BACKGROUND = (32, 32, 32)
 CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 RELATIONS = ("left of", "right of", "above", "below")
+LAYOUTS = ("random", "slots")
 NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
 _MIRROR = {"left of": "right of", "right of": "left of", "above": "above", "below": "below"}
 
@@ -100,6 +109,44 @@ def _place(rng: np.random.Generator, n: int, H: int, W: int, relation: str | Non
     raise ValueError(f"could not place {n} objects in a {H}x{W} image; expected an image of at least 32x32")
 
 
+def _slot_centres(n: int, relation: str | None) -> list[tuple[float, float]]:
+    """Slot centres (x, y) as fractions of (W, H), in caption order."""
+    if n == 1:
+        return [(0.5, 0.5)]
+    if n == 2:
+        first, second = {"right of": ((0.75, 0.5), (0.25, 0.5)), "above": ((0.5, 0.25), (0.5, 0.75)),
+                         "below": ((0.5, 0.75), (0.5, 0.25))}.get(relation, ((0.25, 0.5), (0.75, 0.5)))
+        return [first, second]
+    if n == 3:
+        return [(0.25, 0.25), (0.75, 0.25), (0.5, 0.75)]
+    if n == 4:
+        return [(0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75)]
+    raise ValueError(f"slots layout for {n} objects: expected 1 to 4")
+
+
+def _place_slots(rng: np.random.Generator, n: int, H: int, W: int, relation: str | None, tries: int = 2000):
+    """n square boxes at the slots of `_slot_centres`, sizes as `_place`, jittered; raises if none fit."""
+    side = min(H, W)
+    lo = max(4, int(side * (0.16 if n > 2 else 0.2)))
+    hi = max(lo + 1, int(side * (0.26 if n > 2 else 0.34)))
+    jitter = max(1, side // 16)
+    centres = _slot_centres(n, relation)
+    for _ in range(tries):
+        boxes = []
+        for fx, fy in centres:
+            s = int(rng.integers(lo, hi))
+            x0 = int(round(fx * W - s / 2)) + int(rng.integers(-jitter, jitter + 1))
+            y0 = int(round(fy * H - s / 2)) + int(rng.integers(-jitter, jitter + 1))
+            x0, y0 = min(max(x0, 1), W - s - 1), min(max(y0, 1), H - s - 1)
+            box = [x0, y0, x0 + s, y0 + s]
+            if not all(_boxes_apart(box, b) for b in boxes):
+                break
+            boxes.append(box)
+        if len(boxes) == n and (relation is None or _relation_holds(boxes[0], boxes[1], relation)):
+            return boxes
+    raise ValueError(f"could not place {n} objects in slots of a {H}x{W} image; expected an image of at least 32x32")
+
+
 def _draw(img: ImageDraw.ImageDraw, shape: str, box, rgb) -> None:
     x0, y0, x1, y1 = box
     if shape == "circle":
@@ -113,8 +160,10 @@ def _draw(img: ImageDraw.ImageDraw, shape: str, box, rgb) -> None:
 
 
 def make_spec(index: int, seed: int = 0, size: int | tuple[int, int] = 64,
-              categories: tuple[str, ...] = CATEGORIES) -> dict:
+              categories: tuple[str, ...] = CATEGORIES, layout: str = "random") -> dict:
     """The spec (objects, colours, boxes, caption) of example `index`; deterministic in its arguments."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
     H, W = (size, size) if isinstance(size, int) else tuple(size)
     if min(H, W) < 32:
         raise ValueError(f"size={size}: expected images of at least 32x32 pixels")
@@ -137,7 +186,8 @@ def make_spec(index: int, seed: int = 0, size: int | tuple[int, int] = 64,
                                                                   for _ in shapes]
     if cat == "position":
         spec["relation"] = RELATIONS[int(rng.integers(len(RELATIONS)))]
-    boxes = _place(rng, len(shapes), H, W, spec.get("relation"))
+    place = _place if layout == "random" else _place_slots
+    boxes = place(rng, len(shapes), H, W, spec.get("relation"))
     spec["objects"] = [{"shape": s, "color": c, "rgb": list(PALETTE[c]), "box": b}
                        for s, c, b in zip(shapes, obj_colors, boxes)]
     spec.update(size=[H, W], background=list(BACKGROUND))
@@ -156,9 +206,9 @@ def draw(spec: dict) -> np.ndarray:
 
 
 def render(index: int, seed: int = 0, size: int | tuple[int, int] = 64,
-           categories: tuple[str, ...] = CATEGORIES) -> tuple[np.ndarray, str, dict]:
+           categories: tuple[str, ...] = CATEGORIES, layout: str = "random") -> tuple[np.ndarray, str, dict]:
     """Example `index`: (image (H, W, 3) uint8, caption, spec)."""
-    spec = make_spec(index, seed, size, categories)
+    spec = make_spec(index, seed, size, categories, layout)
     return draw(spec), spec["caption"], spec
 
 

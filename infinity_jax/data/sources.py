@@ -371,18 +371,20 @@ class ImageFolder(_Builder, skip_registration=True):
 # ---------------------------------------------------------------- procedural shapes
 
 class Shapes(_Builder, skip_registration=True):
-    """shapes.render(i, seed, size) for i < num_examples. options: num_examples, image_size, seed."""
+    """shapes.render(i, seed, size, layout=...) for i < num_examples. options: num_examples, image_size,
+    seed, layout (absent = 'random')."""
 
     name = "shapes"
     DESCRIPTION = "Procedural coloured shapes with GenEval-style captions and a JSON spec per image."
 
     def _items(self) -> list[_Item]:
         n, size, seed = int(self._options["num_examples"]), self._options["image_size"], int(self._options["seed"])
+        layout = self._options.get("layout", "random")
         H, W = (size, size) if isinstance(size, int) else size
 
         def loader(i: int) -> Callable[[], bytes]:
             def load() -> bytes:
-                img, _, _ = shapes.render(i, seed, (H, W))
+                img, _, _ = shapes.render(i, seed, (H, W), layout=layout)
                 buf = io.BytesIO()
                 Image.fromarray(img).save(buf, format="PNG")
                 return buf.getvalue()
@@ -390,7 +392,7 @@ class Shapes(_Builder, skip_registration=True):
 
         items = []
         for i in range(n):
-            spec = shapes.make_spec(i, seed, (H, W))
+            spec = shapes.make_spec(i, seed, (H, W), layout=layout)
             items.append(_Item(H / W, loader(i), {"long_caption": spec["caption"], "spec": shapes.dumps(spec)},
                                f"shapes:{i}", verify=False))
         return items
@@ -415,13 +417,14 @@ def detect_kind(source: str) -> str:
 
 def prepare(kind: str, out: str, *, source: str | None = None, image_root: str | None = None,
             limit: int | None = None, num_examples: int = 1000, image_size: int | tuple[int, int] = 64,
-            seed: int = 0, verify: str = "decode", overwrite: bool = False, progress: bool = True,
-            log_every: int = 100, threads: int | None = None) -> str:
+            seed: int = 0, layout: str = "random", verify: str = "decode", overwrite: bool = False,
+            progress: bool = True, log_every: int = 100, threads: int | None = None) -> str:
     """Builds dataset `kind` under `out` (tfds data_dir) and returns the dataset directory
     (`out/<kind>/1.0.0`), which `open_split` and the pipeline take.
 
     source: the folder to read (infinity_jsonl, image_folder); shapes takes num_examples,
-    image_size (int or (H, W)) and seed. verify: 'decode' | 'header' | 'none' (see check_image).
+    image_size (int or (H, W)), seed and layout (shapes.LAYOUTS). verify: 'decode' | 'header' | 'none'
+    (see check_image).
     threads: images read and checked in parallel (default: one per core).
     """
     if kind not in BUILDERS:
@@ -432,6 +435,10 @@ def prepare(kind: str, out: str, *, source: str | None = None, image_root: str |
         options = {"num_examples": int(num_examples), "image_size": image_size, "seed": int(seed)}
         if options["num_examples"] < 1:
             raise ValueError(f"num_examples={num_examples}: expected at least 1")
+        if layout not in shapes.LAYOUTS:
+            raise ValueError(f"layout={layout!r}: expected one of {shapes.LAYOUTS}")
+        if layout != "random":  # datasets built before layouts existed stay reusable
+            options["layout"] = layout
     else:
         if not source:
             raise ValueError(f"kind {kind!r} needs a source folder")

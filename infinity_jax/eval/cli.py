@@ -6,7 +6,11 @@
     infinity-jax eval shapes --dataset-check N [--size 64] [--seed 0] [--blur 0.75 --noise 4]
         sanity mode: score N ground-truth renders of data/shapes.py (optionally blurred and noised)
 
-Prints the summary JSON ({"scores": {category: accuracy, ..., "overall": ...}, "counts": ...});
+    infinity-jax eval prefixes --run runs/demo/transformer [--prompts 120] [--cfg 3] [--out F]
+        which scale of a trained shapes run breaks its samples: held-out prompts drawn with the true
+        bits of the first j scales given, j = 0..K (infinity_jax/eval/prefixes.py)
+
+`shapes` prints the summary JSON ({"scores": {category: accuracy, ..., "overall": ...}, "counts": ...});
 `--out` also writes it with a per-image "results" list (file, caption, category, score, reason).
 """
 from __future__ import annotations
@@ -83,7 +87,12 @@ def shapes_main(argv: list[str]) -> int:
     return 0
 
 
-SUBCOMMANDS = {"shapes": shapes_main}
+def prefixes_main(argv: list[str]) -> int:
+    from infinity_jax.eval import prefixes
+    return prefixes.main(argv)
+
+
+SUBCOMMANDS = {"shapes": shapes_main, "prefixes": prefixes_main}
 
 
 def main(argv: list[str]) -> int:
