@@ -248,8 +248,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--minutes", type=float, default=20.0, help="time budget for the whole demo")
     ap.add_argument("--num-examples", type=int, default=20000, help="shapes training images")
     ap.add_argument("--num-prompts", type=int, default=120, help="held-out prompts to sample and score")
-    ap.add_argument("--layout", default="random", choices=("random", "slots"),
-                    help="where the shapes dataset puts objects (data/shapes.py)")
+    ap.add_argument("--layout", default="slots", choices=("random", "slots"),
+                    help="where the shapes dataset puts objects (data/shapes.py); with 'random' the layout "
+                         "is drawn cell by cell and adherence halves (README, 'The demo')")
     ap.add_argument("--tokenizer-arg", default="",
                     help="configs/tokenizer_shapes.py argument (sets the image size), e.g. size=64,stride=8")
     ap.add_argument("--model-arg", default="", help="configs/shapes.py argument, e.g. layers=4,width=128")

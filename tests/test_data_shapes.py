@@ -112,3 +112,28 @@ def test_image_size_is_configurable_and_too_small_is_an_error():
     assert img.shape == (48, 80, 3) and spec["size"] == [48, 80]
     with pytest.raises(ValueError, match="at least 32x32"):
         shapes.render(0, size=16)
+
+
+def test_slots_layout_places_objects_by_count_and_caption_order():
+    from infinity_jax.eval import shapes as shapes_eval
+    H = W = 32
+    seen = set()
+    images, captions = [], []
+    for i in range(120):
+        img, cap, spec = shapes.render(i, seed=4, size=H, layout="slots")
+        images.append(img)
+        captions.append(cap)
+        centres = [_centre(o["box"]) for o in spec["objects"]]
+        n, rel = len(centres), spec.get("relation")
+        want = shapes._slot_centres(n, rel)
+        for (x, y), (fx, fy) in zip(centres, want):  # jitter 2 px, rounding and clipping 1 more
+            assert abs(x - fx * W) <= 3.5 and abs(y - fy * H) <= 3.5, (cap, spec["objects"])
+        if spec["category"] in ("two_object", "color_attr"):
+            assert centres[0][0] < W / 2 < centres[1][0]  # the first-named object on the left
+        seen.add((n, rel))
+    assert {(1, None), (2, None), (3, None), (4, None), (2, "left of"), (2, "above")} <= seen
+    assert shapes_eval.evaluate(np.stack(images), captions)["overall"] == 1.0
+    # random layout is the default and differs
+    assert shapes.make_spec(0, seed=4, size=H) != shapes.make_spec(0, seed=4, size=H, layout="slots")
+    with pytest.raises(ValueError, match="layout='grid'"):
+        shapes.make_spec(0, layout="grid")

@@ -131,6 +131,19 @@ def test_shapes_builder_stores_png_caption_and_spec(tmp_path):
         assert r["long_caption"].decode() == cap and json.loads(r["spec"].decode()) == spec
 
 
+def test_shapes_layout_is_built_and_recorded(tmp_path):
+    from infinity_jax.data import shapes
+    out = str(tmp_path / "out")
+    path = sources.prepare("shapes", out, num_examples=4, image_size=32, seed=5, layout="slots", progress=False)
+    recs, info = _records(path)
+    assert info.metadata["prepare"]["layout"] == "slots"
+    assert json.loads(recs[0]["spec"].decode()) == shapes.render(0, seed=5, size=32, layout="slots")[2]
+    with pytest.raises(ValueError, match="already holds"):  # the same folder, another layout
+        sources.prepare("shapes", out, num_examples=4, image_size=32, seed=5, progress=False)
+    with pytest.raises(ValueError, match="layout='grid'"):
+        sources.prepare("shapes", str(tmp_path / "x"), num_examples=4, layout="grid", progress=False)
+
+
 def test_cli_prepare_builds_shapes(tmp_path, capsys):
     from infinity_jax.cli import main
     assert main(["data", "prepare", "--source", "shapes", "--num-examples", "6", "--image-size", "32x48",

@@ -124,6 +124,20 @@ def test_prefix_loss_decodes_the_codes_of_the_first_scales_drawn_per_image():
         want.append(float(jnp.mean(jnp.square(recon - x[i:i + 1]))))
     assert float(m["prefix_recon"]) == pytest.approx(np.mean(want), rel=1e-4)
     assert float(loss1) == pytest.approx(float(loss0) + 0.5 * np.mean(want), rel=1e-4)
+    # prefix_blur: the target is the image at the last kept scale's grid (area down, bilinear up)
+    blur = ts.TokenizerLossOptions(recon="l2", prefix_weight=0.5, prefix_blur=True)
+    _, mb = jax.jit(ts.make_loss_fn(vae, sched, blur))(params, {"image": x}, rng)
+    want_b = []
+    for i, k in enumerate(keep):
+        acc = jnp.zeros_like(z[i:i + 1])
+        for b in bits[:k]:
+            acc = bsq.accumulate_codes(acc, b[i:i + 1])
+        recon = vae.apply({"params": params["vae"]}, acc, method=ts._decode_unclamped)
+        g = 2 * 2 ** (k - 1)  # pixels of scale k-1's grid: 16 px / 8 latents * 2**(k-1) cells
+        target = bsq.bilinear_resize(bsq.area_resize(x[i:i + 1], (g, g)), (16, 16))
+        want_b.append(float(jnp.mean(jnp.square(recon - target))))
+    assert float(mb["prefix_recon"]) == pytest.approx(np.mean(want_b), rel=1e-4)
+    assert abs(np.mean(want_b) - np.mean(want)) > 1e-3
     with pytest.raises(ValueError, match="at least 2 scales"):
         ts.make_loss_fn(vae, ((1, 8, 8),), with_prefix)
 

@@ -72,6 +72,7 @@ class TokenizerLossOptions:
     gamma: float = 1.0              # weight of the codebook entropy
     zeta: float = 1.0               # weight of the whole entropy penalty
     prefix_weight: float = 0.0      # ours: + weight * recon loss of the codes of a random prefix of scales
+    prefix_blur: bool = False       # ours: that prefix reconstructs the image blurred to its last scale's grid
     perceptual_weight: float = 0.0  # LPIPS (VGG16); needs lpips_weights
     lpips_weights: str = ""         # local files: 'VGG16.pth,LIN.pth' or our .npz (infinity_jax/convert/lpips.py)
     gan_weight: float = 0.0         # generator hinge loss weight; 0 = no discriminator
@@ -286,7 +287,15 @@ def make_loss_fn(vae: vae_lib.BSQVAE, schedule, options: TokenizerLossOptions = 
         if o.prefix_weight > 0:  # the first `keep` scales alone must already draw the image
             keep = jax.random.randint(rng, (x.shape[0], 1, 1, 1), 1, len(parts))
             z_p = sum(jnp.where(k < keep, p, 0.0) for k, p in enumerate(parts))
-            err_p = vae.apply(v, z_p, method=_decode_unclamped) - x
+            target = x
+            if o.prefix_blur:  # scale k-1's grid in pixels: area down, bilinear back up
+                H, W = x.shape[1:3]
+                h, w = z.shape[1:3]
+                for k in range(1, len(parts)):
+                    hk, wk = bits[k - 1].shape[1:3]
+                    blurred = bsq.bilinear_resize(bsq.area_resize(x, (H * hk // h, W * wk // w)), (H, W))
+                    target = jnp.where(keep == k, blurred, target)
+            err_p = vae.apply(v, z_p, method=_decode_unclamped) - target
             prefix = jnp.mean(jnp.abs(err_p)) if o.recon == "l1" else jnp.mean(jnp.square(err_p))
             loss = loss + o.prefix_weight * prefix
             terms = {**terms, "prefix_recon": prefix}
