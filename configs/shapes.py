@@ -8,7 +8,8 @@ Everything is small enough for a 2-core CPU: 32x32 images, the stride-4 VAE of
 configs/tokenizer_shapes.py (8x8 latents, scales 1,2,4,8; random unless `vae.params` names the
 weights `infinity-jax train-tokenizer` wrote), a byte-level
 T5 text encoder (frozen, random unless `text.folder` names a Hugging Face folder), and a
-transformer a few layers deep. Data comes from `infinity-jax data prepare --source shapes`.
+transformer a few layers deep. Data comes from `infinity-jax data prepare --source shapes`
+(the demo builds it with `--layout slots`).
 """
 from __future__ import annotations
 

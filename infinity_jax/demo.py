@@ -1,10 +1,11 @@
 """`infinity-jax demo [--workdir runs/demo] [--minutes 20]`: the whole system, for real, on one CPU.
 
 Stages (each resumable: rerunning the command skips finished stages and resumes the others):
-  1. data        the synthetic shapes dataset (32x32 by default, GenEval-style captions) -> WORKDIR/data
+  1. data        the synthetic shapes dataset (32x32 by default, GenEval-style captions, objects in
+                 fixed slots by count unless --layout random) -> WORKDIR/data
   2. text       a small byte-level T5 pretrained on the training captions (text/pretrain.py: the
                  offline stand-in for Flan-T5; --text-steps 0 keeps a random one) -> WORKDIR/text_encoder
-  3. tokenizer   a BSQ-VAE trained on it (configs/tokenizer_shapes.py) -> WORKDIR/tokenizer
+  3. tokenizer   a BSQ-VAE trained on it (configs/tokenizer_shapes.py, with its prefix loss) -> WORKDIR/tokenizer
   4. transformer Infinity with bitwise self-correction and CFG dropout (configs/shapes.py), on
                  the trained tokenizer and the frozen text encoder -> WORKDIR/transformer
   5. sample      held-out prompts (a dataset seed never trained on), CFG -> WORKDIR/samples
