@@ -197,6 +197,7 @@ def test_tiny_train_tokenizer_run_with_lpips_logs_it_and_adds_it_to_the_loss(tor
     assert [r["step"] for r in rows] == [1, 2, 3] and final["stopped"] == "done"
     for r in rows:
         assert math.isfinite(r["loss"]) and r["lpips"] > 0
-        # tiny config: l2 reconstruction with weight 1
-        assert r["loss"] == pytest.approx(r["recon_mse"] + r["quant_loss"] + 0.5 * r["lpips"], rel=1e-4)
+        # tiny config: l2 reconstruction with weight 1, and the prefix loss
+        prefix = cfg.loss.prefix_weight * r["prefix_recon"]
+        assert r["loss"] == pytest.approx(r["recon_mse"] + r["quant_loss"] + prefix + 0.5 * r["lpips"], rel=1e-4)
     assert final["recon"]["lpips"] > 0 and math.isfinite(final["recon"]["lpips"])

@@ -110,32 +110,27 @@ def test_prefix_loss_decodes_the_codes_of_the_first_scales_drawn_per_image():
     rng = jax.random.key(7)
     loss0, _ = jax.jit(ts.make_loss_fn(vae, sched, plain))(params, {"image": x}, rng)
     loss1, m = jax.jit(ts.make_loss_fn(vae, sched, with_prefix))(params, {"image": x}, rng)
-    # by hand: image i keeps its first keep_i scales' codes (bsq's accumulation), the decoder draws them
     keep = np.asarray(jax.random.randint(rng, (3, 1, 1, 1), 1, len(sched))).ravel()
     assert set(keep) <= {1, 2, 3}
     z = vae.apply({"params": params["vae"]}, x, method="encode")
     bits = bsq.multiscale_quantize(z, sched).bits
-    want = []
+    prefix_recons = []  # image i decoded from its first keep_i scales' codes (bsq's accumulation)
     for i, k in enumerate(keep):
         acc = jnp.zeros_like(z[i:i + 1])
         for b in bits[:k]:
             acc = bsq.accumulate_codes(acc, b[i:i + 1])
-        recon = vae.apply({"params": params["vae"]}, acc, method=ts._decode_unclamped)
-        want.append(float(jnp.mean(jnp.square(recon - x[i:i + 1]))))
+        prefix_recons.append(vae.apply({"params": params["vae"]}, acc, method=ts._decode_unclamped))
+    want = [float(jnp.mean(jnp.square(r - x[i:i + 1]))) for i, r in enumerate(prefix_recons)]
     assert float(m["prefix_recon"]) == pytest.approx(np.mean(want), rel=1e-4)
     assert float(loss1) == pytest.approx(float(loss0) + 0.5 * np.mean(want), rel=1e-4)
     # prefix_blur: the target is the image at the last kept scale's grid (area down, bilinear up)
     blur = ts.TokenizerLossOptions(recon="l2", prefix_weight=0.5, prefix_blur=True)
     _, mb = jax.jit(ts.make_loss_fn(vae, sched, blur))(params, {"image": x}, rng)
     want_b = []
-    for i, k in enumerate(keep):
-        acc = jnp.zeros_like(z[i:i + 1])
-        for b in bits[:k]:
-            acc = bsq.accumulate_codes(acc, b[i:i + 1])
-        recon = vae.apply({"params": params["vae"]}, acc, method=ts._decode_unclamped)
+    for i, (k, r) in enumerate(zip(keep, prefix_recons)):
         g = 2 * 2 ** (k - 1)  # pixels of scale k-1's grid: 16 px / 8 latents * 2**(k-1) cells
         target = bsq.bilinear_resize(bsq.area_resize(x[i:i + 1], (g, g)), (16, 16))
-        want_b.append(float(jnp.mean(jnp.square(recon - target))))
+        want_b.append(float(jnp.mean(jnp.square(r - target))))
     assert float(mb["prefix_recon"]) == pytest.approx(np.mean(want_b), rel=1e-4)
     assert abs(np.mean(want_b) - np.mean(want)) > 1e-3
     with pytest.raises(ValueError, match="at least 2 scales"):

@@ -90,27 +90,8 @@ def _relation_holds(a, b, relation: str) -> bool:
     return along >= size and across < along / 2
 
 
-def _place(rng: np.random.Generator, n: int, H: int, W: int, relation: str | None, tries: int = 2000):
-    """n non-overlapping square boxes [x0, y0, x1, y1) inside (H, W); raises if none fit."""
-    side = min(H, W)
-    lo = max(4, int(side * (0.16 if n > 2 else 0.2)))
-    hi = max(lo + 1, int(side * (0.26 if n > 2 else 0.34)))
-    for _ in range(tries):
-        boxes = []
-        for _ in range(n):
-            s = int(rng.integers(lo, hi))
-            x0, y0 = int(rng.integers(1, W - s)), int(rng.integers(1, H - s))
-            box = [x0, y0, x0 + s, y0 + s]
-            if not all(_boxes_apart(box, b) for b in boxes):
-                break
-            boxes.append(box)
-        if len(boxes) == n and (relation is None or _relation_holds(boxes[0], boxes[1], relation)):
-            return boxes
-    raise ValueError(f"could not place {n} objects in a {H}x{W} image; expected an image of at least 32x32")
-
-
 def _slot_centres(n: int, relation: str | None) -> list[tuple[float, float]]:
-    """Slot centres (x, y) as fractions of (W, H), in caption order."""
+    """Slot centres (x, y) as fractions of (W, H), in caption order (the `slots` layout)."""
     if n == 1:
         return [(0.5, 0.5)]
     if n == 2:
@@ -124,27 +105,36 @@ def _slot_centres(n: int, relation: str | None) -> list[tuple[float, float]]:
     raise ValueError(f"slots layout for {n} objects: expected 1 to 4")
 
 
-def _place_slots(rng: np.random.Generator, n: int, H: int, W: int, relation: str | None, tries: int = 2000):
-    """n square boxes at the slots of `_slot_centres`, sizes as `_place`, jittered; raises if none fit."""
+def _place(rng: np.random.Generator, n: int, H: int, W: int, relation: str | None, layout: str = "random",
+           tries: int = 2000):
+    """n non-overlapping square boxes [x0, y0, x1, y1) inside (H, W) by `layout`; raises if none fit."""
     side = min(H, W)
     lo = max(4, int(side * (0.16 if n > 2 else 0.2)))
     hi = max(lo + 1, int(side * (0.26 if n > 2 else 0.34)))
-    jitter = max(1, side // 16)
-    centres = _slot_centres(n, relation)
+    if layout == "slots":
+        centres, jitter = _slot_centres(n, relation), max(1, side // 16)
+
+        def corner(i: int, s: int) -> tuple[int, int]:
+            (fx, fy), j = centres[i], (-jitter, jitter + 1)
+            x0 = int(round(fx * W - s / 2)) + int(rng.integers(*j))
+            y0 = int(round(fy * H - s / 2)) + int(rng.integers(*j))
+            return min(max(x0, 1), W - s - 1), min(max(y0, 1), H - s - 1)
+    else:
+        def corner(i: int, s: int) -> tuple[int, int]:
+            return int(rng.integers(1, W - s)), int(rng.integers(1, H - s))
     for _ in range(tries):
         boxes = []
-        for fx, fy in centres:
+        for i in range(n):
             s = int(rng.integers(lo, hi))
-            x0 = int(round(fx * W - s / 2)) + int(rng.integers(-jitter, jitter + 1))
-            y0 = int(round(fy * H - s / 2)) + int(rng.integers(-jitter, jitter + 1))
-            x0, y0 = min(max(x0, 1), W - s - 1), min(max(y0, 1), H - s - 1)
+            x0, y0 = corner(i, s)
             box = [x0, y0, x0 + s, y0 + s]
             if not all(_boxes_apart(box, b) for b in boxes):
                 break
             boxes.append(box)
         if len(boxes) == n and (relation is None or _relation_holds(boxes[0], boxes[1], relation)):
             return boxes
-    raise ValueError(f"could not place {n} objects in slots of a {H}x{W} image; expected an image of at least 32x32")
+    raise ValueError(f"could not place {n} objects ({layout} layout) in a {H}x{W} image; expected an image of "
+                     "at least 32x32")
 
 
 def _draw(img: ImageDraw.ImageDraw, shape: str, box, rgb) -> None:
@@ -186,8 +176,7 @@ def make_spec(index: int, seed: int = 0, size: int | tuple[int, int] = 64,
                                                                   for _ in shapes]
     if cat == "position":
         spec["relation"] = RELATIONS[int(rng.integers(len(RELATIONS)))]
-    place = _place if layout == "random" else _place_slots
-    boxes = place(rng, len(shapes), H, W, spec.get("relation"))
+    boxes = _place(rng, len(shapes), H, W, spec.get("relation"), layout)
     spec["objects"] = [{"shape": s, "color": c, "rgb": list(PALETTE[c]), "box": b}
                        for s, c, b in zip(shapes, obj_colors, boxes)]
     spec.update(size=[H, W], background=list(BACKGROUND))
