@@ -153,7 +153,7 @@ def run(args) -> dict:
               "ground_truth": shapes_eval.evaluate(np.stack(truth), captions),
               "tokenizer_reconstructions": tok.get("shapes_eval", {}).get("reconstructions"),
               "tokenizer_recon": tok.get("recon"),
-              "chance_reference": chance_scores(args, captions),
+              "chance_reference": chance_scores(truth, captions),
               "text_pretrain": text_report,
               "tokenizer_steps": tok["step"], "transformer_steps": gpt["step"],
               "transformer_val_loss": gpt.get("val_loss"),
@@ -196,10 +196,9 @@ def sample_prompts(args, gpt_dir: str, captions: list[str]) -> np.ndarray:
     return np.stack([shapes_eval.load_image(os.path.join(out, r["file"])) for r in summary["samples"]])
 
 
-def chance_scores(args, captions: list[str]) -> dict:
+def chance_scores(truth: list[np.ndarray], captions: list[str]) -> dict:
     """The evaluator on images of *other* prompts (shuffled ground truth): what no text adherence scores."""
     from infinity_jax.eval import shapes as shapes_eval
-    _, truth = held_out_prompts(len(captions), args.image_size, args.layout)
     rolled = truth[len(truth) // 2:] + truth[:len(truth) // 2]
     return shapes_eval.evaluate(np.stack(rolled), captions)
 
@@ -242,6 +241,7 @@ def report(args, scores, images, captions, tok_dir, gpt_dir):
 
 
 def main(argv: list[str]) -> int:
+    from infinity_jax.data import shapes
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
     ap = argparse.ArgumentParser(prog="infinity-jax demo", description=__doc__.split("\n")[0])
@@ -249,7 +249,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--minutes", type=float, default=20.0, help="time budget for the whole demo")
     ap.add_argument("--num-examples", type=int, default=20000, help="shapes training images")
     ap.add_argument("--num-prompts", type=int, default=120, help="held-out prompts to sample and score")
-    ap.add_argument("--layout", default="slots", choices=("random", "slots"),
+    ap.add_argument("--layout", default="slots", choices=shapes.LAYOUTS,
                     help="where the shapes dataset puts objects (data/shapes.py); with 'random' the layout "
                          "is drawn cell by cell and adherence halves (README, 'The demo')")
     ap.add_argument("--tokenizer-arg", default="",

@@ -143,6 +143,19 @@ class SampleOutput(NamedTuple):
     logits: Any = None
 
 
+def guide(logits: jax.Array, cond_w, uncond_w) -> jax.Array:
+    """CFG over the rows of a `cfg_text` batch (cond_0, uncond_0, cond_1, ...): (2B, ...) -> (B, ...),
+    cond_w * cond + uncond_w * uncond (temperature is applied before, as the official sampler does)."""
+    lg = logits.reshape(logits.shape[0] // 2, 2, *logits.shape[1:])
+    return cond_w * lg[:, 0] + uncond_w * lg[:, 1]
+
+
+def scale_uniforms(keys: jax.Array, k: int, n: int, d: int) -> jax.Array:
+    """The uniforms that image i's n positions x d bits of scale k are drawn from: (B, n, d), from
+    fold_in(keys[i], k), so an image's draw does not depend on its batch."""
+    return jax.vmap(lambda key: jax.random.uniform(jax.random.fold_in(key, k), (n, d)))(keys)
+
+
 def cfg_text(params, text: jax.Array, text_mask: jax.Array, neg_text: jax.Array | None = None,
              neg_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """The CFG batch: (2B, Lt', Ct) features and (2B, Lt') mask, rows (cond_0, uncond_0, cond_1, ...).
@@ -218,10 +231,9 @@ def generate_tokens(model_cfg: InfinityConfig, schedule: schedules.Schedule, par
         logits, cache = model.apply(variables, ctx, x, cache, schedule, k, method=Infinity.decode_scale)
         logits = logits * sp.inv_tau[k]
         if cfg_batch:
-            lg = logits.reshape(B, 2, *logits.shape[1:])
-            logits = sp.cond_w[k] * lg[:, 0] + sp.uncond_w[k] * lg[:, 1]
+            logits = guide(logits, sp.cond_w[k], sp.uncond_w[k])
         logits = _constrain_batch(logits, mesh)
-        u = jax.vmap(lambda key: jax.random.uniform(jax.random.fold_in(key, k), (hw[0] * hw[1], d)))(keys)
+        u = scale_uniforms(keys, k, hw[0] * hw[1], d)
         bits = sample_bits(logits.reshape(B, -1, d, 2), u, sp.top_k, sp.top_p, sp.greedy)
         bits_out.append(bits)
         if return_logits:
@@ -259,9 +271,7 @@ def teacher_forced_cfg_logits(model_cfg: InfinityConfig, schedule, params, text,
                                        schedule)
     lengths = np.asarray(schedules.scale_lengths(schedule))
     per_tok = lambda v: jnp.asarray(np.repeat(np.asarray(v), lengths))[None, :, None]
-    logits = logits * per_tok(sp.inv_tau)
-    lg = logits.reshape(text.shape[0], 2, *logits.shape[1:])
-    return per_tok(sp.cond_w) * lg[:, 0] + per_tok(sp.uncond_w) * lg[:, 1]
+    return guide(logits * per_tok(sp.inv_tau), per_tok(sp.cond_w), per_tok(sp.uncond_w))
 
 
 # ---------------------------------------------------------------- the compiled sampler

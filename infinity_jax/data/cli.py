@@ -25,6 +25,7 @@ def _size(text: str):
 
 
 def prepare(argv: list[str]) -> int:
+    from infinity_jax.data import shapes
     ap = argparse.ArgumentParser(prog="infinity-jax data prepare",
                                  description="Build a dataset as array_record files (tfds, no TensorFlow).")
     ap.add_argument("--source", required=True,
@@ -39,7 +40,7 @@ def prepare(argv: list[str]) -> int:
     ap.add_argument("--num-examples", type=int, default=1000, help="shapes: number of images")
     ap.add_argument("--image-size", type=_size, default=64, help="shapes: N or HxW pixels (default 64)")
     ap.add_argument("--seed", type=int, default=0, help="shapes: dataset seed")
-    ap.add_argument("--layout", default="random", choices=("random", "slots"),
+    ap.add_argument("--layout", default="random", choices=shapes.LAYOUTS,
                     help="shapes: where objects go (data/shapes.py: anywhere, or fixed slots by count)")
     ap.add_argument("--verify", default="decode", choices=("decode", "header", "none"),
                     help="check each image: decode (default, catches truncation), header, or none")

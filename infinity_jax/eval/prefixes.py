@@ -46,11 +46,9 @@ def draw_after_prefix(model_cfg, schedule, params, text, text_mask, true_bits, n
     for k in range(num_true, len(hws)):
         x = bsq.teacher_forcing_inputs(bits, schedule)  # scales >= k are placeholders, unseen by scale k
         logits = model.apply({"params": params}, text_all, mask_all, jnp.repeat(x, 2, 0), schedule)
-        lg = logits[:, starts[k]:starts[k + 1]] * sp.inv_tau[k]  # the sampler's order: tau, then CFG
-        lg = lg.reshape(B, 2, *lg.shape[1:])
-        lg = (sp.cond_w[k] * lg[:, 0] + sp.uncond_w[k] * lg[:, 1]).reshape(B, -1, d, 2)
-        u = jax.vmap(lambda key: jax.random.uniform(jax.random.fold_in(key, k), (lg.shape[1], d)))(keys)
-        drawn = sampling.sample_bits(lg, u, sp.top_k, sp.top_p, sp.greedy)
+        lg = sampling.guide(logits[:, starts[k]:starts[k + 1]] * sp.inv_tau[k], sp.cond_w[k], sp.uncond_w[k])
+        u = sampling.scale_uniforms(keys, k, lg.shape[1], d)
+        drawn = sampling.sample_bits(lg.reshape(B, -1, d, 2), u, sp.top_k, sp.top_p, sp.greedy)
         bits[k] = drawn.reshape(B, *hws[k], d)
     return bits
 

@@ -158,8 +158,9 @@ def quantize_for_training(z: jax.Array, schedule, options: TokenizerLossOptions 
     """z: (B, h, w, d) raw latent -> (z_q (B, h, w, d), bits per scale, terms, parts).
 
     z_q has the value of bsq.multiscale_quantize(z).z_hat and the per-scale straight-through
-    gradient (module docstring); parts[k] (B, h, w, d) is scale k's share of it (z_q = sum(parts)). terms: {'quant_loss', 'commit', 'entropy_sample',
-    'entropy_codebook'} (scalars, means over scales; quant_loss already weighted).
+    gradient (module docstring); parts[k] (B, h, w, d) is scale k's share of it, with the same
+    straight-through gradient (z_q = sum(parts) up to rounding). terms: {'quant_loss', 'commit',
+    'entropy_sample', 'entropy_codebook'} (scalars, means over scales; quant_loss already weighted).
     """
     o = options
     tokens = bsq.multiscale_quantize(z, schedule)
