@@ -78,6 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.cross_attn_layer_scale = -1.0
     m.rope2d_normalized_by_hw = 2
     m.lvl_embed_first_block_only = True
+    m.abs_pos_embed = False  # ours (model/transformer.py); the official models have no such weights
     m.drop_path_rate = 0.0 if name == "tiny" else (0.25 if name == "infinity_20b" else 0.1)
     m.dtype = "float32"      # compute dtype (bfloat16 on TPU/GPU); params, norms, softmax, loss stay fp32
     m.remat = "none"         # none | full | attn

@@ -59,6 +59,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.text_channels = 128  # a multiple of the official text-pool head width (128)
     m.text_maxlen = 64
     m.drop_path_rate = 0.0
+    # ours, not official (no export): each token knows its place, so a small model learns where the
+    # first-named object goes (demo, 480 validation prompts: adherence 0.44 -> 0.50; README "The demo")
+    m.abs_pos_embed = True
     c.model = m
 
     # tokenizer: the BSQ-VAE of configs/tokenizer_shapes.py (random until `vae.params` names trained

@@ -54,7 +54,7 @@ def test_short_demo_runs_every_stage_and_writes_its_report(tmp_path, capsys):
     assert scores["tokenizer_steps"] == 100 and scores["transformer_steps"] == 60
     assert scores["text_pretrain"]["steps"] == 20 and (workdir / "text_encoder" / "model.safetensors").is_file()
     assert scores["ground_truth"]["overall"] == 1.0
-    _, truth = demo.held_out_prompts(64, 32)
+    _, truth = demo.held_out_prompts(64, 32, "slots")  # the demo's layout
     x = np.stack(truth).astype(np.float32) / 127.5 - 1
     background = np.asarray(shapes.BACKGROUND, np.float32) / 127.5 - 1
     background_psnr = 10 * math.log10(4 / float(np.mean((x - background) ** 2)))

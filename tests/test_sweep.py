@@ -92,7 +92,7 @@ def test_sweep_skips_finished_resumes_partial_and_fits_the_injected_law(tmp_path
     assert r0.workdir == os.path.join(root, "d16", "L2W64", "C1e11")
     assert r0.config == os.path.join(REPO, "configs/shapes.py") + ":layers=2,width=64,heads=2,bits=16,tiny"
     assert r0.overrides[:2] == ("sample.every=0", "seed=1") and r0.overrides[-1] == f"train.total_steps={r0.steps}"
-    assert r0.steps == round(1e11 / r0.flops_per_step) and r0.params == 212_388  # shapes tiny, 2 x 64, d16
+    assert r0.steps == round(1e11 / r0.flops_per_step) and r0.params == 213_924  # shapes tiny, 2 x 64, d16 (1,536 of them abs_pos: 24 x 64)
 
     first = FakeTrainer(interrupt={r0.workdir})
     assert sweep.main(["--sweep", spec, "--root", root], runner=first) == 1  # one run failed
@@ -192,7 +192,7 @@ def test_four_point_sweep_of_tiny_models_with_the_real_trainer(shapes_data, tmp_
     for fin in finals:
         assert 0.3 < fin["val_loss"] < 1.0 and fin["flops_total"] > 0 and fin["params"] > 0
         assert fin["config"]["model"]["codebook_dim"] == 16 and fin["config"]["sample"]["every"] == 0
-    assert {fin["params"] for fin in finals} == {145_634, 212_388}
+    assert {fin["params"] for fin in finals} == {147_170, 213_924}  # abs_pos: 24 x 64 of each
     for budget in (4e9, 6.4e9):  # steps were chosen so each run spends about its budget
         spent = [f["flops_total"] for f in finals if abs(f["flops_total"] - budget) < 0.3 * budget]
         assert len(spent) == 2, [f["flops_total"] for f in finals]

@@ -259,3 +259,19 @@ def test_drop_path_only_in_training_and_per_example(tiny):
     outs = {tuple(np.round(np.abs(np.asarray(run(jax.random.key(s))) - tiny.tf_logits).max((1, 2)), 4))
             for s in range(6)}
     assert len(outs) > 1 and all(max(o) > 0 for o in outs)  # random per example; training differs from eval
+
+
+def test_abs_pos_embed_decodes_like_teacher_forcing_and_has_no_official_form(tiny):
+    """The place embedding (ours) reaches both paths identically; the converter refuses it by name."""
+    cfg = dataclasses.replace(tiny.cfg, abs_pos_embed=True)
+    params = nn.unbox(T.init_params(cfg, jax.random.key(3)))
+    model = T.Infinity(cfg)
+    x = tiny.f["tf/x_wo_prefix"]
+    want = jax.jit(lambda p: model.apply({"params": p}, tiny.text, tiny.mask, x, tiny.sched))(params)
+    got = jax.jit(lambda p: decode_all(model, cfg, p, tiny.text, tiny.mask, x, tiny.sched))(params)
+    assert max_abs(got, want) <= 1e-5
+    off = dict(params, abs_pos={"kernel": jnp.zeros_like(params["abs_pos"]["kernel"])})
+    moved = np.asarray(jax.jit(lambda p: model.apply({"params": p}, tiny.text, tiny.mask, x, tiny.sched))(off))
+    assert max_abs(moved, want) > 1e-3  # the embedding changes the logits
+    with pytest.raises(ValueError, match="abs_pos_embed"):
+        conv.params_to_torch(params, cfg)

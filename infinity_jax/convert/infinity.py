@@ -133,6 +133,9 @@ def _table(cfg) -> tuple[tuple[str, str, str, tuple[int, ...]], ...]:
     """((official key, our unstacked path, layout, our shape), ...) for a model config."""
     import dataclasses
     from infinity_jax.model.transformer import abstract_params
+    if cfg.abs_pos_embed:
+        raise ValueError("model.abs_pos_embed=True: the official Infinity has no absolute-place weights, so this "
+                         "model has no official state dict; expected abs_pos_embed=False to convert")
     flat = common.flatten(abstract_params(dataclasses.replace(cfg, scan_layers=False)))
     rows = []
     for path, leaf in sorted(flat.items()):

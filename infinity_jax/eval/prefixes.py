@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from infinity_jax import demo
 from infinity_jax import sample as sampling
 from infinity_jax import schedules
 from infinity_jax.model.transformer import Infinity
@@ -79,10 +80,10 @@ def teacher_forced_accuracy(model_cfg, schedule, params, text, text_mask, true_b
     return out
 
 
-def prefix_scores(run: str, *, num_prompts: int = 120, cfg="3", tau="1", top_k: int = 900, top_p: float = 0.97,
+def prefix_scores(run: str, *, num_prompts: int = 120, cfg=demo.SAMPLE_CFG, tau=demo.SAMPLE_TAU, top_k: int = 900, top_p: float = 0.97,
                   seed: int = 0, prefer_ema: bool = True, batch_size: int = 40, log=print) -> dict:
     """The module docstring's measurement for the training run (or demo transformer folder) `run`."""
-    from infinity_jax import demo, sample_cli
+    from infinity_jax import sample_cli
     from infinity_jax.eval import shapes as shapes_eval
     from infinity_jax.model.transformer import InfinityConfig
     from infinity_jax.text.encoder import TextEncoder
@@ -157,8 +158,8 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="infinity-jax eval prefixes", description=__doc__.split("\n")[0])
     ap.add_argument("--run", required=True, help="a transformer training run folder (e.g. runs/demo/transformer)")
     ap.add_argument("--prompts", type=int, default=120, help="held-out prompts (the demo's unseen seed)")
-    ap.add_argument("--cfg", default="3")
-    ap.add_argument("--tau", default="1")
+    ap.add_argument("--cfg", default=demo.SAMPLE_CFG, help="default: as the demo samples")
+    ap.add_argument("--tau", default=demo.SAMPLE_TAU, help="default: as the demo samples")
     ap.add_argument("--top-k", type=int, default=900)
     ap.add_argument("--top-p", type=float, default=0.97)
     ap.add_argument("--seed", type=int, default=0)

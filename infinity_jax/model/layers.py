@@ -139,6 +139,18 @@ def rope2d_table(schedule: schedules.Schedule, head_dim: int, mode: int = 2) -> 
     return np.concatenate(out, 1).astype(np.float32)
 
 
+def cell_centre_features(schedule: schedules.Schedule, num_freqs: int = 6) -> np.ndarray:
+    """(L, 4 * num_freqs) float32: sin/cos of every token's cell centre, as a fraction of the image in
+    [0, 1] per axis, at frequencies pi * 2**f. Every scale's cell covering a place gets nearly the same
+    features, whatever the schedule (the input of `abs_pos_embed`, see model/transformer.py)."""
+    out = []
+    for _, h, w in schedule:
+        yy, xx = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")
+        angles = np.stack([yy.ravel(), xx.ravel()], -1)[:, :, None] * (np.pi * 2.0 ** np.arange(num_freqs))
+        out.append(np.concatenate([np.sin(angles), np.cos(angles)], -1).reshape(h * w, -1))
+    return np.concatenate(out).astype(np.float32)
+
+
 def _resize_align_corners(x: np.ndarray, h: int, w: int) -> np.ndarray:
     """Bilinear resize of axes 1, 2 with align_corners=True (float32 arithmetic). x: (2, H, W, c)."""
     def coords(n_out, n_in):

@@ -11,7 +11,8 @@ Output layout: logits[..., 2j] / logits[..., 2j + 1] are bit j being 0 / 1.
 
 Param tree (mirrors the official module tree, see convert/infinity.py): cfg_uncond, text_norm,
 text_proj_for_sos/ca, text_proj_for_ca_{0,2}, pos_start, lvl_embed, word_embed, shared_ada_lin,
-blocks_{i} (or `blocks`, stacked on a leading 'layers' axis, with scan_layers), head_nm, head.
+blocks_{i} (or `blocks`, stacked on a leading 'layers' axis, with scan_layers), head_nm, head; and
+abs_pos with the non-official `abs_pos_embed` (which therefore has no official state dict).
 """
 from __future__ import annotations
 
@@ -50,6 +51,11 @@ class InfinityConfig:
     cross_attn_layer_scale: float = -1.0  # >= 0: learned per-channel gain on cross-attention
     rope2d_normalized_by_hw: int = 2
     lvl_embed_first_block_only: bool = True  # official add_lvl_embeding_only_first_block
+    # ours, not official (export refuses it): a learned projection of each token's absolute place
+    # (layers.cell_centre_features) added with the level embedding. RoPE alone gives a token only
+    # relative offsets, and the inputs of a scale are identical wherever the coarser scales drew
+    # background, so a small model has a hard time putting the first-named object on the left.
+    abs_pos_embed: bool = False
     drop_path_rate: float = 0.0      # stochastic depth, linear 0 -> rate over blocks (training only)
     dtype: str = "float32"           # compute dtype of matmuls (params are fp32)
     remat: str = "none"              # none | full (each block) | attn (self-attention only)
@@ -241,6 +247,8 @@ class Infinity(nn.Module):
         self.pos_start = self.param("pos_start", part(layers._normal(std), (None, None, "embed")), (1, 1, c.embed_dim))
         self.lvl_embed = nn.Embed(NUM_LEVELS, c.embed_dim, embedding_init=part(layers._normal(std), ("scales", "embed")))
         self.word_embed = layers.dense(c.embed_dim, ("bits", "embed"))
+        if c.abs_pos_embed:
+            self.abs_pos = layers.dense(c.embed_dim, (None, "embed"), use_bias=False)
         if c.shared_aln:
             self.shared_ada_lin = layers.dense(6 * c.embed_dim, ("embed", "adaln"))
         self.head_nm = AdaLNBeforeHead(c)
@@ -280,6 +288,15 @@ class Infinity(nn.Module):
 
     def _logits(self, x, cond):
         return self.head(self.head_nm(x, cond))
+
+    def _level_and_place(self, schedule, start: int, length: int) -> jax.Array:
+        """(length, C): what the first block adds to tokens start..start+length-1 of the schedule: the
+        level embedding of each token's scale, plus its place with abs_pos_embed."""
+        ids = scale_ids(schedule)[start:start + length]
+        out = self.lvl_embed(jnp.asarray(ids))
+        if self.cfg.abs_pos_embed:
+            out = out + self.abs_pos(jnp.asarray(layers.cell_centre_features(schedule)[start:start + length]))
+        return out
 
     def _chunk_starts(self) -> list[int]:
         """Layers before which the level embedding is added."""
@@ -339,7 +356,7 @@ class Infinity(nn.Module):
                              f"schedule of {n} tokens")
         ctx = self.encode_text(text, text_mask, drop)
         x = jnp.concatenate([self._sos(ctx), self._embed(x_wo_prefix)], axis=1)
-        lvl = self.lvl_embed(jnp.asarray(scale_ids(schedule)))
+        lvl = self._level_and_place(schedule, 0, n)
         rope = jnp.asarray(layers.rope2d_table(schedule, c.head_dim, c.rope2d_normalized_by_hw))
         x, _ = self._blocks(x, ctx, rope, block_causal_mask(schedule), lvl, train=train)
         return self._logits(x, ctx["cond"])
@@ -372,7 +389,7 @@ class Infinity(nn.Module):
             if b % x.shape[0]:
                 raise ValueError(f"x_scale batch {x.shape[0]} does not divide the text batch {b}")
             x = jnp.tile(x, (b // x.shape[0], 1, 1))
-        lvl = jnp.broadcast_to(self.lvl_embed(jnp.int32(scale_index)), (l, c.embed_dim))
+        lvl = self._level_and_place(schedule, start, l)
         rope = jnp.asarray(layers.rope2d_table(schedule, c.head_dim, c.rope2d_normalized_by_hw)[:, start:start + l])
         x, cache = self._blocks(x, ctx, rope, None, lvl, cache, start)
         return self._logits(x, ctx["cond"]), cache
