@@ -128,7 +128,7 @@ def test_slots_layout_places_objects_by_count_and_caption_order():
         want = shapes._slot_centres(n, rel)
         for (x, y), (fx, fy) in zip(centres, want):  # jitter 2 px, rounding and clipping 1 more
             assert abs(x - fx * W) <= 3.5 and abs(y - fy * H) <= 3.5, (cap, spec["objects"])
-        lo, hi = shapes.SLOT_SIZES[min(n, 3)]  # the larger slot sizes
+        lo, hi = shapes.OBJECT_SIZES["slots"][min(n, 3)]  # larger than the random layout's
         assert all(int(W * lo) <= o["box"][2] - o["box"][0] < int(W * hi) for o in spec["objects"]), spec
         if spec["category"] in ("two_object", "color_attr"):
             assert centres[0][0] < W / 2 < centres[1][0]  # the first-named object on the left

@@ -92,7 +92,8 @@ def test_sweep_skips_finished_resumes_partial_and_fits_the_injected_law(tmp_path
     assert r0.workdir == os.path.join(root, "d16", "L2W64", "C1e11")
     assert r0.config == os.path.join(REPO, "configs/shapes.py") + ":layers=2,width=64,heads=2,bits=16,tiny"
     assert r0.overrides[:2] == ("sample.every=0", "seed=1") and r0.overrides[-1] == f"train.total_steps={r0.steps}"
-    assert r0.steps == round(1e11 / r0.flops_per_step) and r0.params == 213_924  # shapes tiny, 2 x 64, d16 (1,536 of them abs_pos: 24 x 64)
+    # shapes tiny, 2 x 64, d16; 1,536 of the params are the place embedding (24 x 64)
+    assert r0.steps == round(1e11 / r0.flops_per_step) and r0.params == 213_924
 
     first = FakeTrainer(interrupt={r0.workdir})
     assert sweep.main(["--sweep", spec, "--root", root], runner=first) == 1  # one run failed

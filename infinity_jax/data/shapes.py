@@ -22,13 +22,13 @@ one pixel). For `position`, the first-named object (the subject) is offset from 
 the named axis by at least the larger object's size, and by less than half that offset across it.
 
 Layouts (where the objects go; sizes are random in both):
-    random  anywhere, uniformly (the default); sides 0.2-0.34 of the image (0.16-0.26 for 3-4 objects)
+    random  anywhere, uniformly (the default)
     slots   fixed places by object count, each jittered by up to 1/16 of the image side: one object
             in the centre; two side by side, the first-named on the left (for `position`: the subject
             on the named side, above/below stacked); three in a triangle; four in the quadrants.
             As in photos, where things go follows from the caption, so a model need not draw the
-            layout at random (measured on the demo: README, "The demo"). Each slot has room for a
-            larger object (`SLOT_SIZES`: sides up to half the image for one object), so a shape
+            layout at random (measured on the demo: README, "The demo"). A slot has room for a
+            larger object (`OBJECT_SIZES`: sides up to half the image for one object), so a shape
             spans more latent cells.
 
 Spec (JSON-serialisable dict, one per image):
@@ -56,9 +56,10 @@ BACKGROUND = (32, 32, 32)
 CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 RELATIONS = ("left of", "right of", "above", "below")
 LAYOUTS = ("random", "slots")
-# slots layout: object sides as fractions of the image side, by object count (1, 2, 3 or more);
-# each slot has room for larger objects than the random layout draws
-SLOT_SIZES = {1: (0.3, 0.5), 2: (0.25, 0.41), 3: (0.2, 0.34)}
+# object sides as fractions of the image side [lo, hi), by layout and object count (1, 2, 3 or more);
+# a slot has room for a larger object than a place drawn anywhere
+OBJECT_SIZES = {"random": {1: (0.2, 0.34), 2: (0.2, 0.34), 3: (0.16, 0.26)},
+                "slots": {1: (0.3, 0.5), 2: (0.25, 0.41), 3: (0.2, 0.34)}}
 NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
 _MIRROR = {"left of": "right of", "right of": "left of", "above": "above", "below": "below"}
 
@@ -114,7 +115,7 @@ def _place(rng: np.random.Generator, n: int, H: int, W: int, relation: str | Non
            tries: int = 2000):
     """n non-overlapping square boxes [x0, y0, x1, y1) inside (H, W) by `layout`; raises if none fit."""
     side = min(H, W)
-    lo_frac, hi_frac = SLOT_SIZES[min(n, 3)] if layout == "slots" else (0.16, 0.26) if n > 2 else (0.2, 0.34)
+    lo_frac, hi_frac = OBJECT_SIZES[layout][min(n, 3)]
     lo = max(4, int(side * lo_frac))
     hi = max(lo + 1, int(side * hi_frac))
     if layout == "slots":

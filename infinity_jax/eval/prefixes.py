@@ -80,8 +80,9 @@ def teacher_forced_accuracy(model_cfg, schedule, params, text, text_mask, true_b
     return out
 
 
-def prefix_scores(run: str, *, num_prompts: int = 120, cfg=demo.SAMPLE_CFG, tau=demo.SAMPLE_TAU, top_k: int = 900, top_p: float = 0.97,
-                  seed: int = 0, prefer_ema: bool = True, batch_size: int = 40, log=print) -> dict:
+def prefix_scores(run: str, *, num_prompts: int = 120, cfg=demo.SAMPLE_CFG, tau=demo.SAMPLE_TAU, top_k: int = 900,
+                  top_p: float = 0.97, seed: int = 0, prefer_ema: bool = True, batch_size: int = 40,
+                  log=print) -> dict:
     """The module docstring's measurement for the training run (or demo transformer folder) `run`."""
     from infinity_jax import sample_cli
     from infinity_jax.eval import shapes as shapes_eval
