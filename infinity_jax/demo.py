@@ -85,9 +85,11 @@ def plan_steps(args, name: str, run_fn, cfg, workdir: str, plan: dict) -> int:
 
 
 def with_steps(cfg, steps: int):
-    """The stage's config for its planned step count (warm-up at most a tenth of the run)."""
+    """The stage's config for its planned step count (warm-up at most a tenth of the run; at most
+    about four checkpoints: the tiny test configs save every few steps, to exercise resuming)."""
     warmup = min(int(cfg.optim.warmup_steps), max(1, steps // 10))
-    over = [f"train.total_steps={steps}", f"optim.warmup_steps={warmup}"]
+    over = [f"train.total_steps={steps}", f"optim.warmup_steps={warmup}",
+            f"checkpoint.every={max(int(cfg.checkpoint.every), steps // 4)}"]
     if cfg.get("sample") and int(cfg.sample.get("every", 0)) > 0:  # about four progress grids a run
         over.append(f"sample.every={max(int(cfg.sample.every), steps // 4)}")
     return config_util.apply_overrides(cfg, over)

@@ -19,6 +19,9 @@ def test_with_steps_caps_warmup_for_short_runs():
     short = demo.with_steps(cfg, 40)
     assert short.train.total_steps == 40 and short.optim.warmup_steps == 4
     assert demo.with_steps(cfg, 5000).optim.warmup_steps == cfg.optim.warmup_steps
+    assert short.checkpoint.every == cfg.checkpoint.every == 200  # never more often than the config says
+    tiny = config_util.load_config("shapes:tiny")
+    assert tiny.checkpoint.every == 3 and demo.with_steps(tiny, 60).checkpoint.every == 15  # ~4 per run
 
 
 def test_captioned_grid_and_line_plots_draw():
