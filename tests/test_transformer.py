@@ -267,11 +267,11 @@ def test_abs_pos_embed_decodes_like_teacher_forcing_and_has_no_official_form(tin
     params = nn.unbox(T.init_params(cfg, jax.random.key(3)))
     model = T.Infinity(cfg)
     x = tiny.f["tf/x_wo_prefix"]
-    want = jax.jit(lambda p: model.apply({"params": p}, tiny.text, tiny.mask, x, tiny.sched))(params)
+    forward = jax.jit(lambda p: model.apply({"params": p}, tiny.text, tiny.mask, x, tiny.sched))
+    want = forward(params)
     got = jax.jit(lambda p: decode_all(model, cfg, p, tiny.text, tiny.mask, x, tiny.sched))(params)
     assert max_abs(got, want) <= 1e-5
-    off = dict(params, abs_pos={"kernel": jnp.zeros_like(params["abs_pos"]["kernel"])})
-    moved = np.asarray(jax.jit(lambda p: model.apply({"params": p}, tiny.text, tiny.mask, x, tiny.sched))(off))
+    moved = np.asarray(forward(dict(params, abs_pos={"kernel": jnp.zeros_like(params["abs_pos"]["kernel"])})))
     assert max_abs(moved, want) > 1e-3  # the embedding changes the logits
     with pytest.raises(ValueError, match="abs_pos_embed"):
         conv.params_to_torch(params, cfg)

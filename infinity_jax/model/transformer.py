@@ -290,8 +290,8 @@ class Infinity(nn.Module):
         return self.head(self.head_nm(x, cond))
 
     def _level_and_place(self, schedule, start: int, length: int) -> jax.Array:
-        """(length, C): what the first block adds to tokens start..start+length-1 of the schedule: the
-        level embedding of each token's scale, plus its place with abs_pos_embed."""
+        """(length, C): what the blocks of `_chunk_starts` add to tokens start..start+length-1 of the
+        schedule: the level embedding of each token's scale, plus its place with abs_pos_embed."""
         ids = scale_ids(schedule)[start:start + length]
         out = self.lvl_embed(jnp.asarray(ids))
         if self.cfg.abs_pos_embed:
