@@ -59,6 +59,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.text_channels = 128  # a multiple of the official text-pool head width (128)
     m.text_maxlen = 64
     m.drop_path_rate = 0.0
+    # one traced block, stacked params: on 2 CPU cores a demo step takes 0.26 s instead of 0.33 (XLA CPU
+    # fuses the unrolled backward's residual chain into every consumer and recomputes it)
+    m.scan_layers = True
     # ours, not official (no export): each token knows its place, so a small model learns where the
     # first-named object goes (demo, 480 validation prompts: adherence 0.44 -> 0.50; README "The demo")
     m.abs_pos_embed = True

@@ -14,8 +14,10 @@ Stages (each resumable: rerunning the command skips finished stages and resumes 
                  samples.png (prompt under each image), reconstructions.png, loss_curves.png,
                  scores.json, summary.txt
 Step counts come from the time budget: each training stage first times a few steps of its own
-(a throwaway calibration run), then plans as many steps as fit; the plan is saved in
-WORKDIR/plan.json so a resumed demo trains exactly the planned run.
+(a throwaway calibration run), then plans as many steps as fit its time (the tokenizer: a fixed share
+of the budget; the transformer: what is left, less a minute for sampling and the report); the plan is
+saved in WORKDIR/plan.json so a resumed demo trains exactly the planned run. The transformer trains
+on the tokenizer's latents, encoded once -> WORKDIR/latents.
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ from infinity_jax import config_util
 
 log = logging.getLogger("infinity_jax.demo")
 HELD_OUT_SEED = 9176  # shapes dataset seed of the held-out prompts (training data uses seed 0)
-SHARES = {"tokenizer": 0.35, "transformer": 0.50}  # of the budget; the rest: data, sampling, report
+TOKENIZER_SHARE = 0.35  # of the budget; the transformer gets what is left after it, less FINISH_S
+FINISH_S = 60.0  # kept back for what follows training: validation, sampling, evaluation, report
 # sampling of the held-out prompts, chosen on 240 prompts of another unseen seed (4242, not the held-out
 # one), demo 2026-11-30: CFG 3 / tau 1 scored 0.37, 1.5 / 0.5 0.42, 1 / 0.3 0.43 (1 is no guidance)
 SAMPLE_CFG, SAMPLE_TAU = "1.5", "0.5"
@@ -66,8 +69,9 @@ def _seconds_per_step(run_fn, cfg, workdir, steps: int) -> float:
     return float(times[-1]) if times else 1.0  # the second window: caches warm, compile excluded
 
 
-def plan_steps(args, name: str, run_fn, cfg, workdir: str, plan: dict) -> int:
-    """Steps for stage `name` that fit its share of the budget (saved in the plan, reused on resume)."""
+def plan_steps(args, name: str, run_fn, cfg, workdir: str, plan: dict, budget_s) -> int:
+    """Steps for stage `name` that fit in budget_s() seconds, asked after the calibration run (saved in
+    the plan, reused on resume)."""
     if name in plan:
         return plan[name]["steps"]
     fixed = getattr(args, f"{name}_steps", None)
@@ -75,10 +79,10 @@ def plan_steps(args, name: str, run_fn, cfg, workdir: str, plan: dict) -> int:
         plan[name] = {"steps": int(fixed)}
         _write_json(os.path.join(args.workdir, "plan.json"), plan)
         return int(fixed)
-    budget_s = args.minutes * 60 * SHARES[name]
     sec = _seconds_per_step(run_fn, cfg, workdir + ".calibrate", steps=5)
-    steps = int(max(args.min_steps, min(args.max_steps, budget_s * 0.9 / sec)))
-    plan[name] = {"steps": steps, "seconds_per_step": sec, "budget_s": budget_s}
+    seconds = budget_s()
+    steps = int(max(args.min_steps, min(args.max_steps, seconds * 0.9 / sec)))  # 0.9: compile, checkpoints
+    plan[name] = {"steps": steps, "seconds_per_step": sec, "budget_s": seconds}
     _write_json(os.path.join(args.workdir, "plan.json"), plan)
     print(f"[demo] {name}: {sec * 1000:.0f} ms/step -> {steps} steps", file=sys.stderr)
     return steps
@@ -129,19 +133,25 @@ def run(args) -> dict:
 
     # 3. tokenizer
     tok_dir = os.path.join(args.workdir, "tokenizer")
-    _stage_header("tokenizer", args.minutes * SHARES["tokenizer"])
-    steps = plan_steps(args, "tokenizer", tokenizer_cli.run, tok_cfg, tok_dir, plan)
+    _stage_header("tokenizer", args.minutes * TOKENIZER_SHARE)
+    steps = plan_steps(args, "tokenizer", tokenizer_cli.run, tok_cfg, tok_dir, plan,
+                       budget_s=lambda: args.minutes * 60 * TOKENIZER_SHARE)
     tok_cfg = with_steps(tok_cfg, steps)
     tok_final_path = os.path.join(tok_dir, tokenizer_cli.FINAL_FILE)
     tok = _load_json(tok_final_path) if os.path.exists(tok_final_path) else tokenizer_cli.run(tok_cfg, tok_dir)
 
-    # 4. transformer on the trained tokenizer
+    # 4. transformer on the trained tokenizer, from its latents: the frozen encoder runs once per image
+    # (data/latent_cache.py), not once per step
     gpt_dir = os.path.join(args.workdir, "transformer")
+    latents = os.path.join(args.workdir, "latents")
     gpt_cfg = config_util.load_config(f"shapes:{args.model_arg}", data_over + text_over + [
+        f"data.latent_cache={latents!r}",
         f"vae.config={tok['vae_config']!r}", f"vae.params={tok['vae_params']!r}", "vae.overrides=()",
         f"schedule={tok['config']['schedule']!r}", f"data.image_size={args.image_size}"])
-    _stage_header("transformer", args.minutes * SHARES["transformer"])
-    steps = plan_steps(args, "transformer", train_cli.run, gpt_cfg, gpt_dir, plan)
+    def seconds_left():
+        return args.minutes * 60 - (time.perf_counter() - t_start) - FINISH_S
+    _stage_header("transformer", seconds_left() / 60)
+    steps = plan_steps(args, "transformer", train_cli.run, gpt_cfg, gpt_dir, plan, budget_s=seconds_left)
     gpt_cfg = with_steps(gpt_cfg, steps)
     gpt_final_path = os.path.join(gpt_dir, "final.json")
     gpt = _load_json(gpt_final_path) if os.path.exists(gpt_final_path) else train_cli.run(gpt_cfg, gpt_dir)

@@ -65,3 +65,33 @@ def test_short_demo_runs_every_stage_and_writes_its_report(tmp_path, capsys):
     assert scores["transformer_val_loss"] < 0.9 * math.log(2), scores
     assert 0.0 <= scores["samples"]["overall"] <= 1.0
     assert "prompt adherence" in capsys.readouterr().out
+    # the transformer trained on latents encoded once (data/latent_cache.py)
+    assert list((workdir / "latents").glob("shard-*/latent.npy")), list(workdir.iterdir())
+
+
+def test_plan_steps_fits_the_budget_asked_after_calibration_and_keeps_the_plan(tmp_path):
+    """Steps = 0.9 * budget / (step time of the calibration's second window); the budget is asked for
+    after calibrating (the transformer's is the time left then); a second call reuses the saved plan."""
+    import argparse
+    import json
+    import os
+    calls = []
+
+    def fake_run(cfg, workdir):  # a calibration run that logs two timing windows, the second 0.5 s/step
+        calls.append(int(cfg.train.total_steps))
+        os.makedirs(workdir)
+        with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+            f.write('{"step": 5, "step_time_s": 9.0}\n{"step": 10, "step_time_s": 0.5}\n')
+
+    args = argparse.Namespace(workdir=str(tmp_path), transformer_steps=None, min_steps=20, max_steps=20000)
+    cfg = config_util.load_config("shapes:tiny")
+    asked = []
+    budget = lambda: asked.append(len(calls)) or 100.0  # noqa: E731
+    plan = {}
+    steps = demo.plan_steps(args, "transformer", fake_run, cfg, str(tmp_path / "gpt"), plan, budget_s=budget)
+    assert steps == 180 and calls == [10] and asked == [1]  # 0.9 * 100 s / 0.5 s, budget asked after the run
+    saved = json.load(open(tmp_path / "plan.json"))
+    assert saved["transformer"] == {"steps": 180, "seconds_per_step": 0.5, "budget_s": 100.0}
+    assert not (tmp_path / "gpt.calibrate").exists()  # the throwaway run is removed
+    assert demo.plan_steps(args, "transformer", fake_run, cfg, str(tmp_path / "gpt"), saved, budget_s=budget) == 180
+    assert calls == [10]  # resumed: no second calibration
