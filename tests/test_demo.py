@@ -81,7 +81,8 @@ def test_plan_steps_fits_the_budget_asked_after_calibration_and_keeps_the_plan(t
         calls.append(int(cfg.train.total_steps))
         os.makedirs(workdir)
         with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
-            f.write('{"step": 5, "step_time_s": 9.0}\n{"step": 10, "step_time_s": 0.5}\n')
+            n = demo.CALIBRATION_STEPS
+            f.write(f'{{"step": {n}, "step_time_s": 9.0}}\n{{"step": {2 * n}, "step_time_s": 0.5}}\n')
 
     args = argparse.Namespace(workdir=str(tmp_path), transformer_steps=None, min_steps=20, max_steps=20000)
     cfg = config_util.load_config("shapes:tiny")
@@ -89,9 +90,9 @@ def test_plan_steps_fits_the_budget_asked_after_calibration_and_keeps_the_plan(t
     budget = lambda: asked.append(len(calls)) or 100.0  # noqa: E731
     plan = {}
     steps = demo.plan_steps(args, "transformer", fake_run, cfg, str(tmp_path / "gpt"), plan, budget_s=budget)
-    assert steps == 180 and calls == [10] and asked == [1]  # 0.9 * 100 s / 0.5 s, budget asked after the run
+    assert steps == 180 and calls == [2 * demo.CALIBRATION_STEPS] and asked == [1]  # 0.9 * 100 s / 0.5 s, budget asked after the run
     saved = json.load(open(tmp_path / "plan.json"))
     assert saved["transformer"] == {"steps": 180, "seconds_per_step": 0.5, "budget_s": 100.0}
     assert not (tmp_path / "gpt.calibrate").exists()  # the throwaway run is removed
     assert demo.plan_steps(args, "transformer", fake_run, cfg, str(tmp_path / "gpt"), saved, budget_s=budget) == 180
-    assert calls == [10]  # resumed: no second calibration
+    assert calls == [2 * demo.CALIBRATION_STEPS]  # resumed: no second calibration
