@@ -35,7 +35,7 @@ from infinity_jax import config_util
 
 log = logging.getLogger("infinity_jax.demo")
 HELD_OUT_SEED = 9176  # shapes dataset seed of the held-out prompts (training data uses seed 0)
-TOKENIZER_SHARE = 0.35  # of the budget; the transformer gets what is left after it, less FINISH_S
+TOKENIZER_SHARE = 0.35  # of the budget (--tokenizer-share); the transformer gets what is left, less FINISH_S
 FINISH_S = 30.0  # kept back for what follows training: sampling, evaluation, report (8 s measured)
 CALIBRATION_STEPS = 10  # per timing window (two windows); with 5 the plan was off by 8-10% either way
 # sampling of the held-out prompts, chosen on 240 prompts of another unseen seed (4242, not the held-out
@@ -134,9 +134,9 @@ def run(args) -> dict:
 
     # 3. tokenizer
     tok_dir = os.path.join(args.workdir, "tokenizer")
-    _stage_header("tokenizer", args.minutes * TOKENIZER_SHARE)
+    _stage_header("tokenizer", args.minutes * args.tokenizer_share)
     steps = plan_steps(args, "tokenizer", tokenizer_cli.run, tok_cfg, tok_dir, plan,
-                       budget_s=lambda: args.minutes * 60 * TOKENIZER_SHARE)
+                       budget_s=lambda: args.minutes * 60 * args.tokenizer_share)
     tok_cfg = with_steps(tok_cfg, steps)
     tok_final_path = os.path.join(tok_dir, tokenizer_cli.FINAL_FILE)
     tok = _load_json(tok_final_path) if os.path.exists(tok_final_path) else tokenizer_cli.run(tok_cfg, tok_dir)
@@ -276,6 +276,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--top-p", type=float, default=0.97)
     ap.add_argument("--text-steps", type=int, default=400,
                     help="pretraining steps of the text encoder on the captions; 0: a random frozen T5")
+    ap.add_argument("--tokenizer-share", type=float, default=TOKENIZER_SHARE,
+                    help="fraction of --minutes for training the tokenizer (the transformer gets the rest)")
     ap.add_argument("--tokenizer-steps", type=int, default=None, help="train the tokenizer this many steps "
                     "(default: as many as fit its share of --minutes)")
     ap.add_argument("--transformer-steps", type=int, default=None, help="likewise for the transformer")
@@ -284,6 +286,8 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     if args.minutes <= 0:
         ap.error(f"--minutes {args.minutes}: expected a positive budget")
+    if not 0 < args.tokenizer_share < 1:
+        ap.error(f"--tokenizer-share {args.tokenizer_share}: expected a fraction between 0 and 1")
     args.workdir = os.path.abspath(args.workdir)  # orbax refuses relative checkpoint paths
     run(args)
     return 0

@@ -96,3 +96,11 @@ def test_plan_steps_fits_the_budget_asked_after_calibration_and_keeps_the_plan(t
     assert not (tmp_path / "gpt.calibrate").exists()  # the throwaway run is removed
     assert demo.plan_steps(args, "transformer", fake_run, cfg, str(tmp_path / "gpt"), saved, budget_s=budget) == 180
     assert calls == [2 * demo.CALIBRATION_STEPS]  # resumed: no second calibration
+
+
+@pytest.mark.parametrize("flag,value", [("--minutes", "0"), ("--tokenizer-share", "1.5"), ("--tokenizer-share", "0")])
+def test_demo_refuses_a_bad_budget_naming_the_value(flag, value, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        demo.main(["--workdir", str(tmp_path / "demo"), flag, value])
+    assert f"{flag} {float(value)}" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()  # refused before anything is written
