@@ -70,7 +70,7 @@ def test_short_demo_runs_every_stage_and_writes_its_report(tmp_path, capsys):
 
 
 def test_plan_steps_fits_the_budget_asked_after_calibration_and_keeps_the_plan(tmp_path):
-    """Steps = 0.9 * budget / (step time of the calibration's second window); the budget is asked for
+    """Steps = PLAN_FRACTION * budget / (step time of the calibration's second window); the budget is asked for
     after calibrating (the transformer's is the time left then); a second call reuses the saved plan."""
     import argparse
     import json
@@ -90,11 +90,12 @@ def test_plan_steps_fits_the_budget_asked_after_calibration_and_keeps_the_plan(t
     budget = lambda: asked.append(len(calls)) or 100.0  # noqa: E731
     plan = {}
     steps = demo.plan_steps(args, "transformer", fake_run, cfg, str(tmp_path / "gpt"), plan, budget_s=budget)
-    assert steps == 180 and calls == [2 * demo.CALIBRATION_STEPS] and asked == [1]  # 0.9 * 100 s / 0.5 s, budget asked after the run
+    expected = int(demo.PLAN_FRACTION * 100 / 0.5)
+    assert steps == expected and calls == [2 * demo.CALIBRATION_STEPS] and asked == [1]  # budget asked after the run
     saved = json.load(open(tmp_path / "plan.json"))
-    assert saved["transformer"] == {"steps": 180, "seconds_per_step": 0.5, "budget_s": 100.0}
+    assert saved["transformer"] == {"steps": expected, "seconds_per_step": 0.5, "budget_s": 100.0}
     assert not (tmp_path / "gpt.calibrate").exists()  # the throwaway run is removed
-    assert demo.plan_steps(args, "transformer", fake_run, cfg, str(tmp_path / "gpt"), saved, budget_s=budget) == 180
+    assert demo.plan_steps(args, "transformer", fake_run, cfg, str(tmp_path / "gpt"), saved, budget_s=budget) == expected
     assert calls == [2 * demo.CALIBRATION_STEPS]  # resumed: no second calibration
 
 
