@@ -15,7 +15,7 @@ Stages (each resumable: rerunning the command skips finished stages and resumes 
                  scores.json, summary.txt
 Step counts come from the time budget: each training stage first times a few steps of its own
 (a throwaway calibration run), then plans as many steps as fit its time (the tokenizer: a fixed share
-of the budget; the transformer: what is left, less a minute for sampling and the report); the plan is
+of the budget; the transformer: what is left, less 30 s for sampling and the report); the plan is
 saved in WORKDIR/plan.json so a resumed demo trains exactly the planned run. The transformer trains
 on the tokenizer's latents, encoded once -> WORKDIR/latents.
 """
