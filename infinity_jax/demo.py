@@ -95,19 +95,23 @@ def plan_steps(args, name: str, run_fn, cfg, workdir: str, plan: dict, budget_s)
 
 def with_steps(cfg, steps: int):
     """The stage's config for its planned step count (warm-up at most a tenth of the run; at most
-    about four checkpoints: the tiny test configs save every few steps, to exercise resuming)."""
+    about four checkpoints and 200 metric rows: the tiny test configs save every few steps, to exercise
+    resuming, and log every step, which waits for each step's result)."""
     warmup = min(int(cfg.optim.warmup_steps), max(1, steps // 10))
     over = [f"train.total_steps={steps}", f"optim.warmup_steps={warmup}",
-            f"checkpoint.every={max(int(cfg.checkpoint.every), steps // 4)}"]
+            f"checkpoint.every={max(int(cfg.checkpoint.every), steps // 4)}",
+            f"train.log_every={max(int(cfg.train.log_every), steps // 200)}"]
     if cfg.get("sample") and int(cfg.sample.get("every", 0)) > 0:  # about four progress grids a run
         over.append(f"sample.every={max(int(cfg.sample.every), steps // 4)}")
     return config_util.apply_overrides(cfg, over)
 
 
-def held_out_prompts(n: int, size: int, layout: str = "random") -> tuple[list[str], list[np.ndarray]]:
+def held_out_prompts(n: int, size: int, layout: str = "random",
+                     categories: tuple[str, ...] | None = None) -> tuple[list[str], list[np.ndarray]]:
     """n captions and ground-truth images from a dataset seed the models never saw."""
     from infinity_jax.data import shapes
-    examples = [shapes.render(i, HELD_OUT_SEED, size, layout=layout) for i in range(n)]
+    categories = categories or shapes.CATEGORIES
+    examples = [shapes.render(i, HELD_OUT_SEED, size, categories, layout) for i in range(n)]
     return [caption for _, caption, _ in examples], [np.asarray(image) for image, _, _ in examples]
 
 
@@ -126,7 +130,7 @@ def run(args) -> dict:
     tok_cfg = config_util.load_config(f"tokenizer_shapes:{args.tokenizer_arg}", data_over)
     args.image_size = int(tok_cfg.data.image_size)
     sources.prepare("shapes", data_dir, num_examples=args.num_examples, image_size=args.image_size, seed=0,
-                    layout=args.layout)
+                    layout=args.layout, categories=args.categories)
 
     # 2. text encoder, pretrained on the training captions and then frozen (as Flan-T5 is)
     text_over, text_report = [], None
@@ -163,11 +167,12 @@ def run(args) -> dict:
 
     # 5. sample held-out prompts
     _stage_header("sample")
-    captions, truth = held_out_prompts(args.num_prompts, args.image_size, args.layout)
+    captions, truth = held_out_prompts(args.num_prompts, args.image_size, args.layout, args.categories)
     images = sample_prompts(args, gpt_dir, captions)
 
     # 6. evaluate and report
     _stage_header("evaluate")
+    from infinity_jax.data import shapes
     from infinity_jax.eval import shapes as shapes_eval
     scores = {"samples": shapes_eval.evaluate(images, captions),
               "ground_truth": shapes_eval.evaluate(np.stack(truth), captions),
@@ -178,6 +183,7 @@ def run(args) -> dict:
               "tokenizer_steps": tok["step"], "transformer_steps": gpt["step"],
               "transformer_val_loss": gpt.get("val_loss"),
               "transformer_val_loss_other_text": gpt.get("val_loss_other_text"),
+              "categories": list(args.categories or shapes.CATEGORIES),
               "minutes": (time.perf_counter() - t_start) / 60}
     report(args, scores, images, captions, tok_dir, gpt_dir)
     return scores
@@ -250,7 +256,8 @@ def report(args, scores, images, captions, tok_dir, gpt_dir):
              f"{(scores['tokenizer_reconstructions'] or {}).get('overall')}",
              f"transformer: {scores['transformer_steps']} steps; held-out bit loss {scores['transformer_val_loss']:.4f}, "
              f"with other prompts' captions {scores['transformer_val_loss_other_text']:.4f}",
-             f"held-out prompts ({len(captions)}), prompt adherence (GenEval-style):",
+             f"held-out prompts ({len(captions)}{'' if not args.categories else ', ' + ','.join(args.categories)}), "
+             "prompt adherence (GenEval-style):",
              *[f"  {k:14s} {v:.3f}" for k, v in s.items()],
              f"chance (images of other prompts) overall: {scores['chance_reference']['overall']:.3f}; "
              f"ground truth overall: {scores['ground_truth']['overall']:.3f}"]
@@ -261,7 +268,7 @@ def report(args, scores, images, captions, tok_dir, gpt_dir):
 
 
 def main(argv: list[str]) -> int:
-    from infinity_jax.data import shapes
+    from infinity_jax.data import cli as data_cli, shapes
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
     ap = argparse.ArgumentParser(prog="infinity-jax demo", description=__doc__.split("\n")[0])
@@ -272,6 +279,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--layout", default="slots", choices=shapes.LAYOUTS,
                     help="where the shapes dataset puts objects (data/shapes.py); with 'random' the layout "
                          "is drawn cell by cell and adherence halves (README, 'The demo')")
+    ap.add_argument("--categories", type=data_cli.categories_arg, default=None,
+                    help="caption categories of the dataset and the held-out prompts, comma-separated "
+                         f"(default: all of {','.join(shapes.CATEGORIES)})")
     ap.add_argument("--tokenizer-arg", default="",
                     help="configs/tokenizer_shapes.py argument (sets the image size), e.g. size=64,stride=8")
     ap.add_argument("--model-arg", default="", help="configs/shapes.py argument, e.g. layers=4,width=128")

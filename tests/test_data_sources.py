@@ -144,6 +144,26 @@ def test_shapes_layout_is_built_and_recorded(tmp_path):
         sources.prepare("shapes", str(tmp_path / "x"), num_examples=4, layout="grid", progress=False)
 
 
+def test_shapes_categories_subset_is_built_and_recorded(tmp_path, capsys):
+    from infinity_jax.cli import main
+    from infinity_jax.data import shapes
+    out = str(tmp_path / "out")
+    assert main(["data", "prepare", "--source", "shapes", "--num-examples", "6", "--image-size", "32",
+                 "--categories", "colors,position", "--out", out]) == 0
+    recs, info = _records(sources.find_dataset_dir(out))
+    assert info.metadata["prepare"]["categories"] == ["colors", "position"]
+    specs = [json.loads(r["spec"].decode()) for r in recs]
+    assert [s["category"] for s in specs] == ["colors", "position"] * 3
+    assert specs[3] == shapes.render(3, seed=0, size=32, categories=("colors", "position"))[2]
+    with pytest.raises(ValueError, match="already holds"):  # the same folder, all categories
+        sources.prepare("shapes", out, num_examples=6, image_size=32, progress=False)
+    with pytest.raises(SystemExit):
+        main(["data", "prepare", "--source", "shapes", "--categories", "colors,shade", "--out", str(tmp_path / "x")])
+    assert "'colors,shade'" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="each once"):
+        shapes.check_categories(("colors", "colors"))
+
+
 def test_cli_prepare_builds_shapes(tmp_path, capsys):
     from infinity_jax.cli import main
     assert main(["data", "prepare", "--source", "shapes", "--num-examples", "6", "--image-size", "32x48",

@@ -34,39 +34,51 @@ def test_captioned_grid_and_line_plots_draw():
         plots.captioned_grid(imgs, ["x"])
 
 
-def test_short_demo_runs_every_stage_and_writes_its_report(tmp_path, capsys):
-    """The CI-sized demo: tiny tokenizer and transformer, fixed step counts (no calibration).
+def test_short_demo_runs_every_stage_and_beats_chance(tmp_path):
+    """The CI-sized demo, run as a user runs it (its own process, one CPU device; ~1.5 min): tiny
+    tokenizer and transformer, fixed step counts (no calibration), on the colour prompts ("a photo of
+    a <colour> <shape>": both attributes must come from the text).
 
-    What a one-minute run can honestly show: every stage completes and writes its report; the
-    tokenizer reconstructs held-out images clearly better than the best image without objects
-    (the plain background); the transformer's held-out bit loss is clearly below ln 2 (a coin flip
-    per bit). The samples' prompt adherence is computed and reported, not asserted: at this budget
-    it does not beat the chance reference (see README, "The demo").
+    Every stage completes and writes its report; the tokenizer reconstructs held-out images clearly
+    better than the plain background; the transformer's bit loss is clearly lower with the right
+    captions than with other prompts' captions; and the samples' prompt adherence beats chance (the
+    ground-truth images of other prompts) by a wide margin. On all six categories a run of this size
+    is too short to beat chance reliably (README, "The demo").
     """
     import json
     import math
+    import os
+    import subprocess
+    import sys
     from infinity_jax.data import shapes
     workdir = tmp_path / "demo"
-    demo.main(["--workdir", str(workdir), "--num-examples", "500", "--num-prompts", "12",
-               "--tokenizer-arg", "tiny", "--model-arg", "tiny", "--text-steps", "20", "--tokenizer-steps", "100",
-               "--transformer-steps", "60"])
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as `infinity-jax demo` runs
+    cmd = [sys.executable, "-m", "infinity_jax.cli", "demo", "--workdir", str(workdir), "--num-examples", "1000",
+           "--num-prompts", "96", "--categories", "colors", "--tokenizer-arg", "tiny", "--model-arg", "tiny",
+           "--text-steps", "20", "--tokenizer-steps", "400", "--transformer-steps", "2000"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
     report = workdir / "report"
     for name in ("samples.png", "reconstructions.png", "loss_curves.png", "scores.json", "summary.txt"):
         assert (report / name).is_file(), name
     scores = json.load(open(report / "scores.json"))
-    assert scores["tokenizer_steps"] == 100 and scores["transformer_steps"] == 60
+    assert scores["categories"] == ["colors"] and "prompt adherence" in done.stdout
+    assert scores["tokenizer_steps"] == 400 and scores["transformer_steps"] == 2000
     assert scores["text_pretrain"]["steps"] == 20 and (workdir / "text_encoder" / "model.safetensors").is_file()
     assert scores["ground_truth"]["overall"] == 1.0
-    _, truth = demo.held_out_prompts(64, 32, "slots")  # the demo's layout
+    # the transformer trained on latents encoded once (data/latent_cache.py)
+    assert list((workdir / "latents").glob("shard-*/latent.npy")), list(workdir.iterdir())
+
+    _, truth = demo.held_out_prompts(64, 32, "slots", ("colors",))  # the demo's layout
     x = np.stack(truth).astype(np.float32) / 127.5 - 1
     background = np.asarray(shapes.BACKGROUND, np.float32) / 127.5 - 1
     background_psnr = 10 * math.log10(4 / float(np.mean((x - background) ** 2)))
-    assert scores["tokenizer_recon"]["psnr"] > background_psnr + 1.5, (scores["tokenizer_recon"], background_psnr)
-    assert scores["transformer_val_loss"] < 0.9 * math.log(2), scores
-    assert 0.0 <= scores["samples"]["overall"] <= 1.0
-    assert "prompt adherence" in capsys.readouterr().out
-    # the transformer trained on latents encoded once (data/latent_cache.py)
-    assert list((workdir / "latents").glob("shard-*/latent.npy")), list(workdir.iterdir())
+    assert scores["tokenizer_recon"]["psnr"] > background_psnr + 3, (scores["tokenizer_recon"], background_psnr)
+    # measured 0.145 vs 0.413: the text decides the bits
+    assert scores["transformer_val_loss"] < 0.6 * scores["transformer_val_loss_other_text"], scores
+    # measured 0.59-0.60 against chance 0.00-0.02 (1/18 expected: right colour and shape by luck)
+    adherence, chance = scores["samples"]["overall"], scores["chance_reference"]["overall"]
+    assert adherence > chance + 0.3, (adherence, chance)
 
 
 def test_plan_steps_fits_the_budget_asked_after_calibration_and_keeps_the_plan(tmp_path, monkeypatch):

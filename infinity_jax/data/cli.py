@@ -24,6 +24,15 @@ def _size(text: str):
     raise argparse.ArgumentTypeError(f"{text!r}: expected N or HxW")
 
 
+def categories_arg(text: str) -> tuple[str, ...]:
+    """argparse type of --categories: a comma-separated subset of shapes.CATEGORIES."""
+    from infinity_jax.data import shapes
+    try:
+        return shapes.check_categories(c.strip() for c in text.split(",") if c.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
+
+
 def prepare(argv: list[str]) -> int:
     from infinity_jax.data import shapes
     ap = argparse.ArgumentParser(prog="infinity-jax data prepare",
@@ -42,6 +51,9 @@ def prepare(argv: list[str]) -> int:
     ap.add_argument("--seed", type=int, default=0, help="shapes: dataset seed")
     ap.add_argument("--layout", default="random", choices=shapes.LAYOUTS,
                     help="shapes: where objects go (data/shapes.py: anywhere, or fixed slots by count)")
+    ap.add_argument("--categories", type=categories_arg, default=None,
+                    help="shapes: caption categories to draw, comma-separated (default: all of "
+                         f"{','.join(shapes.CATEGORIES)})")
     ap.add_argument("--verify", default="decode", choices=("decode", "header", "none"),
                     help="check each image: decode (default, catches truncation), header, or none")
     ap.add_argument("--threads", type=int, default=None, help="images read and checked in parallel "
@@ -56,7 +68,7 @@ def prepare(argv: list[str]) -> int:
     kind = sources.detect_kind(a.source) if a.kind == "auto" else a.kind
     path = sources.prepare(kind, a.out, source=None if kind == "shapes" else a.source, image_root=a.image_root,
                            limit=a.limit, num_examples=a.num_examples, image_size=a.image_size, seed=a.seed,
-                           layout=a.layout, verify=a.verify, overwrite=a.overwrite, threads=a.threads)
+                           layout=a.layout, categories=a.categories, verify=a.verify, overwrite=a.overwrite, threads=a.threads)
     src, info = sources.open_split(path)
     meta = info.metadata or {}
     print(f"{kind}: {len(src)} examples in {path}")

@@ -156,6 +156,15 @@ def _draw(img: ImageDraw.ImageDraw, shape: str, box, rgb) -> None:
         raise ValueError(f"shape {shape!r}: expected one of {SHAPES}")
 
 
+def check_categories(categories) -> tuple[str, ...]:
+    """`categories` as a tuple, refused unless a non-empty subset of CATEGORIES without repeats."""
+    categories = tuple(categories)
+    bad = [c for c in categories if c not in CATEGORIES]
+    if bad or not categories or len(set(categories)) != len(categories):
+        raise ValueError(f"categories={categories}: expected a non-empty subset of {CATEGORIES}, each once")
+    return categories
+
+
 def make_spec(index: int, seed: int = 0, size: int | tuple[int, int] = 64,
               categories: tuple[str, ...] = CATEGORIES, layout: str = "random") -> dict:
     """The spec (objects, colours, boxes, caption) of example `index`; deterministic in its arguments."""
@@ -164,9 +173,7 @@ def make_spec(index: int, seed: int = 0, size: int | tuple[int, int] = 64,
     H, W = (size, size) if isinstance(size, int) else tuple(size)
     if min(H, W) < 32:
         raise ValueError(f"size={size}: expected images of at least 32x32 pixels")
-    bad = [c for c in categories if c not in CATEGORIES]
-    if bad or not categories:
-        raise ValueError(f"categories={categories}: expected a non-empty subset of {CATEGORIES}")
+    categories = check_categories(categories)
     rng = np.random.default_rng([int(seed), int(index)])
     cat = categories[index % len(categories)]
     colors = list(PALETTE)

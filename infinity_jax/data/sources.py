@@ -371,8 +371,8 @@ class ImageFolder(_Builder, skip_registration=True):
 # ---------------------------------------------------------------- procedural shapes
 
 class Shapes(_Builder, skip_registration=True):
-    """shapes.render(i, seed, size, layout=...) for i < num_examples. options: num_examples, image_size,
-    seed, layout (absent = 'random')."""
+    """shapes.render(i, seed, size, categories, layout) for i < num_examples. options: num_examples,
+    image_size, seed, layout (absent = 'random'), categories (absent = all of shapes.CATEGORIES)."""
 
     name = "shapes"
     DESCRIPTION = "Procedural coloured shapes with GenEval-style captions and a JSON spec per image."
@@ -380,11 +380,12 @@ class Shapes(_Builder, skip_registration=True):
     def _items(self) -> list[_Item]:
         n, size, seed = int(self._options["num_examples"]), self._options["image_size"], int(self._options["seed"])
         layout = self._options.get("layout", "random")
+        categories = tuple(self._options.get("categories", shapes.CATEGORIES))
         H, W = (size, size) if isinstance(size, int) else size
 
         def loader(i: int) -> Callable[[], bytes]:
             def load() -> bytes:
-                img, _, _ = shapes.render(i, seed, (H, W), layout=layout)
+                img, _, _ = shapes.render(i, seed, (H, W), categories, layout)
                 buf = io.BytesIO()
                 Image.fromarray(img).save(buf, format="PNG")
                 return buf.getvalue()
@@ -392,7 +393,7 @@ class Shapes(_Builder, skip_registration=True):
 
         items = []
         for i in range(n):
-            spec = shapes.make_spec(i, seed, (H, W), layout=layout)
+            spec = shapes.make_spec(i, seed, (H, W), categories, layout)
             items.append(_Item(H / W, loader(i), {"long_caption": spec["caption"], "spec": shapes.dumps(spec)},
                                f"shapes:{i}", verify=False))
         return items
@@ -417,13 +418,14 @@ def detect_kind(source: str) -> str:
 
 def prepare(kind: str, out: str, *, source: str | None = None, image_root: str | None = None,
             limit: int | None = None, num_examples: int = 1000, image_size: int | tuple[int, int] = 64,
-            seed: int = 0, layout: str = "random", verify: str = "decode", overwrite: bool = False,
-            progress: bool = True, log_every: int = 100, threads: int | None = None) -> str:
+            seed: int = 0, layout: str = "random", categories: tuple[str, ...] | None = None,
+            verify: str = "decode", overwrite: bool = False, progress: bool = True, log_every: int = 100, threads: int | None = None) -> str:
     """Builds dataset `kind` under `out` (tfds data_dir) and returns the dataset directory
     (`out/<kind>/1.0.0`), which `open_split` and the pipeline take.
 
     source: the folder to read (infinity_jsonl, image_folder); shapes takes num_examples,
-    image_size (int or (H, W)), seed and layout (shapes.LAYOUTS). verify: 'decode' | 'header' | 'none'
+    image_size (int or (H, W)), seed, layout (shapes.LAYOUTS) and categories (a subset of
+    shapes.CATEGORIES; None: all). verify: 'decode' | 'header' | 'none'
     (see check_image).
     threads: images read and checked in parallel (default: one per core).
     """
@@ -439,6 +441,8 @@ def prepare(kind: str, out: str, *, source: str | None = None, image_root: str |
             raise ValueError(f"layout={layout!r}: expected one of {shapes.LAYOUTS}")
         if layout != "random":  # datasets built before layouts existed stay reusable
             options["layout"] = layout
+        if categories is not None and tuple(categories) != shapes.CATEGORIES:  # likewise
+            options["categories"] = list(shapes.check_categories(categories))
     else:
         if not source:
             raise ValueError(f"kind {kind!r} needs a source folder")
