@@ -256,7 +256,7 @@ def report(args, scores, images, captions, tok_dir, gpt_dir):
              f"{(scores['tokenizer_reconstructions'] or {}).get('overall')}",
              f"transformer: {scores['transformer_steps']} steps; held-out bit loss {scores['transformer_val_loss']:.4f}, "
              f"with other prompts' captions {scores['transformer_val_loss_other_text']:.4f}",
-             f"held-out prompts ({len(captions)}{'' if not args.categories else ', ' + ','.join(args.categories)}), "
+             f"held-out prompts ({len(captions)}{', ' + ','.join(args.categories) if args.categories else ''}), "
              "prompt adherence (GenEval-style):",
              *[f"  {k:14s} {v:.3f}" for k, v in s.items()],
              f"chance (images of other prompts) overall: {scores['chance_reference']['overall']:.3f}; "

@@ -68,7 +68,8 @@ def prepare(argv: list[str]) -> int:
     kind = sources.detect_kind(a.source) if a.kind == "auto" else a.kind
     path = sources.prepare(kind, a.out, source=None if kind == "shapes" else a.source, image_root=a.image_root,
                            limit=a.limit, num_examples=a.num_examples, image_size=a.image_size, seed=a.seed,
-                           layout=a.layout, categories=a.categories, verify=a.verify, overwrite=a.overwrite, threads=a.threads)
+                           layout=a.layout, categories=a.categories, verify=a.verify, overwrite=a.overwrite,
+                           threads=a.threads)
     src, info = sources.open_split(path)
     meta = info.metadata or {}
     print(f"{kind}: {len(src)} examples in {path}")

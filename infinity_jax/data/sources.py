@@ -419,7 +419,8 @@ def detect_kind(source: str) -> str:
 def prepare(kind: str, out: str, *, source: str | None = None, image_root: str | None = None,
             limit: int | None = None, num_examples: int = 1000, image_size: int | tuple[int, int] = 64,
             seed: int = 0, layout: str = "random", categories: tuple[str, ...] | None = None,
-            verify: str = "decode", overwrite: bool = False, progress: bool = True, log_every: int = 100, threads: int | None = None) -> str:
+            verify: str = "decode", overwrite: bool = False, progress: bool = True, log_every: int = 100,
+            threads: int | None = None) -> str:
     """Builds dataset `kind` under `out` (tfds data_dir) and returns the dataset directory
     (`out/<kind>/1.0.0`), which `open_split` and the pipeline take.
 
