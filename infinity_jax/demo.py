@@ -106,6 +106,13 @@ def with_steps(cfg, steps: int):
     return config_util.apply_overrides(cfg, over)
 
 
+def calibrated_rate(plan: dict, name: str) -> str:
+    """' (258 ms/step calibrated)' for a stage whose steps were planned from a timing run, else '': a
+    slower machine fits fewer steps in the same minutes, and this says so in the report."""
+    sec = (plan or {}).get(name, {}).get("seconds_per_step")
+    return f" ({sec * 1000:.0f} ms/step calibrated)" if sec else ""
+
+
 def held_out_prompts(n: int, size: int, layout: str = "random",
                      categories: tuple[str, ...] | None = None) -> tuple[list[str], list[np.ndarray]]:
     """n captions and ground-truth images from a dataset seed the models never saw."""
@@ -184,6 +191,7 @@ def run(args) -> dict:
               "transformer_val_loss": gpt.get("val_loss"),
               "transformer_val_loss_other_text": gpt.get("val_loss_other_text"),
               "categories": list(args.categories or shapes.CATEGORIES),
+              "plan": plan,  # steps per stage and, when calibrated, this machine's seconds per step
               "minutes": (time.perf_counter() - t_start) / 60}
     report(args, scores, images, captions, tok_dir, gpt_dir)
     return scores
@@ -251,10 +259,12 @@ def report(args, scores, images, captions, tok_dir, gpt_dir):
              "text encoder: " + (f"pretrained {scores['text_pretrain']['steps']} steps on "
                                  f"{scores['text_pretrain']['captions']} captions, then frozen"
                                  if scores.get("text_pretrain") else "random, frozen"),
-             f"tokenizer: {scores['tokenizer_steps']} steps; recon {json.dumps(scores['tokenizer_recon'])}",
+             f"tokenizer: {scores['tokenizer_steps']} steps{calibrated_rate(scores.get('plan'), 'tokenizer')}; "
+             f"recon {json.dumps(scores['tokenizer_recon'])}",
              f"tokenizer reconstructions, shapes evaluator overall: "
              f"{(scores['tokenizer_reconstructions'] or {}).get('overall')}",
-             f"transformer: {scores['transformer_steps']} steps; held-out bit loss {scores['transformer_val_loss']:.4f}, "
+             f"transformer: {scores['transformer_steps']} steps{calibrated_rate(scores.get('plan'), 'transformer')}; "
+             f"held-out bit loss {scores['transformer_val_loss']:.4f}, "
              f"with other prompts' captions {scores['transformer_val_loss_other_text']:.4f}",
              f"held-out prompts ({len(captions)}{', ' + ','.join(args.categories) if args.categories else ''}), "
              "prompt adherence (GenEval-style):",

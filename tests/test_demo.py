@@ -64,6 +64,7 @@ def test_short_demo_runs_every_stage_and_beats_chance(tmp_path):
     scores = json.load(open(report / "scores.json"))
     assert scores["categories"] == ["colors"] and "prompt adherence" in done.stdout
     assert scores["tokenizer_steps"] == 400 and scores["transformer_steps"] == 2000
+    assert scores["plan"] == {"tokenizer": {"steps": 400}, "transformer": {"steps": 2000}}  # fixed: no calibration
     assert scores["text_pretrain"]["steps"] == 20 and (workdir / "text_encoder" / "model.safetensors").is_file()
     assert scores["ground_truth"]["overall"] == 1.0
     # the transformer trained on latents encoded once (data/latent_cache.py)
@@ -109,6 +110,10 @@ def test_plan_steps_fits_the_budget_asked_after_calibration_and_keeps_the_plan(t
     assert saved["transformer"] == {"steps": 180, "seconds_per_step": 0.5, "budget_s": 100.0}
     assert not (tmp_path / "gpt.calibrate").exists()  # the throwaway run is removed
     assert demo.plan_steps(args, "transformer", fake_run, cfg, str(tmp_path / "gpt"), saved, budget_s=budget) == 180
+    # the report names the calibrated rate (a slower machine fits fewer steps in the same minutes)
+    assert demo.calibrated_rate(saved, "transformer") == " (500 ms/step calibrated)"
+    assert demo.calibrated_rate({"tokenizer": {"steps": 400}}, "tokenizer") == ""
+    assert demo.calibrated_rate(saved, "tokenizer") == ""
     assert calls == [10]  # resumed: no second calibration
 
 
