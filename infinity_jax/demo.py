@@ -155,6 +155,7 @@ def run(args) -> dict:
     tok_cfg = with_steps(tok_cfg, steps)
     tok_final_path = os.path.join(tok_dir, tokenizer_cli.FINAL_FILE)
     tok = _load_json(tok_final_path) if os.path.exists(tok_final_path) else tokenizer_cli.run(tok_cfg, tok_dir)
+    _require_finished("tokenizer", tok, steps)
 
     # 4. transformer on the trained tokenizer, from its latents: the frozen encoder runs once per image
     # (data/latent_cache.py), not once per step
@@ -171,6 +172,7 @@ def run(args) -> dict:
     gpt_cfg = with_steps(gpt_cfg, steps)
     gpt_final_path = os.path.join(gpt_dir, "final.json")
     gpt = _load_json(gpt_final_path) if os.path.exists(gpt_final_path) else train_cli.run(gpt_cfg, gpt_dir)
+    _require_finished("transformer", gpt, steps)
 
     # 5. sample held-out prompts
     _stage_header("sample")
@@ -195,6 +197,18 @@ def run(args) -> dict:
               "minutes": (time.perf_counter() - t_start) / 60}
     report(args, scores, images, captions, tok_dir, gpt_dir)
     return scores
+
+
+class StageStopped(RuntimeError):
+    """A training stage returned before its planned steps (SIGTERM: it saved a checkpoint to resume from)."""
+
+
+def _require_finished(stage: str, final: dict, planned: int) -> None:
+    """Stops the demo when a stage was interrupted: sampling a half-trained model would report a
+    score of a run that did not happen. Rerunning the same command resumes from the checkpoint."""
+    if final.get("stopped", "done") != "done":
+        raise StageStopped(f"the {stage} stage stopped at step {final.get('step')} of {planned} "
+                           f"({final.get('stopped')}); its checkpoint is saved: rerun the same command to resume")
 
 
 def pretrain_text_encoder(args, data_dir: str, text_dir: str) -> dict:
@@ -313,7 +327,11 @@ def main(argv: list[str]) -> int:
     if not 0 < args.tokenizer_share < 1:
         ap.error(f"--tokenizer-share {args.tokenizer_share}: expected a fraction between 0 and 1")
     args.workdir = os.path.abspath(args.workdir)  # orbax refuses relative checkpoint paths
-    run(args)
+    try:
+        run(args)
+    except StageStopped as e:
+        print(f"infinity-jax demo: {e}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -123,3 +123,22 @@ def test_demo_refuses_a_bad_budget_naming_the_value(flag, value, tmp_path, capsy
         demo.main(["--workdir", str(tmp_path / "demo"), flag, value])
     assert f"{flag} {float(value)}" in capsys.readouterr().err
     assert not (tmp_path / "demo").exists()  # refused before anything is written
+
+
+def test_an_interrupted_stage_stops_the_demo_instead_of_sampling_a_half_trained_model(tmp_path, monkeypatch, capsys):
+    """A stage that returns before its planned steps (the training loop saves and returns on SIGTERM)
+    ends the demo with status 3 and says how to resume; nothing after it runs. (Before, the demo went
+    on to sample the step-1 checkpoint and failed in the report.)"""
+    from infinity_jax.train import cli as train_cli, tokenizer_cli
+    calls = []
+    monkeypatch.setattr(tokenizer_cli, "run", lambda cfg, workdir: calls.append("tokenizer") or
+                        {"step": 7, "stopped": "preempted"})
+    monkeypatch.setattr(train_cli, "run", lambda cfg, workdir: calls.append("transformer") or {})
+    workdir = tmp_path / "demo"
+    status = demo.main(["--workdir", str(workdir), "--num-examples", "8", "--text-steps", "0",
+                        "--tokenizer-arg", "tiny", "--tokenizer-steps", "40", "--transformer-steps", "40"])
+    assert status == 3 and calls == ["tokenizer"]
+    err = capsys.readouterr().err
+    assert "tokenizer stage stopped at step 7 of 40 (preempted)" in err and "rerun the same command" in err
+    assert not (workdir / "samples").exists() and not (workdir / "report").exists()
+    demo._require_finished("transformer", {"step": 40, "stopped": "done"}, 40)  # a finished stage passes
