@@ -153,9 +153,7 @@ def run(args) -> dict:
     steps = plan_steps(args, "tokenizer", tokenizer_cli.run, tok_cfg, tok_dir, plan,
                        budget_s=lambda: args.minutes * 60 * args.tokenizer_share)
     tok_cfg = with_steps(tok_cfg, steps)
-    tok_final_path = os.path.join(tok_dir, tokenizer_cli.FINAL_FILE)
-    tok = _load_json(tok_final_path) if os.path.exists(tok_final_path) else tokenizer_cli.run(tok_cfg, tok_dir)
-    _require_finished("tokenizer", tok, steps)
+    tok = _train_stage("tokenizer", tokenizer_cli.run, tok_cfg, tok_dir, steps)
 
     # 4. transformer on the trained tokenizer, from its latents: the frozen encoder runs once per image
     # (data/latent_cache.py), not once per step
@@ -170,9 +168,7 @@ def run(args) -> dict:
     _stage_header("transformer", seconds_left() / 60)
     steps = plan_steps(args, "transformer", train_cli.run, gpt_cfg, gpt_dir, plan, budget_s=seconds_left)
     gpt_cfg = with_steps(gpt_cfg, steps)
-    gpt_final_path = os.path.join(gpt_dir, "final.json")
-    gpt = _load_json(gpt_final_path) if os.path.exists(gpt_final_path) else train_cli.run(gpt_cfg, gpt_dir)
-    _require_finished("transformer", gpt, steps)
+    gpt = _train_stage("transformer", train_cli.run, gpt_cfg, gpt_dir, steps)
 
     # 5. sample held-out prompts
     _stage_header("sample")
@@ -203,12 +199,17 @@ class StageStopped(RuntimeError):
     """A training stage returned before its planned steps (SIGTERM: it saved a checkpoint to resume from)."""
 
 
-def _require_finished(stage: str, final: dict, planned: int) -> None:
-    """Stops the demo when a stage was interrupted: sampling a half-trained model would report a
-    score of a run that did not happen. Rerunning the same command resumes from the checkpoint."""
+def _train_stage(stage: str, run_fn, cfg, workdir: str, planned: int) -> dict:
+    """A training stage's final.json: read when the stage finished before (only finished runs write
+    it), else from run_fn(cfg, workdir), which trains or resumes. An interrupted run stops the demo:
+    sampling a half-trained model would report a score of a run that did not happen."""
+    from infinity_jax.train.cli import FINAL_FILE
+    final_path = os.path.join(workdir, FINAL_FILE)
+    final = _load_json(final_path) if os.path.exists(final_path) else run_fn(cfg, workdir)
     if final.get("stopped", "done") != "done":
         raise StageStopped(f"the {stage} stage stopped at step {final.get('step')} of {planned} "
                            f"({final.get('stopped')}); its checkpoint is saved: rerun the same command to resume")
+    return final
 
 
 def pretrain_text_encoder(args, data_dir: str, text_dir: str) -> dict:

@@ -29,6 +29,7 @@ from infinity_jax import config_util, schedules
 
 log = logging.getLogger("infinity_jax.train")
 ARRAY_KEYS = ("image", "tokens", "token_mask")  # what the step reads from a data batch
+FINAL_FILE = "final.json"  # a finished run's summary (train and train-tokenizer); absent while unfinished
 
 
 def parse_args(argv: list[str], prog: str, doc: str) -> tuple[argparse.Namespace, list[str]]:
@@ -250,7 +251,7 @@ def run(cfg, workdir: str) -> dict:
     final["val_loss_other_text"] = float(np.mean(other_text))
     if jax.process_index() == 0:
         from infinity_jax.convert.common import atomic_write
-        atomic_write(os.path.join(workdir, "final.json"),
+        atomic_write(os.path.join(workdir, FINAL_FILE),
                      lambda f: f.write(json.dumps(final, indent=1).encode()))
     return final
 

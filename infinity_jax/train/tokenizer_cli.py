@@ -34,9 +34,10 @@ from flax import linen as nn
 from flax import traverse_util
 
 from infinity_jax import config_util, schedules
+from infinity_jax.train.cli import FINAL_FILE
 
 log = logging.getLogger("infinity_jax.train_tokenizer")
-PARAMS_FILE, CONFIG_FILE, FINAL_FILE = "vae_params.npz", "vae_config.json", "final.json"
+PARAMS_FILE, CONFIG_FILE = "vae_params.npz", "vae_config.json"
 
 
 def build(cfg):
