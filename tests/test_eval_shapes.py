@@ -198,6 +198,29 @@ def test_cli_scores_a_samples_folder(tmp_path, renders64, capsys):
     assert full["results"][2]["score"] == 0.0 and full["results"][2]["file"] == "000002.png"
 
 
+def test_cli_reads_the_summary_the_sampler_writes_when_there_is_no_captions_file(tmp_path, renders64, capsys):
+    """`infinity-jax sample --out DIR` writes samples.json ({"samples": [{"file", "prompt", ...}]}), not
+    captions.jsonl; `eval shapes --samples DIR` scores such a folder as it is (test_sample.py runs the pair)."""
+    from PIL import Image
+    records = []
+    for i, (image, caption, _) in enumerate(renders64[:6]):
+        name = f"{i:04d}_sample.png"
+        Image.fromarray(image if i != 1 else np.zeros_like(image)).save(tmp_path / name)
+        records.append({"index": i, "prompt": caption, "seed": i, "file": name})
+    (tmp_path / "samples.json").write_text(json.dumps({"cfg": [3.0], "samples": records}))
+    assert cli.main(["eval", "shapes", "--samples", str(tmp_path)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["n"] == 6 and printed["scores"][renders64[1][2]["category"]] < 1.0  # the blank image
+    assert [c for _, c in ev.read_samples(str(tmp_path))] == [r[1] for r in renders64[:6]]
+    (tmp_path / "samples.json").write_text(json.dumps({"samples": [{"file": "0000_sample.png"}]}))
+    assert cli.main(["eval", "shapes", "--samples", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "samples.json: samples[0]" in err and "lacks 'file' or 'prompt'" in err
+    (tmp_path / "samples.json").write_text(json.dumps([records[0]]))
+    assert cli.main(["eval", "shapes", "--samples", str(tmp_path)]) == 2
+    assert "no 'samples' list" in capsys.readouterr().err
+
+
 def test_cli_dataset_check_scores_ground_truth(capsys):
     assert cli.main(["eval", "shapes", "--dataset-check", "12", "--size", "48", "--blur", "0.5", "--noise", "3"]) == 0
     assert json.loads(capsys.readouterr().out)["scores"]["overall"] == 1.0
@@ -208,7 +231,7 @@ def test_cli_errors_name_the_missing_folder_file_or_image(tmp_path, capsys):
     assert cli.main(["eval", "shapes", "--samples", str(missing)]) == 2
     assert f"samples folder '{missing}' does not exist" in capsys.readouterr().err
     assert cli.main(["eval", "shapes", "--samples", str(tmp_path)]) == 2
-    assert "no captions.jsonl in" in capsys.readouterr().err
+    assert "no captions.jsonl (or samples.json of `infinity-jax sample`) in" in capsys.readouterr().err
     (tmp_path / "captions.jsonl").write_text('{"file": "a.png", "caption": "a photo of a circle"}\n')
     assert cli.main(["eval", "shapes", "--samples", str(tmp_path)]) == 2
     assert "captions.jsonl:1: image 'a.png' not found" in capsys.readouterr().err

@@ -252,15 +252,16 @@ def _cli(argv):
 def test_cli_writes_pngs_grid_and_summary(weights, tmp_path, monkeypatch, capsys):
     from PIL import Image
     monkeypatch.setattr(sample, "DEFAULT_COMPILER_OPTIONS", FAST)
-    (tmp_path / "prompts.txt").write_text("a red cube\n\ntwo blue spheres\n")
+    (tmp_path / "prompts.txt").write_text("a photo of a red circle\n\na photo of two squares\n")
     out = tmp_path / "out"
     rc = _cli(["--config", "tiny", "--checkpoint", str(weights / "gpt.npz"), "--vae", str(weights / "vae.npz"),
-               "--vae-config", "tiny", "--text-encoder", "tiny-byt5", "--prompt", "a cat",
+               "--vae-config", "tiny", "--text-encoder", "tiny-byt5", "--prompt", "a photo of a blue triangle",
                "--prompts-file", str(tmp_path / "prompts.txt"), "--schedule", "1x1,1x2,2x4,3x6",
                "--cfg", "lin:1:3", "--seed", "4", "--batch-size", "2", "--out", str(out)])
     assert rc == 0
     summary = json.loads((out / "samples.json").read_text())
-    assert [s["prompt"] for s in summary["samples"]] == ["a cat", "a red cube", "two blue spheres"]
+    assert [s["prompt"] for s in summary["samples"]] == ["a photo of a blue triangle", "a photo of a red circle",
+                                                          "a photo of two squares"]
     assert [s["seed"] for s in summary["samples"]] == [4, 5, 6]
     assert summary["image_hw"] == [48, 96] and summary["cfg"] == pytest.approx([1, 5 / 3, 7 / 3, 3])
     img = np.asarray(Image.open(out / summary["samples"][2]["file"]))
@@ -268,6 +269,11 @@ def test_cli_writes_pngs_grid_and_summary(weights, tmp_path, monkeypatch, capsys
     assert np.asarray(Image.open(out / "grid.png")).shape == (2 * 48, 2 * 96, 3)
     err = capsys.readouterr().err
     assert "scale 4/4 (3x6) done" in err and "compile so far 0" not in err and "1 program(s)" in err
+    # the shapes evaluator reads the folder as the sampler left it (samples.json, no captions.jsonl)
+    from infinity_jax import cli
+    assert cli.main(["eval", "shapes", "--samples", str(out)]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["n"] == 3 and scored["counts"] == {"colors": 2, "counting": 1}
 
 
 def test_cli_picks_the_nearest_official_template():

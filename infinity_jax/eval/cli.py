@@ -2,7 +2,8 @@
 
     infinity-jax eval shapes --samples DIR [--out scores.json]
         score generated images of the shapes dataset for prompt adherence (GenEval-style);
-        DIR holds the images and captions.jsonl ({"file": ..., "caption": ...} per line).
+        DIR holds the images and captions.jsonl ({"file": ..., "caption": ...} per line), or is the
+        folder `infinity-jax sample --out DIR` wrote (its samples.json names each file's prompt).
     infinity-jax eval shapes --dataset-check N [--size 64] [--seed 0] [--blur 0.75 --noise 4]
         sanity mode: score N ground-truth renders of data/shapes.py (optionally blurred and noised)
 
@@ -36,7 +37,8 @@ def shapes_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="infinity-jax eval shapes",
                                  description="GenEval-style prompt adherence on the synthetic shapes dataset.")
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--samples", help="folder of images plus captions.jsonl")
+    src.add_argument("--samples", help="folder of images plus captions.jsonl, or an `infinity-jax sample` "
+                                        "output folder (samples.json)")
     src.add_argument("--dataset-check", type=int, metavar="N", help="score N ground-truth renders instead")
     ap.add_argument("--size", type=_size, default=64, help="--dataset-check: N or HxW pixels (default 64)")
     ap.add_argument("--seed", type=int, default=0, help="--dataset-check: dataset seed")

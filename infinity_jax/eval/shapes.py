@@ -46,6 +46,8 @@ Samples folder (what `infinity-jax eval shapes --samples DIR` reads, `write_samp
                          "caption": "<the prompt>"}; other keys are ignored (the same file is a
                          valid `image_folder` dataset sidecar, see data/sources.py)
     DIR/<file>           the images, any format PIL reads (PNG by default), RGB or RGBA
+Without captions.jsonl, DIR/samples.json (what `infinity-jax sample --out DIR` writes) is read instead:
+its "samples" list gives each image's "file" and "prompt".
 """
 from __future__ import annotations
 
@@ -345,6 +347,7 @@ def evaluate(images, captions, **detect_kwargs) -> dict:
 # --------------------------------------------------------------------------- samples on disk
 
 CAPTIONS_FILE = "captions.jsonl"
+SAMPLER_FILE = "samples.json"  # what `infinity-jax sample --out DIR` writes; read when there is no captions.jsonl
 _FILE_KEYS = ("file", "file_name", "image", "image_path", "path")
 
 
@@ -367,35 +370,51 @@ def write_samples(folder: str, images, captions, extra: list[dict] | None = None
 
 
 def read_samples(folder: str) -> list[tuple[str, str]]:
-    """[(image path, caption)] of a samples folder (format in the module docstring).
-    Raises FileNotFoundError / ValueError that name the folder, file and line at fault."""
+    """[(image path, caption)] of a samples folder: its captions.jsonl (format in the module docstring),
+    else the samples.json that `infinity-jax sample --out DIR` writes (a "samples" list of records with
+    "file" and "prompt"). Raises FileNotFoundError / ValueError that name the folder, file and record at fault."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"samples folder {folder!r} does not exist; expected a folder with images "
-                                f"and {CAPTIONS_FILE}")
+                                f"and {CAPTIONS_FILE} (or the {SAMPLER_FILE} of `infinity-jax sample`)")
     path = os.path.join(folder, CAPTIONS_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no {CAPTIONS_FILE} in {folder!r}; expected one JSON object per line: "
-                                '{"file": "000000.png", "caption": "a photo of a red circle"}')
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
+    if os.path.isfile(path):
+        records = []
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append((f"{path}:{lineno}", json.loads(line), "caption"))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{lineno}: not JSON ({e}); expected "
+                                     '{"file": ..., "caption": ...}') from None
+    elif os.path.isfile(os.path.join(folder, SAMPLER_FILE)):
+        path = os.path.join(folder, SAMPLER_FILE)
+        with open(path, encoding="utf-8") as f:
             try:
-                rec = json.loads(line)
+                summary = json.load(f)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not JSON ({e}); expected {{\"file\": ..., \"caption\": ...}}") from None
-            name = next((rec[k] for k in _FILE_KEYS if isinstance(rec, dict) and rec.get(k)), None)
-            if name is None or not isinstance(rec.get("caption"), str):
-                raise ValueError(f"{where}: {line.strip()[:120]!r} lacks 'file' or 'caption'; "
-                                 'expected {"file": "000000.png", "caption": "..."}')
-            image = os.path.join(folder, name)
-            if not os.path.isfile(image):
-                raise FileNotFoundError(f"{where}: image {name!r} not found in {folder!r}")
-            out.append((image, rec["caption"]))
+                raise ValueError(f"{path}: not JSON ({e})") from None
+        listed = summary.get("samples") if isinstance(summary, dict) else None
+        if not isinstance(listed, list):
+            raise ValueError(f"{path}: no 'samples' list; expected the summary `infinity-jax sample` writes")
+        records = [(f"{path}: samples[{i}]", rec, "prompt") for i, rec in enumerate(listed)]
+    else:
+        raise FileNotFoundError(f"no {CAPTIONS_FILE} (or {SAMPLER_FILE} of `infinity-jax sample`) in {folder!r}; "
+                                'expected one JSON object per line: {"file": "000000.png", "caption": "a photo of a '
+                                'red circle"}')
+    out = []
+    for where, rec, caption_key in records:
+        name = next((rec[k] for k in _FILE_KEYS if isinstance(rec, dict) and rec.get(k)), None)
+        if name is None or not isinstance(rec.get(caption_key), str):
+            raise ValueError(f"{where}: {json.dumps(rec)[:120]!r} lacks 'file' or {caption_key!r}; "
+                             f'expected {{"file": "000000.png", "{caption_key}": "..."}}')
+        image = os.path.join(folder, name)
+        if not os.path.isfile(image):
+            raise FileNotFoundError(f"{where}: image {name!r} not found in {folder!r}")
+        out.append((image, rec[caption_key]))
     if not out:
-        raise ValueError(f"{path} lists no images; expected one JSON object per line")
+        raise ValueError(f"{path} lists no images; expected one record per image")
     return out
 
 
