@@ -331,8 +331,9 @@ def main(argv: list[str]) -> int:
     try:
         run(args)
     except StageStopped as e:
+        from infinity_jax.train.cli import EXIT_PREEMPTED
         print(f"infinity-jax demo: {e}", file=sys.stderr)
-        return 3
+        return EXIT_PREEMPTED
     return 0
 
 

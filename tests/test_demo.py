@@ -77,7 +77,9 @@ def test_short_demo_runs_every_stage_and_beats_chance(tmp_path):
     assert scores["tokenizer_recon"]["psnr"] > background_psnr + 3, (scores["tokenizer_recon"], background_psnr)
     # measured 0.165 vs 0.471 (0.145 vs 0.413 under 8 host devices): the text decides the bits
     assert scores["transformer_val_loss"] < 0.6 * scores["transformer_val_loss_other_text"], scores
-    # measured 0.625 against chance 0.021 (0.594 under 8 host devices; 1/18 expected: colour and shape right by luck)
+    # chance 0.021 (1/18 expected: colour and shape right by luck). Measured: 0.625 on one machine (0.594
+    # under 8 host devices); 0.396 on a slower CPU, where the same command with --num-examples 999 / 1001
+    # scored 0.552 / 0.510 (the run is deterministic per machine; these are its spread)
     adherence, chance = scores["samples"]["overall"], scores["chance_reference"]["overall"]
     assert adherence > chance + 0.3, (adherence, chance)
 
@@ -127,7 +129,7 @@ def test_demo_refuses_a_bad_budget_naming_the_value(flag, value, tmp_path, capsy
 
 def test_an_interrupted_stage_stops_the_demo_instead_of_sampling_a_half_trained_model(tmp_path, monkeypatch, capsys):
     """A stage that returns before its planned steps (the training loop saves and returns on SIGTERM)
-    ends the demo with status 3 and says how to resume; nothing after it runs. (Before, the demo went
+    ends the demo with status 75 (train's EXIT_PREEMPTED) and says how to resume; nothing after it runs. (Before, the demo went
     on to sample the step-1 checkpoint and failed in the report.)"""
     from infinity_jax.train import cli as train_cli, tokenizer_cli
     calls = []
@@ -137,7 +139,7 @@ def test_an_interrupted_stage_stops_the_demo_instead_of_sampling_a_half_trained_
     workdir = tmp_path / "demo"
     status = demo.main(["--workdir", str(workdir), "--num-examples", "8", "--text-steps", "0",
                         "--tokenizer-arg", "tiny", "--tokenizer-steps", "40", "--transformer-steps", "40"])
-    assert status == 3 and calls == ["tokenizer"]
+    assert status == train_cli.EXIT_PREEMPTED == 75 and calls == ["tokenizer"]
     err = capsys.readouterr().err
     assert "tokenizer stage stopped at step 7 of 40 (preempted)" in err and "rerun the same command" in err
     assert not (workdir / "samples").exists() and not (workdir / "report").exists()

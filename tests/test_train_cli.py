@@ -70,3 +70,15 @@ def test_workdir_is_made_absolute_at_the_command_line_urls_are_kept(tmp_path, mo
     assert args.workdir == str(tmp_path / "runs" / "a") and rest == ["--config.seed=1"]
     args, _ = cli.parse_args(["--config", "shapes:tiny", "--workdir", "gs://bucket/run"], "p", "doc")
     assert args.workdir == "gs://bucket/run"
+
+
+def test_a_run_stopped_by_sigterm_exits_75_not_0(tmp_path, capsys):
+    """The loop saves and returns stopped='preempted' on SIGTERM (test_train_loop.py); the commands then
+    exit EX_TEMPFAIL and say how to resume, so a retry loop or scheduler does not take it for finished."""
+    argv = ["--config", "shapes:tiny", "--workdir", str(tmp_path)]
+    preempted = lambda cfg, workdir: {"step": 4, "stopped": "preempted"}  # noqa: E731
+    assert cli.run_command(argv, "infinity-jax train", "doc", preempted) == cli.EXIT_PREEMPTED == 75
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM at step 4 of 6" in err and "rerun the same command to resume" in err
+    done = lambda cfg, workdir: {"step": 6, "stopped": "done"}  # noqa: E731
+    assert cli.run_command(argv, "infinity-jax train", "doc", done) == 0

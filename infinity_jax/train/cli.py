@@ -30,6 +30,9 @@ from infinity_jax import config_util, schedules
 log = logging.getLogger("infinity_jax.train")
 ARRAY_KEYS = ("image", "tokens", "token_mask")  # what the step reads from a data batch
 FINAL_FILE = "final.json"  # a finished run's summary (train and train-tokenizer); absent while unfinished
+# exit status of a training command stopped by SIGTERM once its checkpoint is saved: sysexits' EX_TEMPFAIL
+# ("try again later"), not 0, so a retry loop or a scheduler can tell it from a finished run
+EXIT_PREEMPTED = 75
 
 
 def parse_args(argv: list[str], prog: str, doc: str) -> tuple[argparse.Namespace, list[str]]:
@@ -257,13 +260,19 @@ def run(cfg, workdir: str) -> dict:
 
 
 def run_command(argv: list[str], prog: str, doc: str, run_fn) -> int:
-    """The shared body of the training commands: parse, load the config, run_fn(cfg, workdir), print final."""
+    """The shared body of the training commands: parse, load the config, run_fn(cfg, workdir), print final.
+    Returns 0 for a finished run, EXIT_PREEMPTED for one stopped by SIGTERM (saved, to be resumed)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it renames at INFO
     args, overrides = parse_args(argv, prog, doc)
     cfg = config_util.load_config(args.config, overrides)
     final = run_fn(cfg, args.workdir)
     print(json.dumps({k: v for k, v in final.items() if k != "config"}))
+    if final.get("stopped") == "preempted":
+        print(f"{prog}: stopped by SIGTERM at step {final.get('step')} of {cfg.train.total_steps}; its checkpoint is "
+              f"saved in {args.workdir}: rerun the same command to resume (exit status {EXIT_PREEMPTED})",
+              file=sys.stderr)
+        return EXIT_PREEMPTED
     return 0
 
 
