@@ -378,33 +378,16 @@ def read_samples(folder: str) -> list[tuple[str, str]]:
                                 f"and {CAPTIONS_FILE} (or the {SAMPLER_FILE} of `infinity-jax sample`)")
     path = os.path.join(folder, CAPTIONS_FILE)
     if os.path.isfile(path):
-        records = []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    records.append((f"{path}:{lineno}", json.loads(line), "caption"))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: not JSON ({e}); expected "
-                                     '{"file": ..., "caption": ...}') from None
+        records, caption_key = _jsonl_records(path), "caption"
     elif os.path.isfile(os.path.join(folder, SAMPLER_FILE)):
         path = os.path.join(folder, SAMPLER_FILE)
-        with open(path, encoding="utf-8") as f:
-            try:
-                summary = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not JSON ({e})") from None
-        listed = summary.get("samples") if isinstance(summary, dict) else None
-        if not isinstance(listed, list):
-            raise ValueError(f"{path}: no 'samples' list; expected the summary `infinity-jax sample` writes")
-        records = [(f"{path}: samples[{i}]", rec, "prompt") for i, rec in enumerate(listed)]
+        records, caption_key = _sampler_records(path), "prompt"
     else:
         raise FileNotFoundError(f"no {CAPTIONS_FILE} (or {SAMPLER_FILE} of `infinity-jax sample`) in {folder!r}; "
                                 'expected one JSON object per line: {"file": "000000.png", "caption": "a photo of a '
                                 'red circle"}')
     out = []
-    for where, rec, caption_key in records:
+    for where, rec in records:
         name = next((rec[k] for k in _FILE_KEYS if isinstance(rec, dict) and rec.get(k)), None)
         if name is None or not isinstance(rec.get(caption_key), str):
             raise ValueError(f"{where}: {json.dumps(rec)[:120]!r} lacks 'file' or {caption_key!r}; "
@@ -416,6 +399,33 @@ def read_samples(folder: str) -> list[tuple[str, str]]:
     if not out:
         raise ValueError(f"{path} lists no images; expected one record per image")
     return out
+
+
+def _jsonl_records(path: str) -> list[tuple[str, object]]:
+    """[('file:line', record)] of a JSON-lines file, blank lines skipped."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    records.append((f"{path}:{lineno}", json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{lineno}: not JSON ({e}); expected "
+                                     '{"file": ..., "caption": ...}') from None
+    return records
+
+
+def _sampler_records(path: str) -> list[tuple[str, object]]:
+    """[('file: samples[i]', record)] of the summary `infinity-jax sample` writes."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            summary = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not JSON ({e})") from None
+    listed = summary.get("samples") if isinstance(summary, dict) else None
+    if not isinstance(listed, list):
+        raise ValueError(f"{path}: no 'samples' list; expected the summary `infinity-jax sample` writes")
+    return [(f"{path}: samples[{i}]", rec) for i, rec in enumerate(listed)]
 
 
 def load_image(path: str) -> np.ndarray:
