@@ -127,6 +127,15 @@ def test_demo_refuses_a_bad_budget_naming_the_value(flag, value, tmp_path, capsy
     assert not (tmp_path / "demo").exists()  # refused before anything is written
 
 
+@pytest.mark.parametrize("flag,value,message", [("--model-arg", "layer=3", "unknown keys ['layer']"),
+                                                ("--tokenizer-arg", "stride=5", "stride=5")])
+def test_demo_refuses_a_bad_config_argument_before_writing(flag, value, message, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        demo.main(["--workdir", str(tmp_path / "demo"), flag, value])
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
+
+
 def test_an_interrupted_stage_stops_the_demo_instead_of_sampling_a_half_trained_model(tmp_path, monkeypatch, capsys):
     """A stage that returns before its planned steps (the training loop saves and returns on SIGTERM)
     ends the demo with status 75 (train's EXIT_PREEMPTED) and says how to resume; nothing after it runs. (Before, the demo went

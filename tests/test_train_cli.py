@@ -82,3 +82,15 @@ def test_a_run_stopped_by_sigterm_exits_75_not_0(tmp_path, capsys):
     assert "stopped by SIGTERM at step 4 of 6" in err and "rerun the same command to resume" in err
     done = lambda cfg, workdir: {"step": 6, "stopped": "done"}  # noqa: E731
     assert cli.run_command(argv, "infinity-jax train", "doc", done) == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--config", "configs/no_such.py"], "config 'configs/no_such.py' not found"),
+    (["--config", "shapes:tiny", "--config.train.nokey=3"], "no field 'nokey' in train"),
+    (["--config", "shapes:tiny", "--config.train.total_steps=abc"], "train.total_steps is int"),
+])
+def test_a_bad_config_or_override_is_a_usage_error_not_a_traceback(tmp_path, capsys, argv, message):
+    never = lambda cfg, workdir: pytest.fail("ran with a bad config")  # noqa: E731
+    assert cli.run_command(argv + ["--workdir", str(tmp_path)], "infinity-jax train", "doc", never) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("infinity-jax train: error: ") and message in err
