@@ -2,12 +2,15 @@
 
 Each command lives in its own module and is imported only when it runs, so `infinity-jax --help`
 stays fast and a command's heavy dependencies (torch for conversion) load only when needed.
-A command is a function `main(argv: list[str]) -> int | None`.
+A command is a function `main(argv: list[str]) -> int | None`; a FileNotFoundError or UsageError it
+raises (bad input, named in the message) is printed as one line with exit status 2.
 """
 from __future__ import annotations
 
 import importlib
 import sys
+
+from infinity_jax.errors import UsageError
 
 # command name -> ("module", "function", one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -49,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     module, func, _ = COMMANDS[name]
-    result = getattr(importlib.import_module(module), func)(rest)
+    try:
+        result = getattr(importlib.import_module(module), func)(rest)
+    except (FileNotFoundError, UsageError) as e:  # bad input: the message names it; a traceback adds nothing
+        print(f"infinity-jax {name}: error: {e}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

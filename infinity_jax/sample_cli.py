@@ -28,12 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from infinity_jax.errors import UsageError
+
 PARAMS_FILES = (".npz", ".msgpack")
 OFFICIAL_FILES = (".pth", ".pt", ".bin", ".safetensors")
-
-
-class UsageError(ValueError):
-    """A bad command line (missing file, bad template, empty prompt): printed, exit status 2."""
 
 
 # ---------------------------------------------------------------- weights

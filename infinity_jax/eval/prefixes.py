@@ -167,7 +167,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--no-ema", action="store_true", help="use the raw params even when EMA params exist")
     ap.add_argument("--out", help="also write the result JSON here")
     a = ap.parse_args(argv)
-    from infinity_jax.sample_cli import UsageError
+    from infinity_jax.errors import UsageError
     try:
         result = prefix_scores(a.run, num_prompts=a.prompts, cfg=a.cfg, tau=a.tau, top_k=a.top_k, top_p=a.top_p,
                                seed=a.seed, prefer_ema=not a.no_ema,

@@ -1,0 +1,31 @@
+"""The `infinity-jax` dispatcher: bad input is one line naming it (exit status 2), not a traceback."""
+from __future__ import annotations
+
+import pytest
+
+from infinity_jax import cli
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["data", "prepare", "--source", "{missing}", "--out", "{tmp}/data"], "source '{missing}' does not exist"),
+    (["pretrain-text", "--data", "{missing}", "--out", "{tmp}/text"], "dataset path '{missing}' does not exist"),
+    (["export-torch", "--checkpoint", "{missing}", "--out", "{tmp}/gpt.pth"],
+     "transformer checkpoint '{missing}' does not exist"),
+])
+def test_missing_inputs_are_one_line_errors_with_status_2(tmp_path, capsys, argv, message):
+    fill = {"missing": str(tmp_path / "nowhere"), "tmp": str(tmp_path)}
+    assert cli.main([a.format(**fill) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"infinity-jax {argv[0]}: error: ") and message.format(**fill) in err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_other_exceptions_keep_their_traceback(monkeypatch):
+    """Only bad input is shortened: a bug in a command still raises."""
+    import types
+    broken = types.ModuleType("broken_command")
+    broken.main = lambda argv: 1 / 0
+    monkeypatch.setitem(__import__("sys").modules, "broken_command", broken)
+    monkeypatch.setitem(cli.COMMANDS, "broken", ("broken_command", "main", "raises"))
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["broken"])
