@@ -6,6 +6,9 @@ Spec forms:
   /abs/path/my_exp.py               a file whose get_config takes no argument (or None)
 Overrides: ["model.depth=4", "train.lr=1e-4"] (a leading "--config." is accepted too); values
 are parsed as Python literals and must keep the type of the field they replace.
+A spec or override that does not fit raises a ConfigError (a UsageError, also a KeyError / TypeError
+where that is the kind of mistake); a missing file a FileNotFoundError: the command line prints either
+as one line (cli.main).
 """
 from __future__ import annotations
 
@@ -18,7 +21,24 @@ from typing import Iterable
 
 import ml_collections
 
+from infinity_jax.errors import UsageError
+
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+class ConfigError(UsageError):
+    """A config spec, argument or override that does not fit: a usage error at the command line."""
+
+
+class ConfigKeyError(ConfigError, KeyError):
+    """An override naming a section or field the config does not have."""
+
+    def __str__(self):  # KeyError's own str() would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """An override whose value does not keep the field's type."""
 
 
 def resolve_config_path(name_or_path: str) -> str:
@@ -42,8 +62,11 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
     mod = importlib.util.module_from_spec(mod_spec)
     mod_spec.loader.exec_module(mod)
     if not hasattr(mod, "get_config"):
-        raise ValueError(f"config file {path!r} has no get_config(arg) function")
-    cfg = mod.get_config(arg or None)
+        raise ConfigError(f"config file {path!r} has no get_config(arg) function")
+    try:
+        cfg = mod.get_config(arg or None)
+    except ValueError as e:  # config files check their argument (e.g. tokenizer_shapes stride=5)
+        raise ConfigError(str(e)) from e
     return apply_overrides(cfg, overrides)
 
 
@@ -55,7 +78,7 @@ def parse_arg(arg: str | None, allowed: Iterable[str] | None = None, where: str 
             k, _, v = part.partition("=")
             out[k.strip()] = v.strip() or "1"
     if allowed is not None and set(out) - set(allowed):
-        raise ValueError(f"{where} argument {arg!r}: unknown keys {sorted(set(out) - set(allowed))}; "
+        raise ConfigError(f"{where} argument {arg!r}: unknown keys {sorted(set(out) - set(allowed))}; "
                          f"expected some of {sorted(allowed)}")
     return out
 
@@ -82,16 +105,16 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Iterable[str]) ->
     for item in overrides:
         key, sep, value = item.removeprefix("--").removeprefix("config.").partition("=")
         if not sep:
-            raise ValueError(f"override {item!r}: expected key=value, e.g. model.depth=4")
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. model.depth=4")
         path = key.split(".")
         parent = cfg
         for p in path[:-1]:
             if p not in parent:
-                raise KeyError(f"override {item!r}: no section {p!r}; have {sorted(parent.keys())}")
+                raise ConfigKeyError(f"override {item!r}: no section {p!r}; have {sorted(parent.keys())}")
             parent = parent[p]
         leaf = path[-1]
         if leaf not in parent:
-            raise KeyError(f"override {item!r}: no field {leaf!r} in {'.'.join(path[:-1]) or 'config'}; "
+            raise ConfigKeyError(f"override {item!r}: no field {leaf!r} in {'.'.join(path[:-1]) or 'config'}; "
                            f"have {sorted(parent.keys())}")
         new, old = _parse_value(value), parent[leaf]
         if isinstance(old, float) and isinstance(new, int) and not isinstance(new, bool):
@@ -99,7 +122,7 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Iterable[str]) ->
         if isinstance(old, tuple) and isinstance(new, list):
             new = tuple(new)
         if old is not None and new is not None and type(new) is not type(old):
-            raise TypeError(f"override {item!r}: {key} is {type(old).__name__} ({old!r}), got {type(new).__name__}")
+            raise ConfigTypeError(f"override {item!r}: {key} is {type(old).__name__} ({old!r}), got {type(new).__name__}")
         parent[leaf] = new
     return cfg
 

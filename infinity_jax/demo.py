@@ -328,10 +328,7 @@ def main(argv: list[str]) -> int:
     if not 0 < args.tokenizer_share < 1:
         ap.error(f"--tokenizer-share {args.tokenizer_share}: expected a fraction between 0 and 1")
     for spec in (f"tokenizer_shapes:{args.tokenizer_arg}", f"shapes:{args.model_arg}"):
-        try:  # before anything is written: a bad --tokenizer-arg / --model-arg is a usage error
-            config_util.load_config(spec)
-        except (FileNotFoundError, ValueError) as e:
-            ap.error(str(e))
+        config_util.load_config(spec)  # before anything is written: a bad argument raises a ConfigError
     args.workdir = os.path.abspath(args.workdir)  # orbax refuses relative checkpoint paths
     try:
         run(args)

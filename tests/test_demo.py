@@ -130,9 +130,10 @@ def test_demo_refuses_a_bad_budget_naming_the_value(flag, value, tmp_path, capsy
 @pytest.mark.parametrize("flag,value,message", [("--model-arg", "layer=3", "unknown keys ['layer']"),
                                                 ("--tokenizer-arg", "stride=5", "stride=5")])
 def test_demo_refuses_a_bad_config_argument_before_writing(flag, value, message, tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        demo.main(["--workdir", str(tmp_path / "demo"), flag, value])
-    assert message in capsys.readouterr().err
+    from infinity_jax import cli
+    assert cli.main(["demo", "--workdir", str(tmp_path / "demo"), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("infinity-jax demo: error: ") and message in err
     assert not (tmp_path / "demo").exists()
 
 

@@ -89,8 +89,10 @@ def test_a_run_stopped_by_sigterm_exits_75_not_0(tmp_path, capsys):
     (["--config", "shapes:tiny", "--config.train.nokey=3"], "no field 'nokey' in train"),
     (["--config", "shapes:tiny", "--config.train.total_steps=abc"], "train.total_steps is int"),
 ])
-def test_a_bad_config_or_override_is_a_usage_error_not_a_traceback(tmp_path, capsys, argv, message):
-    never = lambda cfg, workdir: pytest.fail("ran with a bad config")  # noqa: E731
-    assert cli.run_command(argv + ["--workdir", str(tmp_path)], "infinity-jax train", "doc", never) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("infinity-jax train: error: ") and message in err
+def test_a_bad_config_or_override_is_a_usage_error_not_a_traceback(tmp_path, capsys, monkeypatch, argv, message):
+    from infinity_jax import cli as dispatcher
+    monkeypatch.setattr(cli, "run", lambda cfg, workdir: pytest.fail("ran with a bad config"))
+    for command in ("train", "train-tokenizer"):
+        assert dispatcher.main([command] + argv + ["--workdir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"infinity-jax {command}: error: ") and message in err and err.count("\n") == 1

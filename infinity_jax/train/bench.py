@@ -35,10 +35,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up)")
     a = ap.parse_args(argv)
 
-    try:
-        cfg = config_util.load_config(a.config)
-    except (FileNotFoundError, ValueError) as e:
-        ap.error(str(e))
+    cfg = config_util.load_config(a.config)
     mcfg = T.InfinityConfig.from_dict(cfg.model)
     sched = schedules.parse_schedule(a.schedule) if a.schedule else schedules.official_schedule(1.0, a.pn)
     mesh = parallel.make_mesh(tensor=a.tensor)

@@ -265,11 +265,7 @@ def run_command(argv: list[str], prog: str, doc: str, run_fn) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it renames at INFO
     args, overrides = parse_args(argv, prog, doc)
-    try:
-        cfg = config_util.load_config(args.config, overrides)
-    except (FileNotFoundError, KeyError, TypeError, ValueError) as e:  # the loader's messages name the bad value
-        print(f"{prog}: error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
+    cfg = config_util.load_config(args.config, overrides)  # a bad spec: a UsageError for cli.main to print
     final = run_fn(cfg, args.workdir)
     print(json.dumps({k: v for k, v in final.items() if k != "config"}))
     if final.get("stopped") == "preempted":
