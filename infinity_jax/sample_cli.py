@@ -359,12 +359,7 @@ def _check_shapes(params, model_cfg, path):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        run(args)
-    except UsageError as e:
-        print(f"infinity-jax sample: error: {e}", file=sys.stderr)
-        return 2
+    run(_parser().parse_args(argv))  # a UsageError (bad input) is printed by cli.main, exit status 2
     return 0
 
 

@@ -167,12 +167,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--no-ema", action="store_true", help="use the raw params even when EMA params exist")
     ap.add_argument("--out", help="also write the result JSON here")
     a = ap.parse_args(argv)
-    from infinity_jax.errors import UsageError
     try:
         result = prefix_scores(a.run, num_prompts=a.prompts, cfg=a.cfg, tau=a.tau, top_k=a.top_k, top_p=a.top_p,
                                seed=a.seed, prefer_ema=not a.no_ema,
                                log=lambda m: print(m, file=sys.stderr, flush=True))
-    except (UsageError, ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # bad input, UsageError included
         print(f"infinity-jax eval prefixes: error: {e}", file=sys.stderr)
         return 2
     for row in result["true_scales"]:
