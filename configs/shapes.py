@@ -51,7 +51,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # transformer: the official block structure at a small size
     m = infinity_configs.get_config("tiny").model
-    m.depth = int(opts.get("layers", 2 if tiny else 4))
+    # 3 blocks, not 4: at the same FLOPs (4,460 steps vs 3,345, about the same time) prompt adherence
+    # 0.775 / 0.696 vs 0.660 / 0.683 on 480 prompts, seeds 0 / 1 (README "The demo")
+    m.depth = int(opts.get("layers", 2 if tiny else 3))
     m.embed_dim = int(opts.get("width", 64 if tiny else 128))
     m.num_heads = int(opts.get("heads", 2 if tiny else 4))
     m.block_chunks = 1
