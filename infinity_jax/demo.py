@@ -294,6 +294,7 @@ def report(args, scores, images, captions, tok_dir, gpt_dir):
 
 def main(argv: list[str]) -> int:
     from infinity_jax.data import cli as data_cli, shapes
+    from infinity_jax.text import pretrain
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
     ap = argparse.ArgumentParser(prog="infinity-jax demo", description=__doc__.split("\n")[0])
@@ -313,7 +314,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--cfg", default=SAMPLE_CFG, help="CFG scale: a number or one per scale 'a,b,...'")
     ap.add_argument("--tau", default=SAMPLE_TAU, help="sampling temperature: a number or one per scale 'a,b,...'")
     ap.add_argument("--top-p", type=float, default=0.97)
-    ap.add_argument("--text-steps", type=int, default=400,
+    ap.add_argument("--text-steps", type=int, default=pretrain.DEFAULT_STEPS,
                     help="pretraining steps of the text encoder on the captions; 0: a random frozen T5")
     ap.add_argument("--tokenizer-share", type=float, default=TOKENIZER_SHARE,
                     help="fraction of --minutes for training the tokenizer (the transformer gets the rest)")

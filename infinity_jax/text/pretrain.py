@@ -1,6 +1,6 @@
 """Pretraining a small T5 encoder from scratch on a dataset's captions (the offline stand-in for Flan-T5).
 
-    infinity-jax pretrain-text --data DATA --out FOLDER [--steps 400] [--preset tiny-byt5 --d-model 128]
+    infinity-jax pretrain-text --data DATA --out FOLDER [--steps 2400 --batch-size 16] [--preset tiny-byt5 --d-model 128]
 
 The official model freezes a T5 pretrained on a web corpus, whose features know word order. With
 nothing to download, a *random* byte-level T5 is close to a bag of bytes: its relative position
@@ -40,6 +40,13 @@ from infinity_jax.text.t5 import T5Config, T5Encoder
 from infinity_jax.text.tokenizers import ByteTokenizer
 
 log = logging.getLogger(__name__)
+# Small batches, many steps: the rows learn their neighbours only after a sudden jump in accuracy (at
+# 400 steps of batch 64, the old default, it had not come: context acc 0.21). Shapes captions, 2 cores
+# (2026-12-01, slower machine): batch 16 x 1,600 steps 0.51 in 100 s, batch 64 x 1,600 0.59 in 382 s,
+# batch 16 x 2,400 0.76 in 145 s. A demo transformer on the 1,600 x 64 encoder scored prompt adherence
+# 0.817 held-out (position 0.95) against 0.725 on the 400-step one (README "The demo").
+DEFAULT_STEPS = 2400
+DEFAULT_BATCH = 16
 
 
 class ContextPredictor(nn.Module):
@@ -69,7 +76,7 @@ def context_loss(logits, ids, mask, offsets):
     return (ce * w).sum() / n, ((logits.argmax(-1) == target) * w).sum() / n
 
 
-def pretrain(captions: Sequence[str], config: T5Config, *, steps: int = 400, batch_size: int = 64,
+def pretrain(captions: Sequence[str], config: T5Config, *, steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH,
              lr: float = 3e-3, bias_lr_mult: float = 30.0, max_length: int = 64, window: int = 16,
              offsets_per_step: int = 4, seed: int = 0, log_every: int = 50) -> tuple[dict, dict]:
     """(encoder params, final metrics) after `steps` AdamW steps on random batches of `captions`."""
@@ -158,8 +165,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--out", required=True, help="output Hugging Face folder (config.json + model.safetensors)")
     ap.add_argument("--preset", default="tiny-byt5", help="infinity_jax.text.t5 preset")
     ap.add_argument("--d-model", type=int, default=None, help="override the preset's width")
-    ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--window", type=int, default=16, help="each row learns the bytes up to this far either side")
