@@ -96,3 +96,12 @@ def test_a_bad_config_or_override_is_a_usage_error_not_a_traceback(tmp_path, cap
         assert dispatcher.main([command] + argv + ["--workdir", str(tmp_path)]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"infinity-jax {command}: error: ") and message in err and err.count("\n") == 1
+
+
+def test_shapes_batch_argument_keeps_the_peak_lr():
+    default, b32 = config_util.load_config("shapes"), config_util.load_config("shapes:batch=32,layers=4")
+    assert (default.train.global_batch, b32.train.global_batch, b32.model.depth) == (16, 32, 4)
+    for c in (default, b32):  # peak lr = base_lr * global_batch / 256
+        assert c.optim.base_lr * c.train.global_batch / 256 == pytest.approx(3e-3)
+    with pytest.raises(ValueError, match="shapes batch=0: expected a positive"):
+        config_util.load_config("shapes:batch=0")
