@@ -99,9 +99,10 @@ def test_a_bad_config_or_override_is_a_usage_error_not_a_traceback(tmp_path, cap
 
 
 def test_shapes_batch_argument_keeps_the_peak_lr():
-    default, b32 = config_util.load_config("shapes"), config_util.load_config("shapes:batch=32,layers=4")
-    assert (default.train.global_batch, b32.train.global_batch, b32.model.depth) == (16, 32, 4)
-    for c in (default, b32):  # peak lr = base_lr * global_batch / 256
+    default, b16 = config_util.load_config("shapes"), config_util.load_config("shapes:batch=16,layers=4")
+    assert (default.train.global_batch, b16.train.global_batch, b16.model.depth) == (32, 16, 4)
+    for c in (default, b16):  # peak lr = base_lr * global_batch / 256; the same held-out examples
         assert c.optim.base_lr * c.train.global_batch / 256 == pytest.approx(3e-3)
+        assert c.eval.val_batches * c.train.global_batch == 256
     with pytest.raises(ValueError, match="shapes batch=0: expected a positive"):
         config_util.load_config("shapes:batch=0")
