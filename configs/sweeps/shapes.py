@@ -3,8 +3,8 @@
 usage: python launch/sweep.py --sweep configs/sweeps/shapes.py[:data=PATH,tok=DIR] --root runs/sweep_shapes
 Models are the official block at small sizes (2-8 layers, width 64-256, head width 32); vocabularies
 are d = 8, 16, 32 bits per token; budgets 1e12 .. 3e13 training FLOPs (hundreds to thousands of steps
-of configs/shapes.py's batch, 32 images of 32x32 px), warm-up 5 % of each run. Without `tok` every vocabulary uses a random
-(untrained) VAE of its width; with tok=DIR each uses the tokenizer trained by
+of configs/shapes.py's batch, 32 images of 32x32 px), warm-up 5 % of each run. Without `tok` every
+vocabulary uses a random (untrained) VAE of its width; with tok=DIR each uses the tokenizer trained by
 `infinity-jax train-tokenizer --config configs/tokenizer_shapes.py:bits=D --workdir DIR/dD`
 (DIR/dD/vae_config.json and vae_params.npz).
 """

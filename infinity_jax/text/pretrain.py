@@ -1,6 +1,7 @@
 """Pretraining a small T5 encoder from scratch on a dataset's captions (the offline stand-in for Flan-T5).
 
-    infinity-jax pretrain-text --data DATA --out FOLDER [--steps 2400 --batch-size 16] [--preset tiny-byt5 --d-model 128]
+    infinity-jax pretrain-text --data DATA --out FOLDER [--steps 2400 --batch-size 16]
+        [--preset tiny-byt5 --d-model 128]
 
 The official model freezes a T5 pretrained on a web corpus, whose features know word order. With
 nothing to download, a *random* byte-level T5 is close to a bag of bytes: its relative position
@@ -76,9 +77,10 @@ def context_loss(logits, ids, mask, offsets):
     return (ce * w).sum() / n, ((logits.argmax(-1) == target) * w).sum() / n
 
 
-def pretrain(captions: Sequence[str], config: T5Config, *, steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH,
-             lr: float = 3e-3, bias_lr_mult: float = 30.0, max_length: int = 64, window: int = 16,
-             offsets_per_step: int = 4, seed: int = 0, log_every: int = 50) -> tuple[dict, dict]:
+def pretrain(captions: Sequence[str], config: T5Config, *, steps: int = DEFAULT_STEPS,
+             batch_size: int = DEFAULT_BATCH, lr: float = 3e-3, bias_lr_mult: float = 30.0,
+             max_length: int = 64, window: int = 16, offsets_per_step: int = 4, seed: int = 0,
+             log_every: int = 50) -> tuple[dict, dict]:
     """(encoder params, final metrics) after `steps` AdamW steps on random batches of `captions`."""
     if not captions:
         raise ValueError("pretrain: no captions given")
