@@ -1,10 +1,15 @@
-"""Shared test helpers: the parity fixtures made by tests/fixtures/make_fixtures.py."""
+"""Shared test helpers: the parity fixtures made by tests/fixtures/make_fixtures.py; XLA flags that compile
+faster (tests/train_helpers.py: FAST_COMPILE)."""
 from __future__ import annotations
 
 import json
 import os
 
-import jax
+from tests.train_helpers import xla_flags
+
+os.environ["XLA_FLAGS"] = xla_flags(os.environ.get("XLA_FLAGS", ""))  # before jax starts its backend
+
+import jax  # noqa: E402
 import numpy as np
 import pytest
 

@@ -9,7 +9,8 @@ import sys
 import numpy as np
 
 from infinity_jax.checkpoint import Checkpointer
-from tests.train_helpers import STEPS, compile_cache, reference_run  # noqa: F401 (fixtures)
+from tests.train_helpers import STEPS, xla_flags
+from tests.train_helpers import compile_cache, reference_run  # noqa: F401 (fixtures)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,7 +23,7 @@ def _free_port() -> int:
 
 def test_two_processes_train_checkpoint_and_resume(reference_run, tmp_path, compile_cache):
     port = _free_port()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=2"), JAX_PLATFORMS="cpu")
     procs = [subprocess.Popen(
         [sys.executable, "-m", "tests.train_helpers", str(tmp_path), "--steps", str(STEPS), "--until", "3",
          "--every", "0", "--rules", "fsdp", "--fsdp", "2", "--coordinator", f"127.0.0.1:{port}",

@@ -15,6 +15,8 @@ import zlib
 import numpy as np
 import pytest
 
+from tests.train_helpers import xla_flags
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location("sweep_driver", os.path.join(REPO, "launch", "sweep.py"))
 sweep = sys.modules["sweep_driver"] = importlib.util.module_from_spec(_spec)  # dataclasses look it up
@@ -183,7 +185,7 @@ def test_four_point_sweep_of_tiny_models_with_the_real_trainer(shapes_data, tmp_
     """configs/sweeps/shapes_tiny.py: 2 sizes x 1 vocabulary x 2 budgets, each run a real
     `infinity-jax train` process (sharing one XLA cache); then collect, fit and plot; a rerun
     launches nothing."""
-    monkeypatch.delenv("XLA_FLAGS", raising=False)  # the runs train on 1 CPU device, not the 8 fake ones
+    monkeypatch.setenv("XLA_FLAGS", xla_flags())  # the runs train on 1 CPU device, not the 8 fake ones
     root = str(tmp_path / "sweep")
     argv = ["--sweep", f"configs/sweeps/shapes_tiny.py:data={shapes_data}", "--root", root, "--jobs", "2"]
     assert sweep.main(argv) == 0, open(next(iter(

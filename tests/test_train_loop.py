@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 
 from infinity_jax.checkpoint import Checkpointer
 from infinity_jax.train import distributed, loop, metrics
-from tests.train_helpers import EMBED, MLP, STEPS, VOCAB, TokenData, make_fns, run
+from tests.train_helpers import EMBED, MLP, STEPS, VOCAB, TokenData, make_fns, run, xla_flags
 from tests.train_helpers import compile_cache, reference_run  # noqa: F401 (fixtures)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,7 +130,7 @@ def test_metrics_jsonl_tensorboard_and_hooks(sharded_runs, reference_run):
 def test_kill_9_mid_save_keeps_last_complete_step_and_resume_is_exact(sharded_runs, tmp_path, compile_cache):
     """A worker (same config as the dp run) is killed inside its step-4 save; the restart
     restores step 2 and reproduces the uninterrupted run's losses at steps 3..6 bit for bit."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=8"), JAX_PLATFORMS="cpu")
     proc = subprocess.Popen([sys.executable, "-m", "tests.train_helpers", str(tmp_path), "--steps", str(STEPS),
                              "--every", "2", "--hang-at-save", "4"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -21,6 +21,20 @@ import numpy as np
 
 VOCAB, LENGTH, EMBED, MLP, HEADS = 32, 8, 16, 32, 2
 
+# Faster-compiling XLA for the tests: the suite is bound by compiling (on a 2-core CPU two thirds of its
+# in-process time is XLA compiling small programs that then run a few steps). LLVM at -O0 and XLA's older
+# loop emitters instead of its MLIR fusion emitters halve the compile time of the tiny train steps
+# (28 -> 14 s for shapes:tiny's transformer and tokenizer) and slow their steps 2-3x (40 -> 139 ms,
+# 278 -> 484 ms), which five of the slowest test files gain from: 438 -> 279 s. conftest.py sets them for
+# the test process; tests that start processes with XLA_FLAGS of their own build them with xla_flags().
+# (The short demo, thousands of steps, runs with XLA's defaults.)
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+
+
+def xla_flags(*flags: str) -> str:
+    """XLA_FLAGS for a test (sub)process: `flags` plus FAST_COMPILE."""
+    return " ".join([f for f in flags if f] + [FAST_COMPILE])
+
 
 def standin_module(dtype="float32"):
     import jax
