@@ -42,7 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.base_ch = 32
         c.ch_mult = (1, 1, 1, 1, 1)
     elif name == "shapes":
-        c.base_ch, c.ch_mult, c.num_res_blocks, c.patch_size = 32, (1, 2, 2), 1, 4
+        c.base_ch, c.ch_mult, c.num_res_blocks, c.patch_size = 32, (1, 1, 2), 1, 4
         c.codebook_dim = c.z_channels = 8
     else:
         c.codebook_dim = c.z_channels = _RELEASED[name][0]

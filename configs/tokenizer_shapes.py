@@ -23,8 +23,11 @@ from configs import bsq_vae
 from configs import train_defaults
 
 
-# VAE stride -> channel multipliers (one stride-2 level per entry after the first)
-CH_MULT = {4: (1, 2, 2), 8: (1, 1, 2, 2), 16: (1, 1, 2, 2, 2)}
+# VAE stride -> channel multipliers (one stride-2 level per entry after the first). The first two levels
+# stay at base width: at stride 4, (1, 1, 2) instead of (1, 2, 2) steps in 0.6x the time (398 vs 653 ms
+# at batch 16 on the slower 2-core machine; the decoder's convolutions dominate) and in the same ~6
+# minutes scored 0.925 by the evaluator (820 steps) against 0.838 (503 steps; README, "The demo")
+CH_MULT = {4: (1, 1, 2), 8: (1, 1, 2, 2), 16: (1, 1, 2, 2, 2)}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
