@@ -2,8 +2,9 @@
 
 usage: infinity-jax train-tokenizer --config configs/tokenizer_shapes.py[:ARG] --workdir runs/tok
        [--config.key=value ...]
-ARG: '' (the demo), 'tiny' (seconds-long test runs), or 'size=N,bits=D,stride=S,width=C,prefix=W' (any
-subset; prefix=W sets loss.prefix_weight, see infinity_jax/train/tokenizer_step.py).
+ARG: '' (the demo), 'tiny' (seconds-long test runs), or 'size=N,bits=D,stride=S,width=C,prefix=W,mult=M' (any
+subset; prefix=W sets loss.prefix_weight, see infinity_jax/train/tokenizer_step.py; mult=122 sets the
+channel multipliers, one digit per level: 122 is the demo's tokenizer before 2026-12-02).
 
 The default VAE (32x32 images, stride 4, d = 8 bits: 8x8 latents, scales 1,2,4,8) is the one the
 demo trains and configs/shapes.py expects; the transformer trains on it with
@@ -31,7 +32,7 @@ CH_MULT = {4: (1, 1, 2), 8: (1, 1, 2, 2), 16: (1, 1, 2, 2, 2)}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    opts = parse_arg(arg, {"tiny", "size", "bits", "stride", "width", "prefix"}, "tokenizer_shapes")
+    opts = parse_arg(arg, {"tiny", "size", "bits", "stride", "width", "prefix", "mult"}, "tokenizer_shapes")
     tiny = "tiny" in opts
     c = train_defaults.get_config("tiny" if tiny else None)
     c.name = "tokenizer_shapes"
@@ -63,6 +64,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     v.name = f"shapes_s{stride}"
     v.base_ch = int(opts.get("width", 24 if tiny else v.base_ch))  # GroupNorm: a multiple of 32 or 24
     v.ch_mult = CH_MULT[stride]
+    if "mult" in opts:
+        mult = str(opts["mult"])
+        if not mult.isdigit() or "0" in mult or len(mult) != len(v.ch_mult):
+            raise ValueError(f"tokenizer_shapes mult={mult}: expected {len(v.ch_mult)} digits 1-9, one "
+                             f"channel multiplier per level of stride={stride} (default "
+                             f"{''.join(map(str, v.ch_mult))})")
+        v.ch_mult = tuple(int(m) for m in mult)
     v.patch_size = stride
     # d = 8, not 16: a bitwise classifier samples each bit on its own, so a half-learned
     # transformer mixes the bits of several codes. With 8 bits nearly all 256 codes occur in the

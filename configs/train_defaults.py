@@ -26,6 +26,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t.compute_dtype = "bfloat16"  # params and optimizer state stay fp32 (official fp16=2: bf16 autocast)
     t.log_every = 50              # official log_freq
     t.hook_every = 1000           # periodic hooks (e.g. sample grids) that do not set their own period
+    t.time_limit_s = 0.0          # > 0: stop (saved) at the first log step after this many seconds of this
+                                  # call; the run counts as finished, its lr schedule cut where it stopped
     t.progress_bar = True
     t.tensorboard = True
 

@@ -16,8 +16,10 @@ Stages (each resumable: rerunning the command skips finished stages and resumes 
 Step counts come from the time budget: each training stage first times a few steps of its own
 (a throwaway calibration run), then plans as many steps as fit its time (the tokenizer: a fixed share
 of the budget; the transformer: what is left, less 30 s for sampling and the report); the plan is
-saved in WORKDIR/plan.json so a resumed demo trains exactly the planned run. The transformer trains
-on the tokenizer's latents, encoded once -> WORKDIR/latents.
+saved in WORKDIR/plan.json so a resumed demo trains exactly the planned run. A planned stage also
+gets a time limit (train.time_limit_s: the budget it was planned for), so a machine that slows down after the
+calibration ends the stage early instead of overrunning the budget. The transformer trains on the
+tokenizer's latents, encoded once -> WORKDIR/latents.
 """
 from __future__ import annotations
 
@@ -39,6 +41,9 @@ TOKENIZER_SHARE = 0.35  # of the budget (--tokenizer-share); the transformer get
 FINISH_S = 30.0  # kept back for what follows training: sampling, evaluation, report (8 s measured)
 PLAN_FRACTION = 0.85  # of a stage's budget its planned steps fill at the calibrated rate; the rest: compile,
 # checkpoints and a shared machine's drift (demo 2026-12-01: 169 ms/step calibrated, 185 ms over the run)
+STAGE_TAIL_S = 20.0  # a stage's work past its time limit: the logging window it stops at, the last checkpoint,
+# its held-out evaluation (the limit only acts when the machine slows after calibrating: demo 2026-12-02,
+# 319 ms/step calibrated, 385 over the run, 20.3 of 20 minutes without it)
 CALIBRATION_STEPS = 10  # per timing window (two windows); with 5 the plan was off by 8-10% either way
 # sampling of the held-out prompts, chosen on prompts of another unseen seed (4242, not the held-out one):
 # demo 2026-11-30 (240 prompts): CFG 3 / tau 1 scored 0.37, 1.5 / 0.5 0.42, 1 / 0.3 0.43 (1 is no
@@ -93,17 +98,32 @@ def plan_steps(args, name: str, run_fn, cfg, workdir: str, plan: dict, budget_s)
     return steps
 
 
-def with_steps(cfg, steps: int):
+def with_steps(cfg, steps: int, time_limit_s: float = 0.0):
     """The stage's config for its planned step count (warm-up at most a tenth of the run; at most
     about four checkpoints and 200 metric rows: the tiny test configs save every few steps, to exercise
-    resuming, and log every step, which waits for each step's result)."""
+    resuming, and log every step, which waits for each step's result) and time limit (0: none)."""
     warmup = min(int(cfg.optim.warmup_steps), max(1, steps // 10))
-    over = [f"train.total_steps={steps}", f"optim.warmup_steps={warmup}",
+    over = [f"train.total_steps={steps}", f"optim.warmup_steps={warmup}", f"train.time_limit_s={time_limit_s}",
             f"checkpoint.every={max(int(cfg.checkpoint.every), steps // 4)}",
             f"train.log_every={max(int(cfg.train.log_every), steps // 200)}"]
     if cfg.get("sample") and int(cfg.sample.get("every", 0)) > 0:  # about four progress grids a run
         over.append(f"sample.every={max(int(cfg.sample.every), steps // 4)}")
     return config_util.apply_overrides(cfg, over)
+
+
+def time_limit(plan: dict, name: str) -> float:
+    """train.time_limit_s of a stage whose steps were planned from a timing run: the budget they were
+    planned for, less STAGE_TAIL_S (the transformer's is the time left, so the demo ends in time; the
+    tokenizer's is its share, so it cannot take the transformer's time). None (0) for step counts given
+    on the command line, which must all run."""
+    stage = plan.get(name, {})
+    return max(1.0, stage["budget_s"] - STAGE_TAIL_S) if "seconds_per_step" in stage else 0.0
+
+
+def steps_run(plan: dict, name: str, steps: int) -> str:
+    """'872 steps', or '1700 of 1838 planned steps (time limit)' for a stage its time limit cut short."""
+    planned = plan.get(name, {}).get("steps", steps)
+    return f"{steps} steps" if steps >= planned else f"{steps} of {planned} planned steps (time limit)"
 
 
 def calibrated_rate(plan: dict, name: str) -> str:
@@ -152,7 +172,7 @@ def run(args) -> dict:
     _stage_header("tokenizer", args.minutes * args.tokenizer_share)
     steps = plan_steps(args, "tokenizer", tokenizer_cli.run, tok_cfg, tok_dir, plan,
                        budget_s=lambda: args.minutes * 60 * args.tokenizer_share)
-    tok_cfg = with_steps(tok_cfg, steps)
+    tok_cfg = with_steps(tok_cfg, steps, time_limit(plan, "tokenizer"))
     tok = _train_stage("tokenizer", tokenizer_cli.run, tok_cfg, tok_dir, steps)
 
     # 4. transformer on the trained tokenizer, from its latents: the frozen encoder runs once per image
@@ -167,7 +187,7 @@ def run(args) -> dict:
         return args.minutes * 60 - (time.perf_counter() - t_start) - FINISH_S
     _stage_header("transformer", seconds_left() / 60)
     steps = plan_steps(args, "transformer", train_cli.run, gpt_cfg, gpt_dir, plan, budget_s=seconds_left)
-    gpt_cfg = with_steps(gpt_cfg, steps)
+    gpt_cfg = with_steps(gpt_cfg, steps, time_limit(plan, "transformer"))
     gpt = _train_stage("transformer", train_cli.run, gpt_cfg, gpt_dir, steps)
 
     # 5. sample held-out prompts
@@ -204,9 +224,10 @@ def _train_stage(stage: str, run_fn, cfg, workdir: str, planned: int) -> dict:
     it), else from run_fn(cfg, workdir), which trains or resumes. An interrupted run stops the demo:
     sampling a half-trained model would report a score of a run that did not happen."""
     from infinity_jax.train.cli import FINAL_FILE
+    from infinity_jax.train.loop import FINISHED
     final_path = os.path.join(workdir, FINAL_FILE)
     final = _load_json(final_path) if os.path.exists(final_path) else run_fn(cfg, workdir)
-    if final.get("stopped", "done") != "done":
+    if final.get("stopped", "done") not in FINISHED:  # 'time_limit': finished early, by plan
         raise StageStopped(f"the {stage} stage stopped at step {final.get('step')} of {planned} "
                            f"({final.get('stopped')}); its checkpoint is saved: rerun the same command to resume")
     return final
@@ -269,16 +290,18 @@ def report(args, scores, images, captions, tok_dir, gpt_dir):
             curves[name] = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     plots.line_plots(curves, title="training loss").save(os.path.join(folder, "loss_curves.png"))
     _write_json(os.path.join(folder, "scores.json"), scores)
-    s = scores["samples"]
+    s, plan = scores["samples"], scores.get("plan") or {}
     lines = [f"infinity-jax demo: {scores['minutes']:.1f} min on {os.cpu_count()} CPU core(s)",
              "text encoder: " + (f"pretrained {scores['text_pretrain']['steps']} steps on "
                                  f"{scores['text_pretrain']['captions']} captions, then frozen"
                                  if scores.get("text_pretrain") else "random, frozen"),
-             f"tokenizer: {scores['tokenizer_steps']} steps{calibrated_rate(scores.get('plan'), 'tokenizer')}; "
+             f"tokenizer: {steps_run(plan, 'tokenizer', scores['tokenizer_steps'])}"
+             f"{calibrated_rate(plan, 'tokenizer')}; "
              f"recon {json.dumps(scores['tokenizer_recon'])}",
              f"tokenizer reconstructions, shapes evaluator overall: "
              f"{(scores['tokenizer_reconstructions'] or {}).get('overall')}",
-             f"transformer: {scores['transformer_steps']} steps{calibrated_rate(scores.get('plan'), 'transformer')}; "
+             f"transformer: {steps_run(plan, 'transformer', scores['transformer_steps'])}"
+             f"{calibrated_rate(plan, 'transformer')}; "
              f"held-out bit loss {scores['transformer_val_loss']:.4f}, "
              f"with other prompts' captions {scores['transformer_val_loss_other_text']:.4f}",
              f"held-out prompts ({len(captions)}{', ' + ','.join(args.categories) if args.categories else ''}), "

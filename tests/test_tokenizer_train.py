@@ -137,6 +137,15 @@ def test_prefix_loss_decodes_the_codes_of_the_first_scales_drawn_per_image():
         ts.make_loss_fn(vae, ((1, 8, 8),), with_prefix)
 
 
+def test_shapes_tokenizer_channel_multipliers_default_and_argument():
+    assert tuple(config_util.load_config("tokenizer_shapes").vae.ch_mult) == (1, 1, 2)
+    assert tuple(config_util.load_config("tokenizer_shapes:mult=122").vae.ch_mult) == (1, 2, 2)
+    assert tuple(config_util.load_config("tokenizer_shapes:stride=8,mult=1124").vae.ch_mult) == (1, 1, 2, 4)
+    for bad in ("mult=12", "mult=1x2", "mult=102"):
+        with pytest.raises(config_util.ConfigError, match=f"{bad}: expected 3 digits 1-9"):
+            config_util.load_config(f"tokenizer_shapes:{bad}")
+
+
 def test_perceptual_and_adversarial_losses_are_off_by_default_and_lpips_needs_weights():
     o = ts.TokenizerLossOptions()
     assert o.perceptual_weight == 0 and o.gan_weight == 0

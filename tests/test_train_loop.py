@@ -175,6 +175,17 @@ def test_sigterm_saves_and_returns_then_resume_is_exact(sharded_runs, tmp_path):
     np.testing.assert_array_equal(losses(res2), losses(sharded_runs["dp"])[4:])
 
 
+def test_time_limit_stops_saved_as_a_finished_run_and_resume_continues_exactly(sharded_runs, tmp_path):
+    res = run(tmp_path, every=100, time_limit_s=1e-6)
+    assert res.stopped == "time_limit" and res.stopped in loop.FINISHED
+    assert res.history[-1]["step"] == 1  # the first logging step past the limit (log_every 1)
+    with Checkpointer(tmp_path / "checkpoints") as ck:
+        assert ck.all_steps() == [1]
+    res2 = run(tmp_path, every=100)  # no limit: resumes and runs to total_steps
+    assert res2.start_step == 1 and res2.stopped == "done"
+    np.testing.assert_array_equal(losses(res2), losses(sharded_runs["dp"])[1:])
+
+
 class _Poisoned(TokenData):
     """Batch 2 (step 3) has an out-of-range target: its cross-entropy is NaN (same program as clean data)."""
 

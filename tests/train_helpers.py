@@ -225,7 +225,7 @@ def compile_cache(tmp_path_factory):
 
 
 def run(workdir, *, n_devices=None, rules="dp", fsdp=1, tensor=1, every=0, grad_accum=1, ema=0.0,
-        data=None, loss_fn=None, hooks=(), **kw):
+        data=None, loss_fn=None, hooks=(), time_limit_s=0.0, **kw):
     """run_training of the stand-in for STEPS steps on the first n_devices devices."""
     import jax
     from infinity_jax import parallel
@@ -234,6 +234,7 @@ def run(workdir, *, n_devices=None, rules="dp", fsdp=1, tensor=1, every=0, grad_
     cfg = tiny_config(STEPS, rules, fsdp, tensor, every=every, grad_accum=grad_accum)
     cfg.checkpoint.enabled = bool(every) or kw.pop("save", False)
     cfg.optim.ema_decay = ema
+    cfg.train.time_limit_s = time_limit_s
     devices = jax.devices()[: n_devices or jax.device_count()]
     mesh = parallel.make_mesh(-1, fsdp, tensor, devices=devices)
     init_params, default_loss = make_fns()

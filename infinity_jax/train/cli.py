@@ -237,7 +237,7 @@ def run(cfg, workdir: str) -> dict:
              "params": n_params, "flops_total": flops_example * cfg.train.global_batch * step,
              "tokens_total": schedules.num_tokens(schedule) * cfg.train.global_batch * step,
              "config": json.loads(config_util.to_json(cfg))}
-    if result.stopped != "done":
+    if result.stopped not in loop.FINISHED:
         return final
     val_fn = step_lib.make_loss_fn(model, schedule, dataclasses.replace(options, bsc_strength=0.0, cond_drop=0.0),
                                    vae=vae, text_encoder=functools.partial(encode_tokens, t5_cfg))

@@ -21,6 +21,9 @@ What it does, from `config` (configs/train_defaults.py):
   - resumes from the latest complete checkpoint in `workdir/checkpoints` (state, rng, data
     iterator); saves every `checkpoint.every` steps, at the end, and on SIGTERM (then returns
     with result.stopped == 'preempted'), async, keeping the last `checkpoint.keep`;
+  - with `train.time_limit_s` > 0, stops (saved) at the first logging step past that many seconds
+    of the call and returns with result.stopped == 'time_limit': a finished run (FINISHED) whose
+    lr schedule was cut short, as a time-budgeted run (the demo) wants;
   - every `train.log_every` steps writes loss, the step's other metrics, grad norm, lr, step
     time, images/s, tokens/s and MFU to workdir/metrics.jsonl and workdir/tb (process 0 only);
   - a NaN/Inf loss raises NonFiniteLossError naming the step; nothing is saved after it.
@@ -79,9 +82,12 @@ class Hook:
 class TrainResult:
     state: TrainState
     history: list[dict]         # one dict per step run in this call: {'step': s, 'loss': ..., ...}
-    stopped: str                # 'done' | 'until_step' | 'preempted'
+    stopped: str                # 'done' | 'time_limit' | 'until_step' | 'preempted'
     start_step: int             # the step this call started from (> 0 after a resume)
     workdir: str
+
+
+FINISHED = ("done", "time_limit")  # TrainResult.stopped of a run to evaluate and report (not to resume)
 
 
 class _Preemption:
@@ -137,6 +143,7 @@ def run_training(config, workdir: str, *, init_params: Callable[[jax.Array], Any
     if (loss_fn is None) == (step_fn is None):
         raise ValueError("run_training: give exactly one of loss_fn= or step_fn=")
     t, ck = config.train, config.checkpoint
+    call_t0, time_limit = time.perf_counter(), float(t.get("time_limit_s", 0.0))
     if t.global_batch % (jax.process_count() * t.grad_accum):
         raise ValueError(f"train.global_batch={t.global_batch} must divide by process_count "
                          f"({jax.process_count()}) x grad_accum ({t.grad_accum})")
@@ -234,8 +241,11 @@ def run_training(config, workdir: str, *, init_params: Callable[[jax.Array], Any
                         bar.set_postfix(loss=f"{stats['loss']:.4g}", lr=f"{stats['lr']:.3g}")
                 if multi and log_due:
                     stop = distributed.any_process(preempt.flag)
-                if saving and (ckpt_due or stop):
-                    ckpt.save(state, data.get_state(), config, wait=bool(stop))
+                late = log_due and done < end and 0 < time_limit < time.perf_counter() - call_t0
+                if multi and log_due and time_limit > 0:  # every process stops at the same step
+                    late = distributed.any_process(late)
+                if saving and (ckpt_due or stop or late):
+                    ckpt.save(state, data.get_state(), config, wait=bool(stop or late))
                 for h in hooks:
                     if done % h.every == 0:
                         out = h.fn(done, state, writer)
@@ -244,6 +254,11 @@ def run_training(config, workdir: str, *, init_params: Callable[[jax.Array], Any
                 if stop:
                     stopped = "preempted"
                     log.warning("SIGTERM: saved step %d in %s, stopping", done, workdir)
+                    break
+                if late:
+                    stopped = "time_limit"
+                    log.warning("train.time_limit_s=%g passed: stopping at step %d of %d (saved in %s)",
+                                time_limit, done, t.total_steps, workdir)
                     break
                 if log_due:
                     window_t0 = time.perf_counter()

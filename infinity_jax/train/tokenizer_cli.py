@@ -187,7 +187,7 @@ def run(cfg, workdir: str, until_step: int | None = None, mesh=None) -> dict:
     final = {"step": step, "stopped": result.stopped, "start_step": result.start_step,
              "train_loss": result.history[-1]["loss"] if result.history else None,
              "config": json.loads(config_util.to_json(cfg))}
-    if result.stopped != "done":
+    if result.stopped not in loop.FINISHED:
         return final
     params = result.state.ema_params if result.state.ema_params is not None else result.state.params
     final["vae_params"], final["vae_config"] = save_vae(workdir, params["vae"], cfg.vae)
