@@ -34,7 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t = c.train
     t.total_steps = 6 if tiny else 3000
     # batch 32: batch 16 at the same time (twice the steps) lowers the held-out bit loss but its prompt
-    # adherence is within the seeds' spread, and its one whole demo scored lower (README "The demo")
+    # adherence is within the seeds' spread, and its one whole demo scored lower (docs/demo_experiments.md)
     t.global_batch = int(opts.get("batch", 8 if tiny else 32))
     if t.global_batch < 1:
         raise ValueError(f"shapes batch={t.global_batch}: expected a positive global batch")
@@ -56,7 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # transformer: the official block structure at a small size
     m = infinity_configs.get_config("tiny").model
     # 3 blocks, not 4: at the same FLOPs (4,460 steps vs 3,345, about the same time) prompt adherence
-    # 0.775 / 0.696 vs 0.660 / 0.683 on 480 prompts, seeds 0 / 1 (README "The demo")
+    # 0.775 / 0.696 vs 0.660 / 0.683 on 480 prompts, seeds 0 / 1 (docs/demo_experiments.md)
     m.depth = int(opts.get("layers", 2 if tiny else 3))
     m.embed_dim = int(opts.get("width", 64 if tiny else 128))
     m.num_heads = int(opts.get("heads", 2 if tiny else 4))
@@ -72,7 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # residuals (demo step on cached latents, 2 cores: 0.21 s -> 0.17 s; saving the matmul outputs 0.18 s)
     m.remat = "full"
     # ours, not official (no export): each token knows its place, so a small model learns where the
-    # first-named object goes (demo, 480 validation prompts: adherence 0.44 -> 0.50; README "The demo")
+    # first-named object goes (demo, 480 validation prompts: adherence 0.44 -> 0.50; docs/demo_experiments.md)
     m.abs_pos_embed = True
     c.model = m
 

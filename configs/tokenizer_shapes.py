@@ -27,7 +27,7 @@ from configs import train_defaults
 # VAE stride -> channel multipliers (one stride-2 level per entry after the first). The first two levels
 # stay at base width: at stride 4, (1, 1, 2) instead of (1, 2, 2) steps in 0.6x the time (398 vs 653 ms
 # at batch 16 on the slower 2-core machine; the decoder's convolutions dominate) and in the same ~6
-# minutes scored 0.925 by the evaluator (820 steps) against 0.838 (503 steps; README, "The demo")
+# minutes scored 0.925 by the evaluator (820 steps) against 0.838 (503 steps; docs/demo_experiments.md)
 CH_MULT = {4: (1, 1, 2), 8: (1, 1, 2, 2), 16: (1, 1, 2, 2, 2)}
 
 
@@ -99,7 +99,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # ours, not official: the codes of a random prefix of scales must draw the image too, so the coarse
     # scales carry the objects' places and colours and the transformer decides them coarse to fine.
     # Without it the objects live in the last scale's bits and the background's codes are noise there
-    # (measured on the demo, README "The demo": adherence 0.16 -> 0.32; weight 1 blurs the shapes, 0.56
+    # (measured on the demo, docs/demo_experiments.md: adherence 0.16 -> 0.32; weight 1 blurs the shapes, 0.56
     # by the evaluator, where 0.3 gives 0.97; a blurred target for the prefix, 0.83)
     o.prefix_weight = float(opts.get("prefix", 0.3))
     o.prefix_blur = False

@@ -3,9 +3,10 @@
 Stages (each resumable: rerunning the command skips finished stages and resumes the others):
   1. data        the synthetic shapes dataset (32x32 by default, GenEval-style captions, objects in
                  fixed slots by count unless --layout random) -> WORKDIR/data
-  2. text       a small byte-level T5 pretrained on the training captions (text/pretrain.py: the
+  2. text        a small byte-level T5 pretrained on the training captions (text/pretrain.py: the
                  offline stand-in for Flan-T5; --text-steps 0 keeps a random one) -> WORKDIR/text_encoder
-  3. tokenizer   a BSQ-VAE trained on it (configs/tokenizer_shapes.py, with its prefix loss) -> WORKDIR/tokenizer
+  3. tokenizer   a BSQ-VAE trained on it (configs/tokenizer_shapes.py, with its prefix loss)
+                 -> WORKDIR/tokenizer
   4. transformer Infinity with bitwise self-correction and CFG dropout (configs/shapes.py), on
                  the trained tokenizer and the frozen text encoder -> WORKDIR/transformer
   5. sample      held-out prompts (a dataset seed never trained on), CFG -> WORKDIR/samples
@@ -327,7 +328,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--num-prompts", type=int, default=120, help="held-out prompts to sample and score")
     ap.add_argument("--layout", default="slots", choices=shapes.LAYOUTS,
                     help="where the shapes dataset puts objects (data/shapes.py); with 'random' the layout "
-                         "is drawn cell by cell and adherence halves (README, 'The demo')")
+                         "is drawn cell by cell and adherence halves (docs/demo_experiments.md)")
     ap.add_argument("--categories", type=data_cli.categories_arg, default=None,
                     help="caption categories of the dataset and the held-out prompts, comma-separated "
                          f"(default: all of {','.join(shapes.CATEGORIES)})")

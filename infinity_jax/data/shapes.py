@@ -27,7 +27,7 @@ Layouts (where the objects go; sizes are random in both):
             in the centre; two side by side, the first-named on the left (for `position`: the subject
             on the named side, above/below stacked); three in a triangle; four in the quadrants.
             As in photos, where things go follows from the caption, so a model need not draw the
-            layout at random (measured on the demo: README, "The demo"). A slot has room for a
+            layout at random (measured on the demo: docs/demo_experiments.md). A slot has room for a
             larger object (`OBJECT_SIZES`: sides up to half the image for one object), so a shape
             spans more latent cells.
 

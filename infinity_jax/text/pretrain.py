@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 # 400 steps of batch 64, the old default, it had not come: context acc 0.21). Shapes captions, 2 cores
 # (2026-12-01, slower machine): batch 16 x 1,600 steps 0.51 in 100 s, batch 64 x 1,600 0.59 in 382 s,
 # batch 16 x 2,400 0.76 in 145 s. A demo transformer on the 1,600 x 64 encoder scored prompt adherence
-# 0.817 held-out (position 0.95) against 0.725 on the 400-step one (README "The demo").
+# 0.817 held-out (position 0.95) against 0.725 on the 400-step one (docs/demo_experiments.md).
 DEFAULT_STEPS = 2400
 DEFAULT_BATCH = 16
 

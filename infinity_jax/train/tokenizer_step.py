@@ -29,7 +29,7 @@ Total loss = recon_weight * recon (l1 or l2 on the unclamped decoder output)
            + prefix_weight * recon of the straight-through codes of the first k scales only, k drawn
              per image from 1..K-1 (ours, off by default: it makes the coarse scales draw the image
              — layout and colour — so a transformer decides them coarse to fine; measured on the
-             shapes demo in README, "The demo")
+             shapes demo in docs/demo_experiments.md)
            + quantizer loss + perceptual_weight * mean LPIPS(recon, image) (VGG16,
            infinity_jax/tokenizer/lpips.py, in the VAE's compute dtype; its params frozen)
            + the GAN terms (hinge, PatchGAN). The GAN
