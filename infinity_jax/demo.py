@@ -134,12 +134,13 @@ def calibrated_rate(plan: dict, name: str) -> str:
     return f" ({sec * 1000:.0f} ms/step calibrated)" if sec else ""
 
 
-def held_out_prompts(n: int, size: int, layout: str = "random",
-                     categories: tuple[str, ...] | None = None) -> tuple[list[str], list[np.ndarray]]:
-    """n captions and ground-truth images from a dataset seed the models never saw."""
+def held_out_prompts(n: int, size: int, layout: str = "random", categories: tuple[str, ...] | None = None,
+                     seed: int = HELD_OUT_SEED) -> tuple[list[str], list[np.ndarray]]:
+    """n captions and ground-truth images from a dataset seed the models never saw (another unseen seed,
+    such as 4242, checks a run beyond the demo's own held-out prompts: README, "The demo")."""
     from infinity_jax.data import shapes
     categories = categories or shapes.CATEGORIES
-    examples = [shapes.render(i, HELD_OUT_SEED, size, categories, layout) for i in range(n)]
+    examples = [shapes.render(i, seed, size, categories, layout) for i in range(n)]
     return [caption for _, caption, _ in examples], [np.asarray(image) for image, _, _ in examples]
 
 

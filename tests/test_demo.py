@@ -12,6 +12,8 @@ def test_held_out_prompts_are_ground_truth_of_an_unseen_seed():
     assert shapes_eval.evaluate(np.stack(images), captions)["overall"] == 1.0
     from infinity_jax.data import shapes
     assert captions != [shapes.render(i, 0, 64)[1] for i in range(12)]  # not the training seed
+    other, _ = demo.held_out_prompts(12, 64, seed=4242)
+    assert other == [shapes.render(i, 4242, 64)[1] for i in range(12)] and other != captions
 
 
 def test_with_steps_caps_warmup_for_short_runs():
