@@ -11,14 +11,16 @@ Shapes: B batch, L (or l) tokens, C model width, H heads, c = C / H head width, 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from jax.ad_checkpoint import checkpoint_name
 
 from infinity_jax import schedules
+from infinity_jax.model import attention as attention_lib
 
 Dtype = Any
 LOG_MAX_SCALE_MUL = math.log(100.0)  # the official clamp of the learned attention-logit scale
@@ -179,22 +181,23 @@ def apply_rope(x: jax.Array, table: jax.Array) -> jax.Array:
 
 
 # ---------------------------------------------------------------- attention
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, scale: float) -> jax.Array:
-    """Softmax attention, logits and softmax in float32.
-
-    q: (B, l, H, c); k, v: (B, m, H, c); mask: broadcastable to (B, H, l, m), True = visible.
-    Returns (B, l, H, c) in v's dtype.
-    """
-    logits = jnp.einsum("blhc,bmhc->bhlm", q, k, preferred_element_type=jnp.float32) * scale
-    if mask is not None:
-        logits = jnp.where(mask, logits, -jnp.inf)
-    probs = jax.nn.softmax(logits, axis=-1)
-    return jnp.einsum("bhlm,bmhc->blhc", probs.astype(v.dtype), v, preferred_element_type=jnp.float32).astype(v.dtype)
-
-
 def _l2_normalize(x: jax.Array) -> jax.Array:
     x = x.astype(jnp.float32)
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+class LayerCache(NamedTuple):
+    """One layer's view of the whole model's KV cache: k, v (depth, B, L_total, H, c), the stack of
+    every layer, and `layer` (int or traced scalar), this layer's row. Passing the stack (not a
+    slice) lets the layer write its new keys in place: one dynamic_update_slice of this scale's
+    rows, never a copy of the cache."""
+    k: jax.Array
+    v: jax.Array
+    layer: Any
+
+
+ACTIVATION_AXES = ("batch", "length", "embed")
+QKV_AXES = ("batch", "length", "heads", "kv")
 
 
 class SelfAttention(nn.Module):
@@ -203,20 +206,23 @@ class SelfAttention(nn.Module):
     Cosine attention (official `cos_attn`): q and k are l2-normalised and q is multiplied by a
     learned per-head scale exp(min(scale_mul_1H11, log 100)); the softmax scale is then 1.
 
-    __call__(x (B, l, C), rope (2, l, c/2), mask (l, m) bool or None, cache=None)
-      training: attends over its own l tokens under `mask`.
-      cache=(k, v), each (B, L_total, H, c), with `cache_offset` set: writes this call's keys and
-      values at [cache_offset, cache_offset + l) and attends over everything before that end.
-    Returns (y (B, l, C), cache or None).
+    __call__(x (B, l, C), rope (2, l, c/2), cache=None)
+      training: attends over its own l tokens, block-causal over scales when `scale_lengths`
+        (the static token count of each scale) is set.
+      cache: a LayerCache, with `cache_offset` set: writes this call's keys and values at
+        [cache_offset, cache_offset + l) of its layer and attends over everything before that end.
+    Returns (y (B, l, C), updated LayerCache or None).
     """
     num_heads: int
     cos_attn: bool = True
     tau: float = 1.0
     dtype: Dtype = jnp.float32
     cache_offset: int | None = None
+    scale_lengths: tuple[int, ...] | None = None
+    implementation: str = "auto"
 
     @nn.compact
-    def __call__(self, x, rope, mask, cache=None):
+    def __call__(self, x, rope, cache=None):
         b, l, c_model = x.shape
         h = self.num_heads
         hd = c_model // h
@@ -225,6 +231,7 @@ class SelfAttention(nn.Module):
         v_bias = self.param("v_bias", _part(nn.initializers.zeros, ("heads",)), (c_model,))
         qkv = jnp.einsum("blc,ctd->bltd", x.astype(self.dtype), kernel.astype(self.dtype),
                          preferred_element_type=jnp.float32)
+        qkv = checkpoint_name(qkv, "qkv")
         q = (qkv[:, :, 0] + q_bias).reshape(b, l, h, hd)
         k = qkv[:, :, 1].reshape(b, l, h, hd)
         v = (qkv[:, :, 2] + v_bias).reshape(b, l, h, hd)
@@ -237,17 +244,25 @@ class SelfAttention(nn.Module):
             scale = 1.0 / math.sqrt(hd) / self.tau
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
-        q, k, v = q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype)
+        q, k, v = (nn.with_logical_constraint(t.astype(self.dtype), QKV_AXES) for t in (q, k, v))
+        ids = None
+        if self.scale_lengths is not None and cache is None:
+            ids = np.repeat(np.arange(len(self.scale_lengths), dtype=np.int32), self.scale_lengths)
         if cache is not None:
             if self.cache_offset is None:
                 raise ValueError("SelfAttention: a cache was given but cache_offset is None")
-            ck, cv = cache
-            start = (0, self.cache_offset, 0, 0)
-            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), start)
-            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), start)
+            zero = jnp.zeros((), jnp.int32)
+            start = (jnp.asarray(cache.layer, jnp.int32), zero, jnp.int32(self.cache_offset), zero, zero)
+            ck = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype)[None], start)
+            cv = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype)[None], start)
             end = self.cache_offset + l
-            k, v, cache = ck[:, :end], cv[:, :end], (ck, cv)
-        out = attention(q, k, v, mask, scale).reshape(b, l, c_model)
+            size = (1, b, end, h, hd)
+            k = jax.lax.dynamic_slice(ck, (start[0], zero, zero, zero, zero), size)[0].astype(self.dtype)
+            v = jax.lax.dynamic_slice(cv, (start[0], zero, zero, zero, zero), size)[0].astype(self.dtype)
+            cache = LayerCache(ck, cv, cache.layer)
+        out = attention_lib.attention(q, k, v, scale=scale, q_scales=ids, kv_scales=ids,
+                                      implementation=self.implementation)
+        out = checkpoint_name(out.reshape(b, l, c_model), "attn_out")
         return dense(c_model, ("heads", "embed"), dtype=self.dtype, name="proj")(out), cache
 
 
@@ -263,6 +278,7 @@ class CrossAttention(nn.Module):
     num_heads: int
     pool: bool = False
     dtype: Dtype = jnp.float32
+    implementation: str = "auto"
 
     @nn.compact
     def __call__(self, x, kv, kv_mask):
@@ -281,7 +297,8 @@ class CrossAttention(nn.Module):
             q = jnp.broadcast_to(mat_q[None], (b, 1, h, hd)).astype(self.dtype)
         else:
             q = dense(c, ("embed", "heads"), dtype=self.dtype, name="mat_q")(x).reshape(b, -1, h, hd).astype(self.dtype)
-        out = attention(q, k, v, kv_mask[:, None, None, :], 1.0 / math.sqrt(hd))
+        out = attention_lib.attention(q, k, v, scale=1.0 / math.sqrt(hd), kv_valid=kv_mask,
+                                      implementation=self.implementation)
         return dense(c, ("heads", "embed"), dtype=self.dtype, name="proj")(out.reshape(b, -1, c))
 
 
@@ -294,5 +311,6 @@ class FFN(nn.Module):
     def __call__(self, x):
         c = x.shape[-1]
         y = dense(self.hidden, ("embed", "mlp"), dtype=self.dtype, name="fc1")(x.astype(self.dtype))
+        y = checkpoint_name(nn.with_logical_constraint(y, ("batch", "length", "mlp")), "mlp_hidden")
         y = nn.gelu(y, approximate=True)
         return dense(c, ("mlp", "embed"), dtype=self.dtype, name="fc2")(y)

@@ -26,9 +26,24 @@ import numpy as np
 from flax import linen as nn
 
 from infinity_jax import schedules
-from infinity_jax.model import layers
+from infinity_jax.model import attention as attention_lib, layers
 
-REMAT_MODES = ("none", "full", "attn")
+# Rematerialisation of each block's forward in the backward pass, by name (MaxText-style): 'none'
+# keeps every activation; 'full' keeps only the block inputs; 'attn' recomputes only the
+# self-attention; the others keep what jax.checkpoint_policies keeps: every matmul output
+# ('dots'), those without batch dimensions ('dots_no_batch'), or the tensors tagged with
+# checkpoint_name in model/layers.py: 'qkv' (the fused q|k|v projection), 'attn_out' (attention
+# before its output projection), 'mlp_hidden' (the FFN's fc1 output).
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_qkv": jax.checkpoint_policies.save_only_these_names("qkv"),
+    "save_qkv_attn": jax.checkpoint_policies.save_only_these_names("qkv", "attn_out"),
+    "save_attn_mlp": jax.checkpoint_policies.save_only_these_names("attn_out", "mlp_hidden"),
+    "save_qkv_attn_mlp": jax.checkpoint_policies.save_only_these_names("qkv", "attn_out", "mlp_hidden"),
+}
+REMAT_MODES = ("none", "attn", *REMAT_POLICIES)
 NUM_LEVELS = 15  # rows of the official level-embedding table
 
 
@@ -58,8 +73,9 @@ class InfinityConfig:
     abs_pos_embed: bool = False
     drop_path_rate: float = 0.0      # stochastic depth, linear 0 -> rate over blocks (training only)
     dtype: str = "float32"           # compute dtype of matmuls (params are fp32)
-    remat: str = "none"              # none | full (each block) | attn (self-attention only)
+    remat: str = "none"              # a REMAT_MODES name: none | full | attn | dots | save_qkv_attn | ...
     scan_layers: bool = False
+    attention: str = "auto"          # kernel (model/attention.py): auto | xla | chunked | cudnn | splash
 
     def __post_init__(self):
         if self.embed_dim % self.num_heads:
@@ -70,6 +86,8 @@ class InfinityConfig:
             raise ValueError(f"block_chunks={self.block_chunks} must divide depth={self.depth}")
         if self.remat not in REMAT_MODES:
             raise ValueError(f"remat={self.remat!r}: expected one of {REMAT_MODES}")
+        if self.attention not in attention_lib.IMPLEMENTATIONS:
+            raise ValueError(f"attention={self.attention!r}: expected one of {attention_lib.IMPLEMENTATIONS}")
         if self.text_channels % self.pool_head_dim:
             raise ValueError(f"text_channels={self.text_channels} must be a multiple of the text-pool head "
                              f"width {self.pool_head_dim}")
@@ -114,13 +132,6 @@ class InfinityConfig:
 def scale_ids(schedule: schedules.Schedule) -> np.ndarray:
     """(L,) int32: the scale index of every token."""
     return np.concatenate([np.full(t * h * w, k, np.int32) for k, (t, h, w) in enumerate(schedule)])
-
-
-def block_causal_mask(schedule: schedules.Schedule) -> jax.Array:
-    """(L, L) bool: token i sees token j iff j's scale <= i's scale. Built in-graph from the (L,)
-    scale ids, so a 1M schedule does not embed a 110 MB constant in the program."""
-    s = jnp.asarray(scale_ids(schedule))
-    return s[:, None] >= s[None, :]
 
 
 def init_cache(cfg: InfinityConfig, batch: int, schedule: schedules.Schedule, dtype=None) -> dict[str, jax.Array]:
@@ -172,17 +183,19 @@ class AdaLNBeforeHead(nn.Module):
 class Block(nn.Module):
     """One official CrossAttnBlock: AdaLN self-attention (RoPE) -> cross-attention to text -> AdaLN FFN.
 
-    Signature fits nn.scan: __call__(x, xs, shared) -> (x, xs_out).
-      x: (B, l, C) float32 residual stream.
+    Signature fits nn.scan: __call__(carry, xs, shared) -> (carry, {}).
+      carry: 'x' (B, l, C) float32 residual stream and, when decoding, the whole model's KV cache
+        'k', 'v' (depth, B, L_total, H, c), carried so each layer writes its rows in place.
       xs: per-layer inputs: optional 'lvl' (0/1 scalar: add the level embedding first), 'drop'
-        (this block's drop-path rate, training) and, when decoding, the cache 'k', 'v': (B, L_total, H, c).
+        (this block's drop-path rate, training) and, when decoding, 'layer' (this block's index).
       shared: 'ada' (B, 1, 6, C) shared AdaLN output (or 'cond' (B, D) without shared AdaLN),
-        'ca_kv' (B, Lt, D), 'ca_mask' (B, Lt), 'rope' (2, l, c/2), 'mask' (l, m) or None,
-        'lvl' (l, C) or None.
-    xs_out: the updated {'k', 'v'} when decoding, else {}.
+        'ca_kv' (B, Lt, D), 'ca_mask' (B, Lt), 'rope' (2, l, c/2), 'lvl' (l, C) or None.
+    scale_lengths: the static token count per scale (block-causal self-attention, training);
+    None when decoding (each scale sees the whole cache prefix).
     """
     cfg: InfinityConfig
     cache_offset: int | None = None
+    scale_lengths: tuple[int, ...] | None = None
     remat_attn: bool = False
 
     def _drop_path(self, h, xs):
@@ -194,9 +207,10 @@ class Block(nn.Module):
         return h * jnp.where(hit, 1.0 / jnp.maximum(keep, 1e-12), 0.0)
 
     @nn.compact
-    def __call__(self, x, xs, shared):
+    def __call__(self, carry, xs, shared):
         c = self.cfg
         dt = c.compute_dtype
+        x = nn.with_logical_constraint(carry["x"], layers.ACTIVATION_AXES)
         if "lvl" in xs:
             x = x + xs["lvl"] * shared["lvl"]
         if c.shared_aln:
@@ -209,14 +223,16 @@ class Block(nn.Module):
         gamma1, gamma2, scale1, scale2, shift1, shift2 = (ada[:, :, i] for i in range(6))
 
         sa_cls = nn.remat(layers.SelfAttention) if self.remat_attn else layers.SelfAttention
-        cache = (xs["k"], xs["v"]) if "k" in xs else None
+        cache = layers.LayerCache(carry["k"], carry["v"], xs["layer"]) if "k" in carry else None
         h = layers.ada_norm(x, scale1, shift1, c.norm_eps, c.rms_norm)
         h, cache = sa_cls(c.num_heads, cos_attn=c.cos_attn, tau=c.tau, dtype=dt, cache_offset=self.cache_offset,
-                          name="sa")(h, shared["rope"], shared["mask"], cache)
+                          scale_lengths=self.scale_lengths, implementation=c.attention,
+                          name="sa")(h, shared["rope"], cache)
         x = x + self._drop_path(h.astype(jnp.float32) * gamma1, xs)
 
         h = layers.Norm(c.norm_eps, c.rms_norm, name="ca_norm")(x)
-        h = layers.CrossAttention(c.embed_dim, c.num_heads, dtype=dt, name="ca")(h, shared["ca_kv"], shared["ca_mask"])
+        h = layers.CrossAttention(c.embed_dim, c.num_heads, dtype=dt, implementation=c.attention, name="ca")(
+            h, shared["ca_kv"], shared["ca_mask"])
         h = h.astype(jnp.float32)
         if c.cross_attn_layer_scale >= 0:
             h = h * self.param("ca_gamma", layers._part(nn.initializers.constant(c.cross_attn_layer_scale),
@@ -226,7 +242,10 @@ class Block(nn.Module):
         h = layers.ada_norm(x, scale2, shift2, c.norm_eps, c.rms_norm)
         h = layers.FFN(c.ffn_hidden, dtype=dt, name="ffn")(h)
         x = x + self._drop_path(h.astype(jnp.float32) * gamma2, xs)
-        return x, ({"k": cache[0], "v": cache[1]} if cache is not None else {})
+        out = {"x": nn.with_logical_constraint(x, layers.ACTIVATION_AXES)}
+        if cache is not None:
+            out.update(k=cache.k, v=cache.v)
+        return out, {}
 
 
 class Infinity(nn.Module):
@@ -307,17 +326,22 @@ class Infinity(nn.Module):
         return list(range(0, c.depth, step))
 
     @nn.compact
-    def _blocks(self, x, ctx, rope, mask, lvl, cache=None, cache_offset=None, train=False):
-        """Runs all blocks. x: (B, l, C) f32; lvl: (l, C) level embedding; cache: {'k','v'} stacked."""
+    def _blocks(self, x, ctx, rope, scale_lengths, lvl, cache=None, cache_offset=None, train=False):
+        """Runs all blocks. x: (B, l, C) f32; lvl: (l, C) level embedding; scale_lengths: static
+        tokens per scale (block-causal, training) or None; cache: {'k','v'} stacked (decoding),
+        carried through the layers and written in place."""
         c = self.cfg
         decoding = cache is not None
         drop = np.linspace(0.0, c.drop_path_rate, c.depth).astype(np.float32) if train and c.drop_path_rate > 0 else None
         starts = self._chunk_starts()
-        shared = {"ca_kv": ctx["ca_kv"], "ca_mask": ctx["ca_mask"], "rope": rope, "mask": mask, "lvl": lvl}
+        shared = {"ca_kv": ctx["ca_kv"], "ca_mask": ctx["ca_mask"], "rope": rope, "lvl": lvl}
         shared.update({"ada": ctx["ada"]} if c.shared_aln else {"cond": ctx["cond"]})
         remat = "none" if decoding else c.remat
-        block_cls = nn.remat(Block, prevent_cse=not c.scan_layers) if remat == "full" else Block
-        kw = dict(cache_offset=cache_offset, remat_attn=remat == "attn")
+        block_cls = Block
+        if remat in REMAT_POLICIES:
+            block_cls = nn.remat(Block, policy=REMAT_POLICIES[remat], prevent_cse=not c.scan_layers)
+        kw = dict(cache_offset=cache_offset, scale_lengths=scale_lengths, remat_attn=remat == "attn")
+        carry = {"x": x, **({"k": cache["k"], "v": cache["v"]} if decoding else {})}
         if c.scan_layers:
             flags = np.zeros(c.depth, np.float32)
             flags[starts] = 1.0
@@ -325,22 +349,20 @@ class Infinity(nn.Module):
             if drop is not None:
                 xs["drop"] = jnp.asarray(drop)
             if decoding:
-                xs.update(k=cache["k"], v=cache["v"])
+                xs["layer"] = jnp.arange(c.depth, dtype=jnp.int32)
             scanned = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                               in_axes=(0, nn.broadcast), length=c.depth,
                               metadata_params={nn.PARTITION_NAME: "layers"})
-            x, ys = scanned(c, name="blocks", **kw)(x, xs, shared)
-            return x, (ys if decoding else None)
-        for i in range(c.depth):
-            xs = {"lvl": jnp.float32(1.0)} if i in starts else {}
-            if drop is not None:
-                xs["drop"] = jnp.float32(drop[i])
-            if decoding:
-                xs.update(k=cache["k"][i], v=cache["v"][i])
-            x, ys = block_cls(c, name=f"blocks_{i}", **kw)(x, xs, shared)
-            if decoding:
-                cache = {n: jax.lax.dynamic_update_index_in_dim(cache[n], ys[n], i, 0) for n in ("k", "v")}
-        return x, cache
+            carry, _ = scanned(c, name="blocks", **kw)(carry, xs, shared)
+        else:
+            for i in range(c.depth):
+                xs = {"lvl": jnp.float32(1.0)} if i in starts else {}
+                if drop is not None:
+                    xs["drop"] = jnp.float32(drop[i])
+                if decoding:
+                    xs["layer"] = i
+                carry, _ = block_cls(c, name=f"blocks_{i}", **kw)(carry, xs, shared)
+        return carry["x"], ({"k": carry["k"], "v": carry["v"]} if decoding else None)
 
     # -------------------------------------------------- entry points
     def __call__(self, text, text_mask, x_wo_prefix, schedule, drop=None, train: bool = False):
@@ -358,7 +380,7 @@ class Infinity(nn.Module):
         x = jnp.concatenate([self._sos(ctx), self._embed(x_wo_prefix)], axis=1)
         lvl = self._level_and_place(schedule, 0, n)
         rope = jnp.asarray(layers.rope2d_table(schedule, c.head_dim, c.rope2d_normalized_by_hw))
-        x, _ = self._blocks(x, ctx, rope, block_causal_mask(schedule), lvl, train=train)
+        x, _ = self._blocks(x, ctx, rope, tuple(schedules.scale_lengths(schedule)), lvl, train=train)
         return self._logits(x, ctx["cond"])
 
     def decode_scale(self, ctx, x_scale, cache, schedule, scale_index: int):

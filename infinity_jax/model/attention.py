@@ -1,0 +1,204 @@
+"""One attention entry point for the whole model, with a kernel per backend.
+
+    out = attention(q, k, v, scale=1.0, q_scales=ids_q, kv_scales=ids_kv, kv_valid=valid)
+
+q: (B, l, H, c); k, v: (B, m, H, c); returns (B, l, H, c) in v's dtype. Which keys a query sees:
+  q_scales (l,), kv_scales (m,)  static numpy ints, both or neither: block-causal over scales,
+                                 query i sees key j iff kv_scales[j] <= q_scales[i] (training);
+  kv_valid (B, m) bool           True = a real key (padded text in cross-attention);
+  neither                        every key (the cached sampler: k, v are the static prefix of
+                                 the cache, the scales before this one and this one).
+Every query must see at least one key (true of this model: key 0, or a prompt's first token).
+Logits, softmax statistics and the normalisation are float32 in every implementation.
+
+Implementations (`implementation=`, or InfinityConfig.attention):
+  'xla'      dense: the (B, H, l, m) float32 logits and probabilities are materialised. The
+             reference; what every other path is tested against.
+  'chunked'  pure JAX, memory-efficient: queries in chunks of `q_chunk`, keys in chunks of
+             `kv_chunk` with an online softmax, the mask built per chunk from the ids, so memory
+             is O(q_chunk x kv_chunk) per row and head, not O(l x m). Shapes that fit one chunk
+             take the dense path (identical numbers). Backward recomputes each chunk's
+             probabilities (jax.checkpoint), so training does not keep them either.
+  'cudnn'    cuDNN flash attention (jax.nn.dot_product_attention, implementation='cudnn'):
+             bf16/fp16, head width <= 128 and a multiple of 8. The mask goes in as a bias.
+  'splash'   Pallas splash attention on TPU (model/attention_tpu.py): the block-causal mask is a
+             static block-sparse mask (fully hidden blocks are skipped), padding via segment ids;
+             elsewhere it runs in Pallas interpret mode (slow: for tests). One kernel per device:
+             not yet wrapped in shard_map for activations sharded over a mesh.
+  'auto'     cudnn on GPU where its dtype and head width allow, splash on TPU, chunked elsewhere
+             (CPU). `select_implementation` says which one a call gets.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+IMPLEMENTATIONS = ("auto", "xla", "chunked", "cudnn", "splash")
+Q_CHUNK, KV_CHUNK = 512, 1024  # the chunked path's default blocks: 2 MiB of f32 logits per row and head
+_MASKED = -1e30  # finite, so a chunk whose keys are all hidden gives no inf - inf
+_HIDDEN_ID = np.iinfo(np.int32).max  # the scale id of padded keys: no query sees them
+
+
+def select_implementation(requested: str, dtype, head_dim: int, backend: str | None = None) -> str:
+    """The kernel `attention(..., implementation=requested)` runs for this dtype and head width."""
+    if requested not in IMPLEMENTATIONS:
+        raise ValueError(f"attention implementation {requested!r}: expected one of {IMPLEMENTATIONS}")
+    if requested != "auto":
+        return requested
+    backend = backend or jax.default_backend()
+    if backend == "gpu" and cudnn_supports(dtype, head_dim):
+        return "cudnn"
+    if backend == "tpu":
+        return "splash"
+    return "chunked"
+
+
+def cudnn_supports(dtype, head_dim: int) -> bool:
+    """cuDNN flash attention takes 16-bit inputs and head widths <= 128 that are multiples of 8."""
+    return jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)) and head_dim <= 128 \
+        and head_dim % 8 == 0
+
+
+def _check(q, k, v, q_scales, kv_scales, kv_valid):
+    b, l, h, c = q.shape
+    if k.shape != v.shape or k.shape[0] != b or k.shape[2:] != (h, c):
+        raise ValueError(f"attention: q {q.shape}, k {k.shape}, v {v.shape}: expected (B, l, H, c) and two "
+                         "(B, m, H, c)")
+    m = k.shape[1]
+    if (q_scales is None) != (kv_scales is None):
+        raise ValueError("attention: give both q_scales and kv_scales (block-causal) or neither")
+    if q_scales is not None and (np.shape(q_scales) != (l,) or np.shape(kv_scales) != (m,)):
+        raise ValueError(f"attention: q_scales {np.shape(q_scales)} / kv_scales {np.shape(kv_scales)}: "
+                         f"expected ({l},) and ({m},)")
+    if kv_valid is not None and kv_valid.shape != (b, m):
+        raise ValueError(f"attention: kv_valid {kv_valid.shape}: expected ({b}, {m})")
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, q_scales: np.ndarray | None = None,
+              kv_scales: np.ndarray | None = None, kv_valid: jax.Array | None = None,
+              implementation: str = "auto", q_chunk: int = Q_CHUNK, kv_chunk: int = KV_CHUNK) -> jax.Array:
+    """Softmax(scale * q k^T + mask) v. See the module docstring for shapes, masks and kernels."""
+    _check(q, k, v, q_scales, kv_scales, kv_valid)
+    impl = select_implementation(implementation, v.dtype, q.shape[-1])
+    if q_scales is not None:
+        q_scales, kv_scales = np.asarray(q_scales, np.int32), np.asarray(kv_scales, np.int32)
+    if impl == "xla":
+        return dense_attention(q, k, v, scale, q_scales, kv_scales, kv_valid)
+    if impl == "chunked":
+        return chunked_attention(q, k, v, scale, q_scales, kv_scales, kv_valid, q_chunk=q_chunk, kv_chunk=kv_chunk)
+    if impl == "cudnn":
+        if not cudnn_supports(v.dtype, q.shape[-1]):
+            raise ValueError(f"attention implementation 'cudnn' needs bfloat16/float16 and a head width <= 128 that "
+                             f"is a multiple of 8; got {jnp.dtype(v.dtype).name}, head width {q.shape[-1]}")
+        return fused_attention(q, k, v, scale, q_scales, kv_scales, kv_valid, implementation="cudnn")
+    from infinity_jax.model import attention_tpu
+    return attention_tpu.splash_attention(q, k, v, scale=scale, q_scales=q_scales, kv_scales=kv_scales,
+                                          kv_valid=kv_valid, interpret=jax.default_backend() != "tpu"
+                                          ).astype(v.dtype)
+
+
+def _visible(q_ids, kv_ids, kv_valid):
+    """(B or 1, 1, l, m) bool from the ids and the validity; None when every key is visible."""
+    mask = None
+    if q_ids is not None:
+        mask = (jnp.asarray(kv_ids)[None, :] <= jnp.asarray(q_ids)[:, None])[None, None]
+    if kv_valid is not None:
+        pad = kv_valid.astype(bool)[:, None, None, :]
+        mask = pad if mask is None else mask & pad
+    return mask
+
+
+def dense_attention(q, k, v, scale, q_scales=None, kv_scales=None, kv_valid=None):
+    """The reference: float32 logits and softmax over all keys at once."""
+    logits = jnp.einsum("blhc,bmhc->bhlm", q, k, preferred_element_type=jnp.float32) * scale
+    mask = _visible(q_scales, kv_scales, kv_valid)
+    if mask is not None:
+        logits = jnp.where(mask, logits, -jnp.inf)
+    probs = jax.nn.softmax(logits, axis=-1)
+    return jnp.einsum("bhlm,bmhc->blhc", probs.astype(v.dtype), v, preferred_element_type=jnp.float32).astype(v.dtype)
+
+
+def _pad_to(x, axis: int, n: int, value=0):
+    extra = n - x.shape[axis]
+    if extra == 0:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, extra)
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def chunked_attention(q, k, v, scale, q_scales=None, kv_scales=None, kv_valid=None, *, q_chunk: int = Q_CHUNK,
+                      kv_chunk: int = KV_CHUNK):
+    """Online-softmax attention over query and key chunks (pure JAX; same semantics as dense)."""
+    b, l, h, c = q.shape
+    m = k.shape[1]
+    if l <= q_chunk and m <= kv_chunk:
+        return dense_attention(q, k, v, scale, q_scales, kv_scales, kv_valid)
+    qc, kc = min(q_chunk, l), min(kv_chunk, m)
+    nq, nk = -(-l // qc), -(-m // kc)
+    # every mask as ids: query i sees key j iff kv_id[j] <= q_id[i] (and kv_valid); padded keys never
+    q_ids = np.zeros(l, np.int32) if q_scales is None else q_scales
+    kv_ids = np.zeros(m, np.int32) if kv_scales is None else kv_scales
+    q_ids = np.pad(q_ids, (0, nq * qc - l))
+    kv_ids = np.pad(kv_ids, (0, nk * kc - m), constant_values=_HIDDEN_ID)
+    valid = jnp.ones((b, m), bool) if kv_valid is None else kv_valid.astype(bool)
+    valid = _pad_to(valid, 1, nk * kc, False)
+
+    qb = _pad_to(q, 1, nq * qc).reshape(b, nq, qc, h, c).swapaxes(0, 1)  # (nq, B, qc, H, c)
+    kb = _pad_to(k, 1, nk * kc).reshape(b, nk, kc, h, c).swapaxes(0, 1)
+    vb = _pad_to(v, 1, nk * kc).reshape(b, nk, kc, h, c).swapaxes(0, 1)
+    kv_idb = jnp.asarray(kv_ids.reshape(nk, kc))
+    validb = valid.reshape(b, nk, kc).swapaxes(0, 1)  # (nk, B, kc)
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)
+    def kv_step(carry, blk, q_blk, q_id):
+        run_max, run_sum, acc = carry  # (B, H, qc), (B, H, qc), (B, qc, H, c) float32
+        k_blk, v_blk, kv_id, ok = blk
+        s = jnp.einsum("bqhc,bkhc->bhqk", q_blk, k_blk, preferred_element_type=jnp.float32) * scale
+        vis = (kv_id[None, :] <= q_id[:, None])[None, None] & ok[:, None, None, :]
+        s = jnp.where(vis, s, _MASKED)
+        new_max = jnp.maximum(run_max, s.max(-1))
+        p = jnp.where(vis, jnp.exp(s - new_max[..., None]), 0.0)
+        corr = jnp.exp(run_max - new_max)
+        run_sum = run_sum * corr + p.sum(-1)
+        pv = jnp.einsum("bhqk,bkhc->bqhc", p.astype(v_blk.dtype), v_blk, preferred_element_type=jnp.float32)
+        acc = acc * corr.swapaxes(1, 2)[..., None] + pv
+        return (new_max, run_sum, acc), None
+
+    def q_step(args):
+        q_blk, q_id = args
+        init = (jnp.full((b, h, qc), _MASKED, jnp.float32), jnp.zeros((b, h, qc), jnp.float32),
+                jnp.zeros((b, qc, h, c), jnp.float32))
+        (_, run_sum, acc), _ = jax.lax.scan(lambda cr, blk: kv_step(cr, blk, q_blk, q_id), init,
+                                            (kb, vb, kv_idb, validb))
+        return (acc / jnp.maximum(run_sum, 1e-30).swapaxes(1, 2)[..., None]).astype(v.dtype)
+
+    out = jax.lax.map(q_step, (qb, jnp.asarray(q_ids.reshape(nq, qc))))  # (nq, B, qc, H, c)
+    return out.swapaxes(0, 1).reshape(b, nq * qc, h, c)[:, :l]
+
+
+def fused_attention(q, k, v, scale, q_scales=None, kv_scales=None, kv_valid=None, *, implementation="cudnn"):
+    """jax.nn.dot_product_attention with the mask as a (B or 1, 1, l, m) boolean (cuDNN takes it as a
+    bias). Lengths are padded to even numbers (cuDNN's training kernels with a bias need them);
+    padded keys are hidden, padded queries dropped. implementation='xla' runs the same call on CPU
+    (tests)."""
+    b, l, h, c = q.shape
+    m = k.shape[1]
+    le, me = l + l % 2, m + m % 2
+    if me != m:
+        valid = jnp.ones((b, m), bool) if kv_valid is None else kv_valid
+        kv_valid = _pad_to(valid.astype(bool), 1, me, False)
+        if kv_scales is not None:
+            kv_scales = np.pad(kv_scales, (0, 1), constant_values=_HIDDEN_ID)
+    if le != l and q_scales is not None:
+        q_scales = np.pad(q_scales, (0, 1), constant_values=q_scales[-1])
+    q, k, v = _pad_to(q, 1, le), _pad_to(k, 1, me), _pad_to(v, 1, me)
+    mask = _visible(q_scales, kv_scales, kv_valid)
+    if mask is not None:
+        mask = jnp.broadcast_to(mask, (mask.shape[0], 1, le, me))
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=float(scale), implementation=implementation)
+    return out[:, :l].astype(v.dtype)
+
