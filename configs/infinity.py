@@ -3,8 +3,8 @@
 usage: get_config('infinity_2b') -> ConfigDict with a `model` section (InfinityConfig fields);
 names: infinity_2b, infinity_8b, infinity_20b, infinity_layer{12,16,24,32,40,48}, tiny
 (short forms as in configs/zoo.py: 2b, 8b, 20b, layer12, ...).
-Append ',scan' / ',remat=full' / ',dtype=bfloat16' to an argument for execution options, e.g.
-get_config('infinity_2b,scan,remat=full,dtype=bfloat16').
+Append ',scan' / ',remat=full' / ',dtype=bfloat16' / ',attention=chunked' to an argument for
+execution options, e.g. get_config('infinity_2b,scan,remat=full,dtype=bfloat16').
 
 Sizes are the official ones: depth / width / heads from the factory functions at the bottom of
 the official infinity/models/infinity.py (and tools/run_infinity.py for 8b, which has no factory),
@@ -81,15 +81,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.abs_pos_embed = False  # ours (model/transformer.py); the official models have no such weights
     m.drop_path_rate = 0.0 if name == "tiny" else (0.25 if name == "infinity_20b" else 0.1)
     m.dtype = "float32"      # compute dtype (bfloat16 on TPU/GPU); params, norms, softmax, loss stay fp32
-    m.remat = "none"         # none | full | attn
+    m.remat = "none"         # model/transformer.py REMAT_MODES: none | full | attn | dots | save_qkv_attn_mlp | ...
     m.scan_layers = False
+    m.attention = "auto"     # model/attention.py: auto (cuDNN on GPU, splash on TPU, chunked on CPU) | xla | ...
     for k, v in opts.items():
         if k == "scan":
             m.scan_layers = True
-        elif k in ("remat", "dtype"):
+        elif k in ("remat", "dtype", "attention"):
             m[k] = v
         else:
-            raise ValueError(f"infinity config option {k!r} (from {arg!r}): expected scan, remat=..., dtype=...")
+            raise ValueError(f"infinity config option {k!r} (from {arg!r}): expected scan, remat=..., dtype=..., "
+                             "attention=...")
     return c
 
 

@@ -1,6 +1,6 @@
 """The model zoo: a full training config for every official Infinity size, tokenizer and pixel budget.
 
-usage: infinity-jax train --config zoo:NAME[,vae=D][,pn=P][,mesh=M][,scan][,remat=R][,dtype=T]
+usage: infinity-jax train --config zoo:NAME[,vae=D][,pn=P][,mesh=M][,scan][,remat=R][,dtype=T][,attention=A]
            --workdir DIR [--config.data.path=...]
   NAME  infinity_2b | infinity_8b | infinity_20b | infinity_layer{12,16,24,32,40,48}
         (short forms: 2b, 8b, 20b, layer12, ...), sizes from configs/infinity.py
@@ -10,7 +10,7 @@ usage: infinity-jax train --config zoo:NAME[,vae=D][,pn=P][,mesh=M][,scan][,rema
         stage) | 0.25M | 0.60M | 1M; square images of 256 / 512 / 768 / 1024 px
   mesh  a configs/mesh_presets.py preset (sharding rules, mesh shape, global batch, remat, bf16),
         e.g. h100x8-fsdp, v5p-128; without it: train_defaults (fsdp over all devices, batch 256)
-  scan, remat=, dtype=  execution options passed to configs/infinity.py
+  scan, remat=, dtype=, attention=  execution options passed to configs/infinity.py
 
 Files the run reads (put them there or override the keys): the official VAE weights
 weights/infinity_vae_d{D}.pth (vae.params), a Flan-T5-XL Hugging Face folder weights/flan-t5-xl
@@ -38,7 +38,7 @@ MODELS = tuple(n for n in infinity_configs.NAMES if n != "tiny")
 ALIASES = {n.removeprefix("infinity_"): n for n in MODELS}
 VAES = tuple(n for n in bsq_vae.NAMES if n not in ("tiny", "shapes"))  # the released tokenizers
 PIXEL_BUDGETS = tuple(schedules.PIXEL_BUDGETS)
-_OPTIONS = {"vae", "pn", "mesh", "scan", "remat", "dtype"}
+_OPTIONS = {"vae", "pn", "mesh", "scan", "remat", "dtype", "attention"}
 
 
 def image_size(pn: str) -> int:
@@ -61,7 +61,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c = train_defaults.get_config()
     c.name = f"zoo/{name}"
-    exec_opts = [k if v == "1" else f"{k}={v}" for k, v in opts.items() if k in ("scan", "remat", "dtype")]
+    exec_keys = ("scan", "remat", "dtype", "attention")
+    exec_opts = [k if v == "1" else f"{k}={v}" for k, v in opts.items() if k in exec_keys]
     m = infinity_configs.get_config(",".join([name] + exec_opts)).model
     if "dtype" not in opts:
         m.dtype = "bfloat16"

@@ -170,7 +170,8 @@ def test_cfg_decode_reproduces_official_sampler_logits(case):
     assert max_abs(guided, f["sample/logits"]) <= 2e-4
 
 
-@pytest.mark.parametrize("scan,remat", [(True, "full"), (False, "attn")])
+@pytest.mark.parametrize("scan,remat", [(True, "full"), (False, "attn"), (True, "save_qkv_attn_mlp"),
+                                        (False, "dots_no_batch")])
 def test_scan_and_remat_give_identical_logits_and_gradients(tiny, scan, remat):
     cfg = dataclasses.replace(tiny.cfg, scan_layers=scan, remat=remat)
     params = conv.torch_to_params(state_dict(tiny.f, "gpt"), cfg)
@@ -183,6 +184,25 @@ def test_scan_and_remat_give_identical_logits_and_gradients(tiny, scan, remat):
         got = jax.jit(lambda p: decode_all(model, cfg, p, tiny.text, tiny.mask, tiny.f["tf/x_wo_prefix"],
                                            tiny.sched))(params)
         assert max_abs(got, tiny.tf_logits) <= 1e-5
+
+
+def test_remat_policies_trade_memory_as_named():
+    """XLA's memory analysis of a training gradient: 'full' keeps least, 'none' most, and a policy
+    that saves the tagged q|k|v, attention and FFN activations lies between."""
+    cfg = T.InfinityConfig(depth=4, embed_dim=128, num_heads=2, block_chunks=1, text_channels=128, text_maxlen=8,
+                           scan_layers=True)
+    sched = ((1, 1, 1), (1, 2, 2), (1, 4, 4), (1, 8, 8))
+    S = jax.ShapeDtypeStruct
+    b, n = 8, schedules.num_tokens(sched)
+    args = (nn.unbox(T.abstract_params(cfg)), S((b, 8, 128), jnp.float32), S((b, 8), bool), S((b, n - 1, 32), jnp.float32))
+
+    def temp(remat):
+        model = T.Infinity(dataclasses.replace(cfg, remat=remat))
+        grad = jax.grad(lambda p, t, m, x: model.apply({"params": p}, t, m, x, sched).sum())
+        return jax.jit(grad).lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+    full, named, none = temp("full"), temp("save_qkv_attn_mlp"), temp("none")
+    assert full < named < none
 
 
 def test_every_param_has_logical_axes_and_shards_by_preset(tiny):

@@ -79,8 +79,9 @@ def _check(q, k, v, q_scales, kv_scales, kv_valid):
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, q_scales: np.ndarray | None = None,
               kv_scales: np.ndarray | None = None, kv_valid: jax.Array | None = None,
-              implementation: str = "auto", q_chunk: int = Q_CHUNK, kv_chunk: int = KV_CHUNK) -> jax.Array:
-    """Softmax(scale * q k^T + mask) v. See the module docstring for shapes, masks and kernels."""
+              implementation: str = "auto", q_chunk: int | None = None, kv_chunk: int | None = None) -> jax.Array:
+    """Softmax(scale * q k^T + mask) v. See the module docstring for shapes, masks and kernels.
+    q_chunk / kv_chunk: the chunked path's blocks (default Q_CHUNK / KV_CHUNK, read at call time)."""
     _check(q, k, v, q_scales, kv_scales, kv_valid)
     impl = select_implementation(implementation, v.dtype, q.shape[-1])
     if q_scales is not None:
@@ -88,7 +89,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, q_scale
     if impl == "xla":
         return dense_attention(q, k, v, scale, q_scales, kv_scales, kv_valid)
     if impl == "chunked":
-        return chunked_attention(q, k, v, scale, q_scales, kv_scales, kv_valid, q_chunk=q_chunk, kv_chunk=kv_chunk)
+        return chunked_attention(q, k, v, scale, q_scales, kv_scales, kv_valid, q_chunk=q_chunk or Q_CHUNK,
+                                 kv_chunk=kv_chunk or KV_CHUNK)
     if impl == "cudnn":
         if not cudnn_supports(v.dtype, q.shape[-1]):
             raise ValueError(f"attention implementation 'cudnn' needs bfloat16/float16 and a head width <= 128 that "

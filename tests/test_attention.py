@@ -1,0 +1,151 @@
+"""The attention entry point (model/attention.py): every path against the dense reference, kernel
+selection, the model's parity with the official fixtures on the chunked path, and memory.
+
+The cuDNN path cannot run on CPU; its call (jax.nn.dot_product_attention with the mask as a
+(B or 1, 1, l, m) boolean and even-padded lengths) is checked here with jax's own 'xla'
+implementation of the same function, so only the kernel itself is left to the accelerator.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from infinity_jax.model import attention as A, transformer as T
+from tests.test_transformer import Case, decode_all, max_abs
+
+SCALE_LENGTHS = (1, 4, 16, 36, 64)  # 121 tokens: several chunks of 16 / 32 below, none full
+
+
+def _ids(lengths=SCALE_LENGTHS):
+    return np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
+
+
+def _qkv(l, m, b=2, h=2, c=16, seed=0, dtype=jnp.float32):
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=(b, l, h, c))
+    k, v = rng.normal(size=(2, b, m, h, c))
+    return tuple(jnp.asarray(x, dtype) for x in (q, k, v))
+
+
+def _cases():
+    """(name, l, m, q_scales, kv_scales, kv_valid): the three ways the model attends."""
+    ids = _ids()
+    n = len(ids)
+    valid = np.ones((2, 7), bool)
+    valid[0, 5:] = False  # example 0 has 5 real text tokens of 7
+    return [("block_causal", n, n, ids, ids, None),
+            ("cached_prefix", 64, n, None, None, None),
+            ("padded_text", n, 7, None, None, jnp.asarray(valid))]
+
+
+@pytest.mark.parametrize("case", _cases(), ids=lambda c: c[0])
+def test_chunked_equals_dense_values_and_gradients(case):
+    _, l, m, qs, ks, valid = case
+    q, k, v = _qkv(l, m)
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v)))
+
+    dense = lambda q, k, v: A.dense_attention(q, k, v, 0.7, qs, ks, valid)  # noqa: E731
+    chunked = lambda q, k, v: A.chunked_attention(q, k, v, 0.7, qs, ks, valid, q_chunk=16, kv_chunk=32)  # noqa: E731
+    assert max_abs(dense(q, k, v), chunked(q, k, v)) <= 2e-6
+    g_ref = jax.grad(loss(dense), argnums=(0, 1, 2))(q, k, v)
+    g = jax.grad(loss(chunked), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(g_ref, g):
+        assert max_abs(a, b) <= 1e-5
+
+
+@pytest.mark.parametrize("case", _cases(), ids=lambda c: c[0])
+def test_the_cudnn_call_has_the_reference_semantics(case):
+    """fused_attention's arguments (even padding, mask broadcast to (., 1, l, m)) through jax.nn's
+    'xla' implementation give the dense reference, odd lengths included."""
+    _, l, m, qs, ks, valid = case
+    q, k, v = _qkv(l, m)
+    ref = A.dense_attention(q, k, v, 0.7, qs, ks, valid)
+    out = A.fused_attention(q, k, v, 0.7, qs, ks, valid, implementation="xla")
+    assert out.shape == ref.shape and max_abs(out, ref) <= 2e-6
+
+
+def test_bf16_chunked_stays_close_to_float32():
+    ids = _ids()
+    q, k, v = _qkv(len(ids), len(ids))
+    ref = A.dense_attention(q, k, v, 1.0, ids, ids)
+    q16, k16, v16 = (x.astype(jnp.bfloat16) for x in (q, k, v))
+    lo = A.chunked_attention(q16, k16, v16, 1.0, ids, ids, q_chunk=16, kv_chunk=32)
+    dense_lo = A.dense_attention(q16, k16, v16, 1.0, ids, ids)
+    assert lo.dtype == jnp.bfloat16 and max_abs(lo, ref) <= 1.5 * max_abs(dense_lo, ref) <= 6e-2
+
+
+def test_kernel_selection_by_backend_dtype_and_head_width():
+    bf16, f32 = jnp.bfloat16, jnp.float32
+    assert A.select_implementation("auto", bf16, 128, "gpu") == "cudnn"
+    assert A.select_implementation("auto", bf16, 96, "gpu") == "cudnn"
+    assert A.select_implementation("auto", f32, 128, "gpu") == "chunked"   # cuDNN: 16-bit only
+    assert A.select_implementation("auto", bf16, 256, "gpu") == "chunked"  # wider than 128
+    assert A.select_implementation("auto", bf16, 128, "tpu") == "splash"
+    assert A.select_implementation("auto", bf16, 128, "cpu") == "chunked"
+    assert A.select_implementation("xla", bf16, 128, "gpu") == "xla"
+    with pytest.raises(ValueError, match="'flash'.*expected one of"):
+        A.select_implementation("flash", bf16, 128)
+    with pytest.raises(ValueError, match="attention='flash'"):
+        T.InfinityConfig(attention="flash")
+    q, k, v = _qkv(4, 4)
+    with pytest.raises(ValueError, match="'cudnn' needs bfloat16/float16.*float32"):
+        A.attention(q, k, v, scale=1.0, implementation="cudnn")
+    with pytest.raises(ValueError, match="both q_scales and kv_scales"):
+        A.attention(q, k, v, scale=1.0, q_scales=np.zeros(4, np.int32))
+    with pytest.raises(ValueError, match=r"kv_valid \(2, 3\): expected \(2, 4\)"):
+        A.attention(q, k, v, scale=1.0, kv_valid=jnp.ones((2, 3), bool))
+
+
+def test_splash_path_through_the_entry_point_runs_in_interpret_mode_off_tpu():
+    ids = _ids((1, 4, 16))
+    q, k, v = _qkv(len(ids), len(ids))
+    out = A.attention(q, k, v, scale=1.0, q_scales=ids, kv_scales=ids, implementation="splash")
+    assert max_abs(out, A.dense_attention(q, k, v, 1.0, ids, ids)) <= 1e-5
+
+
+def test_chunked_attention_keeps_no_score_matrix():
+    """XLA's memory analysis: at 4,096 queries x 10,521 keys (the last 1M scale) float32 scores
+    would be 2 x 2 x 4096 x 10521 x 4 B = 0.64 GiB; the chunked form stays within a few of its
+    512 x 1024 blocks plus its output."""
+    l, m, b, h, c = 4096, 10521, 2, 2, 64
+    args = [jax.ShapeDtypeStruct((b, n, h, c), jnp.bfloat16) for n in (l, m, m)]
+
+    def temp(fn):
+        return jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+    scores = b * h * l * m * 4
+    chunked = temp(lambda q, k, v: A.chunked_attention(q, k, v, 1.0))
+    assert chunked <= 12 * b * h * A.Q_CHUNK * A.KV_CHUNK * 4 + 4 * b * l * h * c * 4  # blocks + output/acc
+    assert chunked < scores / 4
+
+
+# ---------------------------------------------------------------- the model on the chunked path
+@pytest.fixture()
+def small_chunks(monkeypatch):
+    """Blocks small enough that the fixtures' 7-scale sequences take the multi-chunk path."""
+    monkeypatch.setattr(A, "Q_CHUNK", 16)
+    monkeypatch.setattr(A, "KV_CHUNK", 32)
+
+
+@pytest.mark.parametrize("name", ["tiny"])
+def test_official_parity_holds_on_the_multi_chunk_path(name, small_chunks):
+    """Teacher-forced logits (1e-4) and KV-cached decode (1e-5 vs teacher forcing) as in
+    test_transformer, with every attention split into 16-query / 32-key chunks."""
+    case = Case(name)
+    cfg = dataclasses.replace(case.cfg, attention="chunked")
+    model, sched, f = T.Infinity(cfg), case.sched, case.f
+    assert schedules_tokens(sched) > 32
+    tf = jax.jit(lambda p: model.apply({"params": p}, case.text, case.mask, f["tf/x_wo_prefix"], sched))(case.params)
+    assert max_abs(tf, f["tf/logits"]) <= 1e-4
+    dec = jax.jit(lambda p: decode_all(model, cfg, p, case.text, case.mask, f["tf/x_wo_prefix"], sched))(case.params)
+    assert max_abs(dec, tf) <= 1e-5
+
+
+def schedules_tokens(sched) -> int:
+    return sum(t * h * w for t, h, w in sched)
