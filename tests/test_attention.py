@@ -149,3 +149,22 @@ def test_official_parity_holds_on_the_multi_chunk_path(name, small_chunks):
 
 def schedules_tokens(sched) -> int:
     return sum(t * h * w for t, h, w in sched)
+
+
+def test_splash_runs_per_shard_under_a_mesh():
+    """Under a (data 2, fsdp 2, tensor 2) mesh of host devices the one-device kernel runs on each
+    device's batch and head shard (shard_map) and gives the dense result."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from infinity_jax import parallel
+    mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
+    ids = _ids((1, 4, 16))
+    q, k, v = _qkv(len(ids), len(ids), b=4)
+    valid = jnp.ones((4, len(ids)), bool).at[1, 10:].set(False)
+    sh = NamedSharding(mesh, P(parallel.BATCH_AXES, None, "tensor", None))
+    q, k, v = (jax.device_put(x, sh) for x in (q, k, v))
+    fn = jax.jit(lambda q, k, v, m: A.attention(q, k, v, scale=1.0, q_scales=ids, kv_scales=ids, kv_valid=m,
+                                                implementation="splash"))
+    with jax.set_mesh(mesh):
+        out = fn(q, k, v, valid)
+        assert "shard_map" in str(fn.trace(q, k, v, valid).jaxpr)
+    assert max_abs(out, A.dense_attention(q, k, v, 1.0, ids, ids, valid)) <= 1e-5

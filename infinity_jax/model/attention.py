@@ -23,14 +23,16 @@ Implementations (`implementation=`, or InfinityConfig.attention):
              bf16/fp16, head width <= 128 and a multiple of 8. The mask goes in as a bias.
   'splash'   Pallas splash attention on TPU (model/attention_tpu.py): the block-causal mask is a
              static block-sparse mask (fully hidden blocks are skipped), padding via segment ids;
-             elsewhere it runs in Pallas interpret mode (slow: for tests). One kernel per device:
-             not yet wrapped in shard_map for activations sharded over a mesh.
+             elsewhere it runs in Pallas interpret mode (slow: for tests). Under a mesh each
+             device runs the kernel on its shard (shard_map: batch over data axes, heads over
+             'tensor').
   'auto'     cudnn on GPU where its dtype and head width allow, splash on TPU, chunked elsewhere
              (CPU). `select_implementation` says which one a call gets.
 """
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -97,9 +99,31 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, q_scale
                              f"is a multiple of 8; got {jnp.dtype(v.dtype).name}, head width {q.shape[-1]}")
         return fused_attention(q, k, v, scale, q_scales, kv_scales, kv_valid, implementation="cudnn")
     from infinity_jax.model import attention_tpu
-    return attention_tpu.splash_attention(q, k, v, scale=scale, q_scales=q_scales, kv_scales=kv_scales,
-                                          kv_valid=kv_valid, interpret=jax.default_backend() != "tpu"
-                                          ).astype(v.dtype)
+    kernel = functools.partial(attention_tpu.splash_attention, scale=scale, q_scales=q_scales, kv_scales=kv_scales,
+                               interpret=jax.default_backend() != "tpu")
+    return _per_shard(lambda q, k, v, valid: kernel(q, k, v, kv_valid=valid), q, k, v, kv_valid).astype(v.dtype)
+
+
+def _per_shard(fn, q, k, v, kv_valid):
+    """Runs a one-device kernel (a pallas_call, which XLA cannot partition) on each device's shard:
+    batch over the mesh's data axes and heads over 'tensor', where a mesh is set and they divide."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return fn(q, k, v, kv_valid)
+    from jax.sharding import PartitionSpec as P
+    from infinity_jax import parallel
+    sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+    batch = tuple(a for a in parallel.BATCH_AXES if a in sizes)
+    if q.shape[0] % math.prod(sizes[a] for a in batch):
+        batch = ()
+    heads = "tensor" if "tensor" in sizes and q.shape[2] % sizes["tensor"] == 0 else None
+    spec = P(batch or None, None, heads, None)
+    vspec = P(batch or None, None)
+    if kv_valid is None:
+        return jax.shard_map(lambda q, k, v: fn(q, k, v, None), mesh=mesh, in_specs=(spec,) * 3, out_specs=spec,
+                             check_vma=False)(q, k, v)
+    return jax.shard_map(fn, mesh=mesh, in_specs=(spec, spec, spec, vspec), out_specs=spec, check_vma=False)(
+        q, k, v, kv_valid)
 
 
 def _visible(q_ids, kv_ids, kv_valid):
