@@ -11,9 +11,25 @@ memory analysis of the program: arguments + outputs + temporaries), transformer 
 (matmuls, with the KV cache; sample.transformer_flops) and utilisation = achieved FLOP/s / the
 devices' dense peak for the compute dtype, where that peak is known (else '-').
 
+--memory: nothing runs and nothing is allocated. The same program is compiled from abstract inputs
+(jax.ShapeDtypeStruct params, text and seeds, carrying their shardings under a mesh), and the table
+is XLA's memory analysis of it, in GiB per device: arguments (params, text), outputs (bits, codes,
+images), temporaries (the KV cache, activations, logits), aliased bytes, generated code, and the
+total = arguments + outputs + temporaries - aliased, the program's peak on one device; then the
+KV cache (k and v: depth x rows x tokens x heads x head_dim x itemsize, rows = 2 x batch with CFG,
+per device: split over the batch shards) and temporaries / KV cache (1 + what the program keeps
+beside the cache). It needs no accelerator: a laptop compiles for a mesh of simulated devices
+(XLA_FLAGS=--xla_force_host_platform_device_count=8), though an accelerator's compiler may lay out
+its temporaries differently. `sampler_memory(...)` returns the figures as a dict.
+
+Meshes: one device, no mesh; more, a mesh over all of them with the batch split over every device,
+and the params sharded by --rules: 'fsdp' / 'fsdp_tp' put all devices (but --tensor) on the fsdp
+axis, so the params really are split.
+
 usage:
   infinity-jax bench sample --config infinity_2b,dtype=bfloat16 --pn 1M --batch 1 --runs 10
   infinity-jax bench sample --config tiny --pn 0.06M --vae-config tiny        # CPU smoke run
+  infinity-jax bench sample --memory --config infinity_2b,dtype=bfloat16,scan --pn 1M --batch 1
 """
 from __future__ import annotations
 
@@ -64,23 +80,165 @@ def _program_bytes(sampler) -> int | None:
         return None
 
 
-def bench_one(config_spec: str, pn: str, *, vae_spec: str | None, batch: int, runs: int, warmup: int,
-              h_div_w: float, text_len: int, cfg: float, schedule_spec: str | None = None,
-              rules: str = "dp") -> dict:
-    import jax
-    from flax import linen as nn
-    from infinity_jax import parallel, sample, schedules
-    from infinity_jax.convert import infinity as conv_inf, vae as conv_vae
-    from infinity_jax.model.transformer import InfinityConfig, init_params
-    from infinity_jax.tokenizer import vae as vae_lib
+# ---------------------------------------------------------------- memory analysis (--memory)
+MEMORY_FIELDS = ("argument", "output", "temp", "alias", "generated_code")
 
+
+def bench_mesh(rules: str = "dp", *, tensor: int = 1, fsdp: int | None = None):
+    """The benchmarks' mesh over all devices (None for one device): the batch split over data x fsdp;
+    fsdp (default: every device but `tensor` under the 'fsdp'/'fsdp_tp' rules, 1 under 'dp') is the
+    axis the params are split over, so `--rules fsdp` shards them."""
+    import jax
+    from infinity_jax import parallel
+    n = jax.device_count()
+    if n == 1 and tensor == 1 and not fsdp:
+        return None
+    if fsdp is None:
+        fsdp = n // tensor if str(rules).startswith("fsdp") and n % tensor == 0 else 1
+    return parallel.make_mesh(fsdp=fsdp, tensor=tensor)
+
+
+def memory_figures(compiled) -> dict:
+    """XLA's memory analysis of a compiled program, per device: {argument, output, temp, alias,
+    generated_code, total}_bytes with total = argument + output + temp - alias (its peak)."""
+    m = compiled.memory_analysis()
+    if m is None:
+        raise RuntimeError("this backend gives no memory analysis of compiled programs")
+    m = m[0] if isinstance(m, (list, tuple)) else m
+    out = {f"{k}_bytes": int(getattr(m, f"{k}_size_in_bytes")) for k in MEMORY_FIELDS}
+    out["total_bytes"] = out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"] - out["alias_bytes"]
+    return out
+
+
+def abstract_like(tree, shardings=None):
+    """ShapeDtypeStructs of a (possibly abstract) tree, with the shardings of a matching tree (or none)."""
+    import jax
+    if shardings is None:
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def nbytes_per_device(tree) -> int:
+    """Bytes of a tree of arrays / ShapeDtypeStructs on one device (a sharded leaf counts its shard)."""
+    import jax
+    total = 0
+    for x in jax.tree.leaves(tree):
+        sh = getattr(x, "sharding", None)
+        shape = sh.shard_shape(x.shape) if sh is not None else x.shape
+        total += int(np.prod(shape, dtype=np.int64)) * np.dtype(x.dtype).itemsize
+    return total
+
+
+def gib(nbytes: float | None) -> str:
+    """Bytes as GiB for the tables: 3 decimals, or 2 significant digits below a MiB (small models)."""
+    if nbytes is None:
+        return "-"
+    g = nbytes / 2**30
+    return f"{g:.3f}" if g == 0 or g >= 1e-3 else f"{g:.1e}"
+
+
+def _setup(config_spec: str, pn: str, *, vae_spec: str | None, h_div_w: float, schedule_spec: str | None):
+    from infinity_jax import schedules
+    from infinity_jax.convert import infinity as conv_inf, vae as conv_vae
+    from infinity_jax.model.transformer import InfinityConfig
     model_cfg = InfinityConfig.from_dict(conv_inf.load_config(config_spec).model)
     schedule = schedules.parse_schedule(schedule_spec) if schedule_spec else schedules.official_schedule(h_div_w, pn)
-    mesh = parallel.make_mesh() if jax.device_count() > 1 else None
     vae_cfg = None
     if vae_spec:
         vae_cfg = conv_vae.load_config(vae_spec)
         vae_cfg.dtype = model_cfg.dtype
+    return model_cfg, schedule, vae_cfg
+
+
+def sampler_memory(config_spec: str, pn: str = "1M", batch: int = 1, *, vae_spec: str | None = None,
+                   text_len: int = 64, cfg: float = 3.0, schedule_spec: str | None = None, h_div_w: float = 1.0,
+                   rules: str = "dp", tensor: int = 1, fsdp: int | None = None,
+                   compiler_options: dict | None = None) -> dict:
+    """XLA's memory analysis of the whole sampling program (see the module docstring), compiled from
+    abstract inputs: nothing runs and no params are allocated.
+
+    Returns the `memory_figures` (bytes per device) plus kv_cache_bytes (k and v for all rows and
+    the whole schedule, as transformer.init_cache makes it), kv_cache_bytes_per_device (split over
+    the batch shards), temp_over_kv_cache (temporaries / the per-device cache), params_bytes and
+    params_bytes_per_device (the transformer's, global and one device's shards; the arguments also
+    hold the text inputs and the VAE decoder's params), compile_s, and the run's description
+    (config, pn, image, batch, rows, mesh, ...)."""
+    import jax
+    from flax import linen as nn
+    from infinity_jax import parallel, sample, schedules
+    from infinity_jax.model.transformer import abstract_params, init_cache
+
+    model_cfg, schedule, vae_cfg = _setup(config_spec, pn, vae_spec=vae_spec, h_div_w=h_div_w,
+                                          schedule_spec=schedule_spec)
+    mesh = bench_mesh(rules, tensor=tensor, fsdp=fsdp)
+    sampler = sample.Sampler(model_cfg, schedule, vae=vae_cfg, mesh=mesh, rules=rules, cfg_batch=cfg != 1.0,
+                             compiler_options=compiler_options)
+    params = abstract_like(nn.unbox(abstract_params(model_cfg)), sampler._param_shardings)
+    vae_params = None
+    if sampler.vae is not None:
+        from infinity_jax.tokenizer import vae as vae_lib
+        vae_params = abstract_like(nn.unbox(vae_lib.abstract_params(sampler.vae)), sampler._vae_shardings)
+    shards = sampler.batch_multiple
+    batch = -(-batch // shards) * shards
+
+    def rows(shape, dtype):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=None if mesh is None else
+                                    parallel.batch_sharding(mesh, len(shape)))
+
+    text = rows((batch, text_len, model_cfg.text_channels), np.float32)
+    mask = rows((batch, text_len), np.bool_)
+    seeds = rows((batch,), np.uint32)
+    rep = None if mesh is None else parallel.replicated(mesh)
+    sp = sample.SamplingParams(*(jax.ShapeDtypeStruct(np.shape(v), jax.dtypes.canonicalize_dtype(np.asarray(v).dtype),
+                                                      sharding=rep)
+                                 for v in sample.sampling_params(len(schedule), cfg=cfg)))
+    exe, compile_s = sampler.compile(params, vae_params, text, mask, seeds, sp)
+    out = memory_figures(exe)
+    n_rows = batch * (2 if sampler.cfg_batch else 1)
+    cache = jax.eval_shape(lambda: init_cache(model_cfg, n_rows, schedule))
+    kv = int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache)))
+    kv_dev = kv // shards
+    H, W = schedules.image_size(schedule)
+    out.update(
+        config=config_spec, pn=schedule_spec or pn, image=f"{W}x{H}", scales=len(schedule),
+        tokens=schedules.num_tokens(schedule), batch=batch, rows=n_rows, text_len=text_len, dtype=model_cfg.dtype,
+        vae=bool(vae_cfg), rules=rules, mesh=None if mesh is None else dict(mesh.shape),
+        params_bytes=int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))),
+        params_bytes_per_device=nbytes_per_device(params),
+        kv_cache_bytes=kv, kv_cache_bytes_per_device=kv_dev,
+        temp_over_kv_cache=out["temp_bytes"] / kv_dev if kv_dev else None, compile_s=compile_s,
+        device=jax.devices()[0].device_kind, num_devices=jax.device_count())
+    return out
+
+
+def format_memory_table(rows: list[dict]) -> str:
+    head = ["config", "pn", "image", "batch", "args", "outputs", "temps", "alias", "code", "total/dev",
+            "KV cache/dev", "temps/KV", "compile s", "devices"]
+    lines = [head]
+    for r in rows:
+        mesh = "" if not r["mesh"] else " (" + " x ".join(str(v) for v in r["mesh"].values()) + f", {r['rules']})"
+        ratio = "-" if r["temp_over_kv_cache"] is None else f"{r['temp_over_kv_cache']:.2f}"
+        lines.append([r["config"], r["pn"], r["image"], str(r["batch"]), *(gib(r[f"{k}_bytes"]) for k in MEMORY_FIELDS),
+                      gib(r["total_bytes"]), gib(r["kv_cache_bytes_per_device"]), ratio, f"{r['compile_s']:.1f}",
+                      f"{r['device']} x{r['num_devices']}{mesh}"])
+    widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
+    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in lines)
+    return table + ("\nGiB per device from XLA's memory analysis of the compiled program (nothing was run); "
+                    "total = args + outputs + temps - alias; KV cache: k and v, rows = 2 x batch with CFG")
+
+
+def bench_one(config_spec: str, pn: str, *, vae_spec: str | None, batch: int, runs: int, warmup: int,
+              h_div_w: float, text_len: int, cfg: float, schedule_spec: str | None = None,
+              rules: str = "dp", tensor: int = 1) -> dict:
+    import jax
+    from flax import linen as nn
+    from infinity_jax import sample, schedules
+    from infinity_jax.model.transformer import init_params
+    from infinity_jax.tokenizer import vae as vae_lib
+
+    model_cfg, schedule, vae_cfg = _setup(config_spec, pn, vae_spec=vae_spec, h_div_w=h_div_w,
+                                          schedule_spec=schedule_spec)
+    mesh = bench_mesh(rules, tensor=tensor)
     sampler = sample.Sampler(model_cfg, schedule, vae=vae_cfg, mesh=mesh, rules=rules,
                              cfg_batch=cfg != 1.0)
     key = jax.random.key(0)
@@ -144,11 +302,11 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     import jax
-    accel = jax.default_backend() != "cpu"
     p = argparse.ArgumentParser(prog="infinity-jax bench sample", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", action="append", help="configs/infinity.py spec (repeatable); default "
-                   "infinity_2b,dtype=bfloat16 on GPU/TPU, tiny on CPU")
-    p.add_argument("--pn", action="append", help="pixel budget (repeatable); default 1M on GPU/TPU, 0.06M on CPU")
+                   "infinity_2b,dtype=bfloat16 on GPU/TPU (and with --memory), tiny on CPU")
+    p.add_argument("--pn", action="append", help="pixel budget (repeatable); default 1M on GPU/TPU (and with "
+                   "--memory), 0.06M on CPU")
     p.add_argument("--schedule", default=None, help="a custom schedule 'HxW,HxW,...' instead of --pn (smoke runs)")
     p.add_argument("--vae-config", default=None, help="configs/bsq_vae.py name; default d32 (tiny for the tiny "
                    "config); 'none' skips the decode")
@@ -158,22 +316,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--text-len", type=int, default=64, help="text tokens per prompt")
     p.add_argument("--cfg", type=float, default=3.0, help="1 runs without the uncond half")
-    p.add_argument("--rules", default="dp", help="sharding preset over all devices")
+    p.add_argument("--rules", default="dp", choices=("dp", "fsdp", "fsdp_tp"),
+                   help="sharding preset over all devices")
+    p.add_argument("--tensor", type=int, default=1, help="tensor-parallel mesh size (with --rules fsdp_tp)")
+    p.add_argument("--memory", action="store_true", help="compile only, from abstract inputs, and print XLA's "
+                   "memory analysis per device (see the module docstring); runs and allocates nothing")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     args = p.parse_args(argv)
+    accel = args.memory or jax.default_backend() != "cpu"
     configs = args.config or (["infinity_2b,dtype=bfloat16"] if accel else ["tiny"])
     pns = args.pn or (["1M"] if accel else ["0.06M"])
     rows = []
     for c in configs:
         vae = args.vae_config or ("tiny" if c.split(",")[0] == "tiny" else "d32")
         for pn in ([None] if args.schedule else pns):
-            r = bench_one(c, pn or "", vae_spec=None if vae == "none" else vae, batch=args.batch, runs=args.runs,
-                          warmup=args.warmup, h_div_w=args.h_div_w, text_len=args.text_len, cfg=args.cfg,
-                          schedule_spec=args.schedule, rules=args.rules)
+            common = dict(vae_spec=None if vae == "none" else vae, batch=args.batch, h_div_w=args.h_div_w,
+                          text_len=args.text_len, cfg=args.cfg, schedule_spec=args.schedule, rules=args.rules,
+                          tensor=args.tensor)
+            if args.memory:
+                r = sampler_memory(c, pn or "", **common)
+                print(f"[bench sample] {c} {r['pn']}: compile {r['compile_s']:.1f}s, "
+                      f"{gib(r['total_bytes'])} GiB per device", file=sys.stderr, flush=True)
+            else:
+                r = bench_one(c, pn or "", runs=args.runs, warmup=args.warmup, **common)
+                print(f"[bench sample] {c} {r['pn']}: compile {r['compile_s']:.1f}s, median {r['median_s']:.3f}s",
+                      file=sys.stderr, flush=True)
             rows.append(r)
-            print(f"[bench sample] {c} {r['pn']}: compile {r['compile_s']:.1f}s, median {r['median_s']:.3f}s",
-                  file=sys.stderr, flush=True)
-    print(format_table(rows), flush=True)
+    print(format_memory_table(rows) if args.memory else format_table(rows), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

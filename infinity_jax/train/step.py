@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 
 from infinity_jax import schedules
-from infinity_jax.data.pipeline import to_float
 from infinity_jax.model import loss as loss_lib
 from infinity_jax.tokenizer import bsq
 
@@ -63,6 +62,7 @@ def make_loss_fn(model, schedule: schedules.Schedule, options: StepOptions = Ste
             return batch["latent"].astype(jnp.float32)
         if vae is None or frozen is None or "vae" not in frozen:
             raise ValueError("batch has no 'latent': give a vae module and frozen['vae'] params to encode 'image'")
+        from infinity_jax.data.pipeline import to_float  # here: the data pipeline imports grain
         return vae.apply({"params": frozen["vae"]}, to_float(batch["image"]), method="encode")
 
     def text(batch, frozen):
