@@ -286,6 +286,29 @@ def _unbox(tree):
     return None if tree is None else nn.unbox(tree)
 
 
+# the blocks' matmul kernels, which every use casts to the compute dtype (model/layers.py)
+_COMPUTE_DTYPE_KERNELS = {("sa", "mat_qkv"), ("sa", "proj", "kernel"), ("ca", "mat_kv"), ("ca", "mat_q", "kernel"),
+                          ("ca", "proj", "kernel"), ("ffn", "fc1", "kernel"), ("ffn", "fc2", "kernel")}
+
+
+def kernels_in_compute_dtype(params, model_cfg: InfinityConfig):
+    """The params with the blocks' matmul kernels stored in the compute dtype (arrays or
+    ShapeDtypeStructs). Each use casts them to it anyway, so outputs are bit-identical; a bf16
+    model's params take about half the memory and no scale of the program casts 2B weights again."""
+    dtype = model_cfg.compute_dtype
+    if dtype == jnp.float32:
+        return params
+
+    def cast(path, x):
+        keys = tuple(getattr(k, "key", None) for k in path)
+        if not (keys and str(keys[0]).startswith("blocks") and keys[1:] in _COMPUTE_DTYPE_KERNELS):
+            return x
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding)
+        return x.astype(dtype)
+    return jax.tree_util.tree_map_with_path(cast, params)
+
+
 class Sampler:
     """Compiles and runs the whole sampling program for one model, schedule and mesh.
 
@@ -295,7 +318,11 @@ class Sampler:
     cfg_batch: run the uncond half (False only when every cfg_k == 1); return_logits: also
     return the guided logits (tests); progress: print each scale as it finishes (a host callback
     per scale; off for benchmarks); compiler_options: XLA options for the compile (tests use
-    {'xla_backend_optimization_level': 0}: same numbers, CPU compiles ~2x faster).
+    {'xla_backend_optimization_level': 0}: same numbers, CPU compiles ~2x faster);
+    compute_dtype_kernels: store the blocks' matmul kernels in the compute dtype
+    (`kernels_in_compute_dtype`; same outputs, half the params' memory for bf16). Default: on
+    GPU/TPU only. XLA's CPU backend runs bf16 matmuls in float32 and hoists that conversion of the
+    whole stacked kernels out of the layer loop, so on CPU bf16 kernels cost an f32 copy instead.
 
     A call compiles once per input signature (shapes, dtypes, whether a negative prompt is given)
     and reuses the executable: `num_compiles` and `compile_seconds` tell how many and how long.
@@ -303,8 +330,11 @@ class Sampler:
 
     def __init__(self, model_cfg: InfinityConfig, schedule, vae=None, *, mesh: Mesh | None = None,
                  rules: Any = "dp", cfg_batch: bool = True, return_logits: bool = False, progress: bool = False,
-                 compiler_options: Mapping[str, Any] | None = None):
+                 compiler_options: Mapping[str, Any] | None = None, compute_dtype_kernels: bool | None = None):
         self.model_cfg = model_cfg
+        if compute_dtype_kernels is None:
+            compute_dtype_kernels = jax.default_backend() != "cpu"
+        self.compute_dtype_kernels = compute_dtype_kernels
         self.schedule = schedules.validate(schedule)
         self.vae = _vae_model(vae)
         if self.vae is not None and self.vae.codebook_dim != model_cfg.codebook_dim:
@@ -345,13 +375,18 @@ class Sampler:
     def num_compiles(self) -> int:
         return len(self._executables)
 
+    def _kernels(self, params):
+        return kernels_in_compute_dtype(params, self.model_cfg) if self.compute_dtype_kernels else params
+
     def place_params(self, params, vae_params=None):
-        """Unboxes and puts the params where the program expects them (sharded under a mesh)."""
+        """Unboxes and puts the params where the program expects them (sharded under a mesh), the
+        blocks' matmul kernels in the compute dtype where `compute_dtype_kernels` says so."""
         params, vae_params = _unbox(params), _unbox(vae_params)
         if self.mesh is None:
-            return jax.tree.map(jnp.asarray, params), (None if vae_params is None else
-                                                      jax.tree.map(jnp.asarray, vae_params))
-        params = jax.device_put(params, self._param_shardings)
+            params = jax.tree.map(jnp.asarray, params)
+            return self._kernels(params), (None if vae_params is None else
+                                                                     jax.tree.map(jnp.asarray, vae_params))
+        params = self._kernels(jax.device_put(params, self._param_shardings))
         if vae_params is not None:
             vae_params = jax.device_put(vae_params, self._vae_shardings)
         return params, vae_params
@@ -366,7 +401,10 @@ class Sampler:
         return jax.jit(self._program, in_shardings=in_sh)
 
     def compile(self, params, vae_params, text, text_mask, seeds, sp, neg_text=None, neg_mask=None):
-        """Compiles (if not yet) for these inputs' signature; returns (executable, seconds spent now)."""
+        """Compiles (if not yet) for these inputs' signature; returns (executable, seconds spent now).
+        Inputs may be arrays or ShapeDtypeStructs (params: the blocks' kernels are taken as
+        `place_params` stores them)."""
+        params = self._kernels(params)
         args = (params, vae_params, text, text_mask, seeds, sp, neg_text, neg_mask)
         sig = jax.tree.map(lambda a: (jnp.shape(a), jnp.result_type(a)), args)
         sig = (jax.tree.structure(args), tuple(jax.tree.leaves(sig)))
@@ -439,6 +477,7 @@ class Sampler:
             params = jax.device_put(params, self._param_shardings)
             if vae_params is not None:
                 vae_params = jax.device_put(vae_params, self._vae_shardings)
+        params = self._kernels(params)  # a no-op after place_params
         sp = SamplingParams(*(jnp.asarray(v) for v in sp))
         exe, _ = self.compile(params, vae_params, text, text_mask, seeds, sp, neg_text, neg_mask)
         _last_progress[0] = time.perf_counter()

@@ -247,6 +247,7 @@ def bench_one(config_spec: str, pn: str, *, vae_spec: str | None, batch: int, ru
     if sampler.vae is not None:
         vae_params = jax.jit(lambda k: nn.unbox(vae_lib.init_params(sampler.vae, k)),
                              out_shardings=sampler._vae_shardings)(key)
+    params, vae_params = sampler.place_params(params, vae_params)  # kernels in the compute dtype, once
     batch = -(-batch // sampler.batch_multiple) * sampler.batch_multiple
     rng = np.random.default_rng(0)
     text = rng.normal(size=(batch, text_len, model_cfg.text_channels)).astype(np.float32)

@@ -219,6 +219,29 @@ def test_sharded_sampling_equals_unsharded(small):
         shd(placed, None, text[:2], mask[:2], 0)
 
 
+def test_bf16_kernels_stored_in_the_compute_dtype_change_no_output_bit(small):
+    """place_params stores the blocks' matmul kernels in bf16 for a bf16 model (the default on
+    GPU/TPU): every use cast them anyway, so the program's logits and bits equal those from float32
+    kernels exactly. On CPU the default keeps float32 (its bf16 matmuls upcast)."""
+    import dataclasses
+    cfg, params, text, mask = small
+    cfg = dataclasses.replace(cfg, dtype="bfloat16")
+    sampler = sample.Sampler(cfg, SMALL, return_logits=True, compiler_options=FAST, compute_dtype_kernels=True)
+    placed, _ = sampler.place_params(params)
+    assert placed["blocks_0"]["sa"]["mat_qkv"].dtype == jnp.bfloat16
+    assert placed["blocks_0"]["sa"]["q_bias"].dtype == jnp.float32  # added in float32: kept
+    assert placed["head"]["kernel"].dtype == jnp.float32  # the head runs in float32
+    default, _ = sample.Sampler(cfg, SMALL).place_params(params)
+    assert default["blocks_0"]["sa"]["mat_qkv"].dtype == jnp.float32
+    sp = sample.sampling_params(len(SMALL), cfg=2.0)
+    run = jax.jit(lambda p, t, m, s: sample.generate_tokens(cfg, SMALL, p, t, m, s, sp, return_logits=True))
+    seeds = np.arange(8, dtype=np.uint32)
+    ref = run(jax.tree.map(jnp.asarray, params), text, mask, seeds)
+    got = run(placed, text, mask, seeds)
+    np.testing.assert_array_equal(np.asarray(ref[0]), np.asarray(got[0]))
+    np.testing.assert_array_equal(np.asarray(ref[2]), np.asarray(got[2]))
+
+
 def test_negative_prompt_equal_to_the_null_text_changes_nothing(small):
     cfg, params, text, mask = small
     s = sample.Sampler(cfg, SMALL, return_logits=True, compiler_options=FAST)
