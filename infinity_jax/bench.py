@@ -9,6 +9,7 @@ import importlib
 import sys
 
 BENCHMARKS: dict[str, str] = {
+    "attention": "infinity_jax.attention_bench:main",  # each attention kernel: error vs reference, fwd/bwd ms
     "data": "infinity_jax.data.bench:main",  # input pipeline images/s (decode + resize + crop)
     "sample": "infinity_jax.sample_bench:main",  # sampler compile s, latency, images/s, peak memory, MFU
     "train": "infinity_jax.train.bench:main",  # training step time, images/s, tokens/s, MFU

@@ -168,3 +168,17 @@ def test_splash_runs_per_shard_under_a_mesh():
         out = fn(q, k, v, valid)
         assert "shard_map" in str(fn.trace(q, k, v, valid).jaxpr)
     assert max_abs(out, A.dense_attention(q, k, v, 1.0, ids, ids, valid)) <= 1e-5
+
+
+def test_bench_attention_prints_every_kernel_against_the_reference(tmp_path, capsys):
+    import json
+    from infinity_jax import bench
+    out = tmp_path / "a.json"
+    assert bench.main(["attention", "--runs", "1", "--heads", "1", "--head-dim", "16", "--sample-pn", "0.06M",
+                       "--interpret", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split()[:2] == ["case", "impl"]
+    rows = json.loads(out.read_text())
+    assert {(r["case"], r["impl"]) for r in rows} == {(c, i) for c in ("train", "sample", "text")
+                                                       for i in ("xla", "chunked", "splash")}
+    assert all("skip" not in r and r["max_err"] <= 1e-5 and r["fwd_bwd_ms"] > 0 for r in rows)

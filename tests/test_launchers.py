@@ -85,3 +85,19 @@ def test_bad_command_lines_exit_2_with_a_clear_message(script, args, env, messag
     result = _run(script, *args, **env)
     assert result.returncode == 2 and result.stdout == ""
     assert message in result.stderr and "usage:" in result.stderr
+
+
+def test_gpu_measure_dry_run_lists_stages_of_registered_benchmarks(tmp_path):
+    """launch/gpu_measure.sh: every stage is a registered benchmark with its own timeout and JSON file;
+    naming stages runs only those, in the script's order."""
+    from infinity_jax import bench
+    out = _lines(_run("gpu_measure.sh", "--dry-run", str(tmp_path)))
+    stages = [ln for ln in out if ln.startswith("== ")]
+    assert [s.split()[1] for s in stages] == ["attention", "sample_b1", "train_2b", "sample_b8", "train_2b_remat",
+                                              "train_layer12", "sample_b4"]
+    for s in stages:
+        cmd = s.split(": ", 1)[1].split()
+        assert cmd[:4] == ["python3", "-m", "infinity_jax.cli", "bench"] and cmd[4] in bench.BENCHMARKS
+        assert cmd[-2:] == ["--json", f"{tmp_path}/{s.split()[1]}.json"]
+    some = _lines(_run("gpu_measure.sh", "--dry-run", str(tmp_path), "train_2b", "attention"))
+    assert [ln.split()[1] for ln in some if ln.startswith("== ")] == ["attention", "train_2b"]
