@@ -38,3 +38,13 @@ def state_dict(fixture: dict, prefix: str) -> dict:
     """The official state dict stored under `prefix/` (e.g. 'vae', 'gpt'), without the output keys."""
     p = prefix + "/"
     return {k[len(p):]: v for k, v in fixture.items() if k.startswith(p) and not k.startswith(p + "out/")}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Under CI (CI set, as .ci/run runs) a skipped test fails the session: a missing test dependency
+    (torch, transformers) must not turn 40 tests into a green 'N skipped'. Reasons print via -rs."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
+    if os.environ.get("CI", "").lower() not in ("", "0", "false") and skipped and exitstatus == 0:
+        print(f"\nCI: {skipped} test(s) skipped; every test must run in CI (reasons above)")
+        session.exitstatus = 1
