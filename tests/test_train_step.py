@@ -37,7 +37,7 @@ def test_without_flips_or_dropout_loss_and_grads_match_official_trainer(tiny):
     ref = conv.torch_to_params(grads_sd, model.cfg)
     for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref)):
         scale = max(float(np.abs(r).max()), 1e-12)
-        assert float(np.abs(np.asarray(g) - r).max()) <= 1e-3 * scale, jax.tree_util.keystr(path)
+        assert float(np.abs(np.asarray(g) - r).max()) <= 5e-5 * scale, jax.tree_util.keystr(path)
     assert all(np.shape(v) == () for v in metrics.values())
     assert {f"bit_acc/s{k:02d}" for k in range(len(sched))} <= set(metrics)
     assert 0.3 < float(metrics["bit_acc"]) < 0.7  # random weights: chance level
@@ -57,7 +57,24 @@ def test_self_correction_changes_inputs_and_labels_on_the_training_path(tiny):
     off = S.make_loss_fn(model, sched, S.StepOptions(bsc_strength=0.0, cond_drop=0.0))
     l_on = float(jax.jit(on)(params, batch, jax.random.key(2))[0])
     l_off = float(jax.jit(off)(params, batch, jax.random.key(2))[0])
-    assert abs(l_on - float(f["bsc/loss"])) < 0.05 and l_on != l_off
+    assert l_on != l_off
+
+
+def test_training_loss_with_the_official_flips_is_the_official_loss(tiny, monkeypatch):
+    """The training path (train/step.py) fed the official trainer's recorded bit flips instead of
+    drawing its own gives the official self-corrected loss (their losses differ by ~0.008 from the
+    flip-free one, so only an exact comparison tells the paths apart)."""
+    f, model, params, sched, batch = tiny
+    masks = [jnp.asarray(f[f"bsc/flip_mask_{k}"][:, 0]) for k in range(len(sched))]  # (B, h_k, w_k, d)
+
+    def recorded(z, schedule, rng, **kw):
+        x, labels = bsq.self_correction_with_flips(z, schedule, masks, requant=kw.get("requant", True))
+        return x, labels, masks
+    monkeypatch.setattr(S.bsq, "self_correction", recorded)
+    loss_fn = S.make_loss_fn(model, sched, S.StepOptions(bsc_strength=0.3, cond_drop=0.0))
+    loss = float(jax.jit(loss_fn)(params, batch, jax.random.key(2))[0])
+    np.testing.assert_allclose(loss, float(f["bsc/loss"]), rtol=1e-5)
+    assert abs(loss - float(f["tf/loss"])) > 1e-3  # the flips matter at this tolerance
 
 
 def test_text_dropout_uses_the_null_text(tiny):

@@ -2,7 +2,7 @@
 
 Tolerances (float32, see the reference README's parity protocol): teacher-forced logits atol 1e-4
 (measured ~6e-6 / ~1e-5 with self-correction inputs), loss rtol 1e-5, gradients per tensor
-max|diff| <= 1e-3 * max|g| (measured ~3e-6 relative), KV-cache decode vs teacher forcing atol 1e-5,
+max|diff| <= 5e-5 * max|g| (measured ~3.9e-6 relative), KV-cache decode vs teacher forcing atol 1e-5,
 CFG sampler logits atol 2e-4 (measured ~1.4e-5).
 """
 from __future__ import annotations
@@ -150,7 +150,7 @@ def test_gradients_match_official(tiny):
     ref = {k[len("grad/"):]: v for k, v in tiny.f.items() if k.startswith("grad/")}
     assert set(ref) == {k for k in grads if not k.endswith("zero_k_bias")}
     worst = {k: np.abs(grads[k] - g).max() / max(np.abs(g).max(), 1e-12) for k, g in ref.items()}
-    assert max(worst.values()) <= 1e-3, sorted(worst.items(), key=lambda kv: -kv[1])[:5]
+    assert max(worst.values()) <= 5e-5, sorted(worst.items(), key=lambda kv: -kv[1])[:5]  # measured 3.9e-6
     assert not np.any(grads["cfg_uncond"])  # the null text is not used without dropped prompts
 
 
