@@ -1,3 +1,7 @@
+"""Scale schedules against the official tables: `dynamic_resolution_h_w` and `h_div_w_templates` in
+the official infinity/utils/dynamic_resolution.py (GitHub FoundationVision/Infinity, read at commit
+4c27bbb54a9918847a2fe56b0fbe31a8523791a1), which the released models were trained and sampled with;
+the parity fixtures' schedules come from the same table through the reference harness."""
 import pytest
 
 from infinity_jax import schedules as S
