@@ -51,6 +51,7 @@ def test_captioned_grid_and_line_plots_draw():
         plots.captioned_grid(imgs, ["x"])
 
 
+@pytest.mark.slow
 def test_short_demo_runs_every_stage_and_beats_chance(tmp_path):
     """The CI-sized demo, run as a user runs it (its own process, one CPU device; 135 s on the faster
     2-core machine, 3.8-4.6 min on the slower, ~40 s of it XLA compiling the stages' programs): tiny

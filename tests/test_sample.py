@@ -21,8 +21,9 @@ from infinity_jax.convert import common, infinity as conv_inf, vae as conv_vae
 from infinity_jax.model.transformer import InfinityConfig, null_text
 from infinity_jax.tokenizer import bsq
 from tests.conftest import FIXTURES, load_fixture, state_dict
+from tests.train_helpers import FAST_OPTIONS
 
-FAST = {"xla_backend_optimization_level": 0}  # LLVM -O0: the same numbers, CPU compiles ~2x faster
+FAST = FAST_OPTIONS  # LLVM -O0: the same numbers, CPU compiles ~2x faster (XLA's defaults: see train_helpers)
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 

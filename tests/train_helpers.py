@@ -28,12 +28,17 @@ VOCAB, LENGTH, EMBED, MLP, HEADS = 32, 8, 16, 32, 2
 # 278 -> 484 ms), which five of the slowest test files gain from: 438 -> 279 s. conftest.py sets them for
 # the test process; tests that start processes with XLA_FLAGS of their own build them with xla_flags().
 # (The short demo, thousands of steps, runs with XLA's defaults.)
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+# INFINITY_TEST_XLA=default runs the tests under XLA's own defaults, as users compile (the parity
+# subset does so in tests/test_parity_default_xla.py).
+XLA_DEFAULTS = os.environ.get("INFINITY_TEST_XLA", "") == "default"
+FAST_COMPILE = "" if XLA_DEFAULTS else "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+# the same as compile options of one program (Sampler(compiler_options=...)): LLVM -O0, same numbers
+FAST_OPTIONS: dict = {} if XLA_DEFAULTS else {"xla_backend_optimization_level": 0}
 
 
 def xla_flags(*flags: str) -> str:
     """XLA_FLAGS for a test (sub)process: `flags` plus FAST_COMPILE."""
-    return " ".join([f for f in flags if f] + [FAST_COMPILE])
+    return " ".join(f for f in (*flags, FAST_COMPILE) if f)
 
 
 def standin_module(dtype="float32"):
