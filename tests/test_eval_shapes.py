@@ -235,6 +235,56 @@ def test_cli_errors_name_the_missing_folder_file_or_image(tmp_path, capsys):
     (tmp_path / "captions.jsonl").write_text('{"file": "a.png", "caption": "a photo of a circle"}\n')
     assert cli.main(["eval", "shapes", "--samples", str(tmp_path)]) == 2
     assert "captions.jsonl:1: image 'a.png' not found" in capsys.readouterr().err
-    ev.write_samples(str(tmp_path), [np.zeros((32, 32, 3), np.uint8)], ["a photo of a dog"])
-    assert cli.main(["eval", "shapes", "--samples", str(tmp_path)]) == 2
-    assert "000000.png: caption 'a photo of a dog' does not follow" in capsys.readouterr().err
+    ev.write_samples(str(tmp_path / "dogs"), [np.zeros((32, 32, 3), np.uint8)], ["a photo of a dog"])
+    assert cli.main(["eval", "shapes", "--samples", str(tmp_path / "dogs")]) == 2  # nothing left to score
+    err = capsys.readouterr().err
+    assert "all 1 caption(s) are outside the shapes grammar" in err
+    assert "000000.png: caption 'a photo of a dog' does not follow" in err
+    assert cli.main(["eval", "shapes", "--samples", str(tmp_path / "dogs"), "--out", str(tmp_path)]) == 2
+    assert f"--out '{tmp_path}' is a folder: expected a JSON file path" in capsys.readouterr().err
+
+
+def test_cli_skips_captions_outside_the_grammar_and_names_them(tmp_path, renders64, capsys):
+    """One prompt the grammar does not know (a user's own, a typo) used to fail the whole folder: now the rest
+    is scored and the skipped images are named (count and the first few; --out lists them all with reasons)."""
+    images = [r[0] for r in renders64[:12]]
+    captions = [r[1] for r in renders64[:12]]
+    bad = {1: "a photo of a dog", 4: "a photo of five circles", 5: "a red circle", 7: "a photo of a cat",
+           8: "a photo of a circle near a square", 10: "a photo of a hexagon", 11: ""}
+    for i, caption in bad.items():
+        captions[i] = caption
+    ev.write_samples(str(tmp_path / "samples"), images, captions)
+    out = tmp_path / "scores.json"
+    assert cli.main(["eval", "shapes", "--samples", str(tmp_path / "samples"), "--out", str(out)]) == 0
+    cap = capsys.readouterr()
+    printed = json.loads(cap.out)
+    kept = [i for i in range(12) if i not in bad]
+    assert printed["n"] == len(kept) == 5 and sum(printed["counts"].values()) == 5
+    assert printed["scores"] == ev.evaluate([images[i] for i in kept], [captions[i] for i in kept])
+    assert printed["skipped"]["count"] == 7
+    assert printed["skipped"]["first"] == [{"file": f"{i:06d}.png", "caption": bad[i]} for i in (1, 4, 5, 7, 8)]
+    assert "skipped 7 of 12 image(s) whose caption is outside the shapes grammar: 000001.png 'a photo of a dog', " \
+        "000004.png 'a photo of five circles'" in cap.err and cap.err.rstrip().endswith(", ...")
+    full = json.loads(out.read_text())
+    assert [r["file"] for r in full["results"]] == [f"{i:06d}.png" for i in kept]
+    assert [(r["file"], r["caption"]) for r in full["skipped_all"]] == [(f"{i:06d}.png", c) for i, c in bad.items()]
+    assert all("does not follow the shapes grammar" in r["reason"] for r in full["skipped_all"])
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # written atomically: no temporary file left
+    ev.write_samples(str(tmp_path / "samples"), images[:2], [renders64[0][1], renders64[1][1]], overwrite=True)
+    assert cli.main(["eval", "shapes", "--samples", str(tmp_path / "samples")]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"] == {"count": 0, "first": []}  # nothing skipped
+
+
+def test_write_samples_refuses_a_non_empty_folder_and_replaces_it_whole(tmp_path, renders64):
+    folder = tmp_path / "samples"
+    images, captions = [r[0] for r in renders64[:3]], [r[1] for r in renders64[:3]]
+    ev.write_samples(str(folder), images, captions)
+    assert sorted(os.listdir(folder)) == ["000000.png", "000001.png", "000002.png", "captions.jsonl"]
+    (folder / "scores.json").write_text("{}")
+    with pytest.raises(ValueError, match="exists and is not empty: pass overwrite=True to replace it"):
+        ev.write_samples(str(folder), images[:1], captions[:1])
+    assert len(os.listdir(folder)) == 5
+    ev.write_samples(str(folder), images[:1], captions[:1], overwrite=True)
+    assert sorted(os.listdir(folder)) == ["000000.png", "captions.jsonl"]  # no image or score of the old folder
+    assert [c for _, c in ev.read_samples(str(folder))] == captions[:1]
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]

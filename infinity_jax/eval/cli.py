@@ -11,8 +11,11 @@
         which scale of a trained shapes run breaks its samples: held-out prompts drawn with the true
         bits of the first j scales given, j = 0..K (infinity_jax/eval/prefixes.py)
 
-`shapes` prints the summary JSON ({"scores": {category: accuracy, ..., "overall": ...}, "counts": ...});
-`--out` also writes it with a per-image "results" list (file, caption, category, score, reason).
+`shapes` prints the summary JSON ({"scores": {category: accuracy, ..., "overall": ...}, "counts": ...,
+"skipped": {"count", "first": [{"file", "caption"}, ...]}}): an image whose caption is outside the shapes
+grammar is skipped, not scored, and named there (the first few) and on stderr. `--out` also writes the
+summary (atomically) with a per-image "results" list (file, caption, category, score, reason) and every
+skipped image in "skipped_all" (file, caption, reason).
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ import json
 import os
 import sys
 import time
+
+SKIPPED_SHOWN = 5  # skipped images named in the printed summary (--out lists them all)
 
 
 def _size(text: str):
@@ -50,17 +55,12 @@ def shapes_main(argv: list[str]) -> int:
     from infinity_jax.eval import shapes as ev
 
     t0 = time.time()
-    results = []
+    results, skipped = [], []
     try:
+        check_out_file(a.out)
         if a.samples is not None:
             source = os.path.abspath(a.samples)
-            for path, caption in ev.read_samples(a.samples):
-                name = os.path.relpath(path, a.samples)
-                try:
-                    r = ev.score(ev.load_image(path), caption)
-                except (ValueError, OSError) as e:
-                    raise ValueError(f"{name}: {e}") from None
-                results.append({"file": name, "caption": caption, **r})
+            results, skipped = ev.score_samples(a.samples)
         else:
             from infinity_jax.data import shapes as ds
             if a.dataset_check < 1:
@@ -78,15 +78,28 @@ def shapes_main(argv: list[str]) -> int:
     for r in results:
         counts[r["category"]] = counts.get(r["category"], 0) + 1
     summary = {"source": source, "n": len(results), "scores": ev.aggregate(results), "counts": counts,
+               "skipped": {"count": len(skipped),
+                           "first": [{"file": r["file"], "caption": r["caption"]} for r in skipped[:SKIPPED_SHOWN]]},
                "seconds": round(time.time() - t0, 2)}
+    if skipped:
+        shown = ", ".join(f"{r['file']} {r['caption']!r}" for r in skipped[:SKIPPED_SHOWN])
+        print(f"infinity-jax eval shapes: skipped {len(skipped)} of {len(skipped) + len(results)} image(s) whose "
+              f"caption is outside the shapes grammar: {shown}{', ...' if len(skipped) > SKIPPED_SHOWN else ''}",
+              file=sys.stderr)
     print(json.dumps(summary, indent=1))
     if a.out:
+        from infinity_jax.convert.common import atomic_write
         full = dict(summary, results=[{k: r[k] for k in ("file", "caption", "category", "score", "reason")}
-                                      for r in results])
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with open(a.out, "w", encoding="utf-8") as f:
-            json.dump(full, f, indent=1)
+                                      for r in results], skipped_all=skipped)
+        atomic_write(a.out, lambda f: f.write(json.dumps(full, indent=1).encode()))
     return 0
+
+
+def check_out_file(out: str | None) -> None:
+    """--out names a JSON file to write (replaced atomically); a folder there is an error, raised before any work."""
+    if out and os.path.isdir(out):
+        example = os.path.join(out, "scores.json")
+        raise ValueError(f"--out {out!r} is a folder: expected a JSON file path, e.g. {example!r}")
 
 
 def prefixes_main(argv: list[str]) -> int:

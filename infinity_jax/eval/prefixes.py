@@ -165,9 +165,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--top-p", type=float, default=0.97)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-ema", action="store_true", help="use the raw params even when EMA params exist")
-    ap.add_argument("--out", help="also write the result JSON here")
+    ap.add_argument("--out", help="also write the result JSON to this file (replaced atomically)")
     a = ap.parse_args(argv)
     try:
+        from infinity_jax.eval.cli import check_out_file
+        check_out_file(a.out)  # before minutes of sampling
         result = prefix_scores(a.run, num_prompts=a.prompts, cfg=a.cfg, tau=a.tau, top_k=a.top_k, top_p=a.top_p,
                                seed=a.seed, prefer_ema=not a.no_ema,
                                log=lambda m: print(m, file=sys.stderr, flush=True))

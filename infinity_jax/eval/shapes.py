@@ -75,12 +75,16 @@ POSITION_THRESHOLD = 0.1  # GenEval's default
 
 # ----------------------------------------------------------------------------------- captions
 
+class CaptionError(ValueError):
+    """A caption outside the shapes grammar: `score_samples` skips its image instead of failing."""
+
+
 def parse_caption(caption: str) -> dict:
     """What a caption asks for, by the dataset's grammar (data/shapes.py).
 
     Returns a spec-like dict: {"category", "objects": [{"shape"[, "color"]}, ...],
     "relation" (position), "count" (counting; `objects` then holds `count` entries)}.
-    Case, surrounding spaces and a final period are ignored. Raises ValueError otherwise.
+    Case, surrounding spaces and a final period are ignored. Raises CaptionError (a ValueError) otherwise.
     """
     text = " ".join(str(caption).strip().lower().rstrip(".").split())
     shp = "|".join(data.SHAPES)
@@ -110,7 +114,7 @@ def parse_caption(caption: str) -> dict:
         if category == "position":
             out["relation"] = g["rel"]
         return out
-    raise ValueError(
+    raise CaptionError(
         f"caption {caption!r} does not follow the shapes grammar; expected e.g. 'a photo of a circle', "
         f"'a photo of three squares', 'a photo of a red triangle and a blue circle', "
         f"'a photo of a circle left of a square' (shapes {data.SHAPES}, colours {tuple(data.PALETTE)}, "
@@ -351,22 +355,26 @@ SAMPLER_FILE = "samples.json"  # what `infinity-jax sample --out DIR` writes; re
 _FILE_KEYS = ("file", "file_name", "image", "image_path", "path")
 
 
-def write_samples(folder: str, images, captions, extra: list[dict] | None = None) -> str:
+def write_samples(folder: str, images, captions, extra: list[dict] | None = None, overwrite: bool = False) -> str:
     """Write images ((H, W, 3) uint8 each) as NNNNNN.png plus captions.jsonl; returns the jsonl path.
-    `extra`: optional per-image dicts merged into each jsonl record (e.g. seed, cfg)."""
+    `extra`: optional per-image dicts merged into each jsonl record (e.g. seed, cfg). The folder appears
+    whole (written beside it, then renamed); a non-empty one is refused unless `overwrite`, which replaces it."""
+    from infinity_jax.convert import common
     images, captions = list(images), list(captions)
     extra = list(extra) if extra is not None else [{}] * len(images)
     if not len(images) == len(captions) == len(extra):
         raise ValueError(f"{len(images)} images, {len(captions)} captions, {len(extra)} extra records: "
                          "expected one of each per image")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, CAPTIONS_FILE)
-    with open(path, "w", encoding="utf-8") as f:
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"samples folder {folder!r} is a file: expected a folder (new, or empty)")
+    if os.path.isdir(folder) and os.listdir(folder) and not overwrite:
+        raise ValueError(f"samples folder {folder!r} exists and is not empty: pass overwrite=True to replace it")
+    with common.atomic_folder(folder) as tmp, open(os.path.join(tmp, CAPTIONS_FILE), "w", encoding="utf-8") as f:
         for i, (im, cap) in enumerate(zip(images, captions)):
             name = f"{i:06d}.png"
-            Image.fromarray(np.asarray(im, np.uint8)).save(os.path.join(folder, name))
+            Image.fromarray(np.asarray(im, np.uint8)).save(os.path.join(tmp, name))
             f.write(json.dumps({"file": name, "caption": cap, **extra[i]}) + "\n")
-    return path
+    return os.path.join(folder, CAPTIONS_FILE)
 
 
 def read_samples(folder: str) -> list[tuple[str, str]]:
@@ -399,6 +407,29 @@ def read_samples(folder: str) -> list[tuple[str, str]]:
     if not out:
         raise ValueError(f"{path} lists no images; expected one record per image")
     return out
+
+
+def score_samples(folder: str, **detect_kwargs) -> tuple[list[dict], list[dict]]:
+    """(results, skipped) of a samples folder (`read_samples`), in its order. results: {"file" (relative to
+    the folder), "caption", "category", "score", "reason", "objects"} per scored image; skipped: {"file",
+    "caption", "reason"} per image whose caption is outside the shapes grammar (not scored, image not read).
+    An unreadable image raises ValueError naming it; so does a folder with nothing to score."""
+    results, skipped = [], []
+    for path, caption in read_samples(folder):
+        name = os.path.relpath(path, folder)
+        try:
+            parse_caption(caption)
+        except CaptionError as e:
+            skipped.append({"file": name, "caption": caption, "reason": str(e)})
+            continue
+        try:
+            results.append({"file": name, "caption": caption, **score(load_image(path), caption, **detect_kwargs)})
+        except (ValueError, OSError) as e:
+            raise ValueError(f"{name}: {e}") from None
+    if not results:
+        raise ValueError(f"nothing to score in {folder!r}: all {len(skipped)} caption(s) are outside the shapes "
+                         f"grammar; the first, {skipped[0]['file']}: {skipped[0]['reason']}")
+    return results, skipped
 
 
 def _jsonl_records(path: str) -> list[tuple[str, object]]:
