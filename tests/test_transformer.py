@@ -8,6 +8,7 @@ CFG sampler logits atol 2e-4 (measured ~1.4e-5).
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -221,6 +222,26 @@ def test_every_param_has_logical_axes_and_shards_by_preset(tiny):
     with jax.set_mesh(mesh):
         got = tiny.forward(placed, tiny.text, tiny.mask, tiny.f["tf/x_wo_prefix"])
     assert max_abs(got, tiny.tf_logits) <= 1e-5
+
+
+def test_blocks_constrain_activations_by_the_logical_rules(tiny):
+    """Under a mesh and the fsdp_tp rules the traced forward pins the residual stream to the batch
+    axes and the q/k/v heads and the FFN hidden units to 'tensor' (nn.with_logical_constraint), and
+    gives the same logits as unsharded."""
+    mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
+    sh = parallel.param_shardings(T.abstract_params(tiny.cfg), mesh, "fsdp_tp")
+    placed = jax.device_put(tiny.params, sh)
+    text = jnp.concatenate([tiny.text] * 2)
+    mask = jnp.concatenate([tiny.mask] * 2)
+    x = jnp.concatenate([tiny.f["tf/x_wo_prefix"]] * 2)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.logical_rules("fsdp_tp")):
+        jaxpr = str(jax.make_jaxpr(lambda p: tiny.model.apply({"params": p}, text, mask, x, tiny.sched))(placed))
+        got = jax.jit(lambda p: tiny.model.apply({"params": p}, text, mask, x, tiny.sched))(placed)
+    specs = set(re.findall(r"spec=(P\((?:[^()]|\([^()]*\))*\))", jaxpr))
+    assert "P(('data', 'fsdp'), None, None)" in specs  # the residual stream (B, L, C)
+    assert "P(('data', 'fsdp'), None, 'tensor', None)" in specs  # q, k, v (B, L, H, c)
+    assert "P(('data', 'fsdp'), None, 'tensor')" in specs  # the FFN hidden (B, L, F)
+    assert max_abs(got[:2], tiny.tf_logits) <= 1e-5
 
 
 def test_dropped_prompts_use_the_null_text(tiny):
