@@ -64,19 +64,20 @@ def cudnn_supports(dtype, head_dim: int) -> bool:
         and head_dim % 8 == 0
 
 
-def _check(q, k, v, q_scales, kv_scales, kv_valid):
+def check_inputs(q, k, v, q_scales, kv_scales, kv_valid, who: str = "attention"):
+    """ValueError naming `who` and the offending shapes unless the arguments fit `attention`'s."""
     b, l, h, c = q.shape
     if k.shape != v.shape or k.shape[0] != b or k.shape[2:] != (h, c):
-        raise ValueError(f"attention: q {q.shape}, k {k.shape}, v {v.shape}: expected (B, l, H, c) and two "
+        raise ValueError(f"{who}: q {q.shape}, k {k.shape}, v {v.shape}: expected (B, l, H, c) and two "
                          "(B, m, H, c)")
     m = k.shape[1]
     if (q_scales is None) != (kv_scales is None):
-        raise ValueError("attention: give both q_scales and kv_scales (block-causal) or neither")
+        raise ValueError(f"{who}: give both q_scales and kv_scales (block-causal) or neither")
     if q_scales is not None and (np.shape(q_scales) != (l,) or np.shape(kv_scales) != (m,)):
-        raise ValueError(f"attention: q_scales {np.shape(q_scales)} / kv_scales {np.shape(kv_scales)}: "
+        raise ValueError(f"{who}: q_scales {np.shape(q_scales)} / kv_scales {np.shape(kv_scales)}: "
                          f"expected ({l},) and ({m},)")
     if kv_valid is not None and kv_valid.shape != (b, m):
-        raise ValueError(f"attention: kv_valid {kv_valid.shape}: expected ({b}, {m})")
+        raise ValueError(f"{who}: kv_valid {kv_valid.shape}: expected ({b}, {m})")
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, q_scales: np.ndarray | None = None,
@@ -84,7 +85,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, q_scale
               implementation: str = "auto", q_chunk: int | None = None, kv_chunk: int | None = None) -> jax.Array:
     """Softmax(scale * q k^T + mask) v. See the module docstring for shapes, masks and kernels.
     q_chunk / kv_chunk: the chunked path's blocks (default Q_CHUNK / KV_CHUNK, read at call time)."""
-    _check(q, k, v, q_scales, kv_scales, kv_valid)
+    check_inputs(q, k, v, q_scales, kv_scales, kv_valid)
     impl = select_implementation(implementation, v.dtype, q.shape[-1])
     if q_scales is not None:
         q_scales, kv_scales = np.asarray(q_scales, np.int32), np.asarray(kv_scales, np.int32)

@@ -144,18 +144,10 @@ def splash_attention(q, k, v, *, scale: float, q_scales: np.ndarray | None = Non
     interpret: run the Pallas kernels in interpret mode (CPU, tests).
     block: the query and key block of the kernel, a multiple of 128 (shorter sequences use less).
     Returns (B, l, H, c) in q's dtype; softmax statistics in float32."""
+    from infinity_jax.model.attention import check_inputs
+    check_inputs(q, k, v, q_scales, kv_scales, kv_valid, who="splash_attention")
     b, l, h, c = q.shape
     m = k.shape[1]
-    if k.shape != (b, m, h, c) or v.shape != k.shape:
-        raise ValueError(f"splash_attention: q {q.shape}, k {k.shape}, v {v.shape}: expected (B, l, H, c) and "
-                         "two (B, m, H, c)")
-    if (q_scales is None) != (kv_scales is None):
-        raise ValueError("splash_attention: give both q_scales and kv_scales or neither")
-    if q_scales is not None and (np.shape(q_scales) != (l,) or np.shape(kv_scales) != (m,)):
-        raise ValueError(f"splash_attention: q_scales {np.shape(q_scales)} / kv_scales {np.shape(kv_scales)}: "
-                         f"expected ({l},) and ({m},)")
-    if kv_valid is not None and kv_valid.shape != (b, m):
-        raise ValueError(f"splash_attention: kv_valid {kv_valid.shape}: expected ({b}, {m})")
 
     bq, bkv = _block_sizes(l, m, block)
     lp, mp = _round_up(l, bq), _round_up(m, bkv)
