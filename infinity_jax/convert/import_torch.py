@@ -10,9 +10,15 @@ DIR` read as they read a training run, with no flags for model, VAE or schedule:
   DIR/vae_params.npz       the BSQ-VAE params in our layout   (config vae.params, relative to DIR)
   DIR/vae_config.json      the BSQ-VAE config                 (config vae.config, relative to DIR)
 
-Loading is strict: one error lists every missing, unexpected and mis-shaped key, with the sizes the
-state dict implies beside the config's. The folder appears atomically: it is written as a hidden
-temporary sibling of DIR and renamed at the end; a non-empty DIR is refused unless --overwrite.
+`--config.KEY=VALUE` overrides apply to the --config as they do in `infinity-jax train` (e.g. a
+configs/shapes.py run exported with --config.model.abs_pos_embed=False comes back with the same override).
+Only the official architecture can be filled from an official state dict: a config with our
+`model.abs_pos_embed=True` (configs/shapes.py sets it) is refused by name, as export-torch refuses it.
+
+Loading is strict: one error names the missing, unexpected and mis-shaped keys (the first few of each,
+and how many), after the sizes the state dict implies beside the config's. Bad input is one line (exit
+status 2) and writes nothing. The folder appears atomically: it is written as a hidden temporary
+sibling of DIR and renamed at the end; a non-empty DIR is refused unless --overwrite.
 
 usage:
   infinity-jax import-torch --transformer weights/infinity_2b_reg.pth --vae weights/infinity_vae_d32reg.pth \\
@@ -28,23 +34,36 @@ import sys
 
 import numpy as np
 
+from infinity_jax.errors import UsageError
+
 CHECKPOINTS, VAE_PARAMS, VAE_CONFIG = "checkpoints", "vae_params.npz", "vae_config.json"
 MODEL_FIELDS = ("depth", "embed_dim", "num_heads", "block_chunks", "codebook_dim", "text_channels")
 
 
 # ---------------------------------------------------------------- configs
-def load_model_config(spec: str):
+def load_model_config(spec: str, overrides=()):
     """--config: a configs/infinity.py name ('2b', 'infinity_2b,dtype=bfloat16') or a config spec
-    (configs/infinity.py:2b, configs/zoo.py:2b,mesh=h100x8-fsdp, zoo:2b); it needs a `model` section."""
+    (configs/infinity.py:2b, configs/zoo.py:2b,mesh=h100x8-fsdp, zoo:2b), then `overrides`
+    ('model.scan_layers=True'); it needs a `model` section of the official architecture."""
     from infinity_jax import config_util
+    from infinity_jax.convert import common, infinity as conv_gpt
     full = spec if (":" in spec or spec.endswith(".py")) else f"infinity:{spec}"
     try:
-        cfg = config_util.load_config(full)
-    except (FileNotFoundError, ValueError) as e:
-        raise ValueError(f"--config {spec!r}: {e}") from e
+        cfg = config_util.load_config(full, overrides)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        raise UsageError(f"--config {spec!r}: {common.one_line(e)}") from e
     if "model" not in cfg:
-        raise ValueError(f"--config {spec!r} has no `model` section: expected a configs/infinity.py or "
+        raise UsageError(f"--config {spec!r} has no `model` section: expected a configs/infinity.py or "
                          f"configs/zoo.py config")
+    try:
+        model = conv_gpt._model_config(cfg)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--config {spec!r}: model: {common.one_line(e)}") from e
+    if model.abs_pos_embed:
+        # nothing in an official state dict could fill the place embedding: refuse by name, not as missing keys
+        raise UsageError(f"--config {spec!r} has model.abs_pos_embed=True, our place embedding: an official state "
+                         f"dict has no weights for it, so it cannot fill this model; expected the official "
+                         f"architecture: add --config.model.abs_pos_embed=False (a run trained so exports)")
     return cfg
 
 
@@ -80,7 +99,7 @@ def check_schedule(spec: str) -> str:
         try:
             schedules.parse_schedule(spec)
         except ValueError as e:
-            raise ValueError(f"--schedule {spec!r}: {e}; expected one of {tuple(schedules.PIXEL_BUDGETS)} "
+            raise UsageError(f"--schedule {spec!r}: {e}; expected one of {tuple(schedules.PIXEL_BUDGETS)} "
                              f"or 'HxW,HxW,...'") from e
     return spec
 
@@ -113,10 +132,14 @@ def _mismatch_hint(sd, cfg) -> str:
 
 
 def _read(path: str, what: str, load):
+    from infinity_jax.convert import common
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--{what} {path!r} does not exist: expected an official .pth or .safetensors "
                                 f"state dict")
-    return load(path)
+    try:
+        return load(path)
+    except (ValueError, KeyError) as e:  # not a state dict, or no such --key in it
+        raise UsageError(f"--{what}: {common.one_line(e)}") from e
 
 
 def _describe(sd, params) -> dict:
@@ -130,9 +153,9 @@ def _describe(sd, params) -> dict:
 # ---------------------------------------------------------------- the folder
 def _refuse_existing(out: str, overwrite: bool) -> None:
     if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out {out!r} is a file: expected a folder (new, or empty)")
+        raise UsageError(f"--out {out!r} is a file: expected a folder (new, or empty)")
     if os.path.isdir(out) and os.listdir(out) and not overwrite:
-        raise ValueError(f"--out {out!r} exists and is not empty: pass --overwrite to replace it")
+        raise UsageError(f"--out {out!r} exists and is not empty: pass --overwrite to replace it")
 
 
 def _write(folder: str, params, config, step: int, vae_params=None, vae_cfg=None) -> None:
@@ -153,20 +176,22 @@ def _write(folder: str, params, config, step: int, vae_params=None, vae_cfg=None
 
 def import_weights(transformer: str, out: str, *, config: str, vae: str | None = None,
                    vae_config: str | None = None, text_encoder: str | None = None, schedule: str | None = None,
-                   step: int = 0, key: str | None = None, overwrite: bool = False) -> dict:
-    """Writes the folder (see the module docstring); returns {'out', 'step', 'config', 'transformer', 'vae'}."""
+                   step: int = 0, key: str | None = None, overwrite: bool = False, overrides=()) -> dict:
+    """Writes the folder (see the module docstring); returns {'out', 'step', 'config', 'transformer', 'vae'}.
+    Bad input raises UsageError (a ValueError) or FileNotFoundError before anything is written."""
     import jax
     import ml_collections
     from infinity_jax.convert import common, infinity as conv_gpt, torch_io, vae as conv_vae
     from infinity_jax.train.cli import load_vae_config
     if jax.process_count() > 1:
-        raise ValueError(f"import-torch runs in one process; this is process {jax.process_index()} of "
+        raise UsageError(f"import-torch runs in one process; this is process {jax.process_index()} of "
                          f"{jax.process_count()}")
     out = os.path.abspath(out)
     _refuse_existing(out, overwrite)
     if vae_config and not vae:
-        raise ValueError(f"--vae-config {vae_config!r} without --vae: give the VAE state dict too")
-    cfg = load_model_config(config)
+        raise UsageError(f"--vae-config {vae_config!r} without --vae: give the VAE state dict too")
+    overrides = tuple(o.removeprefix("--").removeprefix("config.") for o in overrides)
+    cfg = load_model_config(config, overrides)
     saved = cfg.to_dict()
     saved["name"] = f"import/{cfg.get('name', config)}"
     saved["schedule"] = check_schedule(schedule or str(cfg.get("schedule", "") or "") or "1M")
@@ -174,37 +199,40 @@ def import_weights(transformer: str, out: str, *, config: str, vae: str | None =
     saved.pop("vae", None)  # a training config names VAE weights elsewhere; only an imported VAE is kept
     if text_encoder:
         saved["text"] = text_section(text_encoder, cfg.model)
-    summary = {"out": out, "step": int(step), "config": config}
+    summary = {"out": out, "step": int(step), "config": " ".join([config, *(f"--config.{o}" for o in overrides)])}
 
     sd = _read(transformer, "transformer", lambda p: torch_io.load_state_dict(p, key=key))
     try:
         params = conv_gpt.torch_to_params(sd, cfg)
     except ValueError as e:
-        hint = _mismatch_hint(sd, cfg)  # first: the key lists below can run to thousands of lines
-        raise ValueError(f"--transformer {transformer!r} does not fit --config {config!r}"
-                         + (f" ({hint})" if hint else "") + f":\n{e}") from None
+        hint = _mismatch_hint(sd, cfg)  # first: the key lists can run to thousands of keys (a few are named)
+        raise UsageError(f"--transformer {transformer!r} does not fit --config {config!r}"
+                         + (f" ({hint})" if hint else "") + f": {common.one_line(e)}") from None
     summary["transformer"] = dict(_describe(sd, params), file=os.path.abspath(transformer))
     del sd
 
     vae_params = vae_cfg = None
     if vae:
         vspec = vae_config_spec(vae_config, vae, cfg)
+        # the config's own VAE (e.g. configs/shapes.py's bsq_vae:shapes) comes with its overrides
+        from_cfg = not vae_config and "vae" in cfg and vspec == str(cfg.vae.get("config", ""))
         try:
-            vae_cfg = load_vae_config(vspec)
-        except (FileNotFoundError, ValueError) as e:
-            raise ValueError(f"--vae-config {vspec!r}: {e}") from e
+            vae_cfg = load_vae_config(vspec, tuple(cfg.vae.get("overrides", ())) if from_cfg else ())
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            raise UsageError(f"--vae-config {vspec!r}: {common.one_line(e)}") from e
         if int(vae_cfg.codebook_dim) != int(cfg.model.codebook_dim):
-            raise ValueError(f"--vae-config {vspec!r} has codebook_dim={vae_cfg.codebook_dim}; the model config "
+            raise UsageError(f"--vae-config {vspec!r} has codebook_dim={vae_cfg.codebook_dim}; the model config "
                              f"{config!r} has codebook_dim={cfg.model.codebook_dim}: they must match")
         vsd = _read(vae, "vae", conv_vae.load_official_state_dict)
         try:
             vae_params = conv_vae.torch_to_params(vsd, vae_cfg)
         except ValueError as e:
-            raise ValueError(f"--vae {vae!r} does not fit --vae-config {vspec!r}: {e}") from None
+            raise UsageError(f"--vae {vae!r} does not fit --vae-config {vspec!r}: {common.one_line(e)}") from None
         summary["vae"] = dict(_describe(vsd, vae_params), file=os.path.abspath(vae), config=vspec)
         saved["vae"] = {"config": VAE_CONFIG, "overrides": (), "params": VAE_PARAMS}
     saved["source"] = {"transformer": os.path.abspath(transformer), "vae": os.path.abspath(vae) if vae else "",
-                       "config": config, "vae_config": summary.get("vae", {}).get("config", "")}
+                       "config": config, "overrides": overrides,
+                       "vae_config": summary.get("vae", {}).get("config", "")}
 
     with common.atomic_folder(out) as tmp:
         _write(tmp, params, ml_collections.ConfigDict(saved), step, vae_params, vae_cfg)
@@ -220,7 +248,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--vae", default=None, help="official BSQ-VAE state dict (e.g. infinity_vae_d32reg.pth); "
                    "without it, sample needs --vae")
     p.add_argument("--config", required=True, help="model config: configs/infinity.py name (2b, infinity_2b,"
-                   "dtype=bfloat16) or a spec (configs/infinity.py:2b, configs/zoo.py:2b)")
+                   "dtype=bfloat16) or a spec (configs/infinity.py:2b, configs/zoo.py:2b); --config.KEY=VALUE "
+                   "overrides follow it (--config.model.scan_layers=True)")
     p.add_argument("--vae-config", default=None, help="configs/bsq_vae.py name or spec (bsq_vae:d32reg); default: "
                    "the released name in the --vae file name, else the config's, else d<codebook_dim>")
     p.add_argument("--text-encoder", default=None, help="a Hugging Face T5 folder (e.g. weights/flan-t5-xl) or a "
@@ -235,14 +264,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = _parser().parse_args(argv)
+    p = _parser()
+    a, rest = p.parse_known_args(argv)
+    bad = [x for x in rest if not x.startswith("--config.")]
+    if bad:
+        p.error(f"unrecognised arguments {bad}; overrides look like --config.model.scan_layers=True")
     try:
         s = import_weights(a.transformer, a.out, config=a.config, vae=a.vae, vae_config=a.vae_config,
                            text_encoder=a.text_encoder, schedule=a.schedule, step=a.step, key=a.key,
-                           overwrite=a.overwrite)
-    except (OSError, ValueError, KeyError, ImportError) as e:
-        print(f"infinity-jax import-torch: error: {e}", file=sys.stderr)
-        return 2
+                           overwrite=a.overwrite, overrides=rest)
+    except (OSError, ValueError, KeyError, ImportError) as e:  # bad input (or an unwritable --out): one line
+        from infinity_jax.convert import common
+        raise UsageError(common.one_line(e)) from e
     for name in ("transformer", "vae"):
         if name in s:
             d = s[name]
@@ -255,4 +288,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from infinity_jax import cli
+    sys.exit(cli.main(["import-torch", *sys.argv[1:]]))

@@ -12,6 +12,10 @@ The official state dicts also hold all-zero `zero_k_bias` buffers (C,) in every 
 to be zero on import, written on export. Loading is strict (one error lists every missing,
 unexpected and mis-shaped key); bf16/fp16 checkpoints load (upcast exactly to fp32).
 
+The command checks its files before converting: bad input (a missing or unreadable --in, keys that do
+not fit the config, an --out that exists: --overwrite replaces it) is one line, exit status 2, and
+writes nothing; --out appears atomically.
+
 usage:
   infinity-jax convert-infinity --in infinity_2b_reg.pth --config infinity_2b --out infinity_2b.npz
   infinity-jax convert-infinity --to-torch --in infinity_2b.npz --config infinity_2b --out back.pth [--dtype bfloat16]
@@ -20,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import os
 import re
 import sys
@@ -30,6 +33,7 @@ import numpy as np
 
 from infinity_jax.convert import common
 from infinity_jax.convert.torch_io import check_state_dict, load_state_dict, save_state_dict
+from infinity_jax.errors import UsageError
 
 
 def _split_to_flax(w: np.ndarray, n: int) -> np.ndarray:
@@ -63,15 +67,10 @@ def _model_config(config):
 
 def load_config(spec: str):
     """'infinity_2b' (a name in configs/infinity.py) or 'path/to/file.py[:arg]' -> ConfigDict."""
-    path, _, arg = spec.partition(":") if spec.endswith(".py") or ":" in spec else ("", "", spec)
-    if not path:
-        path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "infinity.py")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"model config file {path!r} does not exist (from --config {spec!r})")
-    mod_spec = importlib.util.spec_from_file_location("_infinity_model_config", path)
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)
-    return mod.get_config(arg or None)
+    from infinity_jax import config_util
+    if not (spec.endswith(".py") or ":" in spec):
+        spec = f"infinity:{spec}"  # a bare name: configs/infinity.py of this checkout, from any working directory
+    return config_util.load_config(spec)  # a missing file is a FileNotFoundError naming it
 
 
 def official_block_prefix(i: int, depth: int, block_chunks: int) -> str:
@@ -206,10 +205,20 @@ def params_to_torch(params: Mapping[str, Any], config, dtype=None) -> dict[str, 
 
 
 def _np_dtype(name) -> np.dtype:
-    if str(name) in ("bfloat16", "bf16"):
-        import ml_dtypes
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype({"fp32": "float32", "fp16": "float16"}.get(str(name), str(name)))
+    return common.float_dtype(name, "dtype")
+
+
+def _cli_config(spec: str):
+    """--config -> InfinityConfig of the official architecture; bad specs and options are a UsageError."""
+    try:
+        cfg = _model_config(spec)
+    except (ValueError, TypeError) as e:  # an unknown name or option, or sizes that do not fit together
+        raise UsageError(f"--config {spec!r}: {common.one_line(e)}") from e
+    if cfg.abs_pos_embed:
+        raise UsageError(f"--config {spec!r} has model.abs_pos_embed=True, our place embedding: the official "
+                         f"Infinity has no weights for it, so there is no official state dict; expected a config "
+                         f"with abs_pos_embed=False")
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,16 +229,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--to-torch", action="store_true", help="convert our params back to the official state dict")
     p.add_argument("--key", default=None, help="sub-dict of a training checkpoint to read (e.g. 'trainer')")
     p.add_argument("--dtype", default=None, help="with --to-torch: dtype of the written weights (default: as the params)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = p.parse_args(argv)
-    cfg = _model_config(args.config)
+    # everything that can be checked is checked before the (possibly long) conversion; nothing is written on error
+    common.check_conversion_args(args, official_out=args.to_torch)
+    cfg = _cli_config(args.config)
+    try:
+        if args.to_torch:
+            sd = params_to_torch(common.load_params(args.inp), cfg, dtype=args.dtype)
+        else:
+            params = torch_to_params(load_state_dict(args.inp, key=args.key), cfg)
+    except (ValueError, KeyError) as e:  # not a state dict / params file, or keys and shapes that do not fit
+        raise UsageError(f"--in {args.inp!r} (config {args.config!r}): {common.one_line(e)}") from e
     if args.to_torch:
-        sd = params_to_torch(common.load_params(args.inp), cfg, dtype=args.dtype)
         save_state_dict(sd, args.out)
     else:
-        common.save_params(torch_to_params(load_state_dict(args.inp, key=args.key), cfg), args.out)
+        common.save_params(params, args.out)
     print(f"convert-infinity: {args.inp} -> {args.out} (config {args.config})", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from infinity_jax import cli
+    sys.exit(cli.main(["convert-infinity", *sys.argv[1:]]))

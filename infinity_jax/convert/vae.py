@@ -11,6 +11,10 @@ mis-shaped key. bf16/fp16 state dicts load (upcast exactly to fp32 params).
 Also accepted on import: the older key style that the official loader renames (`conv_in.weight`
 for `conv_in.conv.weight`, `norm1.weight` for `norm1.norm.weight`).
 
+The command checks its files before converting: bad input (a missing or unreadable --in, keys that do
+not fit the config, an --out that exists: --overwrite replaces it) is one line, exit status 2, and
+writes nothing; --out appears atomically.
+
 usage:
   infinity-jax convert-vae --in infinity_vae_d32reg.pth --config d32reg --out vae_d32reg.npz
   infinity-jax convert-vae --to-torch --in vae_d32reg.npz --config d32reg --out back.pth [--dtype bfloat16]
@@ -19,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import os
 import sys
 from typing import Any, Mapping
@@ -28,6 +31,7 @@ import numpy as np
 
 from infinity_jax.convert import common
 from infinity_jax.convert.torch_io import check_state_dict, load_state_dict, save_state_dict
+from infinity_jax.errors import UsageError
 
 # The buffer appears twice: the official AutoEncoder aliases its quantizer as `quantize` too.
 MASK_KEYS = ("quantizer.lfq.mask", "quantize.lfq.mask")
@@ -45,15 +49,10 @@ def _config(config):
 
 def load_config(spec: str):
     """'d32' (a name in configs/bsq_vae.py) or 'path/to/file.py[:arg]' -> ConfigDict."""
-    path, _, arg = spec.partition(":") if spec.endswith(".py") or ":" in spec else ("", "", spec)
-    if not path:
-        path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "bsq_vae.py")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"VAE config file {path!r} does not exist (from --config {spec!r})")
-    mod_spec = importlib.util.spec_from_file_location("_bsq_vae_config", path)
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)
-    return mod.get_config(arg or None)
+    from infinity_jax import config_util
+    if not (spec.endswith(".py") or ":" in spec):
+        spec = f"bsq_vae:{spec}"  # a bare name: configs/bsq_vae.py of this checkout, from any working directory
+    return config_util.load_config(spec)  # a missing file is a FileNotFoundError naming it
 
 
 def quantizer_mask(d: int) -> np.ndarray:
@@ -145,10 +144,7 @@ def params_to_torch(params: Mapping[str, Any], config, dtype=None) -> dict[str, 
 
 
 def _np_dtype(name) -> np.dtype:
-    if str(name) in ("bfloat16", "bf16"):
-        import ml_dtypes
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype({"fp32": "float32", "fp16": "float16"}.get(str(name), str(name)))
+    return common.float_dtype(name, "dtype")
 
 
 def load_official_state_dict(path: str, key: str | None = None) -> dict[str, np.ndarray]:
@@ -169,15 +165,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--to-torch", action="store_true", help="convert our params back to the official state dict")
     p.add_argument("--key", default=None, help="sub-dict of a training checkpoint to read (default: 'vae' if present)")
     p.add_argument("--dtype", default=None, help="with --to-torch: dtype of the written weights (default: as the params)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = p.parse_args(argv)
-    config = load_config(args.config)
+    # everything that can be checked is checked before the conversion; nothing is written on error
+    common.check_conversion_args(args, official_out=args.to_torch)
+    try:
+        config = load_config(args.config)
+        key_table(config)  # builds the model: a config whose sizes do not fit together fails here
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--config {args.config!r}: {common.one_line(e)}") from e
+    try:
+        if args.to_torch:
+            sd = params_to_torch(common.load_params(args.inp), config, dtype=args.dtype)
+        else:
+            params = torch_to_params(load_official_state_dict(args.inp, args.key), config)
+    except (ValueError, KeyError) as e:  # not a state dict / params file, or keys and shapes that do not fit
+        raise UsageError(f"--in {args.inp!r} (config {args.config!r}): {common.one_line(e)}") from e
     if args.to_torch:
-        sd = params_to_torch(common.load_params(args.inp), config, dtype=args.dtype)
         save_state_dict(sd, args.out)
         n = sum(int(np.size(v)) for k, v in sd.items() if k not in MASK_KEYS)
     else:
-        params = torch_to_params(load_official_state_dict(args.inp, args.key), config)
         common.save_params(params, args.out)
         n = sum(int(np.size(v)) for v in common.flatten(params).values())
     print(f"convert-vae: {args.inp} -> {args.out} (config {config.name}, {n:,} parameters)", file=sys.stderr)
     return 0
+
+
+if __name__ == "__main__":
+    from infinity_jax import cli
+    sys.exit(cli.main(["convert-vae", *sys.argv[1:]]))
