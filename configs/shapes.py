@@ -17,7 +17,7 @@ import dataclasses
 
 import ml_collections
 
-from infinity_jax.config_util import parse_arg
+from infinity_jax.config_util import int_arg, parse_arg
 from infinity_jax.train.step import StepOptions
 
 from configs import infinity as infinity_configs
@@ -35,9 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t.total_steps = 6 if tiny else 3000
     # batch 32: batch 16 at the same time (twice the steps) lowers the held-out bit loss but its prompt
     # adherence is within the seeds' spread, and its one whole demo scored lower (docs/demo_experiments.md)
-    t.global_batch = int(opts.get("batch", 8 if tiny else 32))
-    if t.global_batch < 1:
-        raise ValueError(f"shapes batch={t.global_batch}: expected a positive global batch")
+    t.global_batch = int_arg(opts, "batch", 8 if tiny else 32, "shapes")
     t.compute_dtype = "float32"
     t.log_every = 1 if tiny else 25
     t.hook_every = 1000
@@ -57,11 +55,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m = infinity_configs.get_config("tiny").model
     # 3 blocks, not 4: at the same FLOPs (4,460 steps vs 3,345, about the same time) prompt adherence
     # 0.775 / 0.696 vs 0.660 / 0.683 on 480 prompts, seeds 0 / 1 (docs/demo_experiments.md)
-    m.depth = int(opts.get("layers", 2 if tiny else 3))
-    m.embed_dim = int(opts.get("width", 64 if tiny else 128))
-    m.num_heads = int(opts.get("heads", 2 if tiny else 4))
+    m.depth = int_arg(opts, "layers", 2 if tiny else 3, "shapes")
+    m.embed_dim = int_arg(opts, "width", 64 if tiny else 128, "shapes")
+    m.num_heads = int_arg(opts, "heads", 2 if tiny else 4, "shapes")
     m.block_chunks = 1
-    m.codebook_dim = int(opts.get("bits", 8))  # the tokenizer's d (configs/tokenizer_shapes.py: why 8)
+    m.codebook_dim = int_arg(opts, "bits", 8, "shapes")  # the tokenizer's d (configs/tokenizer_shapes.py: why 8)
     m.text_channels = 128  # a multiple of the official text-pool head width (128)
     m.text_maxlen = 64
     m.drop_path_rate = 0.0

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from infinity_jax.config_util import parse_arg
+from infinity_jax.config_util import int_arg, parse_arg
 
 from infinity_jax import schedules
 
@@ -54,7 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint.async_save = not tiny
 
     # the VAE: the official architecture, narrow and shallow
-    size, stride = int(opts.get("size", 32)), int(opts.get("stride", 4))
+    size, stride = int_arg(opts, "size", 32, "tokenizer_shapes"), int_arg(opts, "stride", 4, "tokenizer_shapes")
     if stride not in CH_MULT:
         raise ValueError(f"tokenizer_shapes stride={stride}: expected one of {sorted(CH_MULT)}")
     if size < 32 or size % stride:
@@ -62,7 +62,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                          f"of stride={stride}")
     v = bsq_vae.get_config("shapes")  # 32 channels, stride 4, d 8: the defaults below
     v.name = f"shapes_s{stride}"
-    v.base_ch = int(opts.get("width", 24 if tiny else v.base_ch))  # GroupNorm: a multiple of 32 or 24
+    # GroupNorm: a multiple of 32 or 24
+    v.base_ch = int_arg(opts, "width", 24 if tiny else v.base_ch, "tokenizer_shapes")
     v.ch_mult = CH_MULT[stride]
     if "mult" in opts:
         mult = str(opts["mult"])
@@ -76,7 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # transformer mixes the bits of several codes. With 8 bits nearly all 256 codes occur in the
     # data and decode to something plausible; with 16 bits such mixtures are codes the decoder never
     # saw (garbled colours). Measured: transformer after 300 steps scores 0.16 (d=8) vs 0.0 (d=16).
-    v.codebook_dim = v.z_channels = int(opts.get("bits", v.codebook_dim))
+    v.codebook_dim = v.z_channels = int_arg(opts, "bits", v.codebook_dim, "tokenizer_shapes")
     c.vae = v
     # quantizer scales: doubling from 1x1 up to the latent grid (size // stride)
     c.schedule = ",".join(f"{h}x{w}" for _, h, w in schedules.custom_schedule((size, size), stride=stride))

@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from infinity_jax.errors import UsageError
+
 BENCHMARKS: dict[str, str] = {
     "attention": "infinity_jax.attention_bench:main",  # each attention kernel: error vs reference, fwd/bwd ms
     "data": "infinity_jax.data.bench:main",  # input pipeline images/s (decode + resize + crop)
@@ -17,10 +19,11 @@ BENCHMARKS: dict[str, str] = {
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHMARKS:
-        bad = argv and argv[0] not in ("-h", "--help")
-        print(("unknown benchmark " + repr(argv[0]) + "; " if bad else "")
-              + f"usage: infinity-jax bench <{'|'.join(sorted(BENCHMARKS))}> [args]", file=sys.stderr)
-        return 2 if bad or not argv else 0
+    usage = f"usage: infinity-jax bench <{'|'.join(sorted(BENCHMARKS))}> [args]  (-h for each)"
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"{usage}\n\n{__doc__.splitlines()[0]}", file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    if argv[0] not in BENCHMARKS:
+        raise UsageError(f"unknown benchmark {argv[0]!r}: expected one of {', '.join(sorted(BENCHMARKS))}")
     module, func = BENCHMARKS[argv[0]].split(":")
     return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)

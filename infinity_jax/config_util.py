@@ -6,6 +6,8 @@ Spec forms:
   /abs/path/my_exp.py               a file whose get_config takes no argument (or None)
 Overrides: ["model.depth=4", "train.lr=1e-4"] (a leading "--config." is accepted too); values
 are parsed as Python literals and must keep the type of the field they replace.
+Config files import each other as `from configs import ...`: the loader makes the folder holding
+this checkout's configs/ importable, whatever the working directory.
 A spec or override that does not fit raises a ConfigError (a UsageError, also a KeyError / TypeError
 where that is the kind of mistake); a missing file a FileNotFoundError: the command line prints either
 as one line (cli.main).
@@ -44,6 +46,8 @@ class ConfigTypeError(ConfigError, TypeError):
 def resolve_config_path(name_or_path: str) -> str:
     """A config file path from a path or a bare name of a file in configs/."""
     candidates = [name_or_path]
+    if not os.path.isabs(name_or_path):  # configs/x.py from any working directory: this checkout's file
+        candidates.append(os.path.join(os.path.dirname(CONFIGS_DIR), name_or_path))
     if not name_or_path.endswith(".py"):
         candidates += [os.path.join(CONFIGS_DIR, name_or_path + ".py"), os.path.join("configs", name_or_path + ".py")]
     for c in candidates:
@@ -66,7 +70,7 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
     try:
         cfg = mod.get_config(arg or None)
     except ValueError as e:  # config files check their argument (e.g. tokenizer_shapes stride=5)
-        raise ConfigError(str(e)) from e
+        raise ConfigError(f"config {spec!r}: {e}") from e
     return apply_overrides(cfg, overrides)
 
 
@@ -83,12 +87,32 @@ def parse_arg(arg: str | None, allowed: Iterable[str] | None = None, where: str 
     return out
 
 
+def int_arg(opts: dict[str, str], key: str, default: int, where: str = "config", minimum: int = 1) -> int:
+    """opts[key] (from parse_arg) as an int >= minimum, else `default`; a bad value names the key and value."""
+    text = opts.get(key, default)
+    expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} {key}={text!r}: expected {expected}") from None
+    if value < minimum:
+        raise ConfigError(f"{where} {key}={value}: expected {expected}")
+    return value
+
+
 def _make_configs_importable(path: str) -> None:
-    """Config files build on each other (`from configs import train_defaults`): put the folder that
-    holds their `configs/` package on sys.path (console scripts do not run from the repo root)."""
+    """Config files build on each other (`from configs import train_defaults`), and `configs` is a folder
+    (a namespace package), not an installed one: console scripts run with their bin/ folder, not the working
+    directory, as sys.path[0]. Put on sys.path the folder holding this checkout's configs/ and, for a file
+    in another configs/ folder (or below one), the folder holding that one."""
+    roots = [os.path.dirname(CONFIGS_DIR)] if os.path.isdir(CONFIGS_DIR) else []
     folder = os.path.dirname(os.path.abspath(path))
-    if os.path.basename(folder) == "configs":
-        root = os.path.dirname(folder)
+    while os.path.dirname(folder) != folder:
+        if os.path.basename(folder) == "configs":
+            roots.append(os.path.dirname(folder))
+            break
+        folder = os.path.dirname(folder)
+    for root in roots:
         if root not in sys.path:
             sys.path.insert(0, root)
 
@@ -122,7 +146,8 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Iterable[str]) ->
         if isinstance(old, tuple) and isinstance(new, list):
             new = tuple(new)
         if old is not None and new is not None and type(new) is not type(old):
-            raise ConfigTypeError(f"override {item!r}: {key} is {type(old).__name__} ({old!r}), got {type(new).__name__}")
+            raise ConfigTypeError(f"override {item!r}: {key} is {type(old).__name__} ({old!r}), "
+                                  f"got {type(new).__name__}")
         parent[leaf] = new
     return cfg
 
@@ -140,3 +165,17 @@ def from_json(text: str) -> ml_collections.ConfigDict:
             return tuple(tuples(v) for v in x)
         return x
     return ml_collections.ConfigDict(tuples(json.loads(text)))
+
+
+def main(argv: list[str]) -> int:
+    """`infinity-jax config SPEC [--config.key=value ...]`: load a config spec as every command does (the
+    launchers' local check) and print the resulting config as JSON; a bad spec or override is one line."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: infinity-jax config SPEC [--config.key=value ...]\n\n{main.__doc__}",
+              file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    spec, overrides = argv[0], argv[1:]
+    if spec.startswith("-"):
+        raise ConfigError(f"config spec {spec!r}: expected file.py[:arg] or a configs/ name[:arg] first")
+    print(to_json(load_config(spec, overrides)))
+    return 0

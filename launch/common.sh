@@ -21,6 +21,28 @@ check_config() {  # CONFIG is file.py[:arg] or a configs/ name[:arg]
     die "config file '$file' does not exist (from CONFIG '$1'; expected file.py[:arg] or a configs/ name)"
 }
 
+config_loads() {  # CONFIG [--config.key=value ...]: load it here, with the project's loader, before anything runs
+  # (a bad spec, argument or override: one line and exit 2 now, not a failure on the cluster after the copy and
+  # install). Run from the folder CONFIG is relative to. PYTHON: the interpreter (default: this checkout's .venv,
+  # else python3); SKIP_CONFIG_CHECK=1 skips it (a machine without the project's requirements).
+  [[ ${SKIP_CONFIG_CHECK:-0} == 1 ]] && return 0
+  local py=${PYTHON:-} err rc=0 me=${launcher:-$0}
+  if [[ -z $py ]]; then
+    if [[ -x $repo/.venv/bin/python ]]; then py=$repo/.venv/bin/python; else py=python3; fi
+  fi
+  # this checkout's infinity_jax first; only stderr is kept (stdout is the config as JSON)
+  err=$(PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" "$py" -m infinity_jax config "$@" 2>&1 >/dev/null) || rc=$?
+  (( rc == 0 )) && return 0
+  err=${err##*$'\n'}  # the one-line error (after any warnings)
+  if (( rc == 2 )); then
+    echo "$me: ${err#infinity-jax config: error: }" >&2
+  else
+    echo "$me: cannot check CONFIG '$1' here: '$py -m infinity_jax config' exited $rc ($err); set PYTHON to a" \
+         "python with this project's requirements, or SKIP_CONFIG_CHECK=1" >&2
+  fi
+  exit 2
+}
+
 parse_config_workdir() {  # "$@" -> dry, config, workdir, overrides; $1/$2 of die messages: examples
   local config_hint=$1 workdir_hint=$2 a
   shift 2

@@ -8,7 +8,8 @@
 # usage: COORDINATOR=.. NUM_NODES=.. NODE_RANK=.. launch/gpu_multinode.sh [--dry-run] CONFIG WORKDIR [--config.key=value ...]
 # The trainer reads JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID and calls
 # jax.distributed.initialize(); the workdir must be on a shared file system.
-# --dry-run (or DRY_RUN=1) prints the command instead of running it.
+# --dry-run (or DRY_RUN=1) prints the command instead of running it. CONFIG and the overrides are loaded here
+# first (launch/common.sh config_loads: PYTHON, SKIP_CONFIG_CHECK=1): a bad one exits 2 with one line.
 set -euo pipefail
 usage="usage: COORDINATOR=host:port NUM_NODES=N NODE_RANK=i $0 [--dry-run] CONFIG WORKDIR [--config.key=value ...]"
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,6 +19,7 @@ parse_config_workdir "configs/zoo.py:2b,mesh=h100x8-fsdp" "on a file system ever
 [[ ${NUM_NODES:-} =~ ^[1-9][0-9]*$ ]] || die "set NUM_NODES to the number of nodes (got '${NUM_NODES:-}')"
 [[ ${NODE_RANK:-} =~ ^[0-9]+$ ]] && (( NODE_RANK < NUM_NODES )) ||
   die "set NODE_RANK to this node's index, 0 .. $((NUM_NODES - 1)) (got '${NODE_RANK:-}')"
+config_loads "$config" "${overrides[@]}"
 
 # Let XLA use most of the GPU memory.
 cmd=(env JAX_COORDINATOR_ADDRESS="$COORDINATOR" JAX_NUM_PROCESSES="$NUM_NODES" JAX_PROCESS_ID="$NODE_RANK"

@@ -12,7 +12,10 @@
 # CONFIG is a file of this checkout (the workers run from a copy of it). The workdir must be
 # reachable from every worker (a GCS bucket or a shared disk); logs are streamed back and also kept
 # on each worker in ~/infinity_jax_train.log.
-# --dry-run (or DRY_RUN=1) prints every command instead of running it.
+# --dry-run (or DRY_RUN=1) prints every command instead of running it. CONFIG and the overrides are loaded here
+# first (launch/common.sh config_loads: PYTHON, SKIP_CONFIG_CHECK=1): a bad one exits 2 with one line before
+# anything is copied. The training command on the workers ends with the trainer's exit status, not tee's
+# (75: preempted and saved; rerun to resume).
 set -euo pipefail
 usage="usage: $0 --tpu NAME --zone ZONE --config CONFIG --workdir DIR [--project P] [--dry-run] [-- --config.key=value ...]"
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,6 +44,7 @@ done
 file=${config%%:*}
 [[ -f "$repo/$file" || -f "$repo/configs/$file.py" ]] ||
   die "config '$file' is not a file of this checkout (from --config '$config'; e.g. configs/zoo.py:2b,mesh=v5p-128)"
+(cd "$repo" && config_loads "$config" "${extra[@]}")  # as the workers will, from the checkout: exit 2 if it fails
 proj=()
 [[ -n "$project" ]] && proj=(--project "$project")
 
@@ -54,4 +58,5 @@ run gcloud compute tpus tpu-vm scp "$archive" "$tpu:~/infinity_jax_src.tar.gz" -
 ssh_all "mkdir -p ~/infinity_jax && tar -xzf ~/infinity_jax_src.tar.gz -C ~/infinity_jax && cd ~/infinity_jax && python3 -m venv .venv && .venv/bin/pip install -q -U pip && .venv/bin/pip install -q -e . 'jax[tpu]'"
 train="cd ~/infinity_jax && .venv/bin/infinity-jax train --config $(quote "$config") --workdir $(quote "$workdir")"
 for a in "${extra[@]}"; do train+=" $(quote "$a")"; done
-ssh_all "$train 2>&1 | tee ~/infinity_jax_train.log"
+# pipefail: the trainer's exit status, not tee's, comes back (75: preempted, rerun to resume)
+ssh_all "set -o pipefail; $train 2>&1 | tee ~/infinity_jax_train.log"

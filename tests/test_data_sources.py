@@ -200,3 +200,46 @@ def test_missing_paths_and_empty_sources_are_clear_errors(tmp_path):
         sources.prepare("shapes", str(tmp_path / "out5"), num_examples=3, progress=False)
     sources.prepare("shapes", str(tmp_path / "out5"), num_examples=3, progress=False, overwrite=True)
     assert len(sources.open_split(path)[0]) == 3
+
+
+def write_captions_jsonl(root, lines: list[str], n_images: int = 3) -> str:
+    """An image folder whose captions.jsonl holds `lines` as given (im<i>.png exist for i < n_images)."""
+    folder = os.path.join(str(root), "captioned")
+    os.makedirs(folder)
+    for i in range(n_images):
+        Image.fromarray(np.full((32, 40, 3), 40 * i, np.uint8)).save(os.path.join(folder, f"im{i}.png"))
+    with open(os.path.join(folder, "captions.jsonl"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return folder
+
+
+def test_bad_caption_lines_are_skipped_naming_file_line_and_what_was_wrong(tmp_path, capsys):
+    from infinity_jax.cli import main
+    good = [json.dumps({"file_name": f"im{i}.png", "caption": f"caption {i}"}) for i in range(3)]
+    folder = write_captions_jsonl(tmp_path, [good[0], '{"file_name": "im1.png", caption: 1}', good[1], "[1, 2]",
+                                             json.dumps({"file_name": "gone.png", "caption": "x"}), good[2]])
+    sidecar = os.path.join(folder, "captions.jsonl")
+    assert main(["data", "prepare", "--source", folder, "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "3 examples" in out and "skipped: 3 {'bad record': 2, 'missing image': 1}" in out
+    assert f"bad record: {sidecar}:2 (not JSON: Expecting property name enclosed in double quotes at column 26)" in out
+    assert f"bad record: {sidecar}:4 (expected a JSON object, got [1, 2])" in out
+    assert f"missing image: {os.path.join(folder, 'gone.png')} (from {sidecar}:5)" in out
+    _, info = _records(str(tmp_path / "out"))
+    assert len(info.metadata["skipped_examples"]) == 3
+    # nothing usable: one line that names every skipped line
+    bad = write_captions_jsonl(tmp_path / "bad", ["{oops", json.dumps({"image": "im0.png"})], n_images=1)
+    assert main(["data", "prepare", "--source", bad, "--out", str(tmp_path / "out2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("infinity-jax data: error: image_folder: the source") and "skipped 2 {'bad record': 2}" in err
+    assert f"captions.jsonl:1 (not JSON: " in err and f"captions.jsonl:2 ({{'image': 'im0.png'}})" in err
+
+
+def test_cli_prepare_lists_every_skipped_image(tmp_path, capsys):
+    from infinity_jax.cli import main
+    ds = write_official(tmp_path / "src", sizes=[(40, 40)] * 5, corrupt=(1, 3), missing=(2,))
+    assert main(["data", "prepare", "--source", ds, "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "2 examples" in out and "skipped: 3 " in out
+    for i, reason in ((1, "corrupt"), (2, "missing image"), (3, "corrupt")):
+        assert any(line.strip().startswith(f"{reason}: ") and f"{i}.jpg" in line for line in out.splitlines()), out

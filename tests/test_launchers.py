@@ -101,3 +101,43 @@ def test_gpu_measure_dry_run_lists_stages_of_registered_benchmarks(tmp_path):
         assert cmd[-2:] == ["--json", f"{tmp_path}/{s.split()[1]}.json"]
     some = _lines(_run("gpu_measure.sh", "--dry-run", str(tmp_path), "train_2b", "attention"))
     assert [ln.split()[1] for ln in some if ln.startswith("== ")] == ["attention", "train_2b"]
+
+
+BAD_MESH = "configs/zoo.py:2b,mesh=nosuch"
+MULTINODE_ENV = {"COORDINATOR": "h:1", "NUM_NODES": "1", "NODE_RANK": "0"}
+
+
+@pytest.mark.parametrize("script, args, env, message", [
+    ("local.sh", ["--dry-run", BAD_MESH, "runs/x"], {}, "mesh preset 'nosuch'"),
+    ("local.sh", ["--dry-run", ZOO_2B, "runs/x", "--config.model.dept=3"], {}, "no field 'dept' in model"),
+    ("gpu_multinode.sh", ["--dry-run", BAD_MESH, "/r"], MULTINODE_ENV, "mesh preset 'nosuch'"),
+    ("gpu_slurm.sbatch", ["--dry-run", BAD_MESH, "/r"], {}, "mesh preset 'nosuch'"),
+    ("tpu_pod.sh", ["--tpu", "t", "--zone", "z", "--config", BAD_MESH, "--workdir", "gs://b", "--dry-run"], {},
+     "mesh preset 'nosuch'"),
+    ("tpu_pod.sh", ["--tpu", "t", "--zone", "z", "--config", "zoo:2b", "--workdir", "gs://b", "--dry-run", "--",
+                    "--config.train.total_steps=ten"], {}, "train.total_steps is int"),
+])
+def test_a_config_that_does_not_load_here_exits_2_before_any_command(script, args, env, message):
+    """The launchers load CONFIG and its overrides with the project's loader first: a bad one is one line here,
+    not a failure on the cluster after the copy and install."""
+    result = _run(script, *args, **env)
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+def test_tpu_pod_training_command_keeps_the_trainers_exit_status(tmp_path):
+    """The workers' `train | tee` ends with train's status (75: preempted, to be resumed), not tee's 0: the
+    printed remote command, run by bash with a stand-in trainer."""
+    import shlex
+    out = _lines(_run("tpu_pod.sh", "--tpu", "t1", "--zone", "z1", "--config", "zoo:2b", "--workdir", "gs://b/r",
+                      "--dry-run"))
+    words = shlex.split(out[-1])
+    remote = words[words.index("--command") + 1]
+    fake = tmp_path / "infinity_jax" / ".venv" / "bin" / "infinity-jax"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("#!/bin/sh\necho \"$@\"\nexit 75\n")
+    fake.chmod(0o755)
+    done = subprocess.run(["bash", "-c", remote], env={"HOME": str(tmp_path), "PATH": os.environ["PATH"]},
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 75, (remote, done.stderr)
+    assert (tmp_path / "infinity_jax_train.log").read_text() == "train --config zoo:2b --workdir gs://b/r\n"

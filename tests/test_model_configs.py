@@ -53,3 +53,26 @@ def test_execution_options_and_bad_names():
         configs.get_config("infinity_3b")
     with pytest.raises(ValueError, match="unknown Infinity model options"):
         InfinityConfig.from_dict({"depth": 2, "widht": 3})
+
+
+def test_params_counts_every_config_users_sweep():
+    """`infinity-jax params` loads specs with config_util, as train does: configs/shapes.py (with sweep
+    arguments) and configs/zoo.py count too, from an installed console script (python -P: the working
+    directory is not on sys.path, so `from configs import ...` needs the loader's help)."""
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys; from infinity_jax.cli import main\n"
+            "sys.path[:] = [p for p in sys.path if p not in ('', sys.argv[1])]  # as an installed console script\n"
+            "sys.exit(main(sys.argv[2:]))")
+    specs = ["configs/shapes.py", "configs/shapes.py:layers=4,width=256,heads=8", "configs/zoo.py:layer12", "tiny"]
+    argv = ["params", *(a for s in specs for a in ("--config", s))]
+    done = subprocess.run([sys.executable, "-P", "-c", code, repo, *argv], cwd=repo, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines()[1:]}
+    assert list(rows) == specs
+    assert rows["configs/shapes.py"][:3] == ["3", "128", "4"]
+    assert rows["configs/shapes.py:layers=4,width=256,heads=8"][:3] == ["4", "256", "8"]
+    assert rows["configs/zoo.py:layer12"][:4] == ["12", "768", "8", "125,185,696"]  # the official layer12
+    assert rows["tiny"][3:] == ["272,836", "272,836"]

@@ -74,7 +74,14 @@ def prepare(argv: list[str]) -> int:
     meta = info.metadata or {}
     print(f"{kind}: {len(src)} examples in {path}")
     print(f"  templates (h/w, first record, count): {meta.get('templates')}")
-    print(f"  skipped: {meta.get('skipped') or 'none'}")
+    skipped, examples = meta.get("skipped") or {}, list(meta.get("skipped_examples") or [])
+    total = sum(skipped.values())
+    print(f"  skipped: {total} {skipped}" if total else "  skipped: none")
+    for line in examples:  # each names its file (and line) and what was wrong
+        print(f"    {line}")
+    if total > len(examples):
+        print(f"    ... and {total - len(examples)} more (counted above)" if examples
+              else "    (not listed: the dataset was built before skipped examples were recorded)")
     return 0
 
 

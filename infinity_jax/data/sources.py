@@ -25,8 +25,9 @@ Three builders write the same features, so one pipeline reads them all:
 Examples are written sorted by their nearest official h/w template (`schedules.nearest_h_div_w`)
 and the builder stores the runs in `metadata.json` ("templates": [[template, start, count], ...]),
 so the pipeline buckets by aspect ratio without reading the records. Unreadable, missing or
-undecodable images are counted, logged once per `log_every`, and left out; a source with no
-usable example is an error.
+undecodable images and bad caption records are counted, logged once per `log_every`, and left out;
+metadata.json keeps the counts ("skipped") and the first SkipCounter.KEEP of them, each naming its
+file (and line) and what was wrong ("skipped_examples"). A source with no usable example is an error.
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ from PIL import Image
 
 from infinity_jax import schedules
 from infinity_jax.data import shapes
+from infinity_jax.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +59,19 @@ VERSION = "1.0.0"
 
 
 class SkipCounter:
-    """Counts skipped items by reason; logs the first and then every `log_every`-th skip."""
+    """Counts skipped items by reason and keeps the first KEEP ("reason: detail"); logs the first and then
+    every `log_every`-th skip."""
+
+    KEEP = 50  # enough to see the pattern; the counts cover the rest (metadata.json stays small)
 
     def __init__(self, what: str, log_every: int = 100):
         self.what, self.log_every, self.counts = what, max(1, int(log_every)), {}
+        self.examples: list[str] = []
 
     def skip(self, reason: str, detail: str) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1
+        if len(self.examples) < self.KEEP:
+            self.examples.append(f"{reason}: {detail}")
         total = self.total
         if total == 1 or total % self.log_every == 0:
             log.warning("%s: skipped (%s) %s; skipped so far: %s", self.what, reason, detail, self.counts)
@@ -71,6 +79,11 @@ class SkipCounter:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+    def summary(self) -> str:
+        """'3 {counts}: first; second; ...' for one-line errors."""
+        more = f"; ... {self.total - len(self.examples)} more" if self.total > len(self.examples) else ""
+        return f"{self.total} {self.counts}: {'; '.join(self.examples)}{more}" if self.total else "none"
 
 
 def check_image(data: bytes, verify: str = "decode") -> tuple[int, int]:
@@ -154,7 +167,8 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _generate_examples(self) -> Iterator[tuple[int, dict]]:
         items = self._items()
         if not items:
-            raise ValueError(f"{self.name}: the source {self._options.get('source')!r} lists no examples")
+            raise UsageError(f"{self.name}: the source {self._options.get('source')!r} lists no examples; skipped "
+                             f"{self._skips.summary()}")
         templates = [schedules.nearest_h_div_w(it.h_div_w) for it in items]
         order = sorted(range(len(items)), key=lambda i: templates[i])  # stable: source order within a template
         runs: list[list] = []
@@ -173,10 +187,11 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                          **{k: it.fields.get(k, "") for k in ("long_caption", "text", "long_caption_type", "spec")}}
             kept += 1
         if kept == 0:
-            raise ValueError(f"{self.name}: no usable example in {self._options.get('source')!r}; "
-                             f"skipped {self._skips.counts}")
+            raise UsageError(f"{self.name}: no usable example in {self._options.get('source')!r}; "
+                             f"skipped {self._skips.summary()}")
         # Runs into metadata.json (written by tfds after generation finishes).
         self.info.metadata.update(templates=runs, num_examples=kept, skipped=dict(self._skips.counts),
+                                  skipped_examples=list(self._skips.examples),
                                   prepare={"kind": self.name, **self._options})
         log.info("%s: wrote %d examples in %d aspect-ratio runs; skipped %s", self.name, kept, len(runs),
                  self._skips.counts)
@@ -300,17 +315,30 @@ _PATH_KEYS = ("file_name", "image", "image_path", "path", "file")
 _CAPTION_KEYS = ("caption", "long_caption")
 
 
-def _sidecar_rows(folder: str) -> list[dict] | None:
+def _sidecar_rows(folder: str) -> tuple[str, list[tuple[int, dict | str]]] | None:
+    """The caption sidecar's path and its rows as (line number, row), a row that does not parse being the
+    reason (a string) instead; None without a sidecar."""
     for name in _SIDECARS:
         p = os.path.join(folder, name)
         if os.path.isfile(p):
+            rows: list[tuple[int, dict | str]] = []
             with open(p, encoding="utf-8") as f:
-                return [json.loads(line) for line in f if line.strip()]
+                for lineno, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        rows.append((lineno, f"not JSON: {e.msg} at column {e.colno}"))
+                        continue
+                    rows.append((lineno, row if isinstance(row, dict) else f"expected a JSON object, got {row!r}"))
+            return p, rows
     for name in ("metadata.csv", "captions.csv"):
         p = os.path.join(folder, name)
         if os.path.isfile(p):
             with open(p, encoding="utf-8", newline="") as f:
-                return list(csv.DictReader(f))
+                reader = csv.DictReader(f)
+                return p, [(reader.line_num, row) for row in reader]
     return None
 
 
@@ -331,16 +359,20 @@ class ImageFolder(_Builder, skip_registration=True):
         src = os.path.abspath(self._options["source"])
         if not os.path.isdir(src):
             raise FileNotFoundError(f"image folder {src!r} does not exist or is not a folder")
-        rows = _sidecar_rows(src)
-        pairs: list[tuple[str, dict]] = []
-        if rows is not None:
-            for i, row in enumerate(rows):
+        sidecar = _sidecar_rows(src)
+        pairs: list[tuple[str, dict, str]] = []  # (image path, fields, where it was listed)
+        if sidecar is not None:
+            sidecar_path, rows = sidecar
+            for lineno, row in rows:
+                where = f"{sidecar_path}:{lineno}"
+                if isinstance(row, str):  # a line that is not a JSON object: its file, line and why
+                    self._skips.skip("bad record", f"{where} ({row})")
+                    continue
                 rel, cap = _first(row, _PATH_KEYS), _first(row, _CAPTION_KEYS)
                 if not rel or cap is None:
-                    self._skips.skip("bad record", f"sidecar row {i} ({row}); expected keys "
-                                     f"{_PATH_KEYS} and {_CAPTION_KEYS}")
+                    self._skips.skip("bad record", f"{where} ({row}); expected keys {_PATH_KEYS} and {_CAPTION_KEYS}")
                     continue
-                pairs.append((os.path.join(src, rel), {"long_caption": cap, "text": row.get("text") or ""}))
+                pairs.append((os.path.join(src, rel), {"long_caption": cap, "text": row.get("text") or ""}, where))
         else:
             for dirpath, _, names in sorted(os.walk(src)):
                 for n in sorted(names):
@@ -351,18 +383,18 @@ class ImageFolder(_Builder, skip_registration=True):
                         self._skips.skip("no caption", os.path.join(dirpath, n))
                         continue
                     with open(txt, encoding="utf-8") as f:
-                        pairs.append((os.path.join(dirpath, n), {"long_caption": f.read().strip()}))
+                        pairs.append((os.path.join(dirpath, n), {"long_caption": f.read().strip()}, txt))
         limit = self._options.get("limit")
         items: list[_Item] = []
-        for path, fields in pairs[:limit] if limit else pairs:
+        for path, fields, where in pairs[:limit] if limit else pairs:
             try:  # the header gives the aspect ratio for sorting; pixels are checked while writing
                 with Image.open(path) as im:
                     w, h = im.size
             except FileNotFoundError:
-                self._skips.skip("missing image", path)
+                self._skips.skip("missing image", f"{path} (from {where})")
                 continue
             except Exception as e:
-                self._skips.skip("corrupt", f"{path} ({type(e).__name__}: {e})")
+                self._skips.skip("corrupt", f"{path} ({type(e).__name__}: {e}; from {where})")
                 continue
             items.append(_Item(h / w, _read_bytes(path), fields, path))
         return items
@@ -431,22 +463,22 @@ def prepare(kind: str, out: str, *, source: str | None = None, image_root: str |
     threads: images read and checked in parallel (default: one per core).
     """
     if kind not in BUILDERS:
-        raise ValueError(f"kind={kind!r}: expected one of {KINDS}")
+        raise UsageError(f"kind={kind!r}: expected one of {KINDS}")
     if verify not in ("decode", "header", "none"):
-        raise ValueError(f"verify={verify!r}: expected 'decode', 'header' or 'none'")
+        raise UsageError(f"verify={verify!r}: expected 'decode', 'header' or 'none'")
     if kind == "shapes":
         options = {"num_examples": int(num_examples), "image_size": image_size, "seed": int(seed)}
         if options["num_examples"] < 1:
-            raise ValueError(f"num_examples={num_examples}: expected at least 1")
+            raise UsageError(f"num_examples={num_examples}: expected at least 1")
         if layout not in shapes.LAYOUTS:
-            raise ValueError(f"layout={layout!r}: expected one of {shapes.LAYOUTS}")
+            raise UsageError(f"layout={layout!r}: expected one of {shapes.LAYOUTS}")
         if layout != "random":  # datasets built before layouts existed stay reusable
             options["layout"] = layout
         if categories is not None and tuple(categories) != shapes.CATEGORIES:  # likewise
             options["categories"] = list(shapes.check_categories(categories))
     else:
         if not source:
-            raise ValueError(f"kind {kind!r} needs a source folder")
+            raise UsageError(f"kind {kind!r} needs a source folder")
         if not os.path.exists(source):
             raise FileNotFoundError(f"source {source!r} does not exist")
         options = {"source": os.path.abspath(source), "limit": limit}
@@ -461,7 +493,7 @@ def prepare(kind: str, out: str, *, source: str | None = None, image_root: str |
         had = dict((tfds.builder_from_directory(str(builder.data_dir)).info.metadata or {}).get("prepare", {}))
         want = json.loads(json.dumps({"kind": kind, **options}))  # as stored (tuples become lists)
         if had != want:
-            raise ValueError(f"{builder.data_dir} already holds a {kind} dataset built with {had}; asked for "
+            raise UsageError(f"{builder.data_dir} already holds a {kind} dataset built with {had}; asked for "
                              f"{want}: expected another --out, or overwrite=True (--overwrite)")
         log.info("%s: reusing the dataset already built in %s", kind, builder.data_dir)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
@@ -484,7 +516,7 @@ def find_dataset_dir(path: str) -> str:
         raise FileNotFoundError(f"no built dataset (dataset_info.json) at or below {path!r}; build one with "
                                 "`infinity-jax data prepare --source ... --out ...`")
     if len(found) > 1:
-        raise ValueError(f"{path!r} holds several built datasets {found}; expected a path to one of them")
+        raise UsageError(f"{path!r} holds several built datasets {found}; expected a path to one of them")
     return found[0]
 
 

@@ -440,20 +440,45 @@ def count_params(cfg: InfinityConfig) -> int:
 
 
 def params_main(argv: list[str] | None = None) -> int:
-    """`infinity-jax params [--config NAME|file.py[:arg]] ...`: parameter counts from shapes only."""
+    """`infinity-jax params [--config SPEC] ...`: parameter counts from shapes only. SPEC is a configs/infinity.py
+    name (infinity_2b, 2b, layer12, tiny) or any config spec with a `model` section (configs/shapes.py:layers=4,
+    zoo:layer12, my.py:arg), loaded by config_util.load_config as every command does."""
     import argparse
-    from infinity_jax.convert.infinity import load_config
+    from infinity_jax import config_util
+    from infinity_jax.errors import UsageError
     p = argparse.ArgumentParser(prog="infinity-jax params", description=params_main.__doc__)
-    p.add_argument("--config", action="append", help="configs/infinity.py name or file.py[:arg] (repeatable; "
-                                                     "default: every official size)")
+    p.add_argument("--config", action="append", help="a configs/infinity.py name or a config spec file.py[:arg] / "
+                                                     "name[:arg] (repeatable; default: every official size)")
     args = p.parse_args(argv)
     specs = args.config or ["infinity_2b", "infinity_8b", "infinity_20b"] + [f"infinity_layer{n}" for n in
                                                                               (12, 16, 24, 32, 40, 48)]
-    print(f"{'config':24s} {'depth':>5s} {'width':>5s} {'heads':>5s} {'params':>16s} {'official':>16s}")
-    for spec in specs:
-        cd = load_config(spec)
-        cfg = InfinityConfig.from_dict(cd.model)
-        n, off = count_params(cfg), cd.get("official_params", None)
-        print(f"{spec:24s} {cfg.depth:5d} {cfg.embed_dim:5d} {cfg.num_heads:5d} {n:16,d} "
+    rows = []
+    for spec in specs:  # every spec is checked before anything is printed
+        full = spec
+        if not any(c in spec for c in ":/\\") and not spec.endswith(".py"):
+            try:
+                config_util.resolve_config_path(spec)
+            except FileNotFoundError:  # not a configs/ name: a model name of configs/infinity.py
+                full = f"infinity:{spec}"
+        try:
+            cd = config_util.load_config(full)
+        except config_util.ConfigError as e:
+            if full == spec:
+                raise
+            raise UsageError(f"--config {spec!r}: {e.__cause__ or e}, or a config spec (file.py[:arg] or a configs/ "
+                             "name[:arg])") from e
+        if "model" not in cd:
+            raise UsageError(f"--config {spec!r}: the config has no `model` section; expected a transformer config "
+                             "(infinity, shapes, zoo, ...)")
+        try:
+            cfg = InfinityConfig.from_dict(cd.model)
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"--config {spec!r}: its `model` section is not an Infinity config: {e}") from e
+        rows.append((spec, cfg, cd.get("official_params", None)))
+    width = max([24] + [len(spec) for spec, _, _ in rows])
+    print(f"{'config':{width}s} {'depth':>5s} {'width':>5s} {'heads':>5s} {'params':>16s} {'official':>16s}")
+    for spec, cfg, off in rows:
+        n = count_params(cfg)
+        print(f"{spec:{width}s} {cfg.depth:5d} {cfg.embed_dim:5d} {cfg.num_heads:5d} {n:16,d} "
               f"{(f'{off:,d}' if off else '-'):>16s}{'' if not off or off == n else '  MISMATCH'}")
     return 0
