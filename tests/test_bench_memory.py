@@ -118,3 +118,17 @@ def test_sampler_temporaries_stay_within_twice_the_kv_cache_at_1m(batch):
     kv = _kv_formula(cfg, 2 * batch, schedules.num_tokens(sched))
     temp = exe.memory_analysis().temp_size_in_bytes
     assert kv <= temp <= 2 * kv, (temp / 2**30, kv / 2**30)
+
+
+def test_bench_train_takes_the_config_schedule_and_its_vae_stride():
+    """`bench train --config shapes` benchmarks the shapes run's own schedule and labels it with the
+    stride-4 VAE's image size (32x32), not an official 256x256 budget at stride 16."""
+    from infinity_jax import config_util, schedules
+    from infinity_jax.train.bench import _schedule_and_stride
+    cfg = config_util.load_config("shapes")
+    sched, stride = _schedule_and_stride(cfg, None, None)
+    assert schedules.image_size(sched, stride) == (32, 32) and stride == 4
+    sched, stride = _schedule_and_stride(config_util.load_config("infinity:tiny"), None, "0.06M")
+    assert schedules.image_size(sched, stride) == (256, 256)
+    sched, _ = _schedule_and_stride(cfg, "1x1,2x2", None)
+    assert sched == ((1, 1, 1), (1, 2, 2))

@@ -39,6 +39,26 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def _schedule_and_stride(cfg, schedule_spec: str | None, pn: str | None):
+    """The benchmarked schedule (--schedule, else --pn, else the config's own `schedule`, else 0.06M)
+    and the pixel stride of the config's VAE (16, the official one, when it names none), so the image
+    column says what the model really sees."""
+    from infinity_jax import schedules
+    from infinity_jax.train.cli import schedule_from_config
+    if schedule_spec:
+        sched = schedules.parse_schedule(schedule_spec)
+    elif pn or "schedule" not in cfg:
+        sched = schedules.official_schedule(1.0, pn or "0.06M")
+    else:
+        sched = schedule_from_config(cfg)
+    stride = schedules.VAE_STRIDE
+    vae_spec = str(cfg.get("vae", {}).get("config", "") or "")
+    if vae_spec and not vae_spec.endswith(".json"):
+        from infinity_jax.convert import vae as conv_vae
+        stride = int(conv_vae.load_config(vae_spec).get("patch_size", stride))
+    return sched, stride
+
+
 def main(argv: list[str]) -> int:
     from flax import linen as nn
     from infinity_jax import config_util, parallel, schedules
@@ -49,7 +69,8 @@ def main(argv: list[str]) -> int:
     from infinity_jax.train.state import TrainState, make_step, state_shardings
     ap = argparse.ArgumentParser(prog="infinity-jax bench train", description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="infinity:tiny", help="config spec with a `model` section")
-    ap.add_argument("--pn", default="0.06M", help="official pixel budget (square template)")
+    ap.add_argument("--pn", default=None, help="official pixel budget (square template); default: the config's "
+                    "schedule, else 0.06M")
     ap.add_argument("--schedule", default=None, help="custom 'HxW,...' schedule instead of --pn")
     ap.add_argument("--batch", type=int, default=8, help="global batch")
     ap.add_argument("--text-len", type=int, default=64, help="text tokens per example")
@@ -65,7 +86,7 @@ def main(argv: list[str]) -> int:
 
     cfg = config_util.load_config(a.config)
     mcfg = T.InfinityConfig.from_dict(cfg.model)
-    sched = schedules.parse_schedule(a.schedule) if a.schedule else schedules.official_schedule(1.0, a.pn)
+    sched, stride = _schedule_and_stride(cfg, a.schedule, a.pn)
     n_dev = jax.device_count()
     if n_dev % a.tensor or (a.fsdp and n_dev % (a.fsdp * a.tensor)):
         ap.error(f"--tensor {a.tensor} x --fsdp {a.fsdp or 1} does not divide the {n_dev} devices")
@@ -91,9 +112,9 @@ def main(argv: list[str]) -> int:
     jitted = jax.jit(lambda s, b: step(s, b, jax.random.key(1)), in_shardings=(shardings, None),
                      out_shardings=(shardings, None), donate_argnums=0)
     n = T.count_params(mcfg)
-    H, W = schedules.image_size(sched)
+    H, W = schedules.image_size(sched, stride)
     mesh_s = " x ".join(str(v) for v in mesh.shape.values())
-    row = {"config": a.config, "pn": a.schedule or a.pn, "image": f"{H}x{W}", "batch": a.batch,
+    row = {"config": a.config, "pn": a.schedule or a.pn or str(cfg.get("schedule", "0.06M")), "image": f"{H}x{W}", "batch": a.batch,
            "tokens": schedules.num_tokens(sched), "params": n, "dtype": mcfg.dtype, "remat": mcfg.remat,
            "scan": mcfg.scan_layers, "rules": a.rules, "mesh": dict(mesh.shape), "ema": a.ema,
            "device": jax.devices()[0].device_kind, "num_devices": n_dev}
