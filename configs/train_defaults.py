@@ -28,6 +28,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t.hook_every = 1000           # periodic hooks (e.g. sample grids) that do not set their own period
     t.time_limit_s = 0.0          # > 0: stop (saved) at the first log step after this many seconds of this
                                   # call; the run counts as finished, its lr schedule cut where it stopped
+    t.reschedule = False          # True: resume a checkpoint whose lr schedule settings differ from these (e.g. a
+                                  # larger total_steps, to train a finished run further): the schedule is
+                                  # recomputed for the new settings, so the lr jumps at the resume step; False
+                                  # refuses such a resume (the schedule would otherwise change silently)
     t.progress_bar = True
     t.tensorboard = True
 
@@ -39,7 +43,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     o.no_decay_keys = NO_DECAY_KEYS
     o.grad_clip = 5.0             # train script --tclip=5 (code default 2); <= 0 disables
     o.schedule = "lin0"           # lin0 | lin00 | cos | const
-    o.warmup_steps = -1           # -1: 1% of total_steps (official wp default = ep/100)
+    o.warmup_steps = -1           # -1: 1% of total_steps (official wp default = ep/100); cut to total_steps - 1
+                                  # in a run not longer than it (e.g. a 2-step smoke run of a tiny config)
     o.warmup_init = 0.005         # official wp0: lr at step 0, as a fraction of the peak
     o.final_frac = 0.3            # official wpe (code default; the train script uses 1)
     o.ema_decay = 0.0             # official tema (0 = no EMA); e.g. 0.9999

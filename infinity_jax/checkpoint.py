@@ -11,6 +11,8 @@ Saves are asynchronous (arrays are copied to host, then written in the backgroun
 orbax writes into a temporary folder and renames it when every item is complete, so a job
 killed mid-save leaves at most a temporary folder that `latest_step()` never picks (and that
 is cleaned up when the next manager opens the directory). Keeps the last `keep` steps.
+restore() first compares the saved arrays' shapes with the target's (check_shapes): a run resumed
+with another model config is a one-line UsageError naming the first differing param and both shapes.
 `Checkpointer(dir, read_only=True).restore_params()` reads only the (EMA) params and the config,
 the way sampling and export use a run; a relative `directory` is made absolute (orbax needs that).
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import logging
 import os
 from typing import Any
 
@@ -26,6 +29,19 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
+
+from infinity_jax.errors import UsageError
+
+
+class _QuietReadOnly(logging.Filter):
+    """Drops orbax's warning that a read-only manager's directory is read only (logged at every open, that being
+    the point of read_only=True): it would be a second line beside a command's one-line error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Given directory is read only")
+
+
+logging.getLogger("absl").addFilter(_QuietReadOnly())
 
 
 # ------------------------------------------------------------------ data-iterator state, per process
@@ -127,8 +143,9 @@ class Checkpointer:
         # a URL (gs://...) is kept as it is
         path = os.fspath(directory)
         self.directory = epath.Path(path if "://" in path else os.path.abspath(path))
-        if read_only:  # never creates, cleans up or deletes anything (sampling, export)
-            options = ocp.CheckpointManagerOptions(read_only=True)
+        if read_only:  # never creates, cleans up or deletes anything (sampling, export, a resume's preflight)
+            # (what read_only implies, said outright: orbax warns about each default it has to override)
+            options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False)
         else:
             options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
                                                    enable_async_checkpointing=async_save)
@@ -163,7 +180,7 @@ class Checkpointer:
         with jax.ShapeDtypeStruct leaves) whose leaves carry the shardings to restore onto."""
         step = self._step(step)
         target = _abstract(_state_tree(target_state))
-        self._check_shapes(step, target)
+        self.check_shapes(target_state, step)
         out = self.manager.restore(step, args=ocp.args.Composite(
             state=_restore_args(target), data=DataStateRestore()))
         tree = out["state"]
@@ -198,19 +215,25 @@ class Checkpointer:
                                     f"and <step>/config folders")
         return step
 
-    def _check_shapes(self, step: int, target) -> None:
-        """A clear error naming the first key whose presence or shape differs (before orbax reads)."""
+    def check_shapes(self, target_state, step: int | None = None) -> None:
+        """A one-line UsageError naming the first array whose presence or shape differs between the checkpoint
+        at `step` (default: latest) and target_state (a TrainState, real or abstract), params first: a run
+        resumed with another model config. Reads only metadata."""
+        step = self._step(step)
         saved = _shapes(self.manager.item_metadata(step)["state"])
-        wanted = _shapes(target)
+        wanted = _shapes(_state_tree(target_state))
         where = f"checkpoint {self.directory}/{step}"
-        for key in sorted(set(saved) | set(wanted)):
+        hint = "resume with the run's own model settings (saved in the checkpoint's config) or start a new --workdir"
+        order = {"params": 0, "ema_params": 1, "opt_state": 2}  # a changed model shows first in its params
+        for key in sorted(set(saved) | set(wanted), key=lambda k: (order.get(k.split("/")[0], 3), k)):
             if key not in saved:
-                raise ValueError(f"{where} has no {key!r} (expected shape {wanted[key]}); the model or "
-                                 f"optimizer differs from the one that wrote it")
+                raise UsageError(f"{where} has no {key!r} (the config gives shape {wanted[key]}): the model or "
+                                 f"optimizer differs from the one that wrote it; {hint}")
             if key not in wanted:
-                raise ValueError(f"{where} has {key!r} {saved[key]} that the model/optimizer being restored lacks")
+                raise UsageError(f"{where} has {key!r} {saved[key]} that the config's model/optimizer lacks; {hint}")
             if saved[key] != wanted[key]:
-                raise ValueError(f"{where}: {key!r} has shape {saved[key]}, the model expects {wanted[key]}")
+                raise UsageError(f"{where}: {key!r} has shape {saved[key]} there, the config's model gives "
+                                 f"{wanted[key]}; {hint}")
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -9,6 +9,7 @@ from jax.sharding import PartitionSpec as P
 
 from infinity_jax import parallel
 from infinity_jax.checkpoint import Checkpointer, load_config
+from infinity_jax.errors import UsageError
 from infinity_jax.train.state import TrainState, state_shardings
 
 LOGICAL = {"w": P("embed", "mlp"), "b": P("mlp")}
@@ -64,7 +65,8 @@ def test_keep_last_n_bytes_iterator_state_and_shape_mismatch(tmp_path):
     assert data_state == b'{"pos": 2}'
     ck.close()
     wrong, wrong_sh = _state(mesh, "dp", shape=(16, 8))
-    with pytest.raises(ValueError, match=r"'ema_params/b' has shape \(32,\), the model expects \(8,\)"):
+    # one line for the command line (a UsageError), naming the first differing param (not its Adam moments)
+    with pytest.raises(UsageError, match=r"/3: 'params/b' has shape \(32,\) there, the config's model gives \(8,\)"):
         Checkpointer(tmp_path).restore(_target(wrong, wrong_sh))
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         Checkpointer(tmp_path / "empty").restore(_target(st, sh))

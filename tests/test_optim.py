@@ -111,3 +111,16 @@ def test_bf16_compute_keeps_fp32_params_and_optimizer_state():
         == {jnp.dtype(jnp.float32)}
     assert float(m16["loss"]) == pytest.approx(float(jax.jit(loss32)(st.params, batch, None)[0]), rel=2e-2)
     assert float(m16["lr"]) == pytest.approx(1e-3 * 16 / 256)
+
+
+def test_a_run_not_longer_than_its_warmup_warms_up_one_step_less_than_it_runs():
+    """A 2-step smoke run of a config with 2 warm-up steps (train_defaults 'tiny', shapes:tiny): warm-up shortened
+    to total_steps - 1, so the schedule is valid and its last update is at the peak (it raised before)."""
+    peak = 1.0  # base_lr 256 x global_batch 1 / 256
+    for total, warmup, lrs in ((2, 2, [0.005, 1.0]), (3, 10, [0.005, 0.5025, 1.0]), (1, 2, [1.0])):
+        cfg = _optim_cfg(schedule="lin0", warmup_steps=warmup)
+        assert optim.warmup_steps(cfg, total) == total - 1
+        _, sched = optim.make_optimizer(cfg, total_steps=total, global_batch=1)
+        np.testing.assert_allclose([float(sched(i)) for i in range(total)], np.array(lrs) * peak, rtol=1e-6)
+    assert optim.warmup_steps(_optim_cfg(warmup_steps=-1), 1000) == 10  # -1: 1% (official), untouched
+    assert optim.warmup_steps(_optim_cfg(warmup_steps=4), 1000) == 4

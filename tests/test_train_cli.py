@@ -18,7 +18,7 @@ def shapes_data(tmp_path_factory):
     return str(out)
 
 
-def test_train_command_trains_resumes_and_reports(shapes_data, tmp_path, monkeypatch):
+def test_train_command_trains_resumes_and_reports(shapes_data, tmp_path, monkeypatch, capsys):
     # abs_pos_embed off: the export below needs the official architecture
     overrides = [f"data.path={shapes_data!r}", "train.total_steps=4", "checkpoint.every=2", "model.abs_pos_embed=False"]
     cfg = config_util.load_config("shapes:tiny", overrides)
@@ -28,7 +28,7 @@ def test_train_command_trains_resumes_and_reports(shapes_data, tmp_path, monkeyp
     run = tmp_path / "run"
     with open(run / "final.json") as f:
         final = json.load(f)
-    assert final["step"] == 4 and final["stopped"] == "done"
+    assert final["step"] == 4 and final["start_step"] == 0 and final["stopped"] == "done"
     assert 0.3 < final["val_loss"] < 1.0 and 0.3 < final["train_loss"] < 1.0  # bit CE near log 2 at the start
     assert 0.3 < final["val_loss_other_text"] < 1.0 and final["val_loss_other_text"] != final["val_loss"]
     assert final["params"] > 0 and final["flops_total"] > 0 and final["tokens_total"] == 85 * 8 * 4  # scales 1,2,4,8
@@ -52,10 +52,21 @@ def test_train_command_trains_resumes_and_reports(shapes_data, tmp_path, monkeyp
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(ValueError, match="random VAE"):
         export.export_run(str(run), str(run / "g2.npz"), vae_out=str(run / "vae.npz"))
-    # the same command again resumes at step 4 and has nothing left to do
-    cfg6 = config_util.apply_overrides(cfg, ["train.total_steps=6"])
-    again = cli.run(cfg6, str(run))
-    assert again["step"] == 6
+    # the same command again resumes at step 4, has nothing left to do, and keeps the summary's train loss
+    again = cli.run(cfg, str(run))
+    assert again["start_step"] == again["step"] == 4 and again["train_loss"] == final["train_loss"]
+    with open(run / "final.json") as f:
+        assert json.load(f)["train_loss"] == final["train_loss"]
+    assert [json.loads(line) for line in open(run / "metrics.jsonl")] == rows
+    # resuming it with another lr schedule (more steps) or another model shape: one line each, before any set-up
+    from infinity_jax import cli as dispatcher
+    argv = ["train", "--config", "shapes:tiny", "--workdir", "run"] + [f"--config.{o}" for o in overrides]
+    capsys.readouterr()
+    for extra, message in ((["--config.train.total_steps=6"], "train.total_steps=6, but the run in"),
+                           (["--config.model.embed_dim=32"], "checkpoints/4: 'params/")):
+        assert dispatcher.main(argv + extra) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("infinity-jax train: error: ") and message in err and err.count("\n") == 1, err
 
 
 def test_mismatched_vae_bits_raise_a_clear_error(shapes_data, tmp_path):
@@ -96,6 +107,24 @@ def test_a_bad_config_or_override_is_a_usage_error_not_a_traceback(tmp_path, cap
         assert dispatcher.main([command] + argv + ["--workdir", str(tmp_path)]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"infinity-jax {command}: error: ") and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.global_batch=0", "train.global_batch=0: expected an integer >= 1"),
+    ("parallel.rules='xyz'", "parallel.rules='xyz': expected one of ['dp', 'fsdp', 'fsdp_tp']"),
+    ("train.grad_accum=3", "train.global_batch=8: expected a multiple of process_count (1) x train.grad_accum (3)"),
+])
+def test_bad_training_settings_are_one_line_before_any_set_up(tmp_path, capsys, monkeypatch, override, message):
+    """Checked before the VAE, text encoder or data are built (they took ~12 s to a traceback before)."""
+    from infinity_jax import cli as dispatcher
+    monkeypatch.setattr(cli, "build_vae", lambda cfg: pytest.fail("built the VAE with a bad config"))
+    for command in ("train", "train-tokenizer"):
+        config = "shapes:tiny" if command == "train" else "tokenizer_shapes:tiny"
+        argv = [command, "--config", config, "--workdir", str(tmp_path), f"--config.{override}"]
+        assert dispatcher.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err == f"infinity-jax {command}: error: {message}\n", err
+    assert not os.listdir(tmp_path)
 
 
 def test_shapes_batch_argument_keeps_the_peak_lr():

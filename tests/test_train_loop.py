@@ -2,6 +2,7 @@
 sharding by config, resume/kill/preemption, NaN stop, metrics files, hooks, throughput maths."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,8 +15,9 @@ from flax import linen as nn
 from jax.sharding import PartitionSpec as P
 
 from infinity_jax.checkpoint import Checkpointer
-from infinity_jax.train import distributed, loop, metrics
-from tests.train_helpers import EMBED, MLP, STEPS, VOCAB, TokenData, make_fns, run, xla_flags
+from infinity_jax.errors import UsageError
+from infinity_jax.train import distributed, loop, metrics, optim
+from tests.train_helpers import EMBED, MLP, STEPS, VOCAB, TokenData, make_fns, run, tiny_config, xla_flags
 from tests.train_helpers import compile_cache, reference_run  # noqa: F401 (fixtures)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -203,6 +205,113 @@ def test_nan_loss_stops_at_its_step_and_saves_nothing_after_the_last_good_checkp
     assert err.value.step == 3 and err.value.last_checkpoint == 2
     with Checkpointer(tmp_path / "checkpoints") as ck:
         assert ck.all_steps() == [2]
+
+
+@needs8
+def test_a_restart_keeps_one_metrics_row_per_step_the_lr_schedule_and_the_last_train_loss(sharded_runs, tmp_path):
+    """A run that logged steps 5-6 but lost their checkpoint (killed before it completed) restarts at step 4: it
+    says so (start_step), redoes 5-6 with the uninterrupted run's lr and losses, and metrics.jsonl holds each step
+    once. Rerunning the finished run runs nothing and still reports its last train loss."""
+    first = run(tmp_path, every=2)  # checkpoints at 4 and 6 (keep 2)
+    assert first.start_step == 0 and first.train_loss == first.history[-1]["loss"]  # log_every 1: a 1-step window
+    shutil.rmtree(tmp_path / "checkpoints" / "6")
+    res = run(tmp_path, every=2)
+    assert res.start_step == 4 and [r["step"] for r in res.history] == [5, 6]
+    ref = sharded_runs["dp"].history  # the same config, uninterrupted
+    rows = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))  # 5 and 6 once, not twice
+    for key in ("lr", "loss"):
+        assert [r[key] for r in rows] == [r[key] for r in ref], key  # steps 1-4 from the first call, 5-6 redone
+        assert [r[key] for r in res.history] == [r[key] for r in ref[4:]], key
+    assert "compile_time_s" in rows[0] and "compile_time_s" in rows[4]  # in each call's first row, not a row of its own
+    again = run(tmp_path, every=2)  # finished: nothing to run, the summary keeps the last loss
+    assert again.start_step == 6 and again.history == [] and again.train_loss == res.train_loss == rows[-1]["loss"]
+    assert metrics.read_jsonl(str(tmp_path / "metrics.jsonl")) == rows
+
+
+@needs8
+def test_resuming_with_another_lr_schedule_or_model_shape_is_refused_unless_rescheduled(sharded_runs, tmp_path):
+    """A larger train.total_steps would bend the lr schedule of a resumed run (back up, for a finished one): refused
+    in one line unless train.reschedule=True, which recomputes it for the new total. Params of another shape:
+    refused naming the first one, by preflight (what the commands call before their slow set-up) as by the loop."""
+    run(tmp_path, every=3)  # finished at step 6, checkpoints 3 and 6
+    init_params, loss_fn = make_fns()
+
+    def train(cfg, init=init_params):
+        return loop.run_training(cfg, str(tmp_path), init_params=init, loss_fn=loss_fn, data=TokenData(16))
+
+    cfg = tiny_config(8, every=3)
+    with pytest.raises(UsageError, match=r"^train.total_steps=8, but the run in .* \(checkpoint at step 6\) has 6: "
+                                         r"its lr schedule would change mid-run; .*--config.train.reschedule=True"):
+        train(cfg)
+    cfg.optim.base_lr = 0.1
+    with pytest.raises(UsageError, match=r"new train.total_steps, optim.base_lr, add"):
+        loop.preflight(cfg, str(tmp_path), init_params)
+
+    def wider(rng):  # one param of another shape (as after a model config change)
+        params = dict(init_params(rng))
+        params["head"] = dict(params["head"], bias=nn.LogicallyPartitioned(jax.numpy.zeros(VOCAB + 1), ("vocab",)))
+        return params
+
+    shape_error = r"checkpoints/6: 'params/head/bias' has shape \(32,\) there, the config's model gives \(33,\)"
+    with pytest.raises(UsageError, match=shape_error):
+        loop.preflight(tiny_config(STEPS, every=3), str(tmp_path), wider)
+    with pytest.raises(UsageError, match=shape_error):
+        train(tiny_config(STEPS, every=3), wider)
+
+    cfg = tiny_config(8, every=3)
+    cfg.train.reschedule = True
+    res = train(cfg)
+    assert res.start_step == 6 and [r["step"] for r in res.history] == [7, 8]
+    lr8 = optim.lr_schedule(0.05 * 16 / 256, 8, 1, "lin0", warmup_init=0.005, final_frac=0.3)
+    np.testing.assert_allclose([r["lr"] for r in res.history], [float(lr8(6)), float(lr8(7))], rtol=1e-6)
+    assert res.history[0]["lr"] > sharded_runs["dp"].history[-1]["lr"]  # stretched: up from where 6 steps ended
+    assert loop.preflight(cfg, str(tmp_path), init_params) == 8  # the checkpoint records the new schedule
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("train.total_steps", 0, "train.total_steps=0: expected an integer >= 1"),
+    ("train.global_batch", 0, "train.global_batch=0: expected an integer >= 1"),
+    ("train.grad_accum", 3, "train.global_batch=16: expected a multiple of process_count (1) x train.grad_accum (3)"),
+    ("train.global_batch", 12, "train.global_batch=12: expected a multiple of the mesh's data x fsdp = 8 devices"),
+    ("train.compute_dtype", "fp16", "train.compute_dtype='fp16': expected one of ('float32', 'bfloat16', 'float16')"),
+    ("train.log_every", 0, "train.log_every=0: expected an integer >= 1"),
+    ("train.time_limit_s", -1.0, "train.time_limit_s=-1.0: expected a number >= 0.0"),
+    ("optim.schedule", "step", "optim.schedule='step': expected one of ('lin0', 'lin00', 'cos', 'const')"),
+    ("optim.warmup_steps", -2, "optim.warmup_steps=-2: expected an integer >= -1"),
+    ("optim.b2", 1.0, "optim.b2=1.0: expected a number >= 0.0 and < 1.0"),
+    ("optim.base_lr", float("nan"), "optim.base_lr=nan: expected a number >= 0.0"),
+    ("parallel.rules", "xyz", "parallel.rules='xyz': expected one of ['dp', 'fsdp', 'fsdp_tp']"),
+    ("parallel.fsdp", 3, "parallel.fsdp=3 x parallel.tensor=1: expected a divisor of the 8 devices"),
+    ("parallel.data", 2, "parallel.data=2 x fsdp=1 x tensor=1 = 2: expected the 8 devices"),
+    ("checkpoint.keep", 0, "checkpoint.keep=0: expected an integer >= 1"),
+])
+@needs8
+def test_bad_training_settings_are_one_line_usage_errors_before_anything_is_built(tmp_path, key, value, message):
+    cfg = tiny_config(STEPS)
+    section, name = key.split(".")
+    cfg[section][name] = value
+
+    def init_params(rng):
+        pytest.fail("built the model with a bad config")
+
+    with pytest.raises(UsageError) as err:
+        loop.run_training(cfg, str(tmp_path), init_params=init_params, loss_fn=make_fns()[1], data=TokenData(16))
+    assert str(err.value).startswith(message), str(err.value)
+    assert "\n" not in str(err.value) and not os.listdir(tmp_path)  # nothing written either
+
+
+def test_metrics_writer_keeps_the_rows_up_to_the_start_step(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": float(s)}) + "\n" for s in range(1, 5)) + '{"step": 5, "lo')
+    w = metrics.MetricsWriter(str(tmp_path), enabled=True, tensorboard=False, start_step=3)
+    assert w.last("loss") == 3.0 and w.last("lr") is None
+    w.write(4, {"loss": 0.5})
+    w.close()
+    assert [(r["step"], r["loss"]) for r in metrics.read_jsonl(str(path))] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 0.5)]
+    metrics.MetricsWriter(str(tmp_path), enabled=True, tensorboard=False, start_step=0).close()  # a fresh run
+    assert path.read_text() == ""
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]  # rewritten in place (no temporary left)
 
 
 def test_throughput_and_mfu_arithmetic():

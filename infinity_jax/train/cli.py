@@ -3,10 +3,15 @@
 Builds, from one config (e.g. configs/shapes.py): the data pipeline (images + tokenized captions),
 the frozen BSQ-VAE and T5 text encoder (arguments of the jitted step, sharded by their logical
 axes), the transformer, and runs infinity_jax.train.loop.run_training. Rerunning the same command
-resumes from DIR/checkpoints. At the end it computes a validation loss on held-out batches
-(teacher forcing, no flips, no text dropout) and writes DIR/final.json atomically:
-  {"step", "train_loss", "val_loss", "val_loss_other_text", "params", "flops_total", "tokens_total", "config"}
-(val_loss_other_text: the validation images with the captions of other examples).
+resumes from DIR/checkpoints (it refuses, in one line, a checkpoint of another model shape, and one whose
+lr schedule the config changes, e.g. a larger train.total_steps, unless --config.train.reschedule=True:
+see train/loop.py). The config is checked before anything is built. At the end it computes a validation
+loss on held-out batches (teacher forcing, no flips, no text dropout) and writes DIR/final.json atomically:
+  {"step", "start_step", "stopped", "train_loss", "val_loss", "val_loss_other_text", "params", "flops_total",
+   "tokens_total", "config"}
+(start_step: where this call started, > 0 after a resume; train_loss: the mean loss of the last logging
+window, as in metrics.jsonl, kept when a rerun has no step left to run; val_loss_other_text: the validation
+images with the captions of other examples).
 Every cfg.sample.every steps a grid of cfg.sample.prompts goes to DIR/samples/step_XXXXXXX.png.
 Multi-host: jax.distributed is initialised from the environment (TPU auto-detect, or
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID); only process 0 writes files.
@@ -209,6 +214,8 @@ def run(cfg, workdir: str) -> dict:
     schedule = schedule_from_config(cfg)
     mcfg = T.InfinityConfig.from_dict(cfg.model)
     model = T.Infinity(mcfg)
+    init_params = functools.partial(T.init_params, mcfg)
+    loop.preflight(cfg, workdir, init_params)  # bad settings or a checkpoint it cannot resume: one line, now
     vae, vcfg, vae_params = build_vae(cfg)
     latent_hw = (int(cfg.data.image_size) // int(vcfg.patch_size),) * 2 if cfg.data.get("image_size") else None
     schedules.validate(schedule, latent_hw)
@@ -228,12 +235,11 @@ def run(cfg, workdir: str) -> dict:
     hooks = []
     if cfg.get("sample") and int(cfg.sample.get("every", 0)) > 0 and cfg.sample.prompts:
         hooks.append(sample_grid_hook(cfg, mcfg, schedule, vae, t5_cfg, tokenizer, mesh))
-    result = loop.run_training(cfg, workdir, init_params=lambda k: T.init_params(mcfg, k), loss_fn=loss_fn,
+    result = loop.run_training(cfg, workdir, init_params=init_params, loss_fn=loss_fn,
                                data=data, frozen=frozen, flops_per_step=flops_example * cfg.train.global_batch,
                                tokens_per_example=schedules.num_tokens(schedule), hooks=hooks, mesh=mesh)
     step = int(jax.device_get(result.state.step))
-    final = {"step": step, "stopped": result.stopped,
-             "train_loss": result.history[-1]["loss"] if result.history else None,
+    final = {"step": step, "start_step": result.start_step, "stopped": result.stopped, "train_loss": result.train_loss,
              "params": n_params, "flops_total": flops_example * cfg.train.global_batch * step,
              "tokens_total": schedules.num_tokens(schedule) * cfg.train.global_batch * step,
              "config": json.loads(config_util.to_json(cfg))}

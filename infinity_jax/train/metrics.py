@@ -185,16 +185,32 @@ def read_events(path: str) -> list[tuple[int, dict[str, float]]]:
 # ------------------------------------------------------------------ the writer the loop uses
 class MetricsWriter:
     """JSONL (`workdir/metrics.jsonl`, one object per logged step) + TensorBoard (`workdir/tb`).
-    Process 0 only; elsewhere every method is a no-op."""
+    Process 0 only; elsewhere every method is a no-op (and last() reads nothing).
 
-    def __init__(self, workdir: str, enabled: bool | None = None, tensorboard: bool = True):
+    start_step: the step the run starts from. The file keeps the rows of steps up to it and loses those after
+    (steps a restarted run redoes, logged before the crash that lost their checkpoint), rewritten atomically, so
+    it holds one row per step; 0 empties it (a fresh run). None: append to the file as it is."""
+
+    def __init__(self, workdir: str, enabled: bool | None = None, tensorboard: bool = True,
+                 start_step: int | None = None):
         self.workdir = workdir
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
         self._jsonl = self._tb = None
+        self._kept: list[dict] = []
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            if start_step is not None:
+                self._kept = truncate_jsonl(self.path, start_step)
+            self._jsonl = open(self.path, "a")
             self._tb = EventWriter(os.path.join(workdir, "tb")) if tensorboard else None
+
+    def last(self, key: str) -> float | None:
+        """The value of `key` in the last row that has it among those kept from an earlier call (start_step)."""
+        for row in reversed(self._kept):
+            if key in row:
+                return row[key]
+        return None
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         if not self.enabled:
@@ -210,6 +226,33 @@ class MetricsWriter:
             self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _parse_rows(lines) -> list[dict]:
+    """The rows of a metrics.jsonl; a line cut short (a process killed mid-write) or without a step is skipped."""
+    rows = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    return rows
+
+
+def truncate_jsonl(path: str, last_step: int) -> list[dict]:
+    """Keeps the rows of `path` up to step `last_step` (none when it is 0), rewriting the file atomically when
+    that drops any; returns the rows kept."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    kept = [r for r in _parse_rows(lines) if 0 < last_step and r["step"] <= last_step]
+    if len(kept) != len(lines):
+        from infinity_jax.convert.common import atomic_write
+        atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept).encode()))
+    return kept
 
 
 def read_jsonl(path: str) -> list[dict]:

@@ -103,15 +103,32 @@ def decay_mask(params, no_decay_keys: Sequence[str] = NO_DECAY_KEYS):
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def warmup_steps(cfg, total_steps: int) -> int:
+    """The warm-up length a run uses: optim.warmup_steps (-1: 1% of total_steps, the official default), shortened
+    to total_steps - 1 when the run is not longer than it (a few-step smoke run of a config meant for more
+    steps), so that the last update still reaches the peak lr and the schedule stays valid."""
+    warmup = int(cfg.warmup_steps) if cfg.warmup_steps >= 0 else round(total_steps / 100)
+    return max(min(warmup, total_steps - 1), 0)
+
+
+def schedule_settings(config) -> dict[str, Any]:
+    """What the lr schedule of a run config (train + optim sections) depends on, by config key (warm-up as
+    resolved by warmup_steps()); a resumed run compares its own with its checkpoint's (train/loop.py)."""
+    t, o = config.train, config.optim
+    return {"train.total_steps": int(t.total_steps), "train.global_batch": int(t.global_batch),
+            "optim.base_lr": float(o.base_lr), "optim.schedule": str(o.schedule),
+            "optim.warmup_steps": warmup_steps(o, int(t.total_steps)), "optim.warmup_init": float(o.warmup_init),
+            "optim.final_frac": float(o.final_frac)}
+
+
 def make_optimizer(cfg, total_steps: int, global_batch: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """(tx, schedule) from an optim config (see configs/train_defaults.py):
 
     base_lr, b1, b2, eps, weight_decay, grad_clip (<= 0: off), schedule, warmup_steps (-1: 1% of
-    total, the official default), warmup_init, final_frac, no_decay_keys (optional).
-    Clipping happens first, on the global norm of the full (accumulated) gradient.
+    total, the official default; at most total_steps - 1, see warmup_steps()), warmup_init, final_frac,
+    no_decay_keys (optional). Clipping happens first, on the global norm of the full (accumulated) gradient.
     """
-    warmup = cfg.warmup_steps if cfg.warmup_steps >= 0 else round(total_steps / 100)
-    schedule = lr_schedule(peak_learning_rate(cfg.base_lr, global_batch), total_steps, warmup,
+    schedule = lr_schedule(peak_learning_rate(cfg.base_lr, global_batch), total_steps, warmup_steps(cfg, total_steps),
                            kind=cfg.schedule, warmup_init=cfg.warmup_init, final_frac=cfg.final_frac)
     keys = tuple(cfg.get("no_decay_keys", NO_DECAY_KEYS))
     parts = []

@@ -3,7 +3,8 @@
 Builds, from one config (e.g. configs/tokenizer_shapes.py): the image pipeline, the BSQ-VAE
 (cfg.vae, a configs/bsq_vae.py-style dict), the loss of infinity_jax.train.tokenizer_step
 (cfg.loss), and runs infinity_jax.train.loop.run_training (sharding, AdamW, checkpoints in
-DIR/checkpoints, resume, metrics in DIR/metrics.jsonl). Rerunning the command resumes.
+DIR/checkpoints, resume, metrics in DIR/metrics.jsonl). Rerunning the command resumes (the same checks
+as `train`: the config first, then a checkpoint's lr schedule and shapes; see train/loop.py).
 cfg.init.vae_params (optional): start from these VAE params (our .npz/.msgpack, or an official .pth).
 cfg.loss.lpips_weights (with loss.perceptual_weight > 0): the LPIPS network's local weight files,
 'VGG16.pth,LIN.pth' or our .npz (infinity_jax/convert/lpips.py), read once at start.
@@ -13,11 +14,11 @@ When the run completes, process 0 writes (atomically):
                         ('/'-joined keys, infinity_jax.convert.common.save_params); the
                         transformer's `vae.params`, and `convert-vae --to-torch` exports it
   DIR/vae_config.json   the VAE config (the transformer's `vae.config`)
-  DIR/final.json        {"step", "train_loss", "recon": {mse, psnr, l1} of held-out images through
-                        the inference path (tokenize -> decode_bits), and their lpips when
-                        loss.perceptual_weight > 0, "shapes_eval": the shapes
-                        evaluator's scores of the reconstructions and of the originals (shapes
-                        data only), "config"}
+  DIR/final.json        {"step", "start_step", "stopped", "train_loss" (as in `train`), "recon": {mse,
+                        psnr, l1} of held-out images through the inference path (tokenize ->
+                        decode_bits), and their lpips when loss.perceptual_weight > 0, "shapes_eval":
+                        the shapes evaluator's scores of the reconstructions and of the originals
+                        (shapes data only), "config"}
 """
 from __future__ import annotations
 
@@ -177,15 +178,17 @@ def run(cfg, workdir: str, until_step: int | None = None, mesh=None) -> dict:
 
     distributed.initialize_distributed()
     vae, schedule, options = build(cfg)
+    init_params = make_init(cfg, vae, options)
+    loop.preflight(cfg, workdir, init_params, mesh)  # bad settings or a checkpoint it cannot resume: one line, now
     loss_fn = ts.make_loss_fn(vae, schedule, options)
     frozen = ts.load_frozen(options)  # LPIPS weights, read once (not checkpointed)
-    result = loop.run_training(cfg, workdir, init_params=make_init(cfg, vae, options), loss_fn=loss_fn,
+    result = loop.run_training(cfg, workdir, init_params=init_params, loss_fn=loss_fn,
                                data=build_data(cfg),
                                tokens_per_example=schedules.num_tokens(schedule), until_step=until_step,
                                mesh=mesh, frozen=frozen)
     step = int(jax.device_get(result.state.step))
     final = {"step": step, "stopped": result.stopped, "start_step": result.start_step,
-             "train_loss": result.history[-1]["loss"] if result.history else None,
+             "train_loss": result.train_loss,
              "config": json.loads(config_util.to_json(cfg))}
     if result.stopped not in loop.FINISHED:
         return final
