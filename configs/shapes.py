@@ -105,9 +105,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # loss: official self-correction and CFG dropout (the StepOptions defaults)
     c.step = ml_collections.ConfigDict(dataclasses.asdict(StepOptions()))
 
-    c.sample = sp = ml_collections.ConfigDict()  # periodic sample grids of fixed prompts (0: off)
+    # sampling: the periodic grids of fixed prompts during training (every 0: off), and the defaults of
+    # `infinity-jax sample` for this run: the settings the demo was tuned with (demo.SAMPLE_CFG / _TAU)
+    c.sample = sp = ml_collections.ConfigDict()
     sp.every = 2 if tiny else 500
-    sp.cfg = 3.0
+    sp.cfg = 1.5
+    sp.tau = 0.2
+    sp.top_k = 900
+    sp.top_p = 0.97
     sp.prompts = ("a photo of a red circle", "a photo of two squares", "a photo of a blue triangle left of a circle",
                   "a photo of a yellow square and a purple circle")
 
