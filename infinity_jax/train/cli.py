@@ -176,8 +176,9 @@ def _params_digest(params) -> str:
 
 
 def sample_grid_hook(cfg, mcfg, schedule, vae, t5_cfg, tokenizer, mesh):
-    """A loop Hook: every cfg.sample.every steps, images for cfg.sample.prompts (fixed seeds, CFG)
-    from the current (EMA if kept) params, saved as WORKDIR/samples/step_XXXXXXX.png."""
+    """A loop Hook: every cfg.sample.every steps, images for cfg.sample.prompts (fixed seeds; cfg, tau,
+    top_k, top_p from cfg.sample, else the official defaults) from the current (EMA if kept) params,
+    saved as WORKDIR/samples/step_XXXXXXX.png."""
     from infinity_jax import plots, sample
     from infinity_jax.text.encoder import encode_tokens
     from infinity_jax.train.loop import Hook
@@ -189,7 +190,9 @@ def sample_grid_hook(cfg, mcfg, schedule, vae, t5_cfg, tokenizer, mesh):
     ids, mask = tokenizer(prompts_padded, length=int(cfg.text.max_length))
     encode = jax.jit(functools.partial(encode_tokens, t5_cfg))
     seeds = np.arange(len(prompts_padded), dtype=np.int64)
-    sp = sample.sampling_params(len(schedule), cfg=float(s.cfg), tau=1.0)
+    sp = sample.sampling_params(len(schedule), cfg=s.get("cfg", sample.DEFAULT_CFG),
+                                tau=s.get("tau", sample.DEFAULT_TAU), top_k=int(s.get("top_k", sample.DEFAULT_TOP_K)),
+                                top_p=float(s.get("top_p", sample.DEFAULT_TOP_P)))
 
     def fn(step, state, writer):
         feats = encode(state.frozen["t5"], ids, mask)
