@@ -9,6 +9,7 @@ raises (bad input, named in the message) is printed as one line with exit status
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 from infinity_jax import __version__
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"infinity-jax {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
+    # jax logs its failed probe for a TPU runtime at INFO ("Unable to initialize backend 'tpu'"), which the
+    # commands' INFO logging would print on every CPU or GPU machine: keep jax's backend probing to warnings
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     if name not in COMMANDS:
         print(f"infinity-jax: unknown command {name!r}; expected one of {sorted(COMMANDS)}\n\n{_usage()}",
               file=sys.stderr)

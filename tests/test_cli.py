@@ -1,6 +1,8 @@
 """The `infinity-jax` dispatcher: bad input is one line naming it (exit status 2), not a traceback."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from infinity_jax import cli
@@ -29,3 +31,15 @@ def test_other_exceptions_keep_their_traceback(monkeypatch):
     monkeypatch.setitem(cli.COMMANDS, "broken", ("broken_command", "main", "raises"))
     with pytest.raises(ZeroDivisionError):
         cli.main(["broken"])
+
+
+def test_no_tpu_probe_noise_on_a_cpu_machine(tmp_path):
+    """jax's INFO line about a missing TPU runtime does not reach a command's output on CPU/GPU."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "infinity_jax", "train", "--config", "configs/shapes.py:tiny",
+                        "--workdir", str(tmp_path / "run"), f"--config.data.path={str(tmp_path / 'none')!r}"],
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    assert "Unable to initialize backend" not in r.stderr, r.stderr
