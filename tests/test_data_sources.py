@@ -118,9 +118,11 @@ def test_image_folder_reads_txt_jsonl_and_csv_captions(tmp_path):
         assert [r[0] for r in runs] == sorted(r[0] for r in runs) and sum(r[2] for r in runs) == 6
 
 
-def test_shapes_builder_stores_png_caption_and_spec(tmp_path):
+def test_shapes_builder_stores_png_caption_and_spec(tmp_path, capsys):
     from infinity_jax.data import shapes
     path = sources.prepare("shapes", str(tmp_path / "out"), num_examples=12, image_size=48, seed=5, progress=False)
+    out = capsys.readouterr().out
+    assert "Downloading" not in out and "downloaded and prepared" not in out  # nothing is downloaded
     recs, info = _records(path)
     assert len(recs) == 12 and info.metadata["templates"] == [[1.0, 0, 12]]
     for k, r in enumerate(recs):

@@ -140,6 +140,14 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self._skips = SkipCounter(f"prepare {self.name}", log_every)
         super().__init__(data_dir=data_dir, file_format="array_record", **kwargs)
 
+    # tfds prints "Downloading and preparing dataset Unknown size ..." and "... downloaded and prepared"
+    # for every build; nothing is downloaded here, and `data prepare` reports what it wrote itself
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
     def _info(self) -> tfds.core.DatasetInfo:
         # disable_shuffling: records stay in key order, i.e. sorted by template (see module doc).
         return tfds.core.DatasetInfo(builder=self, description=self.DESCRIPTION, features=_features(),
