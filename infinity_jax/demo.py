@@ -51,6 +51,9 @@ CALIBRATION_STEPS = 10  # per timing window (two windows); with 5 the plan was o
 # guidance); four demo runs of 2026-12-01 (480 prompts), tau 0.5 -> 0.2 at CFG 1.5: 0.596 -> 0.627,
 # 0.800 -> 0.804, 0.598 -> 0.675, 0.713 -> 0.765 (tau 0.1 and CFG 2 or 3 no better)
 SAMPLE_CFG, SAMPLE_TAU = "1.5", "0.2"
+# the text stage has a fixed step count, not a share of --minutes: 145 s for 2,400 steps on the slower
+# 2-core development machine (README, "Text encoder"); with a minute for the rest, the least budget to take
+TEXT_SECONDS_PER_STEP, MIN_MINUTES_BESIDE_TEXT = 145 / 2400, 1.0
 
 
 def _stage_header(name: str, minutes: float | None = None):
@@ -322,8 +325,10 @@ def main(argv: list[str]) -> int:
     from infinity_jax.text import pretrain
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
-    ap = argparse.ArgumentParser(prog="infinity-jax demo", description=__doc__.split("\n")[0])
-    ap.add_argument("--workdir", default="runs/demo")
+    ap = argparse.ArgumentParser(prog="infinity-jax demo", description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--workdir", default="runs/demo", help="folder of every stage's run, the samples and the "
+                    "report (a rerun resumes what is there)")
     ap.add_argument("--minutes", type=float, default=20.0, help="time budget for the whole demo")
     ap.add_argument("--num-examples", type=int, default=20000, help="shapes training images")
     ap.add_argument("--num-prompts", type=int, default=120, help="held-out prompts to sample and score")
@@ -338,7 +343,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--model-arg", default="", help="configs/shapes.py argument, e.g. layers=4,width=128")
     ap.add_argument("--cfg", default=SAMPLE_CFG, help="CFG scale: a number or one per scale 'a,b,...'")
     ap.add_argument("--tau", default=SAMPLE_TAU, help="sampling temperature: a number or one per scale 'a,b,...'")
-    ap.add_argument("--top-p", type=float, default=0.97)
+    ap.add_argument("--top-p", type=float, default=0.97, help="per-bit top-p of the held-out samples (0: off)")
     ap.add_argument("--text-steps", type=int, default=pretrain.DEFAULT_STEPS,
                     help="pretraining steps of the text encoder on the captions; 0: a random frozen T5")
     ap.add_argument("--tokenizer-share", type=float, default=TOKENIZER_SHARE,
@@ -346,11 +351,16 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--tokenizer-steps", type=int, default=None, help="train the tokenizer this many steps "
                     "(default: as many as fit its share of --minutes)")
     ap.add_argument("--transformer-steps", type=int, default=None, help="likewise for the transformer")
-    ap.add_argument("--min-steps", type=int, default=20)
-    ap.add_argument("--max-steps", type=int, default=20000)
+    ap.add_argument("--min-steps", type=int, default=20, help="fewest steps a calibrated stage is planned for")
+    ap.add_argument("--max-steps", type=int, default=20000, help="most steps a calibrated stage is planned for")
     args = ap.parse_args(argv)
     if args.minutes <= 0:
         ap.error(f"--minutes {args.minutes}: expected a positive budget")
+    least = max(args.text_steps, 0) * TEXT_SECONDS_PER_STEP / 60 + MIN_MINUTES_BESIDE_TEXT
+    if args.minutes < least:
+        ap.error(f"--minutes {args.minutes}: the text stage alone (--text-steps {args.text_steps}) takes about "
+                 f"{args.text_steps * TEXT_SECONDS_PER_STEP / 60:.1f} min on a 2-core CPU; expected at least "
+                 f"{least:.1f}, or fewer --text-steps")
     if not 0 < args.tokenizer_share < 1:
         ap.error(f"--tokenizer-share {args.tokenizer_share}: expected a fraction between 0 and 1")
     for spec in (f"tokenizer_shapes:{args.tokenizer_arg}", f"shapes:{args.model_arg}"):

@@ -141,7 +141,8 @@ def test_plan_steps_fits_the_budget_asked_after_calibration_and_keeps_the_plan(t
     assert calls == [10]  # resumed: no second calibration
 
 
-@pytest.mark.parametrize("flag,value", [("--minutes", "0"), ("--tokenizer-share", "1.5"), ("--tokenizer-share", "0")])
+@pytest.mark.parametrize("flag,value", [("--minutes", "0"), ("--minutes", "0.5"), ("--tokenizer-share", "1.5"),
+                                        ("--tokenizer-share", "0")])
 def test_demo_refuses_a_bad_budget_naming_the_value(flag, value, tmp_path, capsys):
     with pytest.raises(SystemExit):
         demo.main(["--workdir", str(tmp_path / "demo"), flag, value])
