@@ -14,24 +14,27 @@ v5litepod-N and v6e-N count chips.
 
 The per-device batches are NOT measured (no TPU or GPU was at hand): each is half the largest power
 of two that `estimate_memory_gib` puts under 90 % of the device memory (bf16 compute, fp32 params +
-AdamW, full remat, the model's materialised fp32 attention logits) at the preset's intended model
-and square images at its pixel budget, at most 64. Treat them as starting points and measure with
-`infinity-jax bench train` on the real slice; tests/test_zoo_configs.py keeps the table and the rule
-in step. Columns: est GiB = the estimate at that batch; rule = the rule's batch.
+AdamW, full remat, attention without an L x L matrix; see `step_bytes`) at the preset's intended
+model and square images at its pixel budget, at most 64. The estimate's bare sum is checked against
+XLA's memory analysis of the compiled step for small models on (simulated) CPU devices
+(tests/test_memory_estimate.py); treat the batches as starting points and measure with
+`infinity-jax bench train --memory` (compile only) or `infinity-jax bench train` on the real slice.
+tests/test_zoo_configs.py keeps the table and the rule in step. Columns: est GiB = the estimate at
+that batch; rule = the rule's batch.
 
   preset       chips x kind   rules    data x fsdp x tensor  model             pn     batch/dev  global  est GiB  rule
-  h100x8-dp    8 x h100       dp       8 x 1 x 1             layer12           0.06M  64         512     10.3     64
-  h100x8-fsdp  8 x h100       fsdp     1 x 8 x 1             2b                0.06M  64         512     24.4     64
-  h100x8-tp    8 x h100       fsdp_tp  1 x 4 x 2             8b                0.06M  64         256     42.3     64
-  v4-32        16 x v4        fsdp     2 x 8 x 1             layer24           0.06M  32         512     10.8     32
-  v4-128       64 x v4        fsdp     4 x 16 x 1            2b                0.06M  32         2048    12.7     32
-  v5e-64       64 x v5e       fsdp     4 x 16 x 1            2b                0.06M  16         1024    8.1      16
-  v5e-256      256 x v5e      fsdp_tp  8 x 8 x 4             8b                0.06M  16         1024    9.8      16
-  v5p-128      64 x v5p       fsdp     4 x 16 x 1            2b                0.25M  8          512     26.2     8
-  v5p-512      256 x v5p      fsdp_tp  8 x 16 x 2            8b                0.25M  8          1024    29.4     8
-  v5p-1024     512 x v5p      fsdp_tp  8 x 16 x 4            20b               0.25M  8          1024    29.7     8
-  v6e-64       64 x v6e       fsdp     4 x 16 x 1            2b                0.06M  32         2048    12.7     32
-  v6e-256      256 x v6e      fsdp_tp  16 x 8 x 2            8b                0.06M  16         2048    16.0     16
+  h100x8-dp    8 x h100       dp       8 x 1 x 1             layer12           0.06M  64         512     10.8     64
+  h100x8-fsdp  8 x h100       fsdp     1 x 8 x 1             2b                0.06M  64         512     32.2     64
+  h100x8-tp    8 x h100       fsdp_tp  1 x 4 x 2             8b                0.06M  32         128     42.7     32
+  v4-32        16 x v4        fsdp     2 x 8 x 1             layer24           0.06M  32         512     12.1     32
+  v4-128       64 x v4        fsdp     4 x 16 x 1            2b                0.06M  16         1024    10.3     16
+  v5e-64       64 x v5e       fsdp     4 x 16 x 1            2b                0.06M  8          512     7.1      8
+  v5e-256      256 x v5e      fsdp_tp  8 x 8 x 4             8b                0.06M  4          256     8.7      4
+  v5p-128      64 x v5p       fsdp     4 x 16 x 1            2b                0.25M  16         1024    34.5     16
+  v5p-512      256 x v5p      fsdp_tp  8 x 16 x 2            8b                0.25M  8          1024    31.0     8
+  v5p-1024     512 x v5p      fsdp_tp  8 x 16 x 4            20b               0.25M  8          1024    43.4     8
+  v6e-64       64 x v6e       fsdp     4 x 16 x 1            2b                0.06M  16         1024    10.3     16
+  v6e-256      256 x v6e      fsdp_tp  16 x 8 x 2            8b                0.06M  8          1024    16.9     8
 """
 from __future__ import annotations
 
@@ -86,16 +89,16 @@ _P = MeshPreset
 PRESETS: dict[str, MeshPreset] = {p.name: p for p in (
     _P("h100x8-dp", "h100", "1 node, 8xH100", "dp", 8, 1, 1, 64, "infinity_layer12", "0.06M"),
     _P("h100x8-fsdp", "h100", "1 node, 8xH100", "fsdp", 1, 8, 1, 64, "infinity_2b", "0.06M"),
-    _P("h100x8-tp", "h100", "1 node, 8xH100", "fsdp_tp", 1, 4, 2, 64, "infinity_8b", "0.06M"),
+    _P("h100x8-tp", "h100", "1 node, 8xH100", "fsdp_tp", 1, 4, 2, 32, "infinity_8b", "0.06M"),
     _P("v4-32", "v4", "v4-32 (16 chips)", "fsdp", 2, 8, 1, 32, "infinity_layer24", "0.06M"),
-    _P("v4-128", "v4", "v4-128 (64 chips)", "fsdp", 4, 16, 1, 32, "infinity_2b", "0.06M"),
-    _P("v5e-64", "v5e", "v5litepod-64 (64 chips)", "fsdp", 4, 16, 1, 16, "infinity_2b", "0.06M"),
-    _P("v5e-256", "v5e", "v5litepod-256 (256 chips)", "fsdp_tp", 8, 8, 4, 16, "infinity_8b", "0.06M"),
-    _P("v5p-128", "v5p", "v5p-128 (64 chips)", "fsdp", 4, 16, 1, 8, "infinity_2b", "0.25M"),
+    _P("v4-128", "v4", "v4-128 (64 chips)", "fsdp", 4, 16, 1, 16, "infinity_2b", "0.06M"),
+    _P("v5e-64", "v5e", "v5litepod-64 (64 chips)", "fsdp", 4, 16, 1, 8, "infinity_2b", "0.06M"),
+    _P("v5e-256", "v5e", "v5litepod-256 (256 chips)", "fsdp_tp", 8, 8, 4, 4, "infinity_8b", "0.06M"),
+    _P("v5p-128", "v5p", "v5p-128 (64 chips)", "fsdp", 4, 16, 1, 16, "infinity_2b", "0.25M"),
     _P("v5p-512", "v5p", "v5p-512 (256 chips)", "fsdp_tp", 8, 16, 2, 8, "infinity_8b", "0.25M"),
     _P("v5p-1024", "v5p", "v5p-1024 (512 chips)", "fsdp_tp", 8, 16, 4, 8, "infinity_20b", "0.25M"),
-    _P("v6e-64", "v6e", "v6e-64 (64 chips)", "fsdp", 4, 16, 1, 32, "infinity_2b", "0.06M"),
-    _P("v6e-256", "v6e", "v6e-256 (256 chips)", "fsdp_tp", 16, 8, 2, 16, "infinity_8b", "0.06M"),
+    _P("v6e-64", "v6e", "v6e-64 (64 chips)", "fsdp", 4, 16, 1, 16, "infinity_2b", "0.06M"),
+    _P("v6e-256", "v6e", "v6e-256 (256 chips)", "fsdp_tp", 16, 8, 2, 8, "infinity_8b", "0.06M"),
 )}
 NAMES = tuple(PRESETS)
 
@@ -115,34 +118,63 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     return c
 
 
-def estimate_memory_gib(*, params: int, depth: int, embed_dim: int, num_heads: int, tokens: int,
-                        per_device_batch: int, rules: str, fsdp: int, tensor: int, bits: int = 32,
-                        text_len: int = 512, remat: str = "full", ema: bool = False) -> float:
-    """Rough peak memory of one training step on one device, in GiB (an estimate, not a measurement).
+# Values per token and channel that one block keeps for its backward pass (remat 'none'), counted
+# from jax's saved residuals (jax.ad_checkpoint.print_saved_residuals, 2 blocks minus 1, width 256,
+# 341 tokens, bf16 compute: ~20 float32 + ~45 bf16): float32 whatever the compute dtype (the residual
+# stream, the norms' centred inputs and statistics, cos-attention's normalised q / k, the attention
+# accumulators), of which the residual stream and norms (~13) are whole on every tensor shard; and
+# in the compute dtype (projection inputs and outputs, attention in / out, the FFN's 4C hidden with
+# the tanh-GELU's five intermediates = 24), split over tensor with the heads / mlp.
+KEPT_F32, KEPT_F32_UNSPLIT, KEPT_COMPUTE = 20, 13, 45
 
-    Weights: fp32 params + grads + AdamW m, v (16 B/param, +4 with EMA), divided over fsdp x tensor
-    (dp: replicated). Activations in bf16 for a per-device batch B over `tokens` L: with full remat
-    each block keeps only its input (depth x B L C); the block being recomputed holds ~24 B L C
-    of projections/MLP, plus fp32 self-attention logits and probabilities with their gradients
-    (4 x B H L^2 x 4 B; our attention materialises them) and cross-attention (4 x B H L T x 4 B),
-    the head-split parts divided over tensor. The bit head keeps fp32 logits (B L 2d x 4 B, x3).
-    +20 % and 1 GiB for XLA buffers and fragmentation.
+
+def step_bytes(*, params: int, depth: int, embed_dim: int, tokens: int, per_device_batch: int, rules: str,
+               fsdp: int, tensor: int, bits: int = 32, text_len: int = 512, remat: str = "full", ema: bool = False,
+               compute_bytes: int = 2) -> float:
+    """Bytes one training step holds at its peak on one device: what XLA's memory analysis of the
+    compiled step counts (arguments + outputs + temporaries - donated), by hand. Not a measurement.
+
+    Weights: fp32 params + AdamW m, v (12 B/param, +4 with EMA) and the fp32 grads (4), divided over
+    fsdp x tensor (dp: replicated), plus the params cast to the compute dtype (bf16: 2 B/param, also
+    divided); under fsdp one block's weights are gathered whole at a time (compute dtype, split
+    over tensor). Activations for a per-device batch B over L = `tokens`, width C: a block keeps
+    ~KEPT_F32 float32 + KEPT_COMPUTE compute-dtype values per token and channel, and its
+    cross-attention keys / values of `text_len` text tokens (the head-split parts divided over
+    tensor). Attention keeps no L x L matrix (model/attention.py: flash / splash / chunked online
+    softmax), only per-row statistics, within those counts. remat 'full' keeps each block's fp32
+    input (depth x 4 B L C) and holds one recomputed block's activations at a time; every other mode
+    is counted as 'none' (all blocks' activations: an upper bound, they recompute a part). Outside
+    the blocks: the embedded tokens and the head's norm (~8 fp32 values per token and channel) and
+    the bit head's fp32 logits, probabilities and their gradient (3 x B L 2d x 4 B).
+
+    tests/test_memory_estimate.py compares it with XLA's figure for small f32 models on CPU: 1.0-1.4x
+    (with scanned blocks; unscanned, XLA's CPU schedule kept as much under 'full' as under 'none').
     """
-    shards = 1 if rules == "dp" else fsdp * (tensor if rules == "fsdp_tp" else 1)
-    weights = params * (20 if ema else 16) / shards
-    B, L, C, H = per_device_batch, tokens, embed_dim, num_heads
     tp = tensor if rules == "fsdp_tp" else 1
-    layer = 2 * 24 * B * L * C / tp + 4 * 4 * B * H * L * (L + text_len) / tp
-    kept = 2 * depth * B * L * C if remat == "full" else depth * layer
-    work = layer if remat == "full" else 0
-    head = 3 * 4 * B * L * 2 * bits
-    return (weights + kept + work + head) * 1.2 / GiB + 1.0
+    shards = 1 if rules == "dp" else fsdp * tp
+    cast = compute_bytes if compute_bytes < 4 else 0  # an fp32 step uses the params as they are
+    weights = params * ((16 if ema else 12) + 4 + cast) / shards
+    if rules != "dp":
+        weights += params / depth * compute_bytes / tp
+    B, L, C = per_device_batch, tokens, embed_dim
+    per_token = 4 * KEPT_F32_UNSPLIT + (4 * (KEPT_F32 - KEPT_F32_UNSPLIT) + compute_bytes * KEPT_COMPUTE) / tp
+    layer = B * C * (L * per_token + 2 * text_len * compute_bytes / tp)
+    acts = depth * 4 * B * L * C + layer if remat == "full" else depth * layer
+    outside = B * L * (8 * 4 * C + 3 * 4 * 2 * bits)
+    return weights + acts + outside
 
 
-def fits(preset: MeshPreset, *, params: int, depth: int, embed_dim: int, num_heads: int, tokens: int,
-         bits: int = 32, margin: float = 0.9) -> tuple[bool, float]:
+def estimate_memory_gib(*, slack: float = 1.2, reserve_gib: float = 1.0, **shape) -> float:
+    """Rough peak memory of one training step on one device, in GiB (an estimate, not a measurement):
+    `step_bytes(**shape)` (its keyword arguments), +20 % for what it misses and a 1 GiB reserve for
+    what the compiled program does not count (runtime, cuDNN workspaces, fragmentation)."""
+    return step_bytes(**shape) * slack / GiB + reserve_gib
+
+
+def fits(preset: MeshPreset, *, params: int, depth: int, embed_dim: int, tokens: int, bits: int = 32,
+         margin: float = 0.9) -> tuple[bool, float]:
     """(estimate <= margin x device memory, estimate in GiB) for the preset's per-device batch."""
-    est = estimate_memory_gib(params=params, depth=depth, embed_dim=embed_dim, num_heads=num_heads, tokens=tokens,
+    est = estimate_memory_gib(params=params, depth=depth, embed_dim=embed_dim, tokens=tokens,
                               per_device_batch=preset.per_device_batch, rules=preset.rules, fsdp=preset.fsdp,
                               tensor=preset.tensor, bits=bits, remat=preset.remat)
     return est <= margin * ACCELERATORS[preset.accelerator].hbm_gib, est
@@ -165,20 +197,27 @@ def model_shape(model: str, pn: str) -> dict:
     from infinity_jax.model.transformer import InfinityConfig, count_params
     from configs import infinity as infinity_configs
     m = InfinityConfig.from_dict(infinity_configs.get_config(model).model)
-    return dict(params=count_params(m), depth=m.depth, embed_dim=m.embed_dim, num_heads=m.num_heads,
+    return dict(params=count_params(m), depth=m.depth, embed_dim=m.embed_dim,
                 tokens=schedules.num_tokens(schedules.official_schedule(1.0, pn)), bits=m.codebook_dim)
+
+
+TABLE_HEADER = ("  preset       chips x kind   rules    data x fsdp x tensor  model             pn     batch/dev  "
+                "global  est GiB  rule")
+
+
+def table_row(p: MeshPreset, **model) -> str:
+    """The preset's line of the module docstring's table, from the estimate (`fits` keyword arguments)."""
+    ok, est = fits(p, **model)
+    chips = f"{p.devices} x {p.accelerator}"
+    return (f"  {p.name:12s} {chips:14s} {p.rules:8s} {f'{p.data} x {p.fsdp} x {p.tensor}':21s} "
+            f"{p.model.removeprefix('infinity_'):17s} {p.pn:6s} {p.per_device_batch:<10d} {p.global_batch:<7d} "
+            f"{est:<8.1f} {suggested_batch(p, **model)}" + ("" if ok else "  TOO BIG"))
 
 
 if __name__ == "__main__":  # the table in the docstring, recomputed
     import os
     import sys
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    print("  preset       chips x kind   rules    data x fsdp x tensor  model             pn     batch/dev  global  "
-          "est GiB  rule")
+    print(TABLE_HEADER)
     for p in PRESETS.values():
-        kw = model_shape(p.model, p.pn)
-        ok, est = fits(p, **kw)
-        chips = f"{p.devices} x {p.accelerator}"
-        print(f"  {p.name:12s} {chips:14s} {p.rules:8s} {f'{p.data} x {p.fsdp} x {p.tensor}':21s} "
-              f"{p.model.removeprefix('infinity_'):17s} {p.pn:6s} {p.per_device_batch:<10d} {p.global_batch:<7d} "
-              f"{est:<8.1f} {suggested_batch(p, **kw)}" + ("" if ok else "  TOO BIG"))
+        print(table_row(p, **model_shape(p.model, p.pn)))

@@ -125,13 +125,14 @@ def test_mesh_preset_shards_its_model_evenly_and_fits_the_memory_estimate(name):
     assert not bad, bad[:5]
     if p.rules == "fsdp_tp":
         assert m.num_heads % p.tensor == 0
-    shape = dict(params=n_params(m), depth=m.depth, embed_dim=m.embed_dim, num_heads=m.num_heads,
+    shape = dict(params=n_params(m), depth=m.depth, embed_dim=m.embed_dim,
                  tokens=schedules.num_tokens(schedules.official_schedule(1.0, p.pn)), bits=m.codebook_dim)
     if name == "h100x8-dp":  # the helper behind `python configs/mesh_presets.py` agrees (one extra trace)
         assert mesh_presets.model_shape(p.model, p.pn) == shape
     ok, est = mesh_presets.fits(p, **shape)
     assert ok, f"{name}: estimated {est:.1f} GiB"
     assert p.per_device_batch == mesh_presets.suggested_batch(p, **shape)  # the docstring's rule
+    assert mesh_presets.table_row(p, **shape).rstrip() + "\n" in mesh_presets.__doc__  # and its table
 
 
 def test_h100_presets_build_real_meshes_and_shardings_on_8_devices():

@@ -17,8 +17,9 @@ Implementations (`implementation=`, or InfinityConfig.attention):
   'chunked'  pure JAX, memory-efficient: queries in chunks of `q_chunk`, keys in chunks of
              `kv_chunk` with an online softmax, the mask built per chunk from the ids, so memory
              is O(q_chunk x kv_chunk) per row and head, not O(l x m). Shapes that fit one chunk
-             take the dense path (identical numbers). Backward recomputes each chunk's
-             probabilities (jax.checkpoint), so training does not keep them either.
+             take the dense path (identical numbers). Its backward (a custom VJP, as flash
+             attention's) keeps only the output and per-query log-sum-exp and recomputes each
+             chunk's probabilities, so training keeps no scores either.
   'cudnn'    cuDNN flash attention (jax.nn.dot_product_attention, implementation='cudnn'):
              bf16/fp16, head width <= 128 and a multiple of 8. The mask goes in as a bias.
   'splash'   Pallas splash attention on TPU (model/attention_tpu.py): the block-causal mask is a
@@ -159,7 +160,9 @@ def _pad_to(x, axis: int, n: int, value=0):
 
 def chunked_attention(q, k, v, scale, q_scales=None, kv_scales=None, kv_valid=None, *, q_chunk: int = Q_CHUNK,
                       kv_chunk: int = KV_CHUNK):
-    """Online-softmax attention over query and key chunks (pure JAX; same semantics as dense)."""
+    """Online-softmax attention over query and key chunks (pure JAX; same semantics as dense), with a
+    flash-style backward: it keeps only the output and each query's log-sum-exp, and recomputes each
+    chunk's probabilities, so neither pass holds more than one block of scores."""
     b, l, h, c = q.shape
     m = k.shape[1]
     if l <= q_chunk and m <= kv_chunk:
@@ -169,42 +172,122 @@ def chunked_attention(q, k, v, scale, q_scales=None, kv_scales=None, kv_valid=No
     # every mask as ids: query i sees key j iff kv_id[j] <= q_id[i] (and kv_valid); padded keys never
     q_ids = np.zeros(l, np.int32) if q_scales is None else q_scales
     kv_ids = np.zeros(m, np.int32) if kv_scales is None else kv_scales
-    q_ids = np.pad(q_ids, (0, nq * qc - l))
-    kv_ids = np.pad(kv_ids, (0, nk * kc - m), constant_values=_HIDDEN_ID)
+    q_ids = np.pad(q_ids, (0, nq * qc - l)).reshape(nq, qc)
+    kv_ids = np.pad(kv_ids, (0, nk * kc - m), constant_values=_HIDDEN_ID).reshape(nk, kc)
     valid = jnp.ones((b, m), bool) if kv_valid is None else kv_valid.astype(bool)
-    valid = _pad_to(valid, 1, nk * kc, False)
+    valid = _pad_to(valid, 1, nk * kc, False).reshape(b, nk, kc).swapaxes(0, 1)  # (nk, B, kc)
+    fn = _flash(float(scale), q_ids, kv_ids)
+    out = fn(_pad_to(q, 1, nq * qc), _pad_to(k, 1, nk * kc), _pad_to(v, 1, nk * kc), valid)
+    return out[:, :l]
 
-    qb = _pad_to(q, 1, nq * qc).reshape(b, nq, qc, h, c).swapaxes(0, 1)  # (nq, B, qc, H, c)
-    kb = _pad_to(k, 1, nk * kc).reshape(b, nk, kc, h, c).swapaxes(0, 1)
-    vb = _pad_to(v, 1, nk * kc).reshape(b, nk, kc, h, c).swapaxes(0, 1)
-    kv_idb = jnp.asarray(kv_ids.reshape(nk, kc))
-    validb = valid.reshape(b, nk, kc).swapaxes(0, 1)  # (nk, B, kc)
 
-    @functools.partial(jax.checkpoint, prevent_cse=False)
-    def kv_step(carry, blk, q_blk, q_id):
-        run_max, run_sum, acc = carry  # (B, H, qc), (B, H, qc), (B, qc, H, c) float32
-        k_blk, v_blk, kv_id, ok = blk
+def _blocks(x, n: int):
+    """(B, n * s, H, c) -> (n, B, s, H, c)."""
+    return x.reshape(x.shape[0], n, -1, *x.shape[2:]).swapaxes(0, 1)
+
+
+def _unblock(x):
+    """(n, B, s, ...) -> (B, n * s, ...)."""
+    return x.swapaxes(0, 1).reshape(x.shape[1], -1, *x.shape[3:])
+
+
+def _flash(scale: float, q_ids: np.ndarray, kv_ids: np.ndarray):
+    """The chunked kernel for static ids (nq, qc) / (nk, kc): f(q, k, v, valid) on padded inputs, with
+    valid (nk, B, kc). A custom VJP: the backward recomputes probabilities from the saved log-sum-exp."""
+    nq, nk = q_ids.shape[0], kv_ids.shape[0]
+    # numpy in the closure, made arrays inside each traced function: a custom VJP may not close over tracers
+
+    def visible(q_id, kv_id, ok):  # (B, 1, qc, kc)
+        return (kv_id[None, :] <= q_id[:, None])[None, None] & ok[:, None, None, :]
+
+    def scores(q_blk, k_blk, vis):
         s = jnp.einsum("bqhc,bkhc->bhqk", q_blk, k_blk, preferred_element_type=jnp.float32) * scale
-        vis = (kv_id[None, :] <= q_id[:, None])[None, None] & ok[:, None, None, :]
-        s = jnp.where(vis, s, _MASKED)
-        new_max = jnp.maximum(run_max, s.max(-1))
-        p = jnp.where(vis, jnp.exp(s - new_max[..., None]), 0.0)
-        corr = jnp.exp(run_max - new_max)
-        run_sum = run_sum * corr + p.sum(-1)
-        pv = jnp.einsum("bhqk,bkhc->bqhc", p.astype(v_blk.dtype), v_blk, preferred_element_type=jnp.float32)
-        acc = acc * corr.swapaxes(1, 2)[..., None] + pv
-        return (new_max, run_sum, acc), None
+        return jnp.where(vis, s, _MASKED)
 
-    def q_step(args):
-        q_blk, q_id = args
-        init = (jnp.full((b, h, qc), _MASKED, jnp.float32), jnp.zeros((b, h, qc), jnp.float32),
-                jnp.zeros((b, qc, h, c), jnp.float32))
-        (_, run_sum, acc), _ = jax.lax.scan(lambda cr, blk: kv_step(cr, blk, q_blk, q_id), init,
-                                            (kb, vb, kv_idb, validb))
-        return (acc / jnp.maximum(run_sum, 1e-30).swapaxes(1, 2)[..., None]).astype(v.dtype)
+    def forward(q, k, v, valid):
+        kb, vb = _blocks(k, nk), _blocks(v, nk)
+        q_idb, kv_idb = jnp.asarray(q_ids), jnp.asarray(kv_ids)
 
-    out = jax.lax.map(q_step, (qb, jnp.asarray(q_ids.reshape(nq, qc))))  # (nq, B, qc, H, c)
-    return out.swapaxes(0, 1).reshape(b, nq * qc, h, c)[:, :l]
+        def q_step(args):
+            q_blk, q_id = args
+            b, qc, h, c = q_blk.shape
+
+            def kv_step(carry, blk):
+                run_max, run_sum, acc = carry  # (B, H, qc), (B, H, qc), (B, qc, H, c) float32
+                k_blk, v_blk, kv_id, ok = blk
+                vis = visible(q_id, kv_id, ok)
+                s = scores(q_blk, k_blk, vis)
+                new_max = jnp.maximum(run_max, s.max(-1))
+                p = jnp.where(vis, jnp.exp(s - new_max[..., None]), 0.0)
+                corr = jnp.exp(run_max - new_max)
+                pv = jnp.einsum("bhqk,bkhc->bqhc", p.astype(v_blk.dtype), v_blk, preferred_element_type=jnp.float32)
+                return (new_max, run_sum * corr + p.sum(-1), acc * corr.swapaxes(1, 2)[..., None] + pv), None
+
+            init = (jnp.full((b, h, qc), _MASKED, jnp.float32), jnp.zeros((b, h, qc), jnp.float32),
+                    jnp.zeros((b, qc, h, c), jnp.float32))
+            (run_max, run_sum, acc), _ = jax.lax.scan(kv_step, init, (kb, vb, kv_idb, valid))
+            run_sum = jnp.maximum(run_sum, 1e-30)
+            out = (acc / run_sum.swapaxes(1, 2)[..., None]).astype(v.dtype)
+            return out, run_max + jnp.log(run_sum)  # (B, qc, H, c), log-sum-exp (B, H, qc)
+
+        out, lse = jax.lax.map(q_step, (_blocks(q, nq), q_idb))
+        return _unblock(out), lse  # (B, Lq, H, c), (nq, B, H, qc)
+
+    @jax.custom_vjp
+    def flash(q, k, v, valid):
+        return forward(q, k, v, valid)[0]
+
+    def flash_fwd(q, k, v, valid):
+        out, lse = forward(q, k, v, valid)
+        return out, (q, k, v, valid, out, lse)
+
+    def flash_bwd(res, dout):
+        q, k, v, valid, out, lse = res
+        q_idb, kv_idb = jnp.asarray(q_ids), jnp.asarray(kv_ids)
+        delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), -1)  # (B, Lq, H)
+        qb, kb, vb, dob = _blocks(q, nq), _blocks(k, nk), _blocks(v, nk), _blocks(dout, nq)
+        deltab = _blocks(delta[..., None], nq)[..., 0].swapaxes(2, 3)  # (nq, B, H, qc)
+
+        def grads(q_blk, q_id, do_blk, delta_blk, lse_blk, k_blk, v_blk, kv_id, ok):
+            """This block's probabilities p and score gradients ds (B, H, qc, kc), float32."""
+            vis = visible(q_id, kv_id, ok)
+            p = jnp.where(vis, jnp.exp(scores(q_blk, k_blk, vis) - lse_blk[..., None]), 0.0)
+            dp = jnp.einsum("bqhc,bkhc->bhqk", do_blk, v_blk, preferred_element_type=jnp.float32)
+            return p, p * (dp - delta_blk[..., None])
+
+        def dq_step(args):  # one query chunk against every key chunk
+            q_blk, q_id, do_blk, delta_blk, lse_blk = args
+
+            def body(dq, blk):
+                k_blk, v_blk, kv_id, ok = blk
+                _, ds = grads(q_blk, q_id, do_blk, delta_blk, lse_blk, k_blk, v_blk, kv_id, ok)
+                return dq + jnp.einsum("bhqk,bkhc->bqhc", ds.astype(k_blk.dtype), k_blk,
+                                       preferred_element_type=jnp.float32) * scale, None
+            dq, _ = jax.lax.scan(body, jnp.zeros(q_blk.shape, jnp.float32), (kb, vb, kv_idb, valid))
+            return dq
+
+        def dkv_step(args):  # one key chunk against every query chunk
+            k_blk, v_blk, kv_id, ok = args
+
+            def body(carry, blk):
+                dk, dv = carry
+                q_blk, q_id, do_blk, delta_blk, lse_blk = blk
+                p, ds = grads(q_blk, q_id, do_blk, delta_blk, lse_blk, k_blk, v_blk, kv_id, ok)
+                dv = dv + jnp.einsum("bhqk,bqhc->bkhc", p.astype(do_blk.dtype), do_blk,
+                                     preferred_element_type=jnp.float32)
+                dk = dk + jnp.einsum("bhqk,bqhc->bkhc", ds.astype(q_blk.dtype), q_blk,
+                                     preferred_element_type=jnp.float32) * scale
+                return (dk, dv), None
+            zero = jnp.zeros(k_blk.shape, jnp.float32)
+            (dk, dv), _ = jax.lax.scan(body, (zero, zero), (qb, q_idb, dob, deltab, lse))
+            return dk, dv
+
+        dq = _unblock(jax.lax.map(dq_step, (qb, q_idb, dob, deltab, lse)))
+        dk, dv = jax.lax.map(dkv_step, (kb, vb, kv_idb, valid))
+        return dq.astype(q.dtype), _unblock(dk).astype(k.dtype), _unblock(dv).astype(v.dtype), None
+
+    flash.defvjp(flash_fwd, flash_bwd)
+    return flash
 
 
 def fused_attention(q, k, v, scale, q_scales=None, kv_scales=None, kv_valid=None, *, implementation="cudnn"):
