@@ -4,7 +4,7 @@ usage: python launch/sweep.py --sweep configs/sweeps/zoo_ladder.py --root gs://B
            --launcher-args "--tpu NAME --zone ZONE"     # prints one launch/tpu_pod.sh command per run
        python launch/sweep.py --sweep configs/sweeps/zoo_ladder.py --root LOCAL_COPY --fit-only
 Every run is `zoo:layerN,vae=dD,pn=0.06M,mesh=v5p-128` (configs/zoo.py: official architecture,
-released tokenizers, 256x256 images, the v5p-128 preset: fsdp 16 x data 4, global batch 512) with
+released tokenizers, 256x256 images, the v5p-128 preset: fsdp 16 x data 4, global batch 1024) with
 the data at data.path; budgets 1e19 .. 1e20 training FLOPs, warm-up 2 % of each run. The official
 weights (weights/infinity_vae_dD.pth, weights/flan-t5-xl) must be on every worker.
 """
