@@ -84,7 +84,9 @@ class SamplingParams(NamedTuple):
 
     cond_w, uncond_w: (K,) float32, cfg_k and 1 - cfg_k (computed in float64 on the host, as the
     official Python floats); inv_tau: (K,) float32, 1 / tau_k; top_k: () int32 (only 1 filters: a
-    bit has 2 logits); top_p: () float32 (0 = off); greedy: () bool (argmax per bit, ties -> 0).
+    bit has 2 logits); top_p: () float32 (0 = off); greedy: () bool (argmax per bit, ties -> 0);
+    top_p_floor: () float32, the probability at or below which top-p drops a logit: 1 - top_p in
+    float64 on the host, then float32, as the official sampler compares its softmax with it.
     """
     cond_w: Any
     uncond_w: Any
@@ -92,6 +94,7 @@ class SamplingParams(NamedTuple):
     top_k: Any
     top_p: Any
     greedy: Any
+    top_p_floor: Any = np.float32(0.0)
 
 
 def sampling_params(num_scales: int, cfg: Any = DEFAULT_CFG, tau: Any = DEFAULT_TAU, top_k: int = DEFAULT_TOP_K,
@@ -104,9 +107,15 @@ def sampling_params(num_scales: int, cfg: Any = DEFAULT_CFG, tau: Any = DEFAULT_
         raise ValueError(f"top_p={top_p!r}: expected a value in [0, 1] (0 = off)")
     if int(top_k) < 0:
         raise ValueError(f"top_k={top_k!r}: expected >= 0 (0 = off)")
-    top_p = float(top_p) if top_p >= 1e-5 else 0.0  # the official sampler ignores tiny top_p
+    top_p = float(top_p)  # any top_p > 0 filters, however small, as the official sampler's argument does
     return SamplingParams(np.float32(cfgs), np.float32(1.0 - cfgs), np.float32(1.0 / taus),
-                          np.int32(top_k), np.float32(top_p), np.bool_(greedy))
+                          np.int32(top_k), np.float32(top_p), np.bool_(greedy), top_p_floor(top_p))
+
+
+def top_p_floor(top_p: float) -> np.float32:
+    """float32(1 - top_p) with the subtraction in float64: the official filter's threshold (a Python
+    float cast to float32), which differs from float32 arithmetic by up to 15 float32 steps (0.97)."""
+    return np.float32(1.0 - float(top_p))
 
 
 def uses_guidance(sp: SamplingParams) -> bool:
@@ -115,18 +124,20 @@ def uses_guidance(sp: SamplingParams) -> bool:
 
 
 # ---------------------------------------------------------------- per-bit sampling
-def sample_bits(logits: jax.Array, u: jax.Array, top_k, top_p, greedy) -> jax.Array:
+def sample_bits(logits: jax.Array, u: jax.Array, top_k, top_p, greedy, floor=None) -> jax.Array:
     """Bits from bit logits as the official per-bit sampler draws them.
 
     logits: (..., d, 2) float32 ([..., 0] = bit is 0); u: (..., d) uniforms in [0, 1).
     top_k == 1 drops the strictly smaller logit; top_p > 0 drops the smaller one when its
-    probability <= 1 - top_p (ties: bit 0 counts as the smaller, as a stable ascending sort);
+    probability <= floor (`top_p_floor(top_p)`, the official threshold; None: 1 - top_p in
+    float32) (ties: bit 0 counts as the smaller, as a stable ascending sort);
     the rest is a draw with p(1) = softmax. greedy: argmax (ties -> 0). Returns (..., d) uint8.
     """
     l0, l1 = logits[..., 0], logits[..., 1]
     small_is_0 = l0 <= l1
     lo, hi = jnp.minimum(l0, l1), jnp.maximum(l0, l1)
-    drop = ((top_k == 1) & (lo < hi)) | ((top_p > 0) & (jax.nn.sigmoid(lo - hi) <= 1 - top_p))
+    floor = 1 - top_p if floor is None else floor
+    drop = ((top_k == 1) & (lo < hi)) | ((top_p > 0) & (jax.nn.sigmoid(lo - hi) <= floor))
     p1 = jnp.where(drop, small_is_0.astype(jnp.float32), jax.nn.sigmoid(l1 - l0))
     sampled = u < p1
     return jnp.where(greedy, l1 > l0, sampled).astype(jnp.uint8)
@@ -234,7 +245,7 @@ def generate_tokens(model_cfg: InfinityConfig, schedule: schedules.Schedule, par
             logits = guide(logits, sp.cond_w[k], sp.uncond_w[k])
         logits = _constrain_batch(logits, mesh)
         u = scale_uniforms(keys, k, hw[0] * hw[1], d)
-        bits = sample_bits(logits.reshape(B, -1, d, 2), u, sp.top_k, sp.top_p, sp.greedy)
+        bits = sample_bits(logits.reshape(B, -1, d, 2), u, sp.top_k, sp.top_p, sp.greedy, sp.top_p_floor)
         bits_out.append(bits)
         if return_logits:
             logits_out.append(logits)

@@ -49,7 +49,7 @@ def draw_after_prefix(model_cfg, schedule, params, text, text_mask, true_bits, n
         logits = model.apply({"params": params}, text_all, mask_all, jnp.repeat(x, 2, 0), schedule)
         lg = sampling.guide(logits[:, starts[k]:starts[k + 1]] * sp.inv_tau[k], sp.cond_w[k], sp.uncond_w[k])
         u = sampling.scale_uniforms(keys, k, lg.shape[1], d)
-        drawn = sampling.sample_bits(lg.reshape(B, -1, d, 2), u, sp.top_k, sp.top_p, sp.greedy)
+        drawn = sampling.sample_bits(lg.reshape(B, -1, d, 2), u, sp.top_k, sp.top_p, sp.greedy, sp.top_p_floor)
         bits[k] = drawn.reshape(B, *hws[k], d)
     return bits
 
