@@ -17,10 +17,13 @@ Stages (each resumable: rerunning the command skips finished stages and resumes 
 Step counts come from the time budget: each training stage first times a few steps of its own
 (a throwaway calibration run), then plans as many steps as fit its time (the tokenizer: a fixed share
 of the budget; the transformer: what is left, less 30 s for sampling and the report); the plan is
-saved in WORKDIR/plan.json so a resumed demo trains exactly the planned run. A planned stage also
-gets a time limit (train.time_limit_s: the budget it was planned for), so a machine that slows down after the
-calibration ends the stage early instead of overrunning the budget. The transformer trains on the
-tokenizer's latents, encoded once -> WORKDIR/latents.
+saved in WORKDIR/plan.json so a resumed demo trains exactly the planned run. A planned stage trains in two
+segments: to a re-plan point (REPLAN_AT of its planned steps, saved there, its lr still near the peak), then,
+re-planned at the step time measured over that segment for the time left (also saved in plan.json), to
+the new total (train.reschedule: the lr schedule recomputed for it), so a calibration timed on a busy
+moment costs no steps. Each segment gets a time limit (train.time_limit_s: the stage's budget left), so a
+machine that slows down ends the stage early instead of overrunning the budget. The transformer trains on
+the tokenizer's latents, encoded once -> WORKDIR/latents.
 """
 from __future__ import annotations
 
@@ -46,6 +49,10 @@ STAGE_TAIL_S = 20.0  # a stage's work past its time limit: the logging window it
 # its held-out evaluation (the limit only acts when the machine slows after calibrating: demo 2026-12-02,
 # 319 ms/step calibrated, 385 over the run, 20.3 of 20 minutes without it)
 CALIBRATION_STEPS = 10  # per timing window (two windows); with 5 the plan was off by 8-10% either way
+REPLAN_AT = 0.2  # of a calibrated stage's planned steps: where it re-plans at the step time measured so far (issue 29:
+# 485 ms/step calibrated on a busy moment, 290 over the run: 889 of ~1,700 affordable steps, 16.5 of 20 minutes);
+# early, while the lr is still near its peak (lin0, final_frac 0.1: about 0.9 of it), so a reschedule barely moves it
+REPLAN_ROWS = 10  # the recent metrics rows (compile windows excluded) whose median step time the re-plan takes
 # sampling of the held-out prompts, chosen on prompts of another unseen seed (4242, not the held-out one):
 # demo 2026-11-30 (240 prompts): CFG 3 / tau 1 scored 0.37, 1.5 / 0.5 0.42, 1 / 0.3 0.43 (1 is no
 # guidance); four demo runs of 2026-12-01 (480 prompts), tau 0.5 -> 0.2 at CFG 1.5: 0.596 -> 0.627,
@@ -75,7 +82,8 @@ def _seconds_per_step(run_fn, cfg, workdir, steps: int) -> float:
     """Median step time of a short throwaway run (compile excluded), from its metrics.jsonl."""
     shutil.rmtree(workdir, ignore_errors=True)
     cal = config_util.apply_overrides(cfg, [f"train.total_steps={2 * steps}", f"train.log_every={steps}",
-                                            "optim.warmup_steps=1", "checkpoint.enabled=False", "train.progress_bar=False"])
+                                            "optim.warmup_steps=1", "checkpoint.enabled=False",
+                                            "train.progress_bar=False"])
     run_fn(cal, workdir)
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     times = [r["step_time_s"] for r in rows if "step_time_s" in r]
@@ -102,11 +110,12 @@ def plan_steps(args, name: str, run_fn, cfg, workdir: str, plan: dict, budget_s)
     return steps
 
 
-def with_steps(cfg, steps: int, time_limit_s: float = 0.0):
-    """The stage's config for its planned step count (warm-up at most a tenth of the run; at most
-    about four checkpoints and 200 metric rows: the tiny test configs save every few steps, to exercise
-    resuming, and log every step, which waits for each step's result) and time limit (0: none)."""
-    warmup = min(int(cfg.optim.warmup_steps), max(1, steps // 10))
+def with_steps(cfg, steps: int, time_limit_s: float = 0.0, warmup_of: int | None = None):
+    """The stage's config for its planned step count (warm-up at most a tenth of the run, or of warmup_of
+    steps: a re-planned run keeps its first plan's; at most about four checkpoints and 200 metric rows: the
+    tiny test configs save every few steps, to exercise resuming, and log every step, which waits for each
+    step's result) and time limit (0: none)."""
+    warmup = min(int(cfg.optim.warmup_steps), max(1, (warmup_of or steps) // 10))
     over = [f"train.total_steps={steps}", f"optim.warmup_steps={warmup}", f"train.time_limit_s={time_limit_s}",
             f"checkpoint.every={max(int(cfg.checkpoint.every), steps // 4)}",
             f"train.log_every={max(int(cfg.train.log_every), steps // 200)}"]
@@ -117,24 +126,85 @@ def with_steps(cfg, steps: int, time_limit_s: float = 0.0):
 
 def time_limit(plan: dict, name: str) -> float:
     """train.time_limit_s of a stage whose steps were planned from a timing run: the budget they were
-    planned for, less STAGE_TAIL_S (the transformer's is the time left, so the demo ends in time; the
-    tokenizer's is its share, so it cannot take the transformer's time). None (0) for step counts given
-    on the command line, which must all run."""
+    planned for (once re-planned: the budget left then), less STAGE_TAIL_S (the transformer's is the time
+    left, so the demo ends in time; the tokenizer's is its share, so it cannot take the transformer's time).
+    None (0) for step counts given on the command line, which must all run."""
     stage = plan.get(name, {})
-    return max(1.0, stage["budget_s"] - STAGE_TAIL_S) if "seconds_per_step" in stage else 0.0
+    budget = stage.get("replan", stage).get("budget_s")
+    return max(1.0, budget - STAGE_TAIL_S) if "seconds_per_step" in stage else 0.0
+
+
+def planned_steps(plan: dict, name: str) -> int:
+    """The stage's planned steps: the re-planned total once it re-planned."""
+    stage = plan[name]
+    return stage.get("replan", stage)["steps"]
 
 
 def steps_run(plan: dict, name: str, steps: int) -> str:
     """'872 steps', or '1700 of 1838 planned steps (time limit)' for a stage its time limit cut short."""
-    planned = plan.get(name, {}).get("steps", steps)
+    planned = planned_steps(plan, name) if name in plan else steps
     return f"{steps} steps" if steps >= planned else f"{steps} of {planned} planned steps (time limit)"
 
 
 def calibrated_rate(plan: dict, name: str) -> str:
-    """' (258 ms/step calibrated)' for a stage whose steps were planned from a timing run, else '': a
-    slower machine fits fewer steps in the same minutes, and this says so in the report."""
-    sec = (plan or {}).get(name, {}).get("seconds_per_step")
+    """' (258 ms/step calibrated)' for a stage whose steps were planned from a timing run, ' (planned 889 at
+    485 ms/step, re-planned to 1468 at 290 ms/step)' once it re-planned, else '': a slower machine fits fewer
+    steps in the same minutes, and this says so in the report."""
+    stage = (plan or {}).get(name, {})
+    if "replan" in stage:
+        r = stage["replan"]
+        return (f" (planned {stage['steps']} at {stage['seconds_per_step'] * 1000:.0f} ms/step, "
+                f"re-planned to {r['steps']} at {r['seconds_per_step'] * 1000:.0f} ms/step)")
+    sec = stage.get("seconds_per_step")
     return f" ({sec * 1000:.0f} ms/step calibrated)" if sec else ""
+
+
+def measured_seconds_per_step(workdir: str, until: int, default: float) -> float:
+    """Median step time of the last REPLAN_ROWS metrics rows up to step `until` (a call's first row, which
+    follows its compile, left out); `default` when there are none."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    rows = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
+    times = [r["step_time_s"] for r in rows
+             if "step_time_s" in r and "compile_time_s" not in r and r["step"] <= until]
+    return float(np.median(times[-REPLAN_ROWS:])) if times else default
+
+
+def replan(args, name: str, plan: dict, workdir: str, first: dict, elapsed_s: float) -> None:
+    """Re-plans stage `name` where its first segment stopped (result `first`, elapsed_s seconds into the stage's
+    budget): the steps that fill PLAN_FRACTION of the time left, less the segment's set-up (what it took beyond
+    its steps: the next segment pays it again), at the step time measured so far (plan[name]['replan'], saved:
+    a rerun keeps it)."""
+    stage, at = plan[name], int(first["step"])
+    sec = measured_seconds_per_step(workdir, at, stage["seconds_per_step"])
+    left = stage["budget_s"] - elapsed_s
+    setup = max(0.0, elapsed_s - (at - int(first.get("start_step", 0))) * sec)
+    steps = int(max(args.min_steps, at + 1, min(args.max_steps, at + (left - setup) * PLAN_FRACTION / sec)))
+    stage["replan"] = {"at_step": at, "steps": steps, "seconds_per_step": sec, "budget_s": left, "setup_s": setup}
+    _write_json(os.path.join(args.workdir, "plan.json"), plan)
+    print(f"[demo] {name}: re-planned at step {at}: {sec * 1000:.0f} ms/step -> {steps} steps in the {left:.0f} s "
+          f"left, {setup:.0f} s of them set-up (planned {stage['steps']} at {stage['seconds_per_step'] * 1000:.0f} "
+          "ms/step)", file=sys.stderr)
+
+
+def train_stage(args, name: str, run_fn, cfg, workdir: str, plan: dict) -> dict:
+    """Stage `name` trained for its plan (plan_steps), or its final.json when it finished before. A calibrated
+    stage stops (saved) at REPLAN_AT of its planned steps, re-plans there (replan) and goes on to the new total
+    with train.reschedule; a rerun resumes whichever segment was cut. Step counts from the command line train
+    in one run, as planned."""
+    stage = plan[name]
+    at = int(stage["steps"] * REPLAN_AT)
+    if "seconds_per_step" in stage and "replan" not in stage and at > 0:
+        t0 = time.perf_counter()
+        first = _train_stage(name, run_fn, with_steps(cfg, stage["steps"], time_limit(plan, name)), workdir,
+                             stage["steps"], until_step=at)
+        if first.get("stopped") != "until_step":  # finished (final.json), or cut before the re-plan point
+            return first
+        replan(args, name, plan, workdir, first, time.perf_counter() - t0)
+    steps = planned_steps(plan, name)
+    cfg = with_steps(cfg, steps, time_limit(plan, name), warmup_of=stage["steps"])
+    if "replan" in stage:
+        cfg = config_util.apply_overrides(cfg, ["train.reschedule=True"])
+    return _train_stage(name, run_fn, cfg, workdir, steps)
 
 
 def held_out_prompts(n: int, size: int, layout: str = "random", categories: tuple[str, ...] | None = None,
@@ -175,10 +245,9 @@ def run(args) -> dict:
     # 3. tokenizer
     tok_dir = os.path.join(args.workdir, "tokenizer")
     _stage_header("tokenizer", args.minutes * args.tokenizer_share)
-    steps = plan_steps(args, "tokenizer", tokenizer_cli.run, tok_cfg, tok_dir, plan,
-                       budget_s=lambda: args.minutes * 60 * args.tokenizer_share)
-    tok_cfg = with_steps(tok_cfg, steps, time_limit(plan, "tokenizer"))
-    tok = _train_stage("tokenizer", tokenizer_cli.run, tok_cfg, tok_dir, steps)
+    plan_steps(args, "tokenizer", tokenizer_cli.run, tok_cfg, tok_dir, plan,
+               budget_s=lambda: args.minutes * 60 * args.tokenizer_share)
+    tok = train_stage(args, "tokenizer", tokenizer_cli.run, tok_cfg, tok_dir, plan)
 
     # 4. transformer on the trained tokenizer, from its latents: the frozen encoder runs once per image
     # (data/latent_cache.py), not once per step
@@ -191,9 +260,8 @@ def run(args) -> dict:
     def seconds_left():
         return args.minutes * 60 - (time.perf_counter() - t_start) - FINISH_S
     _stage_header("transformer", seconds_left() / 60)
-    steps = plan_steps(args, "transformer", train_cli.run, gpt_cfg, gpt_dir, plan, budget_s=seconds_left)
-    gpt_cfg = with_steps(gpt_cfg, steps, time_limit(plan, "transformer"))
-    gpt = _train_stage("transformer", train_cli.run, gpt_cfg, gpt_dir, steps)
+    plan_steps(args, "transformer", train_cli.run, gpt_cfg, gpt_dir, plan, budget_s=seconds_left)
+    gpt = train_stage(args, "transformer", train_cli.run, gpt_cfg, gpt_dir, plan)
 
     # 5. sample held-out prompts
     _stage_header("sample")
@@ -214,7 +282,7 @@ def run(args) -> dict:
               "transformer_val_loss": gpt.get("val_loss"),
               "transformer_val_loss_other_text": gpt.get("val_loss_other_text"),
               "categories": list(args.categories or shapes.CATEGORIES),
-              "plan": plan,  # steps per stage and, when calibrated, this machine's seconds per step
+              "plan": plan,  # steps per stage and, when calibrated, this machine's seconds per step and the re-plan
               "minutes": (time.perf_counter() - t_start) / 60}
     report(args, scores, images, captions, tok_dir, gpt_dir)
     return scores
@@ -224,15 +292,18 @@ class StageStopped(RuntimeError):
     """A training stage returned before its planned steps (SIGTERM: it saved a checkpoint to resume from)."""
 
 
-def _train_stage(stage: str, run_fn, cfg, workdir: str, planned: int) -> dict:
+def _train_stage(stage: str, run_fn, cfg, workdir: str, planned: int, until_step: int | None = None) -> dict:
     """A training stage's final.json: read when the stage finished before (only finished runs write
-    it), else from run_fn(cfg, workdir), which trains or resumes. An interrupted run stops the demo:
-    sampling a half-trained model would report a score of a run that did not happen."""
+    it), else from run_fn(cfg, workdir[, until_step=]), which trains or resumes (to until_step: then it
+    returns with 'stopped': 'until_step'). An interrupted run stops the demo: sampling a half-trained model
+    would report a score of a run that did not happen."""
     from infinity_jax.train.cli import FINAL_FILE
     from infinity_jax.train.loop import FINISHED
     final_path = os.path.join(workdir, FINAL_FILE)
-    final = _load_json(final_path) if os.path.exists(final_path) else run_fn(cfg, workdir)
-    if final.get("stopped", "done") not in FINISHED:  # 'time_limit': finished early, by plan
+    if os.path.exists(final_path):
+        return _load_json(final_path)
+    final = run_fn(cfg, workdir) if until_step is None else run_fn(cfg, workdir, until_step=until_step)
+    if final.get("stopped", "done") not in FINISHED + (("until_step",) if until_step else ()):  # 'time_limit': by plan
         raise StageStopped(f"the {stage} stage stopped at step {final.get('step')} of {planned} "
                            f"({final.get('stopped')}); its checkpoint is saved: rerun the same command to resume")
     return final

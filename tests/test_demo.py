@@ -163,8 +163,8 @@ def test_demo_refuses_a_bad_config_argument_before_writing(flag, value, message,
 
 def test_an_interrupted_stage_stops_the_demo_instead_of_sampling_a_half_trained_model(tmp_path, monkeypatch, capsys):
     """A stage that returns before its planned steps (the training loop saves and returns on SIGTERM)
-    ends the demo with status 75 (train's EXIT_PREEMPTED) and says how to resume; nothing after it runs. (Before, the demo went
-    on to sample the step-1 checkpoint and failed in the report.)"""
+    ends the demo with status 75 (train's EXIT_PREEMPTED) and says how to resume; nothing after it runs.
+    (Before, the demo went on to sample the step-1 checkpoint and failed in the report.)"""
     from infinity_jax.train import cli as train_cli, tokenizer_cli
     calls = []
     monkeypatch.setattr(tokenizer_cli, "run", lambda cfg, workdir: calls.append("tokenizer") or
@@ -179,3 +179,153 @@ def test_an_interrupted_stage_stops_the_demo_instead_of_sampling_a_half_trained_
     assert not (workdir / "samples").exists() and not (workdir / "report").exists()
     finished = {"step": 40, "stopped": "done"}  # a finished stage passes
     assert demo._train_stage("transformer", lambda cfg, workdir: finished, None, str(tmp_path / "gpt"), 40) == finished
+
+
+class FakeStage:
+    """A stage's training run on a simulated clock (`now`, patched in as demo.time.perf_counter): `setup` s of
+    set-up and compile a call, then `rate` s a step. As the train CLIs: it resumes from its last step; logs a
+    metrics row every 5 steps (a call's first with its compile time and a step time that does not count);
+    stops at until_step (returning 'until_step'), at the first row past train.time_limit_s ('time_limit') or,
+    to interrupt it, at step `preempt_at` ('preempted'); and writes final.json when finished."""
+
+    def __init__(self, rate: float, setup: float = 5.0):
+        self.rate, self.setup, self.now, self.step, self.calls, self.preempt_at = rate, setup, 0.0, 0, [], None
+
+    def __call__(self, cfg, workdir, until_step=None):
+        import json
+        import os
+        t = cfg.train
+        self.calls.append({"total_steps": t.total_steps, "until_step": until_step, "reschedule": t.reschedule,
+                           "time_limit_s": t.time_limit_s, "warmup": cfg.optim.warmup_steps})
+        os.makedirs(workdir, exist_ok=True)
+        call_t0, stopped, first, start = self.now, "done", True, self.step
+        self.now += self.setup
+        end = min(until_step or t.total_steps, t.total_steps)
+        with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+            while self.step < end:
+                self.step += 1
+                self.now += self.rate
+                if self.step == self.preempt_at:
+                    stopped = "preempted"
+                    break
+                if self.step % 5 == 0 or self.step == end:
+                    row = {"step": self.step, "step_time_s": self.rate}
+                    if first:
+                        row, first = {"step": self.step, "step_time_s": 99.0, "compile_time_s": self.setup}, False
+                    f.write(json.dumps(row) + "\n")
+                    if self.step < end and 0 < t.time_limit_s < self.now - call_t0:
+                        stopped = "time_limit"
+                        break
+        if stopped == "done" and end < t.total_steps:
+            stopped = "until_step"
+        final = {"step": self.step, "start_step": start, "stopped": stopped}
+        if stopped in ("done", "time_limit"):
+            with open(os.path.join(workdir, "final.json"), "w") as f:
+                json.dump(final, f)
+        return final
+
+
+def _replan_setup(tmp_path, monkeypatch, stage, steps=1080, calibrated=0.5, budget=600.0):
+    """A stage (a FakeStage, on whose clock the demo runs) calibrated at `calibrated` s/step and planned for
+    `steps` in `budget` s."""
+    import argparse
+    import types
+    monkeypatch.setattr(demo, "PLAN_FRACTION", 0.9)
+    monkeypatch.setattr(demo, "REPLAN_AT", 0.2)
+    monkeypatch.setattr(demo, "STAGE_TAIL_S", 20.0)
+    monkeypatch.setattr(demo, "time", types.SimpleNamespace(perf_counter=lambda: stage.now))
+    args = argparse.Namespace(workdir=str(tmp_path), min_steps=20, max_steps=20000)
+    plan = {"tokenizer": {"steps": steps, "seconds_per_step": calibrated, "budget_s": budget}}
+    return args, plan, stage, config_util.load_config("shapes")  # warm-up 100 steps
+
+
+@pytest.mark.parametrize("rate,replanned", [(0.25, 2145), (1.0, 552)])
+def test_a_calibrated_stage_replans_at_the_measured_rate_and_spends_its_budget(rate, replanned, tmp_path, monkeypatch):
+    """Calibrated at 0.5 s/step: 1080 steps planned (0.9 * 600 s / 0.5 s); it stops (saved) at step 216 (REPLAN_AT),
+    measures its real rate from the rows since the compile, and re-plans 0.9 of the time left (600 s less the
+    segment's set-up and steps) less the set-up the next segment pays again, at that rate, continuing with
+    train.reschedule. A machine faster than its calibration (0.25 s/step: 5 + 54 s, then 216 + 0.9 * (541 - 5)
+    / 0.25 = 2145) gets more steps, a slower one (1 s/step: 5 + 216 s, then 216 + 0.9 * (379 - 5) / 1 = 552)
+    fewer; both end within the 600 s."""
+    import json
+    args, plan, stage, cfg = _replan_setup(tmp_path, monkeypatch, FakeStage(rate))
+    final = demo.train_stage(args, "tokenizer", stage, cfg, str(tmp_path / "tok"), plan)
+    left = 600.0 - (5 + 216 * rate)
+    assert [c["total_steps"] for c in stage.calls] == [1080, replanned]
+    assert [c["until_step"] for c in stage.calls] == [216, None]
+    assert [c["reschedule"] for c in stage.calls] == [False, True]
+    assert [c["time_limit_s"] for c in stage.calls] == [580.0, left - 20.0]  # the budget left, less the tail
+    assert [c["warmup"] for c in stage.calls] == [100, 100]  # the first plan's warm-up, though 552 // 10 < 100
+    assert final == {"step": replanned, "start_step": 216, "stopped": "done"} and stage.now <= 600.0
+    assert (replanned > 1080) == (rate < 0.5)
+    saved = json.load(open(tmp_path / "plan.json"))["tokenizer"]
+    assert saved["replan"] == {"at_step": 216, "steps": replanned, "seconds_per_step": rate, "budget_s": left,
+                               "setup_s": 5.0}
+    assert demo.calibrated_rate({"tokenizer": saved}, "tokenizer") == (
+        f" (planned 1080 at 500 ms/step, re-planned to {replanned} at {rate * 1000:.0f} ms/step)")
+    assert demo.steps_run({"tokenizer": saved}, "tokenizer", replanned) == f"{replanned} steps"
+
+
+def test_a_machine_that_slows_after_the_replan_is_stopped_within_the_budget(tmp_path, monkeypatch):
+    class SlowerAfterTheReplan(FakeStage):
+        def __call__(self, cfg, workdir, until_step=None):
+            self.rate = 0.25 if until_step else 0.5
+            return super().__call__(cfg, workdir, until_step)
+
+    args, plan, stage, cfg = _replan_setup(tmp_path, monkeypatch, SlowerAfterTheReplan(0.25))
+    final = demo.train_stage(args, "tokenizer", stage, cfg, str(tmp_path / "tok"), plan)
+    assert final["stopped"] == "time_limit" and final["step"] < 2145 and stage.now <= 600.0 - 20.0 + 5 * 0.5
+    assert demo.steps_run(plan, "tokenizer", final["step"]) == f"{final['step']} of 2145 planned steps (time limit)"
+    # and one that slows before it: the first segment's time limit (the whole budget) ends the stage, no re-plan
+    args, plan, stage, cfg = _replan_setup(tmp_path / "slow", monkeypatch, FakeStage(5.0))
+    final = demo.train_stage(args, "tokenizer", stage, cfg, str(tmp_path / "slow" / "tok"), plan)
+    assert final["stopped"] == "time_limit" and len(stage.calls) == 1 and "replan" not in plan["tokenizer"]
+    assert stage.now <= 600.0 - 20.0 + 5 * 5.0
+
+
+def test_fixed_step_counts_train_in_one_run_without_replanning(tmp_path, monkeypatch):
+    args, _, stage, cfg = _replan_setup(tmp_path, monkeypatch, FakeStage(0.25))
+    plan = {"tokenizer": {"steps": 400}}
+    final = demo.train_stage(args, "tokenizer", stage, cfg, str(tmp_path / "tok"), plan)
+    assert final == {"step": 400, "start_step": 0, "stopped": "done"}
+    assert stage.calls == [{"total_steps": 400, "until_step": None, "reschedule": False, "time_limit_s": 0.0,
+                            "warmup": 40}]
+    assert plan == {"tokenizer": {"steps": 400}} and not (tmp_path / "plan.json").exists()
+
+
+def test_a_rerun_resumes_either_segment_and_keeps_the_replan(tmp_path, monkeypatch):
+    """Interrupted before the re-plan point, a rerun goes on to it and re-plans; interrupted after, it keeps
+    the saved re-plan (same total, train.reschedule, its time limit); once finished, final.json is read."""
+    import json
+    args, plan, stage, cfg = _replan_setup(tmp_path, monkeypatch, FakeStage(0.25))
+    workdir = str(tmp_path / "tok")
+    stage.preempt_at = 50
+    with pytest.raises(demo.StageStopped, match="stopped at step 50 of 1080"):
+        demo.train_stage(args, "tokenizer", stage, cfg, workdir, plan)
+    assert "replan" not in plan["tokenizer"] and len(stage.calls) == 1
+    stage.preempt_at = 500
+    with pytest.raises(demo.StageStopped, match="stopped at step 500 of"):
+        demo.train_stage(args, "tokenizer", stage, cfg, workdir, plan)
+    assert [c["until_step"] for c in stage.calls] == [216, 216, None]
+    saved = json.load(open(tmp_path / "plan.json"))
+    replanned = saved["tokenizer"]["replan"]
+    assert replanned["at_step"] == 216 and replanned["seconds_per_step"] == 0.25 and replanned["steps"] > 1080
+    stage.preempt_at = None
+    final = demo.train_stage(args, "tokenizer", stage, cfg, workdir, saved)  # the rerun: plan read back
+    assert final == {"step": replanned["steps"], "start_step": 500, "stopped": "done"}
+    assert saved["tokenizer"]["replan"] == replanned
+    assert stage.calls[-1] == {"total_steps": replanned["steps"], "until_step": None, "reschedule": True,
+                               "time_limit_s": replanned["budget_s"] - 20.0, "warmup": 100}
+    assert json.load(open(tmp_path / "plan.json")) == saved
+    assert demo.train_stage(args, "tokenizer", stage, cfg, workdir, saved) == final and len(stage.calls) == 4
+
+
+def test_measured_rate_is_the_median_of_recent_rows_without_compile(tmp_path):
+    import json
+    rows = [{"step": 5, "step_time_s": 9.0, "compile_time_s": 20.0}, *[{"step": 5 * i, "step_time_s": 0.3}
+                                                                      for i in range(2, 20)],
+            {"step": 100, "step_time_s": 2.0}, {"step": 105, "step_time_s": 0.1, "compile_time_s": 3.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert demo.measured_seconds_per_step(str(tmp_path), 100, 0.5) == 0.3  # one slow window does not move it
+    assert demo.measured_seconds_per_step(str(tmp_path), 5, 0.5) == 0.5  # only the compile row: the calibration
+    assert demo.measured_seconds_per_step(str(tmp_path / "none"), 100, 0.5) == 0.5

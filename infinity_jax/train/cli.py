@@ -207,8 +207,9 @@ def sample_grid_hook(cfg, mcfg, schedule, vae, t5_cfg, tokenizer, mesh):
     return Hook(fn, every=int(s.every), name="sample_grid")
 
 
-def run(cfg, workdir: str) -> dict:
-    """Train (or resume) and write final.json; returns its content."""
+def run(cfg, workdir: str, until_step: int | None = None) -> dict:
+    """Train (or resume) and write final.json; returns its content. until_step: stop (with a checkpoint)
+    at this step, before train.total_steps; a later call resumes (no final.json then)."""
     from infinity_jax.model import transformer as T
     from infinity_jax.text.encoder import encode_tokens
     from infinity_jax.train import distributed, loop, step as step_lib
@@ -240,7 +241,8 @@ def run(cfg, workdir: str) -> dict:
         hooks.append(sample_grid_hook(cfg, mcfg, schedule, vae, t5_cfg, tokenizer, mesh))
     result = loop.run_training(cfg, workdir, init_params=init_params, loss_fn=loss_fn,
                                data=data, frozen=frozen, flops_per_step=flops_example * cfg.train.global_batch,
-                               tokens_per_example=schedules.num_tokens(schedule), hooks=hooks, mesh=mesh)
+                               tokens_per_example=schedules.num_tokens(schedule), hooks=hooks, mesh=mesh,
+                               until_step=until_step)
     step = int(jax.device_get(result.state.step))
     final = {"step": step, "start_step": result.start_step, "stopped": result.stopped, "train_loss": result.train_loss,
              "params": n_params, "flops_total": flops_example * cfg.train.global_batch * step,
