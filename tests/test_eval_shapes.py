@@ -103,7 +103,7 @@ def test_blurred_noisy_ground_truth_scores_at_least_095(size, blur, noise, rende
     images = [ev.degrade(r[0], blur, noise, seed=i) for i, r in enumerate(renders)]
     assert np.abs(images[0].astype(int) - renders[0][0]).max() > 20  # the blur really changed the edges
     scores = ev.evaluate(images, [r[1] for r in renders])
-    # measured (600 renders, seed 7): 64px blur 0.75/noise 4: 1.0; blur 1/noise 8: 0.998; 32px blur 0.75: 0.998
+    # measured (600 renders, seed 7): 64px blur 0.75/noise 4: 1.0; blur 1/noise 8: 0.998; 32px blur 0.75: 0.997
     assert scores["overall"] >= 0.95, scores
 
 
