@@ -97,15 +97,8 @@ def _quiet_absl():
 
 def check_exportable(config, where: str) -> None:
     """Refuses a model config that has no official state dict (our `model.abs_pos_embed`), naming the fix."""
-    from infinity_jax.convert import common, infinity as conv_gpt
-    try:
-        cfg = conv_gpt._model_config(config)
-    except (ValueError, TypeError) as e:
-        raise UsageError(f"{where}: model config: {common.one_line(e)}") from e
-    if cfg.abs_pos_embed:
-        raise UsageError(f"{where} was trained with model.abs_pos_embed=True, our place embedding: the official "
-                         f"Infinity classes have no weights for it, so there is no official state dict; "
-                         f"{ABS_POS_FIX}")
+    from infinity_jax.convert import infinity as conv_gpt
+    conv_gpt.official_model_config(config, where, ABS_POS_FIX, problem="model config: ", verb="was trained with")
 
 
 def _check_outputs(out: str, vae_out: str | None, overwrite: bool) -> None:

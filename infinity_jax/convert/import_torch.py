@@ -55,15 +55,9 @@ def load_model_config(spec: str, overrides=()):
     if "model" not in cfg:
         raise UsageError(f"--config {spec!r} has no `model` section: expected a configs/infinity.py or "
                          f"configs/zoo.py config")
-    try:
-        model = conv_gpt._model_config(cfg)
-    except (ValueError, TypeError) as e:
-        raise UsageError(f"--config {spec!r}: model: {common.one_line(e)}") from e
-    if model.abs_pos_embed:
-        # nothing in an official state dict could fill the place embedding: refuse by name, not as missing keys
-        raise UsageError(f"--config {spec!r} has model.abs_pos_embed=True, our place embedding: an official state "
-                         f"dict has no weights for it, so it cannot fill this model; expected the official "
-                         f"architecture: add --config.model.abs_pos_embed=False (a run trained so exports)")
+    # nothing in an official state dict could fill the place embedding: refuse by name, not as missing keys
+    conv_gpt.official_model_config(cfg, f"--config {spec!r}", "expected the official architecture: add "
+                                   "--config.model.abs_pos_embed=False (a run trained so exports)", problem="model: ")
     return cfg
 
 

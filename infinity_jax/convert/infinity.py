@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import re
 import sys
 from typing import Any, Mapping
@@ -208,17 +207,24 @@ def _np_dtype(name) -> np.dtype:
     return common.float_dtype(name, "dtype")
 
 
+def official_model_config(config, where: str, fix: str, *, problem: str = "", verb: str = "has"):
+    """The InfinityConfig of `config` (a spec, a ConfigDict with a `model` section or an InfinityConfig)
+    when it is the official architecture; otherwise a one-line UsageError naming `where`: a config that
+    cannot be built (`problem` prefixes the reason), or our place embedding `model.abs_pos_embed`, which
+    no official state dict has weights for (`fix` says what to do)."""
+    try:
+        cfg = _model_config(config)
+    except (ValueError, TypeError) as e:  # an unknown name or option, or sizes that do not fit together
+        raise UsageError(f"{where}: {problem}{common.one_line(e)}") from e
+    if cfg.abs_pos_embed:
+        raise UsageError(f"{where} {verb} model.abs_pos_embed=True, our place embedding: the official Infinity "
+                         f"classes have no weights for it, so there is no official state dict; {fix}")
+    return cfg
+
+
 def _cli_config(spec: str):
     """--config -> InfinityConfig of the official architecture; bad specs and options are a UsageError."""
-    try:
-        cfg = _model_config(spec)
-    except (ValueError, TypeError) as e:  # an unknown name or option, or sizes that do not fit together
-        raise UsageError(f"--config {spec!r}: {common.one_line(e)}") from e
-    if cfg.abs_pos_embed:
-        raise UsageError(f"--config {spec!r} has model.abs_pos_embed=True, our place embedding: the official "
-                         f"Infinity has no weights for it, so there is no official state dict; expected a config "
-                         f"with abs_pos_embed=False")
-    return cfg
+    return official_model_config(spec, f"--config {spec!r}", "expected a config with abs_pos_embed=False")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,6 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
+from infinity_jax.model.attention import _pad_to, check_inputs
+
 LANES = 128  # splash needs key blocks (and, with segment ids, backward query blocks) in multiples of this
 _PAD_KEY = np.iinfo(np.int32).max  # the id of a padded key: no query sees it
 _PAD_QUERY = _PAD_KEY - 1  # the id of a padded query: sees every real key, never a padded one
@@ -124,15 +126,6 @@ def make_kernel(q_ids: np.ndarray, kv_ids: np.ndarray, num_heads: int, bq: int, 
                                          interpret=interpret)
 
 
-def _pad_axis(x: jax.Array, axis: int, n: int, value=0) -> jax.Array:
-    extra = n - x.shape[axis]
-    if extra == 0:
-        return x
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (0, extra)
-    return jnp.pad(x, widths, constant_values=value)
-
-
 def splash_attention(q, k, v, *, scale: float, q_scales: np.ndarray | None = None,
                      kv_scales: np.ndarray | None = None, kv_valid: jax.Array | None = None,
                      interpret: bool = False, block: int = 128) -> jax.Array:
@@ -144,7 +137,6 @@ def splash_attention(q, k, v, *, scale: float, q_scales: np.ndarray | None = Non
     interpret: run the Pallas kernels in interpret mode (CPU, tests).
     block: the query and key block of the kernel, a multiple of 128 (shorter sequences use less).
     Returns (B, l, H, c) in q's dtype; softmax statistics in float32."""
-    from infinity_jax.model.attention import check_inputs
     check_inputs(q, k, v, q_scales, kv_scales, kv_valid, who="splash_attention")
     b, l, h, c = q.shape
     m = k.shape[1]
@@ -159,14 +151,14 @@ def splash_attention(q, k, v, *, scale: float, q_scales: np.ndarray | None = Non
     if scale != 1.0:
         q = (q.astype(jnp.float32) * scale).astype(dtype)
     # (B, len, H, c) -> (B, H, len, c), lengths padded to whole blocks
-    qh = _pad_axis(q.transpose(0, 2, 1, 3), 2, lp)
-    kh = _pad_axis(k.transpose(0, 2, 1, 3), 2, mp)
-    vh = _pad_axis(v.transpose(0, 2, 1, 3), 2, mp)
+    qh = _pad_to(q.transpose(0, 2, 1, 3), 2, lp)
+    kh = _pad_to(k.transpose(0, 2, 1, 3), 2, mp)
+    vh = _pad_to(v.transpose(0, 2, 1, 3), 2, mp)
 
     if kv_valid is None:
         out = jax.vmap(kernel)(qh, kh, vh)
     else:
-        seg_kv = _pad_axis(kv_valid.astype(jnp.int32), 1, mp, 0)  # 1 = real key, 0 = padding
+        seg_kv = _pad_to(kv_valid.astype(jnp.int32), 1, mp, 0)  # 1 = real key, 0 = padding
         seg_q = jnp.ones((b, lp), jnp.int32)
         segments = splash.SegmentIds(q=seg_q, kv=seg_kv)
         out = jax.vmap(lambda q1, k1, v1, s1: kernel(q1, k1, v1, segment_ids=s1))(qh, kh, vh, segments)
