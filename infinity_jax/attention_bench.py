@@ -18,12 +18,13 @@ usage:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 
 import numpy as np
+
+from infinity_jax.bench import write_json
 
 
 def _cases(args):
@@ -130,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(rows))
     print(f"device: {jax.devices()[0].device_kind} ({backend}); reference: dense float32", flush=True)
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        write_json(a.json, rows)
     return 0
 
 

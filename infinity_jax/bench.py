@@ -27,3 +27,10 @@ def main(argv: list[str]) -> int:
         raise UsageError(f"unknown benchmark {argv[0]!r}: expected one of {', '.join(sorted(BENCHMARKS))}")
     module, func = BENCHMARKS[argv[0]].split(":")
     return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+
+
+def write_json(path: str, rows: list[dict]) -> None:
+    """A benchmark's rows as JSON (its --json file), written atomically."""
+    import json
+    from infinity_jax.convert.common import atomic_write
+    atomic_write(path, lambda f: f.write(json.dumps(rows, indent=1).encode()))

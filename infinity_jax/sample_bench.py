@@ -34,12 +34,13 @@ usage:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 
 import numpy as np
+
+from infinity_jax.bench import write_json
 
 # dense peak FLOP/s per device by (device_kind substring, dtype); public spec-sheet figures
 PEAK_FLOPS = {
@@ -345,8 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(r)
     print(format_memory_table(rows) if args.memory else format_table(rows), flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        write_json(args.json, rows)
     return 0
 
 

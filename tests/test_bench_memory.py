@@ -126,9 +126,9 @@ def test_bench_train_takes_the_config_schedule_and_its_vae_stride():
     from infinity_jax import config_util, schedules
     from infinity_jax.train.bench import _schedule_and_stride
     cfg = config_util.load_config("shapes")
-    sched, stride = _schedule_and_stride(cfg, None, None)
-    assert schedules.image_size(sched, stride) == (32, 32) and stride == 4
-    sched, stride = _schedule_and_stride(config_util.load_config("infinity:tiny"), None, "0.06M")
-    assert schedules.image_size(sched, stride) == (256, 256)
-    sched, _ = _schedule_and_stride(cfg, "1x1,2x2", None)
-    assert sched == ((1, 1, 1), (1, 2, 2))
+    sched, stride, label = _schedule_and_stride(cfg, None, None)
+    assert schedules.image_size(sched, stride) == (32, 32) and stride == 4 and label == str(cfg.schedule)
+    sched, stride, label = _schedule_and_stride(config_util.load_config("infinity:tiny"), None, "0.06M")
+    assert schedules.image_size(sched, stride) == (256, 256) and label == "0.06M"
+    sched, _, label = _schedule_and_stride(cfg, "1x1,2x2", None)
+    assert sched == ((1, 1, 1), (1, 2, 2)) and label == "1x1,2x2"

@@ -30,7 +30,6 @@ per-device figure of a pod by simulating its devices, e.g.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -38,25 +37,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from infinity_jax.bench import write_json
+
 
 def _schedule_and_stride(cfg, schedule_spec: str | None, pn: str | None):
     """The benchmarked schedule (--schedule, else --pn, else the config's own `schedule`, else 0.06M)
     and the pixel stride of the config's VAE (16, the official one, when it names none), so the image
-    column says what the model really sees."""
+    column says what the model really sees; and the schedule's label for the table."""
     from infinity_jax import schedules
     from infinity_jax.train.cli import schedule_from_config
     if schedule_spec:
-        sched = schedules.parse_schedule(schedule_spec)
+        sched, label = schedules.parse_schedule(schedule_spec), schedule_spec
     elif pn or "schedule" not in cfg:
-        sched = schedules.official_schedule(1.0, pn or "0.06M")
+        sched, label = schedules.official_schedule(1.0, pn or "0.06M"), pn or "0.06M"
     else:
-        sched = schedule_from_config(cfg)
+        sched, label = schedule_from_config(cfg), str(cfg.schedule)
     stride = schedules.VAE_STRIDE
     vae_spec = str(cfg.get("vae", {}).get("config", "") or "")
     if vae_spec and not vae_spec.endswith(".json"):
         from infinity_jax.convert import vae as conv_vae
         stride = int(conv_vae.load_config(vae_spec).get("patch_size", stride))
-    return sched, stride
+    return sched, stride, label
 
 
 def main(argv: list[str]) -> int:
@@ -86,7 +87,7 @@ def main(argv: list[str]) -> int:
 
     cfg = config_util.load_config(a.config)
     mcfg = T.InfinityConfig.from_dict(cfg.model)
-    sched, stride = _schedule_and_stride(cfg, a.schedule, a.pn)
+    sched, stride, label = _schedule_and_stride(cfg, a.schedule, a.pn)
     n_dev = jax.device_count()
     if n_dev % a.tensor or (a.fsdp and n_dev % (a.fsdp * a.tensor)):
         ap.error(f"--tensor {a.tensor} x --fsdp {a.fsdp or 1} does not divide the {n_dev} devices")
@@ -114,7 +115,7 @@ def main(argv: list[str]) -> int:
     n = T.count_params(mcfg)
     H, W = schedules.image_size(sched, stride)
     mesh_s = " x ".join(str(v) for v in mesh.shape.values())
-    row = {"config": a.config, "pn": a.schedule or a.pn or str(cfg.get("schedule", "0.06M")), "image": f"{H}x{W}", "batch": a.batch,
+    row = {"config": a.config, "pn": label, "image": f"{H}x{W}", "batch": a.batch,
            "tokens": schedules.num_tokens(sched), "params": n, "dtype": mcfg.dtype, "remat": mcfg.remat,
            "scan": mcfg.scan_layers, "rules": a.rules, "mesh": dict(mesh.shape), "ema": a.ema,
            "device": jax.devices()[0].device_kind, "num_devices": n_dev}
@@ -172,6 +173,5 @@ def main(argv: list[str]) -> int:
         row.update(compile_s=compile_s, step_s=dt, min_step_s=min(times), tflop_per_step=flops / 1e12,
                    loss=float(m["loss"]), **{k: t[k] for k in ("images_per_s", "tokens_per_s", "mfu") if k in t})
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump([row], f, indent=1)
+        write_json(a.json, [row])
     return 0
