@@ -29,9 +29,10 @@ from infinity_jax.bench import write_json
 
 def _cases(args):
     from infinity_jax import schedules
+    from infinity_jax.model.transformer import scale_ids
     train = schedules.official_schedule(1.0, args.train_pn)
     samp = schedules.official_schedule(1.0, args.sample_pn)
-    ids = np.repeat(np.arange(len(train), dtype=np.int32), schedules.scale_lengths(train))
+    ids = scale_ids(train)
     n, last = schedules.num_tokens(samp), schedules.scale_lengths(samp)[-1]
     return {"train": dict(l=len(ids), m=len(ids), q_scales=ids, kv_scales=ids, pad=False, rows=args.batch),
             "sample": dict(l=last, m=n, q_scales=None, kv_scales=None, pad=False, rows=2 * args.batch),
