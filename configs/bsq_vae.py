@@ -9,9 +9,12 @@ second set of d=32 weights (the one the released 2B model's inference script use
 'tiny' is the architecture of the test fixtures (base_ch 32, ch_mult all ones, d 32); 'shapes' the
 demo's tokenizer for 32x32 shapes images (stride 4, d 8; configs/tokenizer_shapes.py trains it).
 """
+
 from __future__ import annotations
 
 import ml_collections
+
+from infinity_jax.config_util import parse_named_arg
 
 _RELEASED = {  # name -> (d, official checkpoint file)
     "d16": (16, "infinity_vae_d16.pth"),
@@ -24,20 +27,18 @@ NAMES = tuple(_RELEASED) + ("tiny", "shapes")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    name = arg or "d32"
-    if name not in NAMES:
-        raise ValueError(f"bsq_vae config {name!r}: expected one of {NAMES}")
+    name, _ = parse_named_arg(arg, "bsq_vae", names=NAMES, default="d32")
     c = ml_collections.ConfigDict()
     c.name = name
     c.base_ch = 128
     c.ch_mult = (1, 2, 4, 4, 4)
     c.num_res_blocks = 2
-    c.patch_size = 16         # spatial stride of the latent grid
+    c.patch_size = 16  # spatial stride of the latent grid
     c.in_channels = 3
-    c.codebook_dim = 32       # d: bits per token
-    c.z_channels = 32         # encoder output width; equals codebook_dim (no quantizer projections)
-    c.dtype = "float32"       # compute dtype; params are always fp32
-    c.checkpoint = ""         # the official weights' file name (for reference)
+    c.codebook_dim = 32  # d: bits per token
+    c.z_channels = 32  # encoder output width; equals codebook_dim (no quantizer projections)
+    c.dtype = "float32"  # compute dtype; params are always fp32
+    c.checkpoint = ""  # the official weights' file name (for reference)
     if name == "tiny":
         c.base_ch = 32
         c.ch_mult = (1, 1, 1, 1, 1)

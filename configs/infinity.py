@@ -13,15 +13,21 @@ chunk count anywhere official (58 layers), so it gets 1 (weight names `blocks.{i
 the released recipe: Flan-T5-XL text (2048 wide, 512 tokens), d = 32 bits, shared AdaLN, cosine
 attention, RoPE normalised by hw (mode 2), level embedding in the first block only.
 
+The model section states only the size and what differs from InfinityConfig's defaults (the released
+recipe); the commands complete it from InfinityConfig when they load it (infinity_jax.run_config.load).
+
 Parameter counts of the official class built with these arguments (torch, 'meta' device), which
-`python configs/infinity.py` reproduces from our shapes:
+`infinity-jax params` reproduces from our shapes (tests/test_zoo_configs.py checks every size):
   infinity_2b 2,204,564,032   infinity_8b 8,375,533,728   infinity_20b 19,952,199,784
   layer12 125,185,696   layer16 361,633,792   layer24 940,944,832
   layer32 2,256,694,912   layer40 4,716,421,888   layer48 8,767,198,528
 """
+
 from __future__ import annotations
 
 import ml_collections
+
+from infinity_jax.config_util import parse_named_arg
 
 # name -> (depth, embed_dim, num_heads, block_chunks); drop path: 0.25 for 20b, else 0.1 (factory defaults)
 SIZES = {
@@ -37,67 +43,43 @@ SIZES = {
     "tiny": (2, 64, 2, 2),  # tests/fixtures tiny / tiny-wide (text 128 wide)
 }
 OFFICIAL_PARAMS = {
-    "infinity_2b": 2_204_564_032, "infinity_8b": 8_375_533_728, "infinity_20b": 19_952_199_784,
-    "infinity_layer12": 125_185_696, "infinity_layer16": 361_633_792, "infinity_layer24": 940_944_832,
-    "infinity_layer32": 2_256_694_912, "infinity_layer40": 4_716_421_888, "infinity_layer48": 8_767_198_528,
+    "infinity_2b": 2_204_564_032,
+    "infinity_8b": 8_375_533_728,
+    "infinity_20b": 19_952_199_784,
+    "infinity_layer12": 125_185_696,
+    "infinity_layer16": 361_633_792,
+    "infinity_layer24": 940_944_832,
+    "infinity_layer32": 2_256_694_912,
+    "infinity_layer40": 4_716_421_888,
+    "infinity_layer48": 8_767_198_528,
     "tiny": 272_836,  # meta/json params.gpt of the tiny fixtures
 }
 NAMES = tuple(SIZES)
 ALIASES = {n.removeprefix("infinity_"): n for n in NAMES if n.startswith("infinity_")}  # '2b' -> 'infinity_2b'
-
-
-def _parse(arg: str | None) -> tuple[str, dict]:
-    parts = [p.strip() for p in (arg or "infinity_2b").split(",") if p.strip()]
-    name, opts = parts[0], {}
-    for p in parts[1:]:
-        k, _, v = p.partition("=")
-        opts[k] = v if v else True
-    return name, opts
+EXEC_OPTIONS = ("scan", "remat", "dtype", "attention")  # a flag and model/transformer.py's execution fields
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    name, opts = _parse(arg)
-    name = ALIASES.get(name, name)
-    if name not in SIZES:
-        raise ValueError(f"infinity config {name!r}: expected one of {NAMES} or {tuple(ALIASES)}")
+    name, opts = parse_named_arg(
+        arg, "infinity", names=NAMES, default="infinity_2b", aliases=ALIASES, allowed=EXEC_OPTIONS
+    )
     depth, width, heads, chunks = SIZES[name]
     c = ml_collections.ConfigDict()
     c.name = name
     c.official_params = OFFICIAL_PARAMS[name]
     m = c.model = ml_collections.ConfigDict()
     m.depth, m.embed_dim, m.num_heads, m.block_chunks = depth, width, heads, chunks
-    m.mlp_ratio = 4.0
-    m.codebook_dim = 32
-    m.text_channels = 128 if name == "tiny" else 2048
-    m.text_maxlen = 512
-    m.norm_eps = 1e-6
-    m.rms_norm = False
-    m.shared_aln = True
-    m.cos_attn = True
-    m.tau = 1.0
-    m.cross_attn_layer_scale = -1.0
-    m.rope2d_normalized_by_hw = 2
-    m.lvl_embed_first_block_only = True
-    m.abs_pos_embed = False  # ours (model/transformer.py); the official models have no such weights
-    m.drop_path_rate = 0.0 if name == "tiny" else (0.25 if name == "infinity_20b" else 0.1)
-    m.dtype = "float32"      # compute dtype (bfloat16 on TPU/GPU); params, norms, softmax, loss stay fp32
-    m.remat = "none"         # model/transformer.py REMAT_MODES: none | full | attn | dots | save_qkv_attn_mlp | ...
-    m.scan_layers = False
-    m.attention = "auto"     # model/attention.py: auto (cuDNN on GPU, splash on TPU, chunked on CPU) | xla | ...
+    if name == "tiny":
+        m.text_channels = 128  # the fixtures' text width (the released recipe's Flan-T5-XL: 2048)
+    m.extension = ""  # official: none; model/extensions.py names the opt-in additions (no export)
+    if name != "tiny":
+        m.drop_path_rate = 0.25 if name == "infinity_20b" else 0.1
+    # execution options (defaults: float32 compute, no remat, unscanned blocks, attention 'auto');
+    # dtype: compute dtype (bfloat16 on TPU/GPU; params, norms, softmax, loss stay fp32); remat: a
+    # model/transformer.py REMAT_MODES name; attention: a model/attention.py kernel
     for k, v in opts.items():
         if k == "scan":
             m.scan_layers = True
-        elif k in ("remat", "dtype", "attention"):
-            m[k] = v
         else:
-            raise ValueError(f"infinity config option {k!r} (from {arg!r}): expected scan, remat=..., dtype=..., "
-                             "attention=...")
+            m[k] = v
     return c
-
-
-if __name__ == "__main__":  # prints our parameter counts beside the official ones
-    from infinity_jax.model.transformer import InfinityConfig, count_params
-    for n in NAMES:
-        cfg = get_config(n)
-        ours = count_params(InfinityConfig.from_dict(cfg.model))
-        print(f"{n:18s} {ours:>15,d}  official {cfg.official_params:>15,d}  {'ok' if ours == cfg.official_params else 'DIFF'}")

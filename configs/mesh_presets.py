@@ -2,8 +2,8 @@
 
 usage: get_config('v5p-128') -> ConfigDict {parallel: {rules, data, fsdp, tensor}, train: {global_batch,
 compute_dtype}, model: {remat, dtype}, ...}; configs/zoo.py applies one with `mesh=NAME`, e.g.
-`infinity-jax train --config zoo:infinity_2b,mesh=v5p-128 ...`. `python configs/mesh_presets.py`
-prints the table below from the memory estimate.
+`infinity-jax train --config zoo:infinity_2b,mesh=v5p-128 ...`. `python -m infinity_jax.run_config`
+prints the table below from the memory estimate (run_config.model_shape: the models' shapes).
 
 A preset names the slice, the sharding rules of infinity_jax/parallel.py ('dp': replicate params,
 split the batch; 'fsdp': params split over `fsdp` along their embed axis; 'fsdp_tp': also heads /
@@ -36,20 +36,23 @@ that batch; rule = the rule's batch.
   v6e-64       64 x v6e       fsdp     4 x 16 x 1            2b                0.06M  16         1024    10.3     16
   v6e-256      256 x v6e      fsdp_tp  16 x 8 x 2            8b                0.06M  8          1024    16.9     8
 """
+
 from __future__ import annotations
 
 import dataclasses
 
 import ml_collections
 
-GiB = 1024 ** 3
+from infinity_jax.config_util import parse_named_arg
+
+GiB = 1024**3
 MAX_PER_DEVICE_BATCH = 64
 
 
 @dataclasses.dataclass(frozen=True)
 class Accelerator:
     name: str
-    hbm_gib: float          # memory per device (chip / GPU)
+    hbm_gib: float  # memory per device (chip / GPU)
     peak_bf16_tflops: float  # dense, per device (vendor figures; the same as train/metrics.py)
 
 
@@ -65,15 +68,15 @@ ACCELERATORS = {
 @dataclasses.dataclass(frozen=True)
 class MeshPreset:
     name: str
-    accelerator: str        # a key of ACCELERATORS
-    slice: str              # what to ask the cloud for
-    rules: str              # infinity_jax.parallel.RULES name
+    accelerator: str  # a key of ACCELERATORS
+    slice: str  # what to ask the cloud for
+    rules: str  # infinity_jax.parallel.RULES name
     data: int
     fsdp: int
     tensor: int
-    per_device_batch: int   # examples per device per step, along the batch axes (data x fsdp)
-    model: str              # the configs/infinity.py size the batch was sized for
-    pn: str                 # the pixel budget the batch was sized for
+    per_device_batch: int  # examples per device per step, along the batch axes (data x fsdp)
+    model: str  # the configs/infinity.py size the batch was sized for
+    pn: str  # the pixel budget the batch was sized for
     remat: str = "full"
 
     @property
@@ -86,28 +89,30 @@ class MeshPreset:
 
 
 _P = MeshPreset
-PRESETS: dict[str, MeshPreset] = {p.name: p for p in (
-    _P("h100x8-dp", "h100", "1 node, 8xH100", "dp", 8, 1, 1, 64, "infinity_layer12", "0.06M"),
-    _P("h100x8-fsdp", "h100", "1 node, 8xH100", "fsdp", 1, 8, 1, 64, "infinity_2b", "0.06M"),
-    _P("h100x8-tp", "h100", "1 node, 8xH100", "fsdp_tp", 1, 4, 2, 32, "infinity_8b", "0.06M"),
-    _P("v4-32", "v4", "v4-32 (16 chips)", "fsdp", 2, 8, 1, 32, "infinity_layer24", "0.06M"),
-    _P("v4-128", "v4", "v4-128 (64 chips)", "fsdp", 4, 16, 1, 16, "infinity_2b", "0.06M"),
-    _P("v5e-64", "v5e", "v5litepod-64 (64 chips)", "fsdp", 4, 16, 1, 8, "infinity_2b", "0.06M"),
-    _P("v5e-256", "v5e", "v5litepod-256 (256 chips)", "fsdp_tp", 8, 8, 4, 4, "infinity_8b", "0.06M"),
-    _P("v5p-128", "v5p", "v5p-128 (64 chips)", "fsdp", 4, 16, 1, 16, "infinity_2b", "0.25M"),
-    _P("v5p-512", "v5p", "v5p-512 (256 chips)", "fsdp_tp", 8, 16, 2, 8, "infinity_8b", "0.25M"),
-    _P("v5p-1024", "v5p", "v5p-1024 (512 chips)", "fsdp_tp", 8, 16, 4, 8, "infinity_20b", "0.25M"),
-    _P("v6e-64", "v6e", "v6e-64 (64 chips)", "fsdp", 4, 16, 1, 16, "infinity_2b", "0.06M"),
-    _P("v6e-256", "v6e", "v6e-256 (256 chips)", "fsdp_tp", 16, 8, 2, 8, "infinity_8b", "0.06M"),
-)}
+PRESETS: dict[str, MeshPreset] = {
+    p.name: p
+    for p in (
+        _P("h100x8-dp", "h100", "1 node, 8xH100", "dp", 8, 1, 1, 64, "infinity_layer12", "0.06M"),
+        _P("h100x8-fsdp", "h100", "1 node, 8xH100", "fsdp", 1, 8, 1, 64, "infinity_2b", "0.06M"),
+        _P("h100x8-tp", "h100", "1 node, 8xH100", "fsdp_tp", 1, 4, 2, 32, "infinity_8b", "0.06M"),
+        _P("v4-32", "v4", "v4-32 (16 chips)", "fsdp", 2, 8, 1, 32, "infinity_layer24", "0.06M"),
+        _P("v4-128", "v4", "v4-128 (64 chips)", "fsdp", 4, 16, 1, 16, "infinity_2b", "0.06M"),
+        _P("v5e-64", "v5e", "v5litepod-64 (64 chips)", "fsdp", 4, 16, 1, 8, "infinity_2b", "0.06M"),
+        _P("v5e-256", "v5e", "v5litepod-256 (256 chips)", "fsdp_tp", 8, 8, 4, 4, "infinity_8b", "0.06M"),
+        _P("v5p-128", "v5p", "v5p-128 (64 chips)", "fsdp", 4, 16, 1, 16, "infinity_2b", "0.25M"),
+        _P("v5p-512", "v5p", "v5p-512 (256 chips)", "fsdp_tp", 8, 16, 2, 8, "infinity_8b", "0.25M"),
+        _P("v5p-1024", "v5p", "v5p-1024 (512 chips)", "fsdp_tp", 8, 16, 4, 8, "infinity_20b", "0.25M"),
+        _P("v6e-64", "v6e", "v6e-64 (64 chips)", "fsdp", 4, 16, 1, 16, "infinity_2b", "0.06M"),
+        _P("v6e-256", "v6e", "v6e-256 (256 chips)", "fsdp_tp", 16, 8, 2, 8, "infinity_8b", "0.06M"),
+    )
+}
 NAMES = tuple(PRESETS)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The config sections a preset sets (merged into a training config by configs/zoo.py)."""
-    if arg not in PRESETS:
-        raise ValueError(f"mesh preset {arg!r}: expected one of {NAMES}")
-    p = PRESETS[arg]
+    name, _ = parse_named_arg(arg, "mesh", names=NAMES, kind="preset")
+    p = PRESETS[name]
     c = ml_collections.ConfigDict()
     c.name = p.name
     c.accelerator, c.slice, c.devices = p.accelerator, p.slice, p.devices
@@ -128,9 +133,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 KEPT_F32, KEPT_F32_UNSPLIT, KEPT_COMPUTE = 20, 13, 45
 
 
-def step_bytes(*, params: int, depth: int, embed_dim: int, tokens: int, per_device_batch: int, rules: str,
-               fsdp: int, tensor: int, bits: int = 32, text_len: int = 512, remat: str = "full", ema: bool = False,
-               compute_bytes: int = 2) -> float:
+def step_bytes(
+    *,
+    params: int,
+    depth: int,
+    embed_dim: int,
+    tokens: int,
+    per_device_batch: int,
+    rules: str,
+    fsdp: int,
+    tensor: int,
+    bits: int = 32,
+    text_len: int = 512,
+    remat: str = "full",
+    ema: bool = False,
+    compute_bytes: int = 2,
+) -> float:
     """Bytes one training step holds at its peak on one device: what XLA's memory analysis of the
     compiled step counts (arguments + outputs + temporaries - donated), by hand. Not a measurement.
 
@@ -171,18 +189,28 @@ def estimate_memory_gib(*, slack: float = 1.2, reserve_gib: float = 1.0, **shape
     return step_bytes(**shape) * slack / GiB + reserve_gib
 
 
-def fits(preset: MeshPreset, *, params: int, depth: int, embed_dim: int, tokens: int, bits: int = 32,
-         margin: float = 0.9) -> tuple[bool, float]:
+def fits(
+    preset: MeshPreset, *, params: int, depth: int, embed_dim: int, tokens: int, bits: int = 32, margin: float = 0.9
+) -> tuple[bool, float]:
     """(estimate <= margin x device memory, estimate in GiB) for the preset's per-device batch."""
-    est = estimate_memory_gib(params=params, depth=depth, embed_dim=embed_dim, tokens=tokens,
-                              per_device_batch=preset.per_device_batch, rules=preset.rules, fsdp=preset.fsdp,
-                              tensor=preset.tensor, bits=bits, remat=preset.remat)
+    est = estimate_memory_gib(
+        params=params,
+        depth=depth,
+        embed_dim=embed_dim,
+        tokens=tokens,
+        per_device_batch=preset.per_device_batch,
+        rules=preset.rules,
+        fsdp=preset.fsdp,
+        tensor=preset.tensor,
+        bits=bits,
+        remat=preset.remat,
+    )
     return est <= margin * ACCELERATORS[preset.accelerator].hbm_gib, est
 
 
 def largest_fitting_batch(preset: MeshPreset, **model) -> int:
     """The largest power-of-two per-device batch (<= 1024) that `fits` for this preset and model."""
-    ok = [b for b in (2 ** i for i in range(11)) if fits(dataclasses.replace(preset, per_device_batch=b), **model)[0]]
+    ok = [b for b in (2**i for i in range(11)) if fits(dataclasses.replace(preset, per_device_batch=b), **model)[0]]
     return max(ok, default=0)
 
 
@@ -191,33 +219,18 @@ def suggested_batch(preset: MeshPreset, **model) -> int:
     return min(MAX_PER_DEVICE_BATCH, largest_fitting_batch(preset, **model) // 2)
 
 
-def model_shape(model: str, pn: str) -> dict:
-    """The `fits` keyword arguments of a configs/infinity.py size at a pixel budget (square images)."""
-    from infinity_jax import schedules
-    from infinity_jax.model.transformer import InfinityConfig, count_params
-    from configs import infinity as infinity_configs
-    m = InfinityConfig.from_dict(infinity_configs.get_config(model).model)
-    return dict(params=count_params(m), depth=m.depth, embed_dim=m.embed_dim,
-                tokens=schedules.num_tokens(schedules.official_schedule(1.0, pn)), bits=m.codebook_dim)
-
-
-TABLE_HEADER = ("  preset       chips x kind   rules    data x fsdp x tensor  model             pn     batch/dev  "
-                "global  est GiB  rule")
+TABLE_HEADER = (
+    "  preset       chips x kind   rules    data x fsdp x tensor  model             pn     batch/dev  "
+    "global  est GiB  rule"
+)
 
 
 def table_row(p: MeshPreset, **model) -> str:
     """The preset's line of the module docstring's table, from the estimate (`fits` keyword arguments)."""
     ok, est = fits(p, **model)
     chips = f"{p.devices} x {p.accelerator}"
-    return (f"  {p.name:12s} {chips:14s} {p.rules:8s} {f'{p.data} x {p.fsdp} x {p.tensor}':21s} "
-            f"{p.model.removeprefix('infinity_'):17s} {p.pn:6s} {p.per_device_batch:<10d} {p.global_batch:<7d} "
-            f"{est:<8.1f} {suggested_batch(p, **model)}" + ("" if ok else "  TOO BIG"))
-
-
-if __name__ == "__main__":  # the table in the docstring, recomputed
-    import os
-    import sys
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    print(TABLE_HEADER)
-    for p in PRESETS.values():
-        print(table_row(p, **model_shape(p.model, p.pn)))
+    return (
+        f"  {p.name:12s} {chips:14s} {p.rules:8s} {f'{p.data} x {p.fsdp} x {p.tensor}':21s} "
+        f"{p.model.removeprefix('infinity_'):17s} {p.pn:6s} {p.per_device_batch:<10d} {p.global_batch:<7d} "
+        f"{est:<8.1f} {suggested_batch(p, **model)}" + ("" if ok else "  TOO BIG")
+    )

@@ -19,20 +19,15 @@ square crops at the budget's 1:1 size (the trainer runs one schedule). Not cover
 model's d56 spatial-patchify tokenizer (no such VAE config here). The optimizer settings are
 train_defaults' (official code defaults); see DESIGN.md for where the official script differs.
 """
-from __future__ import annotations
 
-import dataclasses
+from __future__ import annotations
 
 import ml_collections
 
 from infinity_jax import schedules
-from infinity_jax.config_util import parse_arg
-from infinity_jax.train.step import StepOptions
-
-from configs import bsq_vae
-from configs import infinity as infinity_configs
-from configs import mesh_presets
-from configs import train_defaults
+from infinity_jax.config_util import parse_named_arg
+from infinity_jax.configs import bsq_vae, mesh_presets, train_defaults
+from infinity_jax.configs import infinity as infinity_configs
 
 MODELS = tuple(n for n in infinity_configs.NAMES if n != "tiny")
 ALIASES = {n.removeprefix("infinity_"): n for n in MODELS}
@@ -48,11 +43,9 @@ def image_size(pn: str) -> int:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    name, _, rest = (arg or "infinity_2b").partition(",")
-    name = ALIASES.get(name.strip(), name.strip())
-    if name not in MODELS:
-        raise ValueError(f"zoo model {name!r} (from {arg!r}): expected one of {MODELS} or {tuple(ALIASES)}")
-    opts = parse_arg(rest, _OPTIONS, f"zoo:{name}")
+    name, opts = parse_named_arg(
+        arg, "zoo", names=MODELS, default="infinity_2b", aliases=ALIASES, allowed=_OPTIONS, kind="model"
+    )
     vae_name, pn, mesh = opts.get("vae", "d32"), opts.get("pn", "0.06M"), opts.get("mesh")
     if vae_name not in VAES:
         raise ValueError(f"zoo vae={vae_name!r}: expected one of {VAES}")
@@ -78,24 +71,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.text = x = ml_collections.ConfigDict()
     x.preset = "flan-t5-xl"
-    x.d_model = m.text_channels
+    x.d_model = 2048  # Flan-T5-XL's width (the released recipe)
     x.folder = "weights/flan-t5-xl"
     x.tokenizer = "auto"
-    x.max_length = m.text_maxlen
+    x.max_length = 512  # official tlen
     x.seed = 0
+    m.text_channels, m.text_maxlen = x.d_model, x.max_length  # the model reads what this encoder gives
 
     c.data = d = ml_collections.ConfigDict()
     d.path = "data/infinity"
     d.pn = pn
     d.image_size = image_size(pn)
     d.h_div_w = 1.0
-    d.short_cap_prob = 0.5         # official train script
+    d.short_cap_prob = 0.5  # official train script
     d.dynamic_length_prompt = True  # official train script
     d.random_flip = False
     d.num_threads = 8
 
-    # official train script defaults (self-correction, CFG text dropout, per-scale reweighting)
-    c.step = ml_collections.ConfigDict(dataclasses.asdict(StepOptions()))
+    # official train script defaults (self-correction, CFG text dropout, per-scale reweighting):
+    # train.step.StepOptions' defaults, which run_config fills in
+    c.step = ml_collections.ConfigDict()
 
     c.sample = sp = ml_collections.ConfigDict()  # periodic sample grids: off by default at these sizes
     sp.every = 0

@@ -1,4 +1,4 @@
-from infinity_jax.cli import main
+from infinity_jax.commands import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -16,6 +16,7 @@ with another model config is a one-line UsageError naming the first differing pa
 `Checkpointer(dir, read_only=True).restore_params()` reads only the (EMA) params and the config,
 the way sampling and export use a run; a relative `directory` is made absolute (orbax needs that).
 """
+
 from __future__ import annotations
 
 import base64
@@ -67,8 +68,10 @@ class DataStateHandler(ocp.CheckpointHandler):
         path = directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
         if not path.exists():
             found = sorted(p.name for p in directory.iterdir())
-            raise ValueError(f"no data-iterator state {path.name} in {directory}: found {found} "
-                             f"(was the checkpoint written with a different number of processes?)")
+            raise ValueError(
+                f"no data-iterator state {path.name} in {directory}: found {found} "
+                f"(was the checkpoint written with a different number of processes?)"
+            )
         return _decode_data_state(path.read_text())
 
     def metadata(self, directory: epath.Path):
@@ -113,11 +116,13 @@ def _state_tree(state) -> dict:
 
 def _shapes(tree) -> dict[str, tuple]:
     """'params/blocks_0/w' -> shape, for arrays and orbax metadata alike (namedtuple fields by name)."""
+
     def name(k):
         for attr in ("key", "name", "idx"):
             if hasattr(k, attr):
                 return str(getattr(k, attr))
         return str(k)
+
     return {"/".join(map(name, path)): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
@@ -129,16 +134,16 @@ def _abstract(tree):
 def _restore_args(target, partial: bool = False) -> ocp.args.PyTreeRestore:
     """Restore `target`'s leaves (ShapeDtypeStructs) with their shardings (numpy where they have none);
     partial: the target may name only some of the saved keys."""
-    return ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                  partial_restore=partial)
+    return ocp.args.PyTreeRestore(
+        target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=partial
+    )
 
 
 # ------------------------------------------------------------------ the manager
 class Checkpointer:
     """Save/restore TrainState + data state + config in `directory` (see module docstring)."""
 
-    def __init__(self, directory: str | os.PathLike, keep: int = 3, async_save: bool = True,
-                 read_only: bool = False):
+    def __init__(self, directory: str | os.PathLike, keep: int = 3, async_save: bool = True, read_only: bool = False):
         # orbax's array writer refuses relative paths (at the first save, deep in tensorstore);
         # a URL (gs://...) is kept as it is
         path = os.fspath(directory)
@@ -147,13 +152,20 @@ class Checkpointer:
             # (what read_only implies, said outright: orbax warns about each default it has to override)
             options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False)
         else:
-            options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
-                                                   enable_async_checkpointing=async_save)
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, cleanup_tmp_directories=True, enable_async_checkpointing=async_save
+            )
         # PyTree (not Standard) handler: the same files, and it can restore a part of the state
         self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "data", "config"),
-            item_handlers={"state": ocp.PyTreeCheckpointHandler(), "data": DataStateHandler(),
-                           "config": ocp.JsonCheckpointHandler()})
+            self.directory,
+            options=options,
+            item_names=("state", "data", "config"),
+            item_handlers={
+                "state": ocp.PyTreeCheckpointHandler(),
+                "data": DataStateHandler(),
+                "config": ocp.JsonCheckpointHandler(),
+            },
+        )
         # orbax deletes stale temporary folders (a killed save) in the background; finish that now so
         # a second manager on the same directory never races it (private hook, hence the guard)
         await_cleanup = getattr(self.manager, "_maybe_await_cleanup_tmp_directory", None)
@@ -169,9 +181,15 @@ class Checkpointer:
     def save(self, state, data_state, config, wait: bool = False) -> None:
         """Saves at step int(state.step). data_state: this process's iterator get_state()."""
         step = int(jax.device_get(state.step))
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeSave(_state_tree(state)), data=DataStateSave(data_state),
-            config=ocp.args.JsonSave(config_to_dict(config))), force=True)
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeSave(_state_tree(state)),
+                data=DataStateSave(data_state),
+                config=ocp.args.JsonSave(config_to_dict(config)),
+            ),
+            force=True,
+        )
         if wait:
             self.wait()
 
@@ -181,11 +199,15 @@ class Checkpointer:
         step = self._step(step)
         target = _abstract(_state_tree(target_state))
         self.check_shapes(target_state, step)
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            state=_restore_args(target), data=DataStateRestore()))
+        out = self.manager.restore(step, args=ocp.args.Composite(state=_restore_args(target), data=DataStateRestore()))
         tree = out["state"]
-        state = target_state.replace(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"],
-                                     rng=tree["rng"], ema_params=tree.get("ema_params"))
+        state = target_state.replace(
+            step=tree["step"],
+            params=tree["params"],
+            opt_state=tree["opt_state"],
+            rng=tree["rng"],
+            ema_params=tree.get("ema_params"),
+        )
         return state, out["data"]
 
     def restore_params(self, step: int | None = None, prefer_ema: bool = True) -> tuple[Any, dict, int, str]:
@@ -198,8 +220,9 @@ class Checkpointer:
             raise ValueError(f"checkpoint {self.directory}/{step}/state holds {sorted(tree)}: expected 'params'")
         # no sharding: every leaf comes back as a host numpy array
         target = {key: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree[key])}
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            state=_restore_args(target, partial=True), config=ocp.args.JsonRestore()))
+        out = self.manager.restore(
+            step, args=ocp.args.Composite(state=_restore_args(target, partial=True), config=ocp.args.JsonRestore())
+        )
         return out["state"][key], dict(out["config"] or {}), step, key
 
     def restore_config(self, step: int | None = None) -> ml_collections.ConfigDict:
@@ -211,8 +234,9 @@ class Checkpointer:
     def _step(self, step: int | None) -> int:
         step = self.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f"no complete checkpoint in {self.directory}: expected <step>/state "
-                                    f"and <step>/config folders")
+            raise FileNotFoundError(
+                f"no complete checkpoint in {self.directory}: expected <step>/state and <step>/config folders"
+            )
         return step
 
     def check_shapes(self, target_state, step: int | None = None) -> None:
@@ -227,13 +251,16 @@ class Checkpointer:
         order = {"params": 0, "ema_params": 1, "opt_state": 2}  # a changed model shows first in its params
         for key in sorted(set(saved) | set(wanted), key=lambda k: (order.get(k.split("/")[0], 3), k)):
             if key not in saved:
-                raise UsageError(f"{where} has no {key!r} (the config gives shape {wanted[key]}): the model or "
-                                 f"optimizer differs from the one that wrote it; {hint}")
+                raise UsageError(
+                    f"{where} has no {key!r} (the config gives shape {wanted[key]}): the model or "
+                    f"optimizer differs from the one that wrote it; {hint}"
+                )
             if key not in wanted:
                 raise UsageError(f"{where} has {key!r} {saved[key]} that the config's model/optimizer lacks; {hint}")
             if saved[key] != wanted[key]:
-                raise UsageError(f"{where}: {key!r} has shape {saved[key]} there, the config's model gives "
-                                 f"{wanted[key]}; {hint}")
+                raise UsageError(
+                    f"{where}: {key!r} has shape {saved[key]} there, the config's model gives {wanted[key]}; {hint}"
+                )
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

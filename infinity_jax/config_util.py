@@ -1,31 +1,37 @@
 """Loading ml_collections configs by one spec string, with command-line style overrides.
 
-Spec forms:
-  configs/infinity.py:infinity_2b   a config file and its get_config argument
-  infinity:infinity_2b              the same, by the file's name in the repository's configs/
-  /abs/path/my_exp.py               a file whose get_config takes no argument (or None)
+Spec forms (every command, launcher and test resolves configs through load_config):
+  infinity:infinity_2b              a config module of the package infinity_jax.configs (the repository's
+                                    configs/, shipped under that name) and its get_config argument
+  configs/infinity.py:infinity_2b   the same, by its path in the repository, from any working directory
+  /abs/path/my_exp.py[:arg]         any other file defining get_config(arg); it may build on the shipped
+                                    configs (`from infinity_jax.configs import shapes`)
+Arguments follow one grammar, 'name,key=value,flag' (parse_arg / parse_named_arg).
 Overrides: ["model.depth=4", "train.lr=1e-4"] (a leading "--config." is accepted too); values
-are parsed as Python literals and must keep the type of the field they replace.
-Config files import each other as `from configs import ...`: the loader makes the folder holding
-this checkout's configs/ importable, whatever the working directory.
+are parsed as Python literals and must keep the type of the field they replace. Configs state only what
+they set: the commands load run configs with infinity_jax.run_config.load, which completes the model,
+step and optim sections from the dataclasses they feed before the overrides apply (so an override may
+name any of their fields); load_config gives what the config states.
 A spec or override that does not fit raises a ConfigError (a UsageError, also a KeyError / TypeError
-where that is the kind of mistake); a missing file a FileNotFoundError: the command line prints either
-as one line (cli.main).
+where that is the kind of mistake); a missing file or config name a ConfigNotFoundError (also a
+FileNotFoundError): the command line prints either as one line (infinity_jax.commands).
 """
+
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.util
 import json
 import os
-import sys
-from typing import Iterable
+import pkgutil
+from typing import Iterable, Mapping
 
 import ml_collections
 
 from infinity_jax.errors import UsageError
 
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIGS_PACKAGE = "infinity_jax.configs"  # the repository's configs/ (pyproject.toml: package-dir)
 
 
 class ConfigError(UsageError):
@@ -43,30 +49,72 @@ class ConfigTypeError(ConfigError, TypeError):
     """An override whose value does not keep the field's type."""
 
 
-def resolve_config_path(name_or_path: str) -> str:
-    """A config file path from a path or a bare name of a file in configs/."""
-    candidates = [name_or_path]
-    if not os.path.isabs(name_or_path):  # configs/x.py from any working directory: this checkout's file
-        candidates.append(os.path.join(os.path.dirname(CONFIGS_DIR), name_or_path))
-    if not name_or_path.endswith(".py"):
-        candidates += [os.path.join(CONFIGS_DIR, name_or_path + ".py"), os.path.join("configs", name_or_path + ".py")]
-    for c in candidates:
-        if os.path.isfile(c):
-            return c
-    known = sorted(f[:-3] for f in os.listdir(CONFIGS_DIR) if f.endswith(".py")) if os.path.isdir(CONFIGS_DIR) else []
-    raise FileNotFoundError(f"config {name_or_path!r} not found: expected a .py file path or one of {known}")
+class ConfigNotFoundError(ConfigError, FileNotFoundError):
+    """A config name the package does not have, or a config file that does not exist."""
 
 
-def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
-    """spec 'file.py[:arg]' or 'name[:arg]' -> the file's get_config(arg), with overrides applied."""
+def config_names() -> tuple[str, ...]:
+    """The config modules shipped in infinity_jax.configs: what a bare name in a spec may be."""
+    pkg = importlib.import_module(CONFIGS_PACKAGE)
+    return tuple(sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.ispkg and m.name[0] != "_"))
+
+
+def _package_module(path: str) -> str | None:
+    """The infinity_jax.configs module a .py path names, if any: a file inside the package's folder, or a
+    relative configs/x.py (the repository's layout) from any working directory."""
+    rel = None
+    if os.path.isfile(path):
+        real = os.path.realpath(path)
+        for root in importlib.import_module(CONFIGS_PACKAGE).__path__:
+            r = os.path.relpath(real, os.path.realpath(root))
+            if not r.startswith(os.pardir + os.sep):
+                rel = r
+    parts = os.path.normpath(path).split(os.sep)
+    if rel is None and not os.path.isabs(path) and len(parts) > 1 and parts[0] == "configs":
+        rel = os.path.join(*parts[1:])
+    if rel is None or not rel.endswith(".py"):
+        return None
+    name = ".".join([CONFIGS_PACKAGE, *rel[:-3].split(os.sep)])
+    try:
+        return name if importlib.util.find_spec(name) is not None else None
+    except ImportError:  # a folder in the path that is not a package
+        return None
+
+
+def load_module(name_or_path: str):
+    """The module of a spec's first part: a config name, a path in configs/, or any .py file."""
+    if name_or_path.endswith(".py"):
+        module = _package_module(name_or_path)
+        if module is not None:
+            return importlib.import_module(module)
+        if not os.path.isfile(name_or_path):
+            raise ConfigNotFoundError(
+                f"config {name_or_path!r} not found: expected an existing .py file or one "
+                f"of the config names {list(config_names())}"
+            )
+        path = os.path.abspath(name_or_path)
+        mod_spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(path))}", path)
+        mod = importlib.util.module_from_spec(mod_spec)
+        mod_spec.loader.exec_module(mod)
+        return mod
+    names = config_names()
+    if name_or_path not in names:
+        raise ConfigNotFoundError(
+            f"config {name_or_path!r} not found: expected a .py file path or one of the config names {list(names)}"
+        )
+    return importlib.import_module(f"{CONFIGS_PACKAGE}.{name_or_path}")
+
+
+def load_config(spec: str, overrides: Iterable[str] = (), *, module: str | None = None) -> ml_collections.ConfigDict:
+    """spec 'name[:arg]' or 'file.py[:arg]' -> the module's get_config(arg), with overrides applied.
+    With `module`, a spec that is neither (no ':', no .py) is that config's argument: load_config('tiny',
+    module='infinity') loads 'infinity:tiny' (the converters' model and VAE names)."""
+    if module is not None and ":" not in spec and not spec.endswith(".py"):
+        spec = f"{module}:{spec}"
     path, _, arg = spec.partition(":")
-    path = resolve_config_path(path)
-    _make_configs_importable(path)
-    mod_spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(path))}", path)
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)
+    mod = load_module(path)
     if not hasattr(mod, "get_config"):
-        raise ConfigError(f"config file {path!r} has no get_config(arg) function")
+        raise ConfigError(f"config {path!r} has no get_config(arg) function")
     try:
         cfg = mod.get_config(arg or None)
     except ValueError as e:  # config files check their argument (e.g. tokenizer_shapes stride=5)
@@ -82,9 +130,51 @@ def parse_arg(arg: str | None, allowed: Iterable[str] | None = None, where: str 
             k, _, v = part.partition("=")
             out[k.strip()] = v.strip() or "1"
     if allowed is not None and set(out) - set(allowed):
-        raise ConfigError(f"{where} argument {arg!r}: unknown keys {sorted(set(out) - set(allowed))}; "
-                         f"expected some of {sorted(allowed)}")
+        raise ConfigError(
+            f"{where} argument {arg!r}: unknown keys {sorted(set(out) - set(allowed))}; "
+            f"expected some of {sorted(allowed)}"
+        )
     return out
+
+
+def parse_named_arg(
+    arg: str | None,
+    where: str,
+    *,
+    names: Iterable[str] | None = None,
+    default: str | None = None,
+    aliases: Mapping[str, str] | None = None,
+    allowed: Iterable[str] | None = (),
+    kind: str = "config",
+) -> tuple[str, dict[str, str]]:
+    """A get_config argument 'name,key=value,flag' -> (name, parse_arg of the rest). The name comes first; it
+    may be left out for `default` when the argument starts with a key=value or one of `allowed`. `aliases`
+    map short names ('2b') to names; with `names` given, any other name is an error listing them
+    ("{where} {kind} 'x': expected one of ...", e.g. "zoo model 'x'")."""
+    first, _, rest = (arg or "").partition(",")
+    first = first.strip()
+    aliases = dict(aliases or {})
+    known = None if names is None else tuple(names)
+    named = (
+        first
+        and "=" not in first
+        and not (known is not None and first not in known and first not in aliases and first in set(allowed or ()))
+    )
+    if named:
+        name = aliases.get(first, first)
+    else:
+        if default is None:
+            raise ConfigError(
+                f"{where} argument {arg!r}: expected a {kind} name first"
+                + (f", one of {known}" if known is not None else "")
+            )
+        name, rest = default, arg or ""
+    if known is not None and name not in known:
+        raise ConfigError(
+            f"{where} {kind} {first!r}{'' if arg == first else f' (from {arg!r})'}: expected one of "
+            f"{known}" + (f" or {tuple(aliases)}" if aliases else "")
+        )
+    return name, parse_arg(rest, allowed, f"{where}:{name}")
 
 
 def int_arg(opts: dict[str, str], key: str, default: int, where: str = "config", minimum: int = 1) -> int:
@@ -98,23 +188,6 @@ def int_arg(opts: dict[str, str], key: str, default: int, where: str = "config",
     if value < minimum:
         raise ConfigError(f"{where} {key}={value}: expected {expected}")
     return value
-
-
-def _make_configs_importable(path: str) -> None:
-    """Config files build on each other (`from configs import train_defaults`), and `configs` is a folder
-    (a namespace package), not an installed one: console scripts run with their bin/ folder, not the working
-    directory, as sys.path[0]. Put on sys.path the folder holding this checkout's configs/ and, for a file
-    in another configs/ folder (or below one), the folder holding that one."""
-    roots = [os.path.dirname(CONFIGS_DIR)] if os.path.isdir(CONFIGS_DIR) else []
-    folder = os.path.dirname(os.path.abspath(path))
-    while os.path.dirname(folder) != folder:
-        if os.path.basename(folder) == "configs":
-            roots.append(os.path.dirname(folder))
-            break
-        folder = os.path.dirname(folder)
-    for root in roots:
-        if root not in sys.path:
-            sys.path.insert(0, root)
 
 
 def _parse_value(text: str):
@@ -138,16 +211,19 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Iterable[str]) ->
             parent = parent[p]
         leaf = path[-1]
         if leaf not in parent:
-            raise ConfigKeyError(f"override {item!r}: no field {leaf!r} in {'.'.join(path[:-1]) or 'config'}; "
-                           f"have {sorted(parent.keys())}")
+            raise ConfigKeyError(
+                f"override {item!r}: no field {leaf!r} in {'.'.join(path[:-1]) or 'config'}; "
+                f"have {sorted(parent.keys())}"
+            )
         new, old = _parse_value(value), parent[leaf]
         if isinstance(old, float) and isinstance(new, int) and not isinstance(new, bool):
             new = float(new)
         if isinstance(old, tuple) and isinstance(new, list):
             new = tuple(new)
         if old is not None and new is not None and type(new) is not type(old):
-            raise ConfigTypeError(f"override {item!r}: {key} is {type(old).__name__} ({old!r}), "
-                                  f"got {type(new).__name__}")
+            raise ConfigTypeError(
+                f"override {item!r}: {key} is {type(old).__name__} ({old!r}), got {type(new).__name__}"
+            )
         parent[leaf] = new
     return cfg
 
@@ -164,18 +240,5 @@ def from_json(text: str) -> ml_collections.ConfigDict:
         if isinstance(x, list):
             return tuple(tuples(v) for v in x)
         return x
+
     return ml_collections.ConfigDict(tuples(json.loads(text)))
-
-
-def main(argv: list[str]) -> int:
-    """`infinity-jax config SPEC [--config.key=value ...]`: load a config spec as every command does (the
-    launchers' local check) and print the resulting config as JSON; a bad spec or override is one line."""
-    if not argv or argv[0] in ("-h", "--help"):
-        print(f"usage: infinity-jax config SPEC [--config.key=value ...]\n\n{main.__doc__}",
-              file=sys.stdout if argv else sys.stderr)
-        return 0 if argv else 2
-    spec, overrides = argv[0], argv[1:]
-    if spec.startswith("-"):
-        raise ConfigError(f"config spec {spec!r}: expected file.py[:arg] or a configs/ name[:arg] first")
-    print(to_json(load_config(spec, overrides)))
-    return 0

@@ -19,6 +19,7 @@ Logical axes:
   norm         scales/biases of norms                       -> None
   scales       per-scale tables (level embedding)           -> None
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -26,7 +27,8 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 from flax import linen as nn
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -35,11 +37,32 @@ BATCH_AXES = ("data", "fsdp")
 RULES: dict[str, tuple[tuple[str, Any], ...]] = {
     "dp": (("batch", BATCH_AXES),),
     "fsdp": (("batch", BATCH_AXES), ("embed", "fsdp"), ("text_embed", "fsdp")),
-    "fsdp_tp": (("batch", BATCH_AXES), ("embed", "fsdp"), ("text_embed", "fsdp"),
-                ("heads", "tensor"), ("mlp", "tensor"), ("adaln", "tensor")),
+    "fsdp_tp": (
+        ("batch", BATCH_AXES),
+        ("embed", "fsdp"),
+        ("text_embed", "fsdp"),
+        ("heads", "tensor"),
+        ("mlp", "tensor"),
+        ("adaln", "tensor"),
+    ),
 }
-_REPLICATED = ("length", "kv", "bits", "vocab", "conv_in", "conv_out", "conv_h", "conv_w", "norm", "scales",
-               "embed", "text_embed", "heads", "mlp", "adaln")
+_REPLICATED = (
+    "length",
+    "kv",
+    "bits",
+    "vocab",
+    "conv_in",
+    "conv_out",
+    "conv_h",
+    "conv_w",
+    "norm",
+    "scales",
+    "embed",
+    "text_embed",
+    "heads",
+    "mlp",
+    "adaln",
+)
 
 
 def logical_rules(preset_or_rules: str | Sequence[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
@@ -63,8 +86,10 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
             raise ValueError(f"{n} devices do not divide into fsdp={fsdp} x tensor={tensor}")
         data = n // (fsdp * tensor)
     if data * fsdp * tensor != n:
-        raise ValueError(f"mesh data={data} x fsdp={fsdp} x tensor={tensor} = {data * fsdp * tensor} "
-                         f"does not match the {n} devices available")
+        raise ValueError(
+            f"mesh data={data} x fsdp={fsdp} x tensor={tensor} = {data * fsdp * tensor} "
+            f"does not match the {n} devices available"
+        )
     arr = np.asarray(devices, dtype=object).reshape(data, fsdp, tensor)
     return Mesh(arr, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 

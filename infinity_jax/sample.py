@@ -28,6 +28,7 @@ the cost.
 Randomness: image i uses the key `seeds[i]`, folded with the scale index, so an image depends on
 its own seed only (not on its batch or position in it), bit-identically on one backend.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,11 +42,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from infinity_jax import parallel, schedules
 from infinity_jax.model.transformer import Infinity, InfinityConfig, abstract_params, init_cache, null_text
 from infinity_jax.tokenizer import bsq
+from infinity_jax.tokenizer import vae as vae_lib
 
 # The official tools/run_infinity.py defaults (top_k 900 keeps both logits of a bit: a no-op).
 DEFAULT_CFG, DEFAULT_TAU, DEFAULT_TOP_K, DEFAULT_TOP_P = 3.0, 1.0, 900, 0.97
@@ -88,6 +91,7 @@ class SamplingParams(NamedTuple):
     top_p_floor: () float32, the probability at or below which top-p drops a logit: 1 - top_p in
     float64 on the host, then float32, as the official sampler compares its softmax with it.
     """
+
     cond_w: Any
     uncond_w: Any
     inv_tau: Any
@@ -97,8 +101,14 @@ class SamplingParams(NamedTuple):
     top_p_floor: Any = np.float32(0.0)
 
 
-def sampling_params(num_scales: int, cfg: Any = DEFAULT_CFG, tau: Any = DEFAULT_TAU, top_k: int = DEFAULT_TOP_K,
-                    top_p: float = DEFAULT_TOP_P, greedy: bool = False) -> SamplingParams:
+def sampling_params(
+    num_scales: int,
+    cfg: Any = DEFAULT_CFG,
+    tau: Any = DEFAULT_TAU,
+    top_k: int = DEFAULT_TOP_K,
+    top_p: float = DEFAULT_TOP_P,
+    greedy: bool = False,
+) -> SamplingParams:
     """SamplingParams for a schedule of `num_scales` scales; cfg and tau as `per_scale` accepts."""
     cfgs, taus = per_scale(cfg, num_scales, "cfg"), per_scale(tau, num_scales, "tau")
     if np.any(taus <= 0):
@@ -108,8 +118,15 @@ def sampling_params(num_scales: int, cfg: Any = DEFAULT_CFG, tau: Any = DEFAULT_
     if int(top_k) < 0:
         raise ValueError(f"top_k={top_k!r}: expected >= 0 (0 = off)")
     top_p = float(top_p)  # any top_p > 0 filters, however small, as the official sampler's argument does
-    return SamplingParams(np.float32(cfgs), np.float32(1.0 - cfgs), np.float32(1.0 / taus),
-                          np.int32(top_k), np.float32(top_p), np.bool_(greedy), top_p_floor(top_p))
+    return SamplingParams(
+        np.float32(cfgs),
+        np.float32(1.0 - cfgs),
+        np.float32(1.0 / taus),
+        np.int32(top_k),
+        np.float32(top_p),
+        np.bool_(greedy),
+        top_p_floor(top_p),
+    )
 
 
 def top_p_floor(top_p: float) -> np.float32:
@@ -148,6 +165,7 @@ class SampleOutput(NamedTuple):
     """bits (B, L, d) uint8 (all scales, row-major per scale); summed_codes (B, h, w, d) float32
     (the decoder input); images (B, H, W, 3) uint8 RGB or None; logits (B, L, 2d) float32 (after
     temperature and CFG, what the bits were drawn from) or None."""
+
     bits: Any
     summed_codes: Any
     images: Any = None
@@ -167,8 +185,9 @@ def scale_uniforms(keys: jax.Array, k: int, n: int, d: int) -> jax.Array:
     return jax.vmap(lambda key: jax.random.uniform(jax.random.fold_in(key, k), (n, d)))(keys)
 
 
-def cfg_text(params, text: jax.Array, text_mask: jax.Array, neg_text: jax.Array | None = None,
-             neg_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def cfg_text(
+    params, text: jax.Array, text_mask: jax.Array, neg_text: jax.Array | None = None, neg_mask: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
     """The CFG batch: (2B, Lt', Ct) features and (2B, Lt') mask, rows (cond_0, uncond_0, cond_1, ...).
 
     The uncond row of a prompt is the null text cfg_uncond[:len_i] (official default), or the
@@ -213,9 +232,22 @@ def _progress(k, token, *, num_scales, hw):
     print(f"[sample] scale {int(k) + 1}/{num_scales} ({hw[0]}x{hw[1]}) done, +{dt:.3f}s", file=sys.stderr, flush=True)
 
 
-def generate_tokens(model_cfg: InfinityConfig, schedule: schedules.Schedule, params, text, text_mask, seeds,
-                    sp: SamplingParams, neg_text=None, neg_mask=None, *, cfg_batch: bool = True,
-                    return_logits: bool = False, progress: bool = False, mesh: Mesh | None = None):
+def generate_tokens(
+    model_cfg: InfinityConfig,
+    schedule: schedules.Schedule,
+    params,
+    text,
+    text_mask,
+    seeds,
+    sp: SamplingParams,
+    neg_text=None,
+    neg_mask=None,
+    *,
+    cfg_batch: bool = True,
+    return_logits: bool = False,
+    progress: bool = False,
+    mesh: Mesh | None = None,
+):
     """The autoregressive loop (pure; call under jit). Returns (bits (B,L,d), summed (B,h,w,d), logits|None).
 
     params: the transformer's (unboxed) params; text (B, Lt, Ct), text_mask (B, Lt); seeds (B,)
@@ -268,8 +300,18 @@ def to_uint8(images: jax.Array, bgr: bool = False) -> jax.Array:
     return x[..., ::-1] if bgr else x
 
 
-def teacher_forced_cfg_logits(model_cfg: InfinityConfig, schedule, params, text, text_mask, x_wo_prefix,
-                              cfg: Any = DEFAULT_CFG, tau: Any = DEFAULT_TAU, neg_text=None, neg_mask=None):
+def teacher_forced_cfg_logits(
+    model_cfg: InfinityConfig,
+    schedule,
+    params,
+    text,
+    text_mask,
+    x_wo_prefix,
+    cfg: Any = DEFAULT_CFG,
+    tau: Any = DEFAULT_TAU,
+    neg_text=None,
+    neg_mask=None,
+):
     """The sampler's logits replayed with the full teacher-forced forward (no cache).
 
     x_wo_prefix: (B, L - 1, d) next-scale inputs of a sampled sequence. Returns (B, L, 2d): per
@@ -278,8 +320,7 @@ def teacher_forced_cfg_logits(model_cfg: InfinityConfig, schedule, params, text,
     schedule = schedules.validate(schedule)
     sp = sampling_params(len(schedule), cfg, tau)
     text_all, mask_all = cfg_text(params, text, text_mask, neg_text, neg_mask)
-    logits = Infinity(model_cfg).apply({"params": params}, text_all, mask_all, jnp.repeat(x_wo_prefix, 2, 0),
-                                       schedule)
+    logits = Infinity(model_cfg).apply({"params": params}, text_all, mask_all, jnp.repeat(x_wo_prefix, 2, 0), schedule)
     lengths = np.asarray(schedules.scale_lengths(schedule))
     per_tok = lambda v: jnp.asarray(np.repeat(np.asarray(v), lengths))[None, :, None]
     return guide(logits * per_tok(sp.inv_tau), per_tok(sp.cond_w), per_tok(sp.uncond_w))
@@ -287,7 +328,6 @@ def teacher_forced_cfg_logits(model_cfg: InfinityConfig, schedule, params, text,
 
 # ---------------------------------------------------------------- the compiled sampler
 def _vae_model(vae):
-    from infinity_jax.tokenizer import vae as vae_lib
     if vae is None or isinstance(vae, vae_lib.BSQVAE):
         return vae
     return vae_lib.from_config(vae)
@@ -298,8 +338,15 @@ def _unbox(tree):
 
 
 # the blocks' matmul kernels, which every use casts to the compute dtype (model/layers.py)
-_COMPUTE_DTYPE_KERNELS = {("sa", "mat_qkv"), ("sa", "proj", "kernel"), ("ca", "mat_kv"), ("ca", "mat_q", "kernel"),
-                          ("ca", "proj", "kernel"), ("ffn", "fc1", "kernel"), ("ffn", "fc2", "kernel")}
+_COMPUTE_DTYPE_KERNELS = {
+    ("sa", "mat_qkv"),
+    ("sa", "proj", "kernel"),
+    ("ca", "mat_kv"),
+    ("ca", "mat_q", "kernel"),
+    ("ca", "proj", "kernel"),
+    ("ffn", "fc1", "kernel"),
+    ("ffn", "fc2", "kernel"),
+}
 
 
 def kernels_in_compute_dtype(params, model_cfg: InfinityConfig):
@@ -317,6 +364,7 @@ def kernels_in_compute_dtype(params, model_cfg: InfinityConfig):
         if isinstance(x, jax.ShapeDtypeStruct):
             return jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding)
         return x.astype(dtype)
+
     return jax.tree_util.tree_map_with_path(cast, params)
 
 
@@ -339,9 +387,20 @@ class Sampler:
     and reuses the executable: `num_compiles` and `compile_seconds` tell how many and how long.
     """
 
-    def __init__(self, model_cfg: InfinityConfig, schedule, vae=None, *, mesh: Mesh | None = None,
-                 rules: Any = "dp", cfg_batch: bool = True, return_logits: bool = False, progress: bool = False,
-                 compiler_options: Mapping[str, Any] | None = None, compute_dtype_kernels: bool | None = None):
+    def __init__(
+        self,
+        model_cfg: InfinityConfig,
+        schedule,
+        vae=None,
+        *,
+        mesh: Mesh | None = None,
+        rules: Any = "dp",
+        cfg_batch: bool = True,
+        return_logits: bool = False,
+        progress: bool = False,
+        compiler_options: Mapping[str, Any] | None = None,
+        compute_dtype_kernels: bool | None = None,
+    ):
         self.model_cfg = model_cfg
         if compute_dtype_kernels is None:
             compute_dtype_kernels = jax.default_backend() != "cpu"
@@ -349,8 +408,10 @@ class Sampler:
         self.schedule = schedules.validate(schedule)
         self.vae = _vae_model(vae)
         if self.vae is not None and self.vae.codebook_dim != model_cfg.codebook_dim:
-            raise ValueError(f"VAE codebook_dim={self.vae.codebook_dim} does not match the transformer's "
-                             f"codebook_dim={model_cfg.codebook_dim}")
+            raise ValueError(
+                f"VAE codebook_dim={self.vae.codebook_dim} does not match the transformer's "
+                f"codebook_dim={model_cfg.codebook_dim}"
+            )
         self.mesh, self.rules = mesh, rules
         self.cfg_batch, self.return_logits, self.progress = cfg_batch, return_logits, progress
         opts = DEFAULT_COMPILER_OPTIONS if compiler_options is None else compiler_options
@@ -361,14 +422,25 @@ class Sampler:
         if mesh is not None:
             self._param_shardings = parallel.param_shardings(abstract_params(model_cfg), mesh, rules)
             if self.vae is not None:
-                from infinity_jax.tokenizer import vae as vae_lib
                 self._vae_shardings = parallel.param_shardings(vae_lib.abstract_params(self.vae), mesh, rules)
 
     # -- the program
     def _program(self, params, vae_params, text, text_mask, seeds, sp, neg_text, neg_mask):
         bits, summed, logits = generate_tokens(
-            self.model_cfg, self.schedule, params, text, text_mask, seeds, sp, neg_text, neg_mask,
-            cfg_batch=self.cfg_batch, return_logits=self.return_logits, progress=self.progress, mesh=self.mesh)
+            self.model_cfg,
+            self.schedule,
+            params,
+            text,
+            text_mask,
+            seeds,
+            sp,
+            neg_text,
+            neg_mask,
+            cfg_batch=self.cfg_batch,
+            return_logits=self.return_logits,
+            progress=self.progress,
+            mesh=self.mesh,
+        )
         images = None
         if self.vae is not None:
             images = to_uint8(self.vae.apply({"params": vae_params}, summed, method="decode"))
@@ -395,8 +467,7 @@ class Sampler:
         params, vae_params = _unbox(params), _unbox(vae_params)
         if self.mesh is None:
             params = jax.tree.map(jnp.asarray, params)
-            return self._kernels(params), (None if vae_params is None else
-                                                                     jax.tree.map(jnp.asarray, vae_params))
+            return self._kernels(params), (None if vae_params is None else jax.tree.map(jnp.asarray, vae_params))
         params = self._kernels(jax.device_put(params, self._param_shardings))
         if vae_params is not None:
             vae_params = jax.device_put(vae_params, self._vae_shardings)
@@ -407,8 +478,15 @@ class Sampler:
             return jax.jit(self._program)
         rows = lambda nd: parallel.batch_sharding(self.mesh, nd)
         neg = (rows(3), rows(2)) if with_negative else (None, None)
-        in_sh = (self._param_shardings, self._vae_shardings, rows(3), rows(2), rows(1),
-                 parallel.replicated(self.mesh), *neg)
+        in_sh = (
+            self._param_shardings,
+            self._vae_shardings,
+            rows(3),
+            rows(2),
+            rows(1),
+            parallel.replicated(self.mesh),
+            *neg,
+        )
         return jax.jit(self._program, in_shardings=in_sh)
 
     def compile(self, params, vae_params, text, text_mask, seeds, sp, neg_text=None, neg_mask=None):
@@ -439,8 +517,10 @@ class Sampler:
         text, text_mask = np.asarray(text, np.float32), np.asarray(text_mask, bool)
         B = text.shape[0]
         if text.ndim != 3 or text_mask.shape != text.shape[:2] or text.shape[-1] != self.model_cfg.text_channels:
-            raise ValueError(f"text {text.shape} / mask {text_mask.shape}: expected (B, Lt, "
-                             f"{self.model_cfg.text_channels}) and (B, Lt)")
+            raise ValueError(
+                f"text {text.shape} / mask {text_mask.shape}: expected (B, Lt, "
+                f"{self.model_cfg.text_channels}) and (B, Lt)"
+            )
         if not text_mask.any(1).all():
             raise ValueError("a prompt has no text tokens (empty mask row): every prompt needs at least one token")
         seeds = np.asarray(seeds, np.int64).reshape(-1)
@@ -450,8 +530,10 @@ class Sampler:
             raise ValueError(f"seeds of shape {seeds.shape}: expected one per prompt ({B},) or a single seed")
         seeds = (seeds % (1 << 32)).astype(np.uint32)
         if B % self.batch_multiple:
-            raise ValueError(f"batch {B} is not a multiple of the {self.batch_multiple} batch shards of the mesh; "
-                             "pad the prompts (e.g. repeat the last one)")
+            raise ValueError(
+                f"batch {B} is not a multiple of the {self.batch_multiple} batch shards of the mesh; "
+                "pad the prompts (e.g. repeat the last one)"
+            )
         if neg_text is not None:
             neg_text, neg_mask = np.asarray(neg_text, np.float32), np.asarray(neg_mask, bool)
             if neg_text.shape[0] == 1 and B > 1:  # one negative prompt for all
@@ -465,8 +547,19 @@ class Sampler:
         out += [None, None] if neg_text is None else [put(neg_text), put(neg_mask)]
         return out
 
-    def __call__(self, params, vae_params, text, text_mask, seeds, sp: SamplingParams | None = None, *,
-                 neg_text=None, neg_mask=None, **settings) -> SampleOutput:
+    def __call__(
+        self,
+        params,
+        vae_params,
+        text,
+        text_mask,
+        seeds,
+        sp: SamplingParams | None = None,
+        *,
+        neg_text=None,
+        neg_mask=None,
+        **settings,
+    ) -> SampleOutput:
         """Runs the program. text: (B, Lt, Ct) float32 features, text_mask: (B, Lt) bool (at least one
         token per prompt); seeds: (B,) or one int (image i then gets seed + i); sp: SamplingParams
         or keywords of `sampling_params` (cfg, tau, top_k, top_p, greedy); neg_text/neg_mask:

@@ -9,6 +9,7 @@ four pixel budgets, which are prefixes of one 13-scale list:
   '0.06M' -> 7 scales (256x256 for h/w = 1), '0.25M' -> 10 (512x512),
   '0.60M' -> 12 (768x768), '1M' -> 13 (1024x1024).
 """
+
 from __future__ import annotations
 
 import math
@@ -21,22 +22,126 @@ PIXEL_BUDGETS = {"0.06M": 7, "0.25M": 10, "0.60M": 12, "1M": 13}
 
 # The official (h, w) lists for h/w >= 1 (facts of the released models, 13 scales each).
 _TALL_TEMPLATES: dict[float, tuple[tuple[int, int], ...]] = {
-    1.000: ((1, 1), (2, 2), (4, 4), (6, 6), (8, 8), (12, 12), (16, 16), (20, 20), (24, 24), (32, 32),
-            (40, 40), (48, 48), (64, 64)),
-    1.250: ((1, 1), (2, 2), (3, 3), (5, 4), (10, 8), (15, 12), (20, 16), (25, 20), (30, 24), (35, 28),
-            (45, 36), (55, 44), (70, 56)),
-    1.333: ((1, 1), (2, 2), (4, 3), (8, 6), (12, 9), (16, 12), (20, 15), (24, 18), (28, 21), (36, 27),
-            (48, 36), (60, 45), (72, 54)),
-    1.500: ((1, 1), (2, 2), (3, 2), (6, 4), (9, 6), (15, 10), (21, 14), (27, 18), (33, 22), (39, 26),
-            (48, 32), (63, 42), (78, 52)),
-    1.750: ((1, 1), (2, 2), (3, 3), (7, 4), (11, 6), (14, 8), (21, 12), (28, 16), (35, 20), (42, 24),
-            (56, 32), (70, 40), (84, 48)),
-    2.000: ((1, 1), (2, 2), (4, 2), (6, 3), (10, 5), (16, 8), (22, 11), (30, 15), (38, 19), (46, 23),
-            (60, 30), (74, 37), (90, 45)),
-    2.500: ((1, 1), (2, 2), (5, 2), (10, 4), (15, 6), (20, 8), (25, 10), (30, 12), (40, 16), (50, 20),
-            (65, 26), (80, 32), (100, 40)),
-    3.000: ((1, 1), (2, 2), (6, 2), (9, 3), (15, 5), (21, 7), (27, 9), (36, 12), (45, 15), (54, 18),
-            (72, 24), (90, 30), (111, 37)),
+    1.000: (
+        (1, 1),
+        (2, 2),
+        (4, 4),
+        (6, 6),
+        (8, 8),
+        (12, 12),
+        (16, 16),
+        (20, 20),
+        (24, 24),
+        (32, 32),
+        (40, 40),
+        (48, 48),
+        (64, 64),
+    ),
+    1.250: (
+        (1, 1),
+        (2, 2),
+        (3, 3),
+        (5, 4),
+        (10, 8),
+        (15, 12),
+        (20, 16),
+        (25, 20),
+        (30, 24),
+        (35, 28),
+        (45, 36),
+        (55, 44),
+        (70, 56),
+    ),
+    1.333: (
+        (1, 1),
+        (2, 2),
+        (4, 3),
+        (8, 6),
+        (12, 9),
+        (16, 12),
+        (20, 15),
+        (24, 18),
+        (28, 21),
+        (36, 27),
+        (48, 36),
+        (60, 45),
+        (72, 54),
+    ),
+    1.500: (
+        (1, 1),
+        (2, 2),
+        (3, 2),
+        (6, 4),
+        (9, 6),
+        (15, 10),
+        (21, 14),
+        (27, 18),
+        (33, 22),
+        (39, 26),
+        (48, 32),
+        (63, 42),
+        (78, 52),
+    ),
+    1.750: (
+        (1, 1),
+        (2, 2),
+        (3, 3),
+        (7, 4),
+        (11, 6),
+        (14, 8),
+        (21, 12),
+        (28, 16),
+        (35, 20),
+        (42, 24),
+        (56, 32),
+        (70, 40),
+        (84, 48),
+    ),
+    2.000: (
+        (1, 1),
+        (2, 2),
+        (4, 2),
+        (6, 3),
+        (10, 5),
+        (16, 8),
+        (22, 11),
+        (30, 15),
+        (38, 19),
+        (46, 23),
+        (60, 30),
+        (74, 37),
+        (90, 45),
+    ),
+    2.500: (
+        (1, 1),
+        (2, 2),
+        (5, 2),
+        (10, 4),
+        (15, 6),
+        (20, 8),
+        (25, 10),
+        (30, 12),
+        (40, 16),
+        (50, 20),
+        (65, 26),
+        (80, 32),
+        (100, 40),
+    ),
+    3.000: (
+        (1, 1),
+        (2, 2),
+        (6, 2),
+        (9, 3),
+        (15, 5),
+        (21, 7),
+        (27, 9),
+        (36, 12),
+        (45, 15),
+        (54, 18),
+        (72, 24),
+        (90, 30),
+        (111, 37),
+    ),
 }
 # The official video t column; images force t = 1 but we keep it to reproduce the table.
 OFFICIAL_T = (1, 2, 3, 4, 5, 6, 7, 9, 11, 13, 15, 17, 21)
@@ -74,7 +179,7 @@ def official_schedule(h_div_w: float, pn: str = "1M", *, video_t: bool = False) 
     """
     if pn not in PIXEL_BUDGETS:
         raise ValueError(f"pn={pn!r}: expected one of {sorted(PIXEL_BUDGETS)}")
-    hws = TEMPLATES[nearest_h_div_w(h_div_w)][:PIXEL_BUDGETS[pn]]
+    hws = TEMPLATES[nearest_h_div_w(h_div_w)][: PIXEL_BUDGETS[pn]]
     ts = OFFICIAL_T if video_t else (1,) * len(hws)
     return tuple((t, h, w) for t, (h, w) in zip(ts, hws))
 
@@ -121,16 +226,21 @@ def validate(schedule: Sequence[Sequence[int]], latent_hw: tuple[int, int] | Non
     for i in range(1, len(sched)):
         (_, h0, w0), (_, h1, w1) = sched[i - 1], sched[i]
         if h1 < h0 or w1 < w0 or (h1, w1) == (h0, w0):
-            raise ValueError(f"schedule is not increasing at scale {i}: {sched[i - 1]} -> {sched[i]}; "
-                             "expected h and w never to shrink and every scale to be larger")
+            raise ValueError(
+                f"schedule is not increasing at scale {i}: {sched[i - 1]} -> {sched[i]}; "
+                "expected h and w never to shrink and every scale to be larger"
+            )
     if latent_hw is not None and tuple(sched[-1][1:]) != tuple(latent_hw):
-        raise ValueError(f"schedule's last scale {sched[-1][1:]} does not match the latent size {tuple(latent_hw)}; "
-                         "expected the last (h, w) to equal the VAE latent grid")
+        raise ValueError(
+            f"schedule's last scale {sched[-1][1:]} does not match the latent size {tuple(latent_hw)}; "
+            "expected the last (h, w) to equal the VAE latent grid"
+        )
     return sched
 
 
-def custom_schedule(image_hw: tuple[int, int], stride: int = VAE_STRIDE,
-                    hws: Sequence[tuple[int, int]] | None = None) -> Schedule:
+def custom_schedule(
+    image_hw: tuple[int, int], stride: int = VAE_STRIDE, hws: Sequence[tuple[int, int]] | None = None
+) -> Schedule:
     """A schedule for small images (tiny configs): the given (h, w) list, or square powers-ish of 2.
 
     With `hws` None, a square image gets sides 1, 2, 4, ... up to the latent side (the last one
@@ -160,3 +270,20 @@ def parse_schedule(spec: str) -> Schedule:
     if any(len(hw) != 2 for hw in hws):
         raise ValueError(f"schedule spec {spec!r}: expected 'HxW,HxW,...'")
     return validate([(1, h, w) for h, w in hws])
+
+
+def resolve(spec: str, h_div_w: float = 1.0) -> tuple[Schedule, float | None]:
+    """The one way a schedule spec becomes a schedule: (schedule, h/w template used, or None for a custom one).
+
+    spec: a pixel budget (one of PIXEL_BUDGETS: the official template nearest `h_div_w`) or a custom
+    'HxW,HxW,...' list of latent sides (small models, smoke runs). A bad spec raises ValueError naming it.
+    """
+    spec = str(spec).strip()
+    if spec in PIXEL_BUDGETS:
+        return official_schedule(float(h_div_w), spec), nearest_h_div_w(float(h_div_w))
+    try:
+        return parse_schedule(spec), None
+    except ValueError as e:
+        raise ValueError(
+            f"schedule {spec!r}: {e}; expected a pixel budget {tuple(PIXEL_BUDGETS)} or 'HxW,HxW,...'"
+        ) from e

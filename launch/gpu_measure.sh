@@ -21,7 +21,7 @@ if [[ -d .whl && $DRY == 0 ]]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
 fi
 export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-B="python3 -m infinity_jax.cli bench"
+B="python3 -m infinity_jax bench"
 SAMPLE="--config infinity_2b,dtype=bfloat16,scan --pn 1M"
 TRAIN="--pn 0.06M --batch 16 --rules dp --steps 10"
 TRAIN_2B="infinity:infinity_2b,dtype=bfloat16,scan"

@@ -37,6 +37,7 @@ params) and writes, under ROOT:
 instead of running them (pipe them to a shell or a job queue); collect later with --fit-only,
 from a local copy of a remote root (e.g. gsutil -m rsync -r gs://BUCKET/ladder runs/ladder).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,6 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)  # configs/ imports `from configs import ...`
 
 Runner = Callable[[Sequence[str], str], int]  # (command, workdir) -> exit status
 
@@ -67,6 +66,7 @@ Runner = Callable[[Sequence[str], str], int]  # (command, workdir) -> exit statu
 @dataclasses.dataclass(frozen=True)
 class Axis:
     """One value of a grid axis: get_config items and config overrides."""
+
     label: str
     arg: str = ""
     overrides: tuple[str, ...] = ()
@@ -94,8 +94,10 @@ def _axis(label: str, value: Any, where: str) -> Axis:
         return Axis(str(label), value)
     if isinstance(value, Mapping) and set(value) <= {"arg", "overrides"}:
         return Axis(str(label), str(value.get("arg", "")), tuple(value.get("overrides", ())))
-    raise ValueError(f"sweep {where}[{label!r}] = {value!r}: expected get_config items ('layers=2,width=64') "
-                     "or {'arg': items, 'overrides': ('key=value', ...)}")
+    raise ValueError(
+        f"sweep {where}[{label!r}] = {value!r}: expected get_config items ('layers=2,width=64') "
+        "or {'arg': items, 'overrides': ('key=value', ...)}"
+    )
 
 
 def load_sweep(spec: str) -> Sweep:
@@ -134,7 +136,7 @@ class Run:
     model: str
     budget: float
     budget_label: str
-    config: str                 # 'file.py:items'
+    config: str  # 'file.py:items'
     overrides: tuple[str, ...]  # key=value, without the --config. prefix
     workdir: str
     steps: int
@@ -144,8 +146,9 @@ class Run:
     @property
     def command(self) -> list[str]:
         """The training command (the contract of `infinity-jax train`)."""
-        return (["infinity-jax", "train", "--config", self.config, "--workdir", self.workdir]
-                + [f"--config.{o}" for o in self.overrides])
+        return ["infinity-jax", "train", "--config", self.config, "--workdir", self.workdir] + [
+            f"--config.{o}" for o in self.overrides
+        ]
 
     @property
     def finished(self) -> bool:
@@ -172,17 +175,21 @@ def run_shape(config: str, overrides: tuple[str, ...]) -> tuple[int, float]:
     computes them for final.json (shapes only: nothing is allocated; memoised per process)."""
     from infinity_jax import config_util
     from infinity_jax.model import transformer as T
+    from infinity_jax.runs import schedule_from_config
     from infinity_jax.train import step as step_lib
-    from infinity_jax.train.cli import schedule_from_config
+
     cfg = config_util.load_config(config, overrides)
     mcfg = T.InfinityConfig.from_dict(cfg.model)
     if mcfg.ffn_hidden <= 0:  # the official rounding (to 256) leaves no MLP below width 64
-        raise ValueError(f"{config} {list(overrides)}: model width {mcfg.embed_dim} x mlp_ratio {mcfg.mlp_ratio} "
-                         "rounds to an FFN of 0 units (multiples of 256); use width >= 64")
+        raise ValueError(
+            f"{config} {list(overrides)}: model width {mcfg.embed_dim} x mlp_ratio {mcfg.mlp_ratio} "
+            "rounds to an FFN of 0 units (multiples of 256); use width >= 64"
+        )
     n = T.count_params(mcfg)
     text_len = int(cfg.text.max_length) if "text" in cfg else int(mcfg.text_maxlen)
-    per_example = step_lib.train_flops_per_example(n, schedule_from_config(cfg), depth=mcfg.depth,
-                                                   embed_dim=mcfg.embed_dim, text_len=text_len)
+    per_example = step_lib.train_flops_per_example(
+        n, schedule_from_config(cfg), depth=mcfg.depth, embed_dim=mcfg.embed_dim, text_len=text_len
+    )
     return n, per_example * int(cfg.train.global_batch)
 
 
@@ -215,15 +222,18 @@ def expand(sweep: Sweep, root: str, shape_fn: Callable = run_shape) -> list[Run]
                 if sweep.warmup_frac is not None:
                     extra.append(f"optim.warmup_steps={max(1, round(sweep.warmup_frac * steps))}")
                 label = budget_label(budget, sweep.budget_unit)
-                workdir = "/".join((root, v.label, m.label, label)) if remote else \
-                    os.path.join(root, v.label, m.label, label)
-                runs.append(Run(v.label, m.label, budget, label, config, base + tuple(extra), workdir, steps, fps,
-                                params))
+                workdir = (
+                    "/".join((root, v.label, m.label, label)) if remote else os.path.join(root, v.label, m.label, label)
+                )
+                runs.append(
+                    Run(v.label, m.label, budget, label, config, base + tuple(extra), workdir, steps, fps, params)
+                )
     seen = {}
     for r in runs:
         if r.workdir in seen:
-            raise ValueError(f"sweep runs {seen[r.workdir]} and {r} share the workdir {r.workdir}: "
-                             "labels and budgets must be unique")
+            raise ValueError(
+                f"sweep runs {seen[r.workdir]} and {r} share the workdir {r.workdir}: labels and budgets must be unique"
+            )
         seen[r.workdir] = r
     return runs
 
@@ -247,22 +257,30 @@ def subprocess_runner(command: Sequence[str], workdir: str, env: Mapping[str, st
         cmd[:1] = [sys.executable, "-m", "infinity_jax"]
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "train.log"), "ab") as log:
-        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, **(env or {})}).returncode
+        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}).returncode
 
 
 def record(run: Run) -> None:
     """Writes WORKDIR/run.json; refuses a workdir that an earlier, different command started."""
     path = os.path.join(run.workdir, "run.json")
-    want = {"command": run.command, "vocab": run.vocab, "model": run.model, "budget": run.budget,
-            "steps": run.steps, "params": run.params, "flops_per_step": run.flops_per_step}
+    want = {
+        "command": run.command,
+        "vocab": run.vocab,
+        "model": run.model,
+        "budget": run.budget,
+        "steps": run.steps,
+        "params": run.params,
+        "flops_per_step": run.flops_per_step,
+    }
     if os.path.isfile(path):
         with open(path) as f:
             have = json.load(f)
         if have.get("command") != want["command"]:
-            raise RuntimeError(f"{run.workdir} was started by\n  {shlex.join(have.get('command', []))}\nnot\n  "
-                               f"{shlex.join(run.command)}\nresuming it would mix two configs: delete the folder "
-                               "or use another --root")
+            raise RuntimeError(
+                f"{run.workdir} was started by\n  {shlex.join(have.get('command', []))}\nnot\n  "
+                f"{shlex.join(run.command)}\nresuming it would mix two configs: delete the folder "
+                "or use another --root"
+            )
         return
     os.makedirs(run.workdir, exist_ok=True)
     with open(path, "w") as f:
@@ -273,8 +291,10 @@ def launch_local(runs: Sequence[Run], runner: Runner, jobs: int = 1, log=print) 
     """Runs every unfinished run (finished ones are skipped; partial ones resume); returns
     {workdir: exit status} of the runs launched."""
     todo = [r for r in runs if not r.finished]
-    log(f"sweep: {len(runs) - len(todo)} of {len(runs)} runs finished; launching {len(todo)}"
-        + (f", {jobs} at a time" if jobs > 1 and todo else ""))
+    log(
+        f"sweep: {len(runs) - len(todo)} of {len(runs)} runs finished; launching {len(todo)}"
+        + (f", {jobs} at a time" if jobs > 1 and todo else "")
+    )
     for r in todo:
         record(r)
 
@@ -313,9 +333,20 @@ def collect(runs: Sequence[Run]) -> list[dict]:
     """One row per run; finished runs carry final.json's val_loss, flops_total, params, tokens_total."""
     rows = []
     for r in runs:
-        row = {"vocab": r.vocab, "model": r.model, "budget": r.budget, "budget_label": r.budget_label,
-               "steps": r.steps, "status": r.status, "params": r.params, "flops_total": None, "tokens_total": None,
-               "val_loss": None, "train_loss": None, "workdir": r.workdir}
+        row = {
+            "vocab": r.vocab,
+            "model": r.model,
+            "budget": r.budget,
+            "budget_label": r.budget_label,
+            "steps": r.steps,
+            "status": r.status,
+            "params": r.params,
+            "flops_total": None,
+            "tokens_total": None,
+            "val_loss": None,
+            "train_loss": None,
+            "workdir": r.workdir,
+        }
         if r.finished:
             with open(os.path.join(r.workdir, "final.json")) as f:
                 final = json.load(f)
@@ -343,7 +374,7 @@ def fit_power_law(x: Sequence[float], y: Sequence[float]) -> dict:
     u = x / scale
 
     def solve(b: float) -> tuple[float, float, float]:
-        f = u ** -b
+        f = u**-b
         (a, c), *_ = np.linalg.lstsq(np.stack([f, np.ones_like(f)], 1), y, rcond=None)
         if c < 0:  # clamp at the bound: fit a alone with c = 0
             c, a = 0.0, float(f @ y / (f @ f))
@@ -363,7 +394,7 @@ def fit_power_law(x: Sequence[float], y: Sequence[float]) -> dict:
             lo = m1
     b = (lo + hi) / 2
     sse_b, a, c = solve(b)
-    return {"a": a * scale ** b, "b": float(b), "c": c, "rmse": math.sqrt(sse_b / len(x)), "n": int(len(x))}
+    return {"a": a * scale**b, "b": float(b), "c": c, "rmse": math.sqrt(sse_b / len(x)), "n": int(len(x))}
 
 
 def power_law(fit: Mapping[str, float], x) -> np.ndarray:
@@ -395,12 +426,19 @@ def fit_sweep(rows: Sequence[dict], on: str = "frontier") -> dict:
             entry["note"] = f"{len(used)} point(s) on the {on}: a 3-parameter fit needs 3"
         out["loss_vs_compute"][vocab] = entry
         for label in dict.fromkeys(r["budget_label"] for r in rows if r["vocab"] == vocab):
-            group = sorted((int(r["params"]), float(r["val_loss"]), r["model"]) for r in done
-                           if r["vocab"] == vocab and r["budget_label"] == label and r["params"])
+            group = sorted(
+                (int(r["params"]), float(r["val_loss"]), r["model"])
+                for r in done
+                if r["vocab"] == vocab and r["budget_label"] == label and r["params"]
+            )
             if not group:
                 continue
-            e = {"points": len(group), "best_model": min(group, key=lambda t: t[1])[2],
-                 "best_params": min(group, key=lambda t: t[1])[0], "best_loss": min(t[1] for t in group)}
+            e = {
+                "points": len(group),
+                "best_model": min(group, key=lambda t: t[1])[2],
+                "best_params": min(group, key=lambda t: t[1])[0],
+                "best_loss": min(t[1] for t in group),
+            }
             if len(group) >= 3:
                 e.update(fit_power_law([g[0] for g in group], [g[1] for g in group]))
             out["loss_vs_params"].setdefault(vocab, {})[label] = e
@@ -409,8 +447,20 @@ def fit_sweep(rows: Sequence[dict], on: str = "frontier") -> dict:
 
 # ---------------------------------------------------------------- reporting: table and plots
 def write_results_csv(rows: Sequence[dict], path: str) -> None:
-    keys = ["vocab", "model", "budget_label", "budget", "steps", "status", "params", "flops_total", "tokens_total",
-            "train_loss", "val_loss", "workdir"]
+    keys = [
+        "vocab",
+        "model",
+        "budget_label",
+        "budget",
+        "steps",
+        "status",
+        "params",
+        "flops_total",
+        "tokens_total",
+        "train_loss",
+        "val_loss",
+        "workdir",
+    ]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, keys, extrasaction="ignore")
         w.writeheader()
@@ -422,93 +472,59 @@ def _g(v, fmt=".4g") -> str:
 
 
 def summary_markdown(sweep: Sweep, rows: Sequence[dict], fits: Mapping) -> str:
-    lines = [f"# Sweep {sweep.name}", "",
-             f"config `{sweep.config}`; {len(sweep.models)} model sizes x {len(sweep.vocabs)} vocabularies x "
-             f"{len(sweep.budgets)} budgets ({sweep.budget_unit}); "
-             f"{sum(r['status'] == 'finished' for r in rows)} of {len(rows)} runs finished.", "",
-             "## Loss vs compute: L = a * C^-b + c (C = training FLOPs)", "",
-             "| vocab | a | b | c | rmse | points (fit / all) |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Sweep {sweep.name}",
+        "",
+        f"config `{sweep.config}`; {len(sweep.models)} model sizes x {len(sweep.vocabs)} vocabularies x "
+        f"{len(sweep.budgets)} budgets ({sweep.budget_unit}); "
+        f"{sum(r['status'] == 'finished' for r in rows)} of {len(rows)} runs finished.",
+        "",
+        "## Loss vs compute: L = a * C^-b + c (C = training FLOPs)",
+        "",
+        "| vocab | a | b | c | rmse | points (fit / all) |",
+        "|---|---|---|---|---|---|",
+    ]
     for vocab, e in fits["loss_vs_compute"].items():
         if "b" in e:
-            lines.append(f"| {vocab} | {e['a']:.4g} | {e['b']:.4f} | {e['c']:.4f} | {e['rmse']:.2g} | "
-                         f"{e['fit_points']} / {e['points']} ({e['on']}) |")
+            lines.append(
+                f"| {vocab} | {e['a']:.4g} | {e['b']:.4f} | {e['c']:.4f} | {e['rmse']:.2g} | "
+                f"{e['fit_points']} / {e['points']} ({e['on']}) |"
+            )
         else:
             lines.append(f"| {vocab} | | | | | {e['fit_points']} / {e['points']}: {e['note']} |")
-    lines += ["", "## Loss vs parameters at fixed budget: L = a * N^-b + c", "",
-              "| vocab | budget | best model | best params | best loss | b | points |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Loss vs parameters at fixed budget: L = a * N^-b + c",
+        "",
+        "| vocab | budget | best model | best params | best loss | b | points |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for vocab, per in fits["loss_vs_params"].items():
         for label, e in per.items():
-            lines.append(f"| {vocab} | {label} | {e['best_model']} | {e['best_params']:,} | {e['best_loss']:.4f} | "
-                         f"{_g(e.get('b'), '.4f')} | {e['points']} |")
-    lines += ["", "## Runs", "", "| vocab | model | budget | steps | params | FLOPs | val loss | status |",
-              "|---|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {vocab} | {label} | {e['best_model']} | {e['best_params']:,} | {e['best_loss']:.4f} | "
+                f"{_g(e.get('b'), '.4f')} | {e['points']} |"
+            )
+    lines += [
+        "",
+        "## Runs",
+        "",
+        "| vocab | model | budget | steps | params | FLOPs | val loss | status |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         params = "" if r["params"] is None else format(int(r["params"]), ",")
-        lines.append(f"| {r['vocab']} | {r['model']} | {r['budget_label']} | {r['steps']} | {params} | "
-                     f"{_g(r['flops_total'], '.3g')} | {_g(r['val_loss'], '.4f')} | {r['status']} |")
+        lines.append(
+            f"| {r['vocab']} | {r['model']} | {r['budget_label']} | {r['steps']} | {params} | "
+            f"{_g(r['flops_total'], '.3g')} | {_g(r['val_loss'], '.4f')} | {r['status']} |"
+        )
     return "\n".join(lines) + "\n"
-
-
-COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-          (227, 119, 194), (127, 127, 127))
-
-
-def loglog_png(path: str, series: Sequence[dict], title: str, xlabel: str, ylabel: str,
-               size: tuple[int, int] = (720, 480)) -> None:
-    """A log-log plot with PIL (no matplotlib). series: {label, points [(x, y)], line [(x, y)] (optional),
-    marker 'o' | 's' | '^' | 'd'}; colours in order."""
-    from PIL import Image, ImageDraw, ImageFont
-    font = ImageFont.load_default()
-    img = Image.new("RGB", size, (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    allpts = [p for s in series for p in list(s.get("points", ())) + list(s.get("line", ())) if p[0] > 0 and p[1] > 0]
-    x0, y0, x1, y1 = 70, 30, size[0] - 170, size[1] - 45
-    draw.rectangle((x0, y0, x1, y1), outline=(0, 0, 0))
-    draw.text((x0, 8), title, fill=(0, 0, 0), font=font)
-    draw.text(((x0 + x1) // 2 - 40, size[1] - 18), xlabel, fill=(0, 0, 0), font=font)
-    draw.text((4, 8), ylabel, fill=(0, 0, 0), font=font)
-    if not allpts:
-        draw.text((x0 + 10, y0 + 10), "no finished runs yet", fill=(0, 0, 0), font=font)
-        img.save(path)
-        return
-    lx, ly = np.log10([p[0] for p in allpts]), np.log10([p[1] for p in allpts])
-    pad = lambda lo, hi: (lo - 0.05 * max(hi - lo, 1e-3), hi + 0.05 * max(hi - lo, 1e-3))  # noqa: E731
-    (xa, xb), (ya, yb) = pad(lx.min(), lx.max()), pad(ly.min(), ly.max())
-    px = lambda v: x0 + (math.log10(v) - xa) / (xb - xa) * (x1 - x0)  # noqa: E731
-    py = lambda v: y1 - (math.log10(v) - ya) / (yb - ya) * (y1 - y0)  # noqa: E731
-    decades = range(math.ceil(xa), math.floor(xb) + 1)
-    xticks = [10.0 ** e for e in decades] if len(decades) >= 2 else np.geomspace(10 ** xa, 10 ** xb, 6)[1:-1]
-    for v in xticks:  # decades on x, or a few labelled points when the range is under two decades
-        draw.line((px(v), y1, px(v), y1 + 4), fill=(0, 0, 0))
-        draw.text((px(v) - 14, y1 + 6), f"{v:.2g}".replace("+", ""), fill=(0, 0, 0), font=font)
-    for v in np.geomspace(10 ** ya, 10 ** yb, 6)[1:-1]:  # a few labelled heights on y
-        draw.line((x0 - 4, py(v), x0, py(v)), fill=(0, 0, 0))
-        draw.text((6, py(v) - 6), f"{v:.3g}", fill=(0, 0, 0), font=font)
-    for i, s in enumerate(series):
-        col = COLORS[i % len(COLORS)]
-        line = [(px(x), py(y)) for x, y in s.get("line", ()) if x > 0 and y > 0]
-        if len(line) > 1:
-            draw.line(line, fill=col, width=2)
-        for x, y in s.get("points", ()):
-            if x > 0 and y > 0:
-                cx, cy, r = px(x), py(y), 4
-                shape = {"s": "rect", "^": "tri", "d": "dia"}.get(s.get("marker", "o"), "ellipse")
-                if shape == "rect":
-                    draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=col)
-                elif shape == "tri":
-                    draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=col)
-                elif shape == "dia":
-                    draw.polygon([(cx, cy - r), (cx - r, cy), (cx, cy + r), (cx + r, cy)], fill=col)
-                else:
-                    draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=col)
-        ly_ = y0 + 6 + 14 * i
-        draw.rectangle((x1 + 10, ly_, x1 + 20, ly_ + 8), fill=col)
-        draw.text((x1 + 24, ly_ - 2), s["label"][:24], fill=(0, 0, 0), font=font)
-    img.save(path)
 
 
 def plot_sweep(rows: Sequence[dict], fits: Mapping, root: str) -> list[str]:
     """scaling.png (loss vs compute, one colour per vocabulary, fitted curves) and loss_vs_params.png."""
+    from infinity_jax.plots import loglog_png  # here: matplotlib is only needed for the report
+
     done = [r for r in rows if r["val_loss"] is not None and r["flops_total"]]
     series = []
     for vocab, e in fits["loss_vs_compute"].items():
@@ -519,13 +535,15 @@ def plot_sweep(rows: Sequence[dict], fits: Mapping, root: str) -> list[str]:
             s["line"] = list(zip(xs.tolist(), power_law(e, xs).tolist()))
         series.append(s)
     paths = [os.path.join(root, "scaling.png"), os.path.join(root, "loss_vs_params.png")]
-    loglog_png(paths[0], series, "validation loss vs training compute (fit: a C^-b + c)", "training FLOPs",
-               "val loss")
+    loglog_png(paths[0], series, "validation loss vs training compute (fit: a C^-b + c)", "training FLOPs", "val loss")
     series, markers = [], "os^d"
     for vi, vocab in enumerate(dict.fromkeys(r["vocab"] for r in rows)):
         for label in dict.fromkeys(r["budget_label"] for r in rows):
-            pts = sorted((float(r["params"]), float(r["val_loss"])) for r in done
-                         if r["vocab"] == vocab and r["budget_label"] == label and r["params"])
+            pts = sorted(
+                (float(r["params"]), float(r["val_loss"]))
+                for r in done
+                if r["vocab"] == vocab and r["budget_label"] == label and r["params"]
+            )
             if pts:
                 series.append({"label": f"{vocab} {label}", "points": pts, "line": pts, "marker": markers[vi % 4]})
     loglog_png(paths[1], series, "validation loss vs parameters, one line per budget", "parameters", "val loss")
@@ -551,17 +569,25 @@ def main(argv: Sequence[str] | None = None, runner: Runner | None = None) -> int
     ap = argparse.ArgumentParser(prog="python launch/sweep.py", description=__doc__.split("\n")[0])
     ap.add_argument("--sweep", required=True, help="sweep file[:arg], e.g. configs/sweeps/shapes_tiny.py")
     ap.add_argument("--root", required=True, help="folder of the runs (ROOT/VOCAB/MODEL/BUDGET) and reports")
-    ap.add_argument("--launch", choices=("local", "print", "none"), default="local",
-                    help="local: run unfinished runs here, one after another (or --jobs at a time); "
-                         "print: print their commands; none: only collect and fit")
+    ap.add_argument(
+        "--launch",
+        choices=("local", "print", "none"),
+        default="local",
+        help="local: run unfinished runs here, one after another (or --jobs at a time); "
+        "print: print their commands; none: only collect and fit",
+    )
     ap.add_argument("--fit-only", action="store_true", help="same as --launch none")
     ap.add_argument("--jobs", type=int, default=1, help="local runs at a time (CPU sweeps; 1 on accelerators)")
     ap.add_argument("--launcher", choices=LAUNCHERS, default=None, help="--launch print format (default: the sweep's)")
     ap.add_argument("--launcher-args", default=None, help="arguments for the launcher, e.g. '--tpu t --zone z'")
-    ap.add_argument("--fit-on", choices=("frontier", "all"), default="frontier",
-                    help="which runs the loss-vs-compute fit uses")
-    ap.add_argument("--compile-cache", default=None,
-                    help="XLA compilation cache the local runs share (default ROOT/xla_cache; '' disables)")
+    ap.add_argument(
+        "--fit-on", choices=("frontier", "all"), default="frontier", help="which runs the loss-vs-compute fit uses"
+    )
+    ap.add_argument(
+        "--compile-cache",
+        default=None,
+        help="XLA compilation cache the local runs share (default ROOT/xla_cache; '' disables)",
+    )
     args = ap.parse_args(argv)
     sweep = load_sweep(args.sweep)
     runs = expand(sweep, args.root)
@@ -580,10 +606,14 @@ def main(argv: Sequence[str] | None = None, runner: Runner | None = None) -> int
         return 0  # stdout is only commands (pipe it to a shell); collect later with --fit-only
     elif launch == "local":
         if runner is None:
-            cache = os.path.join(os.path.abspath(args.root), "xla_cache") if args.compile_cache is None \
+            cache = (
+                os.path.join(os.path.abspath(args.root), "xla_cache")
+                if args.compile_cache is None
                 else args.compile_cache
-            env = {"JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"} \
-                if cache else {}
+            )
+            env = (
+                {"JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"} if cache else {}
+            )
             runner = lambda cmd, wd: subprocess_runner(cmd, wd, env)  # noqa: E731
         status = launch_local(runs, runner, args.jobs, log=lambda m: print(m, flush=True))
         failed = sum(rc != 0 for rc in status.values())

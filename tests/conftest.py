@@ -1,5 +1,6 @@
 """Shared test helpers: the parity fixtures made by tests/fixtures/make_fixtures.py; XLA flags that compile
 faster (tests/train_helpers.py: FAST_COMPILE)."""
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,7 @@ def reference(request):
 def state_dict(fixture: dict, prefix: str) -> dict:
     """The official state dict stored under `prefix/` (e.g. 'vae', 'gpt'), without the output keys."""
     p = prefix + "/"
-    return {k[len(p):]: v for k, v in fixture.items() if k.startswith(p) and not k.startswith(p + "out/")}
+    return {k[len(p) :]: v for k, v in fixture.items() if k.startswith(p) and not k.startswith(p + "out/")}
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -5,6 +5,7 @@ The cuDNN path cannot run on CPU; its call (jax.nn.dot_product_attention with th
 (B or 1, 1, l, m) boolean and even-padded lengths) is checked here with jax's own 'xla'
 implementation of the same function, so only the kernel itself is left to the accelerator.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from infinity_jax.model import attention as A, transformer as T
+from infinity_jax.model import attention as A
+from infinity_jax.model import transformer as T
 from tests.test_transformer import Case, decode_all, max_abs
 
 SCALE_LENGTHS = (1, 4, 16, 36, 64)  # 121 tokens: several chunks of 16 / 32 below, none full
@@ -37,9 +39,11 @@ def _cases():
     n = len(ids)
     valid = np.ones((2, 7), bool)
     valid[0, 5:] = False  # example 0 has 5 real text tokens of 7
-    return [("block_causal", n, n, ids, ids, None),
-            ("cached_prefix", 64, n, None, None, None),
-            ("padded_text", n, 7, None, None, jnp.asarray(valid))]
+    return [
+        ("block_causal", n, n, ids, ids, None),
+        ("cached_prefix", 64, n, None, None, None),
+        ("padded_text", n, 7, None, None, jnp.asarray(valid)),
+    ]
 
 
 @pytest.mark.parametrize("case", _cases(), ids=lambda c: c[0])
@@ -84,7 +88,7 @@ def test_kernel_selection_by_backend_dtype_and_head_width():
     bf16, f32 = jnp.bfloat16, jnp.float32
     assert A.select_implementation("auto", bf16, 128, "gpu") == "cudnn"
     assert A.select_implementation("auto", bf16, 96, "gpu") == "cudnn"
-    assert A.select_implementation("auto", f32, 128, "gpu") == "chunked"   # cuDNN: 16-bit only
+    assert A.select_implementation("auto", f32, 128, "gpu") == "chunked"  # cuDNN: 16-bit only
     assert A.select_implementation("auto", bf16, 256, "gpu") == "chunked"  # wider than 128
     assert A.select_implementation("auto", bf16, 128, "tpu") == "splash"
     assert A.select_implementation("auto", bf16, 128, "cpu") == "chunked"
@@ -154,16 +158,22 @@ def schedules_tokens(sched) -> int:
 def test_splash_runs_per_shard_under_a_mesh():
     """Under a (data 2, fsdp 2, tensor 2) mesh of host devices the one-device kernel runs on each
     device's batch and head shard (shard_map) and gives the dense result."""
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
     from infinity_jax import parallel
+
     mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
     ids = _ids((1, 4, 16))
     q, k, v = _qkv(len(ids), len(ids), b=4)
     valid = jnp.ones((4, len(ids)), bool).at[1, 10:].set(False)
     sh = NamedSharding(mesh, P(parallel.BATCH_AXES, None, "tensor", None))
     q, k, v = (jax.device_put(x, sh) for x in (q, k, v))
-    fn = jax.jit(lambda q, k, v, m: A.attention(q, k, v, scale=1.0, q_scales=ids, kv_scales=ids, kv_valid=m,
-                                                implementation="splash"))
+    fn = jax.jit(
+        lambda q, k, v, m: A.attention(
+            q, k, v, scale=1.0, q_scales=ids, kv_scales=ids, kv_valid=m, implementation="splash"
+        )
+    )
     with jax.set_mesh(mesh):
         out = fn(q, k, v, valid)
         assert "shard_map" in str(fn.trace(q, k, v, valid).jaxpr)
@@ -172,13 +182,34 @@ def test_splash_runs_per_shard_under_a_mesh():
 
 def test_bench_attention_prints_every_kernel_against_the_reference(tmp_path, capsys):
     import json
-    from infinity_jax import bench
+
+    from infinity_jax import commands
+
     out = tmp_path / "a.json"
-    assert bench.main(["attention", "--runs", "1", "--heads", "1", "--head-dim", "16", "--sample-pn", "0.06M",
-                       "--interpret", "--json", str(out)]) == 0
+    assert (
+        commands.main(
+            [
+                "bench",
+                "attention",
+                "--runs",
+                "1",
+                "--heads",
+                "1",
+                "--head-dim",
+                "16",
+                "--sample-pn",
+                "0.06M",
+                "--interpret",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert table.splitlines()[0].split()[:2] == ["case", "impl"]
     rows = json.loads(out.read_text())
-    assert {(r["case"], r["impl"]) for r in rows} == {(c, i) for c in ("train", "sample", "text")
-                                                       for i in ("xla", "chunked", "splash")}
+    assert {(r["case"], r["impl"]) for r in rows} == {
+        (c, i) for c in ("train", "sample", "text") for i in ("xla", "chunked", "splash")
+    }
     assert all("skip" not in r and r["max_err"] <= 1e-5 and r["fwd_bwd_ms"] > 0 for r in rows)

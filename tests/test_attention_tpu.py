@@ -1,6 +1,7 @@
 """Splash attention (model/attention_tpu.py) in Pallas interpret mode on CPU against a dense reference:
 block-causal over scales, plain with l != m (the cached sampler), padded cross-attention, bf16, the
 block-sparse mask table, and gradients through the kernel's custom VJP."""
+
 from __future__ import annotations
 
 import jax
@@ -38,11 +39,11 @@ def qkv(l, m, c=C, dtype=jnp.float32, seed=0):
     return tuple(jnp.asarray(x, dtype) for x in (q, k, v))
 
 
-def check(l, m, *, scale, q_scales=None, kv_scales=None, kv_valid=None, dtype=jnp.float32, atol=1e-5, c=C,
-          block=128):
+def check(l, m, *, scale, q_scales=None, kv_scales=None, kv_valid=None, dtype=jnp.float32, atol=1e-5, c=C, block=128):
     q, k, v = qkv(l, m, c, dtype)
-    out = attention_tpu.splash_attention(q, k, v, scale=scale, q_scales=q_scales, kv_scales=kv_scales,
-                                         kv_valid=kv_valid, interpret=True, block=block)
+    out = attention_tpu.splash_attention(
+        q, k, v, scale=scale, q_scales=q_scales, kv_scales=kv_scales, kv_valid=kv_valid, interpret=True, block=block
+    )
     assert out.shape == (B, l, H, c) and out.dtype == dtype
     ref = reference(q, k, v, scale, q_scales, kv_scales, kv_valid)
     np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref), atol=atol, rtol=atol)
@@ -56,17 +57,17 @@ def test_block_causal():
 def test_block_causal_bf16():
     ids = scale_ids(SCALE_LENS)
     # inputs rounded to bf16 identically for both; the kernel also rounds scale * q and the output to bf16
-    check(len(ids), len(ids), scale=C ** -0.5, q_scales=ids, kv_scales=ids, dtype=jnp.bfloat16, atol=3e-2)
+    check(len(ids), len(ids), scale=C**-0.5, q_scales=ids, kv_scales=ids, dtype=jnp.bfloat16, atol=3e-2)
 
 
 def test_plain_fewer_queries_than_keys():
     """The cached sampler: this scale's 16 queries against the 57 cached keys, no mask."""
-    check(16, 57, scale=C ** -0.5)
+    check(16, 57, scale=C**-0.5)
 
 
 def test_padded_cross_attention():
     kv_valid = jnp.asarray(np.arange(7)[None, :] < np.array([5, 7])[:, None])  # 5 and 7 real text tokens
-    check(57, 7, scale=C ** -0.5, kv_valid=kv_valid)
+    check(57, 7, scale=C**-0.5, kv_valid=kv_valid)
 
 
 def test_multi_block_sparse_mask():
@@ -87,8 +88,9 @@ def test_multi_block_sparse_mask():
 def test_under_jit():
     ids = scale_ids(SCALE_LENS)
     q, k, v = qkv(len(ids), len(ids))
-    fn = jax.jit(lambda q, k, v: attention_tpu.splash_attention(q, k, v, scale=0.3, q_scales=ids, kv_scales=ids,
-                                                                interpret=True))
+    fn = jax.jit(
+        lambda q, k, v: attention_tpu.splash_attention(q, k, v, scale=0.3, q_scales=ids, kv_scales=ids, interpret=True)
+    )
     np.testing.assert_allclose(fn(q, k, v), reference(q, k, v, 0.3, ids, ids), atol=1e-5, rtol=1e-5)
 
 
@@ -108,10 +110,14 @@ def test_gradients(case):
         kw = {"kv_valid": jnp.asarray(np.arange(m)[None, :] < np.array([5, 7])[:, None])}
     q, k, v = qkv(l, m, seed=1)
     cot = jnp.asarray(np.random.default_rng(2).standard_normal((B, l, H, C)), jnp.float32)
-    got = grads(lambda q, k, v: attention_tpu.splash_attention(q, k, v, scale=0.3, interpret=True, **kw),
-                q, k, v, cot)
-    want = grads(lambda q, k, v: reference(q, k, v, 0.3, kw.get("q_scales"), kw.get("kv_scales"),
-                                           kw.get("kv_valid")), q, k, v, cot)
+    got = grads(lambda q, k, v: attention_tpu.splash_attention(q, k, v, scale=0.3, interpret=True, **kw), q, k, v, cot)
+    want = grads(
+        lambda q, k, v: reference(q, k, v, 0.3, kw.get("q_scales"), kw.get("kv_scales"), kw.get("kv_valid")),
+        q,
+        k,
+        v,
+        cot,
+    )
     for name, g, w in zip("qkv", got, want):
         assert np.all(np.isfinite(np.asarray(g))), name
         np.testing.assert_allclose(g, w, atol=1e-4, rtol=1e-4, err_msg=f"d{name}")

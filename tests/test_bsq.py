@@ -5,6 +5,7 @@ wherever the reference margin |x|/||x|| >= 1e-5 (stop at the first scale with a 
 near-tie flip), z from the reference bits atol 1e-5, teacher-forcing / self-correction / sampler
 inputs atol 1e-5 with labels exact. Measured: every error <= 3.6e-7, every bit equal.
 """
+
 from __future__ import annotations
 
 import functools
@@ -55,8 +56,11 @@ def _smooth_latent(seed: int, batch: int, hw, d: int, std: float) -> jax.Array:
     fi, fj = fi.ravel(), fj.ravel()
     amp = rng.standard_normal((batch, fi.size, d)) / (1.0 + fi + fj)[None, :, None] ** 1.5
     phase = rng.uniform(0, 2 * np.pi, (batch, fi.size, d))
-    arg = 2 * np.pi * (fi[:, None, None] * np.arange(h)[None, :, None] / h
-                       + fj[:, None, None] * np.arange(w)[None, None, :] / w)  # (F, h, w)
+    arg = (
+        2
+        * np.pi
+        * (fi[:, None, None] * np.arange(h)[None, :, None] / h + fj[:, None, None] * np.arange(w)[None, None, :] / w)
+    )  # (F, h, w)
     z = np.einsum("bfd,fhwbd->bhwd", amp, np.cos(arg[..., None, None] + phase.transpose(1, 0, 2)[:, None, None]))
     return jnp.asarray(std * z / z.std(), jnp.float32)
 
@@ -132,8 +136,17 @@ def test_sampler_inputs_from_sampled_bits_match_reference(reference):
 
 # ----------------------------------------------------------------------------- resizing as PyTorch does it
 
-_RESIZES = [((16, 16), (6, 6)), ((16, 16), (12, 12)), ((11, 22), (5, 10)), ((11, 22), (3, 6)),
-            ((16, 16), (1, 1)), ((2, 4), (11, 22)), ((3, 3), (16, 16)), ((12, 12), (16, 16)), ((5, 7), (5, 3))]
+_RESIZES = [
+    ((16, 16), (6, 6)),
+    ((16, 16), (12, 12)),
+    ((11, 22), (5, 10)),
+    ((11, 22), (3, 6)),
+    ((16, 16), (1, 1)),
+    ((2, 4), (11, 22)),
+    ((3, 3), (16, 16)),
+    ((12, 12), (16, 16)),
+    ((5, 7), (5, 3)),
+]
 
 
 @pytest.mark.parametrize("mode", ["area", "bilinear"])
@@ -246,6 +259,7 @@ def test_flip_rate_matches_drawn_strength():
 
 def test_flip_strengths_follow_official_distribution():
     """Official draw: randint(0, 100*p + 1) * 0.01 per scale, i.e. uniform on {0, 0.01, ..., 0.30} for p=0.3."""
+
     def strengths(keys, strength):
         draw = lambda key: bsq.draw_flip_masks(key, ((1, 1), (2, 2)), 1, 1, strength=strength)[1]
         return np.asarray(jax.jit(jax.vmap(draw))(keys)).ravel()
@@ -267,8 +281,10 @@ def test_jit_matches_eager():
     z = _smooth_latent(9, 2, WIDE[-1][1:], 16, 1.0)
     rng = jax.random.key(10)
     eager = (bsq.multiscale_quantize(z, WIDE), bsq.self_correction(z, WIDE, rng))
-    jitted = (jax.jit(bsq.multiscale_quantize, static_argnums=1)(z, WIDE),
-              jax.jit(functools.partial(bsq.self_correction, schedule=WIDE))(z, rng=rng))
+    jitted = (
+        jax.jit(bsq.multiscale_quantize, static_argnums=1)(z, WIDE),
+        jax.jit(functools.partial(bsq.self_correction, schedule=WIDE))(z, rng=rng),
+    )
     for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
         assert a.shape == b.shape and a.dtype == b.dtype
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

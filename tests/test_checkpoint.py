@@ -1,4 +1,5 @@
 """Checkpointer: restore onto another mesh, data-iterator state (dict, bytes, grain), config, keep-N, errors."""
+
 import jax
 import jax.numpy as jnp
 import ml_collections

@@ -1,4 +1,5 @@
 """The suite's own rules: under CI a skipped test fails the session (tests/conftest.py)."""
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,9 @@ def test_skip_probe():
 def _run(**env):
     base = {k: v for k, v in os.environ.items() if k != "CI"}
     argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "tests/test_ci_policy.py::test_skip_probe"]
-    return subprocess.run(argv, cwd=REPO, env=dict(base, INFINITY_SKIP_PROBE="1", **env), capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        argv, cwd=REPO, env=dict(base, INFINITY_SKIP_PROBE="1", **env), capture_output=True, text=True, timeout=120
+    )
 
 
 def test_a_skip_fails_a_ci_session_and_names_its_reason():

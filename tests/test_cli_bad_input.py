@@ -1,12 +1,13 @@
 """Bad command lines, one table: `infinity-jax <argv>` exits 2 with exactly one line on stderr that names the
-bad value, prints nothing on stdout and writes nothing (run in-process through cli.main, from an empty folder)."""
+bad value, prints nothing on stdout and writes nothing (run in-process through commands.main, from an empty folder)."""
+
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from infinity_jax import cli
+from infinity_jax import commands
 
 # argv ({tmp}: the empty working folder), a fragment of the error naming the bad value
 CASES = [
@@ -24,8 +25,9 @@ CASES = [
     # data prepare: a missing source, an empty request
     (["data", "prepare", "--source", "{tmp}/nowhere", "--out", "{tmp}/data"], "source '{tmp}/nowhere' does not exist"),
     (["data", "prepare", "--source", "shapes", "--num-examples", "0", "--out", "{tmp}/data"], "num_examples=0"),
-    # bench: an unknown benchmark
-    (["bench", "nosuch"], "unknown benchmark 'nosuch': expected one of attention, data, sample, train"),
+    # bench: a bad value of a benchmark's option (an unknown benchmark: test_version_and_help_list_what_runs)
+    (["bench", "data", "--workers", "0,x"], "--workers '0,x': expected comma-separated integers"),
+    (["bench", "train", "--tensor", "3"], "tensor 3 x fsdp 1: the mesh does not divide the"),
     # config specs and overrides, as every command loads them (config: the launchers' local check)
     (["config", "shapes:tiny", "--config.model.dept=4"], "no field 'dept' in model"),
     (["config", "shapes:tiny", "--config.model.depth='deep'"], "model.depth is int"),
@@ -35,33 +37,48 @@ CASES = [
     (["config", "configs/zoo.py:2b,mesh=nosuch"], "mesh preset 'nosuch'"),
     (["config", "configs/zoo.py:nosuch"], "zoo model 'nosuch'"),
     (["config", "nope:x"], "config 'nope' not found"),
+    (["config"], "expected a config spec"),
     (["train", "--config", "configs/shapes.py:layers=abc", "--workdir", "{tmp}/run"], "shapes layers='abc'"),
     (["train", "--config", "shapes:tiny", "--workdir", "{tmp}/run", "--config.model.dept=4"], "no field 'dept'"),
-    (["train-tokenizer", "--config", "tokenizer_shapes:size=abc", "--workdir", "{tmp}/tok"],
-     "tokenizer_shapes size='abc'"),
+    (
+        ["train-tokenizer", "--config", "tokenizer_shapes:size=abc", "--workdir", "{tmp}/tok"],
+        "tokenizer_shapes size='abc'",
+    ),
 ]
 
 
 @pytest.mark.parametrize("argv, message", CASES, ids=[" ".join(a) for a, _ in CASES])
-def test_bad_input_is_one_line_naming_it_with_status_2_and_writes_nothing(tmp_path, monkeypatch, capsys, argv,
-                                                                            message):
+def test_bad_input_is_one_line_naming_it_with_status_2_and_writes_nothing(tmp_path, monkeypatch, capsys, argv, message):
     monkeypatch.chdir(tmp_path)
     fill = {"tmp": str(tmp_path)}
-    assert cli.main([a.format(**fill) for a in argv]) == 2
+    assert commands.main([a.format(**fill) for a in argv]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1 and "Traceback" not in err, err
-    assert err.startswith(f"infinity-jax {argv[0]}: error: ") and message.format(**fill) in err, err
+    command = " ".join(commands.resolve(argv)[0])  # e.g. `bench train`: a group's command names its subcommand
+    assert err.startswith(f"infinity-jax {command}: error: ") and message.format(**fill) in err, err
     assert os.listdir(tmp_path) == []
 
 
 def test_version_and_help_list_what_runs(capsys):
     import infinity_jax
-    from infinity_jax import bench
-    assert cli.main(["--version"]) == 0
+
+    assert commands.main(["--version"]) == 0
     assert capsys.readouterr().out == f"infinity-jax {infinity_jax.__version__}\n"
-    assert cli.main(["--help"]) == 0
-    lines = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("  ")}
-    assert all(name in lines["bench"] for name in bench.BENCHMARKS)  # generated from the registry
-    assert "shapes" in lines["eval"] and "prefixes" in lines["eval"]
-    assert cli.main(["bench", "--help"]) == 0
-    assert "<attention|data|sample|train>" in capsys.readouterr().out
+    benchmarks = sorted(commands.COMMANDS["bench"])  # the help is generated from the registry
+    assert benchmarks == ["attention", "data", "sample", "train"]
+    assert commands.main(["--help"]) == 0
+    names = [ln.strip().split("  ")[0] for ln in capsys.readouterr().out.splitlines() if ln.startswith("  ")]
+    assert [n for n in names if n.startswith("bench ")] == [f"bench {b}" for b in benchmarks]
+    assert "eval shapes" in names and "eval prefixes" in names
+    assert commands.main(["bench", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: infinity-jax bench <command>")
+    assert [ln.split()[0] for ln in out.splitlines() if ln.startswith("  ")] == benchmarks
+    # an unknown benchmark names the registered ones (exit 2, nothing on stdout)
+    assert commands.main(["bench", "nosuch"]) == 2
+    out, err = capsys.readouterr()
+    assert (
+        out == ""
+        and f"unknown command 'nosuch' for `infinity-jax bench`: expected one of {', '.join(benchmarks)}"
+        in err.splitlines()[0]
+    )

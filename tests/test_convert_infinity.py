@@ -1,4 +1,5 @@
 """Official Infinity state dict <-> our params: exact both ways, strict, bf16 checkpoints load."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -6,9 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from infinity_jax.convert import common
+from infinity_jax import fileio
 from infinity_jax.convert import infinity as conv
-from infinity_jax.convert.torch_io import load_state_dict, save_state_dict
+from infinity_jax.convert.torch_io import as_numpy, load_state_dict, save_state_dict
 from infinity_jax.model import transformer as T
 from tests.conftest import load_fixture, state_dict
 
@@ -17,8 +18,14 @@ from tests.conftest import load_fixture, state_dict
 def official():
     f = load_fixture("tiny")
     s, meta = f["meta"]["settings"], f["meta"]
-    cfg = T.InfinityConfig(depth=s["depth"], embed_dim=s["embed_dim"], num_heads=s["num_heads"],
-                           block_chunks=s["block_chunks"], codebook_dim=s["d"], text_channels=meta["text_channels"])
+    cfg = T.InfinityConfig(
+        depth=s["depth"],
+        embed_dim=s["embed_dim"],
+        num_heads=s["num_heads"],
+        block_chunks=s["block_chunks"],
+        codebook_dim=s["d"],
+        text_channels=meta["text_channels"],
+    )
     return cfg, state_dict(f, "gpt")
 
 
@@ -38,14 +45,16 @@ def test_round_trip_is_bit_identical(official, scan):
     assert_same_state_dict(back, sd)  # zero_k_bias buffers included
     assert any(k.endswith("zero_k_bias") for k in back)
     if scan:
-        assert common.flatten(params)["blocks/sa/mat_qkv"].shape == (cfg.depth, 64, 3, 64)
+        assert fileio.flatten(params)["blocks/sa/mat_qkv"].shape == (cfg.depth, 64, 3, 64)
 
 
 def test_param_tree_mirrors_official_names(official):
     cfg, sd = official
-    flat = common.flatten(conv.torch_to_params(sd, cfg))
+    flat = fileio.flatten(conv.torch_to_params(sd, cfg))
     np.testing.assert_array_equal(flat["blocks_1/sa/proj/kernel"], sd["block_chunks.1.module.0.sa.proj.weight"].T)
-    np.testing.assert_array_equal(flat["blocks_0/sa/mat_qkv"][:, 1], sd["block_chunks.0.module.0.sa.mat_qkv.weight"][64:128].T)
+    np.testing.assert_array_equal(
+        flat["blocks_0/sa/mat_qkv"][:, 1], sd["block_chunks.0.module.0.sa.mat_qkv.weight"][64:128].T
+    )
     np.testing.assert_array_equal(flat["text_proj_for_ca_2/bias"], sd["text_proj_for_ca.2.bias"])
     np.testing.assert_array_equal(flat["lvl_embed/embedding"], sd["lvl_embed.weight"])
     one_chunk = dataclasses.replace(cfg, block_chunks=1)
@@ -61,8 +70,14 @@ def test_mismatched_keys_and_shapes_are_listed_in_one_error(official):
     with pytest.raises(ValueError) as e:
         conv.torch_to_params(bad, cfg)
     msg = str(e.value)
-    for part in ("missing keys (2)", "head.bias", "block_chunks.0.module.0.sa.zero_k_bias", "unexpected keys (1)",
-                 "head.extra", "word_embed.weight: got (64, 16), expected (64, 32)"):
+    for part in (
+        "missing keys (2)",
+        "head.bias",
+        "block_chunks.0.module.0.sa.zero_k_bias",
+        "unexpected keys (1)",
+        "head.extra",
+        "word_embed.weight: got (64, 16), expected (64, 32)",
+    ):
         assert part in msg
 
 
@@ -77,12 +92,13 @@ def test_nonzero_zero_k_bias_is_refused(official):
 def test_bf16_checkpoint_loads_and_exports(official, tmp_path):
     pytest.importorskip("torch")
     import ml_dtypes
+
     cfg, sd = official
     sd16 = {k: v.astype(ml_dtypes.bfloat16) for k, v in sd.items()}
     path = str(tmp_path / "gpt_bf16.pth")
     save_state_dict(sd16, path)
     params = conv.torch_to_params(load_state_dict(path), cfg)
-    flat = common.flatten(params)
+    flat = fileio.flatten(params)
     assert all(v.dtype == np.float32 for v in flat.values())
     np.testing.assert_array_equal(flat["head/kernel"], sd16["head.weight"].astype(np.float32).T)
     back = conv.params_to_torch(params, cfg, dtype="bfloat16")
@@ -90,3 +106,21 @@ def test_bf16_checkpoint_loads_and_exports(official, tmp_path):
     out = str(tmp_path / "back.pth")
     save_state_dict(back, out)
     assert_same_state_dict(load_state_dict(out), sd16)
+
+
+def test_torch_tensors_convert_like_numpy_arrays_bf16_included(official):
+    """A state dict of torch tensors (as a caller holding a torch model has it) converts exactly as its numpy
+    arrays do: torch_io.as_numpy keeps bf16 values (numpy has no bf16 of its own)."""
+    torch = pytest.importorskip("torch")
+    import ml_dtypes
+
+    cfg, sd = official
+    sd16 = {k: v.astype(ml_dtypes.bfloat16) for k, v in sd.items()}
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}
+    tensors16 = {k: t.to(torch.bfloat16) for k, t in tensors.items()}
+    assert as_numpy(tensors16["head.weight"]).dtype == ml_dtypes.bfloat16
+    for given, want in ((tensors, sd), (tensors16, sd16)):
+        got, ref = (fileio.flatten(conv.torch_to_params(x, cfg)) for x in (given, want))
+        assert sorted(got) == sorted(ref)
+        for k in ref:
+            np.testing.assert_array_equal(got[k], ref[k], err_msg=k)

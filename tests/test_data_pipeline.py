@@ -1,4 +1,5 @@
 """grain pipeline: determinism, exact resume (orbax), aspect buckets, per-host shards, captions, bad images."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +16,7 @@ grain = pytest.importorskip("grain")
 
 from infinity_jax import schedules  # noqa: E402
 from infinity_jax.data import pipeline, shapes, sources  # noqa: E402
-from tests.test_data_sources import SIZES, write_official  # noqa: E402
+from tests.test_data_sources import write_official  # noqa: E402
 
 tfds.disable_progress_bar()
 
@@ -91,7 +92,8 @@ def test_resume_after_k_batches_gives_batch_k_plus_1_through_orbax(shapes_path, 
     mngr.wait_until_finished()
     fresh = iter(pipeline.make_dataset(c, shard=(0, 1)))
     ocp.CheckpointManager(str(tmp_path / "ckpt"), item_names=("data",)).restore(
-        k, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh)))
+        k, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh))
+    )
     for j in range(k, 15):
         assert same(next(fresh), want[j]), j
     # or without the saved state: skip k batches of the plan
@@ -175,14 +177,13 @@ def _tokenize(captions):
     ids = np.zeros((len(captions), 16), np.int32)
     for r, c in enumerate(captions):
         b = list(c.encode())[:16]
-        ids[r, :len(b)] = b
+        ids[r, : len(b)] = b
     return ids, (ids > 0).astype(np.int32)
 
 
 def test_tokenizer_ids_and_float_images(shapes_path):
     (plain,), _ = take(cfg(shapes_path, batch_size=16, shuffle=False), 1)
-    (b,), _ = take(cfg(shapes_path, batch_size=16, shuffle=False, image_dtype="float32"), 1,
-                   tokenizer=_tokenize)
+    (b,), _ = take(cfg(shapes_path, batch_size=16, shuffle=False, image_dtype="float32"), 1, tokenizer=_tokenize)
     assert b["image"].dtype == np.float32 and b["image"].min() >= -1 and b["image"].max() <= 1
     assert np.array_equal(b["image"], pipeline.to_float(plain["image"]))
     assert b["tokens"].shape == b["token_mask"].shape == (16, 16)
@@ -195,7 +196,8 @@ def test_random_flip_mirrors_images_and_position_captions(shapes_path):
     flipped = 0
     for k in range(48):
         if np.array_equal(flip["image"][k], plain["image"][k][:, ::-1]) and not np.array_equal(
-                plain["image"][k], plain["image"][k][:, ::-1]):
+            plain["image"][k], plain["image"][k][:, ::-1]
+        ):
             flipped += 1
             spec = json.loads(flip["spec"][k])
             assert spec == shapes.flip_spec(json.loads(plain["spec"][k])) and flip["caption"][k] == spec["caption"]
@@ -238,9 +240,29 @@ def test_clear_errors_for_missing_data_bad_config_and_too_few_examples(shapes_pa
 
 
 def test_bench_data_prints_a_throughput_table(capsys):
-    from infinity_jax.cli import main
-    assert main(["bench", "data", "--num-images", "8", "--batch-size", "4", "--batches", "2", "--warmup", "1",
-                 "--workers", "0", "--image-size", "64"]) == 0
+    from infinity_jax.commands import main
+
+    assert (
+        main(
+            [
+                "bench",
+                "data",
+                "--num-images",
+                "8",
+                "--batch-size",
+                "4",
+                "--batches",
+                "2",
+                "--warmup",
+                "1",
+                "--workers",
+                "0",
+                "--image-size",
+                "64",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     row = out.strip().splitlines()[-1].split()
     assert "images/s" in out and row[0] == "0" and float(row[2]) > 0

@@ -1,4 +1,5 @@
 """The procedural shapes dataset: deterministic, captions follow the grammar, the spec matches the pixels."""
+
 from __future__ import annotations
 
 import json
@@ -99,8 +100,12 @@ def test_position_relation_is_clear_in_box_centres(examples):
 
 
 def test_flip_spec_mirrors_boxes_and_swaps_left_and_right():
-    spec = next(s for i in range(200) for s in [shapes.make_spec(i, seed=0)]
-                if s["category"] == "position" and s["relation"] == "left of")
+    spec = next(
+        s
+        for i in range(200)
+        for s in [shapes.make_spec(i, seed=0)]
+        if s["category"] == "position" and s["relation"] == "left of"
+    )
     f = shapes.flip_spec(spec)
     assert f["relation"] == "right of" and "right of" in f["caption"] and "left of" in spec["caption"]
     assert np.array_equal(shapes.draw(f), shapes.draw(spec)[:, ::-1])
@@ -116,6 +121,7 @@ def test_image_size_is_configurable_and_too_small_is_an_error():
 
 def test_slots_layout_places_objects_by_count_and_caption_order():
     from infinity_jax.eval import shapes as shapes_eval
+
     H = W = 32
     seen = set()
     images, captions = [], []

@@ -1,4 +1,5 @@
 """tfds builders: the official jsonl format read unchanged, image folders, shapes; skips and errors."""
+
 from __future__ import annotations
 
 import io
@@ -40,9 +41,12 @@ def write_official(root, sizes=SIZES, corrupt=(), missing=(), no_text=()) -> str
         if i not in missing:
             with open(path, "wb") as f:
                 f.write(b"\xff\xd8\xff\xe0 not really a jpeg" if i in corrupt else jpeg_bytes(h, w, i))
-        rec = {"image_path": f"data/{name}/images/{i}.jpg", "h_div_w": h / w,
-               "long_caption": f"Long caption {i}. Second sentence. Third sentence.",
-               "long_caption_type": "caption-InternVL2.0"}
+        rec = {
+            "image_path": f"data/{name}/images/{i}.jpg",
+            "h_div_w": h / w,
+            "long_caption": f"Long caption {i}. Second sentence. Third sentence.",
+            "long_caption_type": "caption-InternVL2.0",
+        }
         if i not in no_text:
             rec["text"] = f"short {i}--tag"
         by_template.setdefault(f"{h / w:.3f}", []).append(json.dumps(rec))
@@ -120,6 +124,7 @@ def test_image_folder_reads_txt_jsonl_and_csv_captions(tmp_path):
 
 def test_shapes_builder_stores_png_caption_and_spec(tmp_path, capsys):
     from infinity_jax.data import shapes
+
     path = sources.prepare("shapes", str(tmp_path / "out"), num_examples=12, image_size=48, seed=5, progress=False)
     out = capsys.readouterr().out
     assert "Downloading" not in out and "downloaded and prepared" not in out  # nothing is downloaded
@@ -135,6 +140,7 @@ def test_shapes_builder_stores_png_caption_and_spec(tmp_path, capsys):
 
 def test_shapes_layout_is_built_and_recorded(tmp_path):
     from infinity_jax.data import shapes
+
     out = str(tmp_path / "out")
     path = sources.prepare("shapes", out, num_examples=4, image_size=32, seed=5, layout="slots", progress=False)
     recs, info = _records(path)
@@ -147,11 +153,29 @@ def test_shapes_layout_is_built_and_recorded(tmp_path):
 
 
 def test_shapes_categories_subset_is_built_and_recorded(tmp_path, capsys):
-    from infinity_jax.cli import main
+    from infinity_jax.commands import main
     from infinity_jax.data import shapes
+
     out = str(tmp_path / "out")
-    assert main(["data", "prepare", "--source", "shapes", "--num-examples", "6", "--image-size", "32",
-                 "--categories", "colors,position", "--out", out]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "--source",
+                "shapes",
+                "--num-examples",
+                "6",
+                "--image-size",
+                "32",
+                "--categories",
+                "colors,position",
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
     recs, info = _records(sources.find_dataset_dir(out))
     assert info.metadata["prepare"]["categories"] == ["colors", "position"]
     specs = [json.loads(r["spec"].decode()) for r in recs]
@@ -167,9 +191,25 @@ def test_shapes_categories_subset_is_built_and_recorded(tmp_path, capsys):
 
 
 def test_cli_prepare_builds_shapes(tmp_path, capsys):
-    from infinity_jax.cli import main
-    assert main(["data", "prepare", "--source", "shapes", "--num-examples", "6", "--image-size", "32x48",
-                 "--out", str(tmp_path)]) == 0
+    from infinity_jax.commands import main
+
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "--source",
+                "shapes",
+                "--num-examples",
+                "6",
+                "--image-size",
+                "32x48",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "shapes: 6 examples" in out and "[[0.666, 0, 6]]" in out
 
@@ -216,10 +256,20 @@ def write_captions_jsonl(root, lines: list[str], n_images: int = 3) -> str:
 
 
 def test_bad_caption_lines_are_skipped_naming_file_line_and_what_was_wrong(tmp_path, capsys):
-    from infinity_jax.cli import main
+    from infinity_jax.commands import main
+
     good = [json.dumps({"file_name": f"im{i}.png", "caption": f"caption {i}"}) for i in range(3)]
-    folder = write_captions_jsonl(tmp_path, [good[0], '{"file_name": "im1.png", caption: 1}', good[1], "[1, 2]",
-                                             json.dumps({"file_name": "gone.png", "caption": "x"}), good[2]])
+    folder = write_captions_jsonl(
+        tmp_path,
+        [
+            good[0],
+            '{"file_name": "im1.png", caption: 1}',
+            good[1],
+            "[1, 2]",
+            json.dumps({"file_name": "gone.png", "caption": "x"}),
+            good[2],
+        ],
+    )
     sidecar = os.path.join(folder, "captions.jsonl")
     assert main(["data", "prepare", "--source", folder, "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
@@ -233,12 +283,14 @@ def test_bad_caption_lines_are_skipped_naming_file_line_and_what_was_wrong(tmp_p
     bad = write_captions_jsonl(tmp_path / "bad", ["{oops", json.dumps({"image": "im0.png"})], n_images=1)
     assert main(["data", "prepare", "--source", bad, "--out", str(tmp_path / "out2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("infinity-jax data: error: image_folder: the source") and "skipped 2 {'bad record': 2}" in err
-    assert f"captions.jsonl:1 (not JSON: " in err and f"captions.jsonl:2 ({{'image': 'im0.png'}})" in err
+    assert err.startswith("infinity-jax data prepare: error: image_folder: the source")
+    assert "skipped 2 {'bad record': 2}" in err
+    assert "captions.jsonl:1 (not JSON: " in err and "captions.jsonl:2 ({'image': 'im0.png'})" in err
 
 
 def test_cli_prepare_lists_every_skipped_image(tmp_path, capsys):
-    from infinity_jax.cli import main
+    from infinity_jax.commands import main
+
     ds = write_official(tmp_path / "src", sizes=[(40, 40)] * 5, corrupt=(1, 3), missing=(2,))
     assert main(["data", "prepare", "--source", ds, "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out

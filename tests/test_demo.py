@@ -1,19 +1,31 @@
 """Pieces of `infinity-jax demo` that are cheap to test: report figures, held-out prompts, step planning."""
+
 import numpy as np
 import pytest
 
-from infinity_jax import config_util, demo, plots
+from infinity_jax import config_util, plots, runs
+from infinity_jax.commands import demo
+from infinity_jax.data import shapes as shapes_data
 from infinity_jax.eval import shapes as shapes_eval
 
 
 def test_held_out_prompts_are_ground_truth_of_an_unseen_seed():
-    captions, images = demo.held_out_prompts(12, 64)
+    captions, images = shapes_data.held_out_prompts(12, 64)
     assert len(captions) == len(images) == 12 and images[0].shape == (64, 64, 3)
     assert shapes_eval.evaluate(np.stack(images), captions)["overall"] == 1.0
     from infinity_jax.data import shapes
+
     assert captions != [shapes.render(i, 0, 64)[1] for i in range(12)]  # not the training seed
-    other, _ = demo.held_out_prompts(12, 64, seed=4242)
+    other, _ = shapes_data.held_out_prompts(12, 64, seed=4242)
     assert other == [shapes.render(i, 4242, 64)[1] for i in range(12)] and other != captions
+
+
+def test_chance_scores_each_prompt_on_another_prompts_ground_truth():
+    """The demo's chance reference: every caption scored on the image of the caption half the list away."""
+    captions, images = shapes_data.held_out_prompts(24, 32, "slots", ("colors",))
+    chance = shapes_eval.chance_scores(images, captions)
+    assert chance == shapes_eval.evaluate(np.stack(images[12:] + images[:12]), captions)
+    assert chance["overall"] < 0.5 < shapes_eval.evaluate(np.stack(images), captions)["overall"] == 1.0
 
 
 def test_with_steps_caps_warmup_for_short_runs():
@@ -27,8 +39,10 @@ def test_with_steps_caps_warmup_for_short_runs():
 
 
 def test_a_planned_stage_stops_at_its_planned_budget_and_a_cut_run_counts_as_finished(tmp_path):
-    plan = {"tokenizer": {"steps": 400},  # fixed on the command line: all its steps run
-            "transformer": {"steps": 1838, "seconds_per_step": 0.319, "budget_s": 700.0}}
+    plan = {
+        "tokenizer": {"steps": 400},  # fixed on the command line: all its steps run
+        "transformer": {"steps": 1838, "seconds_per_step": 0.319, "budget_s": 700.0},
+    }
     assert demo.time_limit(plan, "tokenizer") == 0.0
     assert demo.time_limit(plan, "transformer") == 700.0 - demo.STAGE_TAIL_S
     assert demo.time_limit({"transformer": dict(plan["transformer"], budget_s=5.0)}, "transformer") == 1.0
@@ -69,12 +83,35 @@ def test_short_demo_runs_every_stage_and_beats_chance(tmp_path):
     import os
     import subprocess
     import sys
+
     from infinity_jax.data import shapes
+
     workdir = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as `infinity-jax demo` runs
-    cmd = [sys.executable, "-m", "infinity_jax.cli", "demo", "--workdir", str(workdir), "--num-examples", "1000",
-           "--num-prompts", "96", "--categories", "colors", "--tokenizer-arg", "tiny", "--model-arg", "tiny",
-           "--text-steps", "20", "--tokenizer-steps", "400", "--transformer-steps", "2000"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "infinity_jax",
+        "demo",
+        "--workdir",
+        str(workdir),
+        "--num-examples",
+        "1000",
+        "--num-prompts",
+        "96",
+        "--categories",
+        "colors",
+        "--tokenizer-arg",
+        "tiny",
+        "--model-arg",
+        "tiny",
+        "--text-steps",
+        "20",
+        "--tokenizer-steps",
+        "400",
+        "--transformer-steps",
+        "2000",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     report = workdir / "report"
@@ -89,7 +126,7 @@ def test_short_demo_runs_every_stage_and_beats_chance(tmp_path):
     # the transformer trained on latents encoded once (data/latent_cache.py)
     assert list((workdir / "latents").glob("shard-*/latent.npy")), list(workdir.iterdir())
 
-    _, truth = demo.held_out_prompts(64, 32, "slots", ("colors",))  # the demo's layout
+    _, truth = shapes_data.held_out_prompts(64, 32, "slots", ("colors",))  # the demo's layout
     x = np.stack(truth).astype(np.float32) / 127.5 - 1
     background = np.asarray(shapes.BACKGROUND, np.float32) / 127.5 - 1
     background_psnr = 10 * math.log10(4 / float(np.mean((x - background) ** 2)))
@@ -113,6 +150,7 @@ def test_plan_steps_fits_the_budget_asked_after_calibration_and_keeps_the_plan(t
     import argparse
     import json
     import os
+
     monkeypatch.setattr(demo, "PLAN_FRACTION", 0.9)
     monkeypatch.setattr(demo, "CALIBRATION_STEPS", 5)
     calls = []
@@ -141,21 +179,30 @@ def test_plan_steps_fits_the_budget_asked_after_calibration_and_keeps_the_plan(t
     assert calls == [10]  # resumed: no second calibration
 
 
-@pytest.mark.parametrize("flag,value", [("--minutes", "0"), ("--minutes", "0.5"), ("--tokenizer-share", "1.5"),
-                                        ("--tokenizer-share", "0")])
+@pytest.mark.parametrize(
+    "flag,value", [("--minutes", "0"), ("--minutes", "0.5"), ("--tokenizer-share", "1.5"), ("--tokenizer-share", "0")]
+)
 def test_demo_refuses_a_bad_budget_naming_the_value(flag, value, tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        demo.main(["--workdir", str(tmp_path / "demo"), flag, value])
-    assert f"{flag} {float(value)}" in capsys.readouterr().err
+    from infinity_jax import commands
+
+    assert commands.main(["demo", "--workdir", str(tmp_path / "demo"), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"infinity-jax demo: error: {flag} {float(value)}") and len(err.splitlines()) == 1
     assert not (tmp_path / "demo").exists()  # refused before anything is written
 
 
-@pytest.mark.parametrize("flag,value,message", [("--model-arg", "layer=3", "unknown keys ['layer']"),
-                                                ("--tokenizer-arg", "stride=5", "stride=5"),
-                                                ("--tokenizer-arg", "mult=12", "mult=12: expected 3 digits")])
+@pytest.mark.parametrize(
+    "flag,value,message",
+    [
+        ("--model-arg", "layer=3", "unknown keys ['layer']"),
+        ("--tokenizer-arg", "stride=5", "stride=5"),
+        ("--tokenizer-arg", "mult=12", "mult=12: expected 3 digits"),
+    ],
+)
 def test_demo_refuses_a_bad_config_argument_before_writing(flag, value, message, tmp_path, capsys):
-    from infinity_jax import cli
-    assert cli.main(["demo", "--workdir", str(tmp_path / "demo"), flag, value]) == 2
+    from infinity_jax import commands
+
+    assert commands.main(["demo", "--workdir", str(tmp_path / "demo"), flag, value]) == 2
     err = capsys.readouterr().err
     assert err.startswith("infinity-jax demo: error: ") and message in err
     assert not (tmp_path / "demo").exists()
@@ -165,15 +212,32 @@ def test_an_interrupted_stage_stops_the_demo_instead_of_sampling_a_half_trained_
     """A stage that returns before its planned steps (the training loop saves and returns on SIGTERM)
     ends the demo with status 75 (train's EXIT_PREEMPTED) and says how to resume; nothing after it runs.
     (Before, the demo went on to sample the step-1 checkpoint and failed in the report.)"""
-    from infinity_jax.train import cli as train_cli, tokenizer_cli
+    from infinity_jax.commands import train_tokenizer
+    from infinity_jax.train import trainer
+
     calls = []
-    monkeypatch.setattr(tokenizer_cli, "run", lambda cfg, workdir: calls.append("tokenizer") or
-                        {"step": 7, "stopped": "preempted"})
-    monkeypatch.setattr(train_cli, "run", lambda cfg, workdir: calls.append("transformer") or {})
+    monkeypatch.setattr(
+        train_tokenizer, "run", lambda cfg, workdir: calls.append("tokenizer") or {"step": 7, "stopped": "preempted"}
+    )
+    monkeypatch.setattr(trainer, "run", lambda cfg, workdir: calls.append("transformer") or {})
     workdir = tmp_path / "demo"
-    status = demo.main(["--workdir", str(workdir), "--num-examples", "8", "--text-steps", "0",
-                        "--tokenizer-arg", "tiny", "--tokenizer-steps", "40", "--transformer-steps", "40"])
-    assert status == train_cli.EXIT_PREEMPTED == 75 and calls == ["tokenizer"]
+    status = demo.main(
+        [
+            "--workdir",
+            str(workdir),
+            "--num-examples",
+            "8",
+            "--text-steps",
+            "0",
+            "--tokenizer-arg",
+            "tiny",
+            "--tokenizer-steps",
+            "40",
+            "--transformer-steps",
+            "40",
+        ]
+    )
+    assert status == runs.EXIT_PREEMPTED == 75 and calls == ["tokenizer"]
     err = capsys.readouterr().err
     assert "tokenizer stage stopped at step 7 of 40 (preempted)" in err and "rerun the same command" in err
     assert not (workdir / "samples").exists() and not (workdir / "report").exists()
@@ -194,9 +258,17 @@ class FakeStage:
     def __call__(self, cfg, workdir, until_step=None):
         import json
         import os
+
         t = cfg.train
-        self.calls.append({"total_steps": t.total_steps, "until_step": until_step, "reschedule": t.reschedule,
-                           "time_limit_s": t.time_limit_s, "warmup": cfg.optim.warmup_steps})
+        self.calls.append(
+            {
+                "total_steps": t.total_steps,
+                "until_step": until_step,
+                "reschedule": t.reschedule,
+                "time_limit_s": t.time_limit_s,
+                "warmup": cfg.optim.warmup_steps,
+            }
+        )
         os.makedirs(workdir, exist_ok=True)
         call_t0, stopped, first, start = self.now, "done", True, self.step
         self.now += self.setup
@@ -230,6 +302,7 @@ def _replan_setup(tmp_path, monkeypatch, stage, steps=1080, calibrated=0.5, budg
     `steps` in `budget` s."""
     import argparse
     import types
+
     monkeypatch.setattr(demo, "PLAN_FRACTION", 0.9)
     monkeypatch.setattr(demo, "REPLAN_AT", 0.2)
     monkeypatch.setattr(demo, "STAGE_TAIL_S", 20.0)
@@ -248,6 +321,7 @@ def test_a_calibrated_stage_replans_at_the_measured_rate_and_spends_its_budget(r
     / 0.25 = 2145) gets more steps, a slower one (1 s/step: 5 + 216 s, then 216 + 0.9 * (379 - 5) / 1 = 552)
     fewer; both end within the 600 s."""
     import json
+
     args, plan, stage, cfg = _replan_setup(tmp_path, monkeypatch, FakeStage(rate))
     final = demo.train_stage(args, "tokenizer", stage, cfg, str(tmp_path / "tok"), plan)
     left = 600.0 - (5 + 216 * rate)
@@ -259,10 +333,16 @@ def test_a_calibrated_stage_replans_at_the_measured_rate_and_spends_its_budget(r
     assert final == {"step": replanned, "start_step": 216, "stopped": "done"} and stage.now <= 600.0
     assert (replanned > 1080) == (rate < 0.5)
     saved = json.load(open(tmp_path / "plan.json"))["tokenizer"]
-    assert saved["replan"] == {"at_step": 216, "steps": replanned, "seconds_per_step": rate, "budget_s": left,
-                               "setup_s": 5.0}
+    assert saved["replan"] == {
+        "at_step": 216,
+        "steps": replanned,
+        "seconds_per_step": rate,
+        "budget_s": left,
+        "setup_s": 5.0,
+    }
     assert demo.calibrated_rate({"tokenizer": saved}, "tokenizer") == (
-        f" (planned 1080 at 500 ms/step, re-planned to {replanned} at {rate * 1000:.0f} ms/step)")
+        f" (planned 1080 at 500 ms/step, re-planned to {replanned} at {rate * 1000:.0f} ms/step)"
+    )
     assert demo.steps_run({"tokenizer": saved}, "tokenizer", replanned) == f"{replanned} steps"
 
 
@@ -288,8 +368,9 @@ def test_fixed_step_counts_train_in_one_run_without_replanning(tmp_path, monkeyp
     plan = {"tokenizer": {"steps": 400}}
     final = demo.train_stage(args, "tokenizer", stage, cfg, str(tmp_path / "tok"), plan)
     assert final == {"step": 400, "start_step": 0, "stopped": "done"}
-    assert stage.calls == [{"total_steps": 400, "until_step": None, "reschedule": False, "time_limit_s": 0.0,
-                            "warmup": 40}]
+    assert stage.calls == [
+        {"total_steps": 400, "until_step": None, "reschedule": False, "time_limit_s": 0.0, "warmup": 40}
+    ]
     assert plan == {"tokenizer": {"steps": 400}} and not (tmp_path / "plan.json").exists()
 
 
@@ -297,6 +378,7 @@ def test_a_rerun_resumes_either_segment_and_keeps_the_replan(tmp_path, monkeypat
     """Interrupted before the re-plan point, a rerun goes on to it and re-plans; interrupted after, it keeps
     the saved re-plan (same total, train.reschedule, its time limit); once finished, final.json is read."""
     import json
+
     args, plan, stage, cfg = _replan_setup(tmp_path, monkeypatch, FakeStage(0.25))
     workdir = str(tmp_path / "tok")
     stage.preempt_at = 50
@@ -314,17 +396,26 @@ def test_a_rerun_resumes_either_segment_and_keeps_the_replan(tmp_path, monkeypat
     final = demo.train_stage(args, "tokenizer", stage, cfg, workdir, saved)  # the rerun: plan read back
     assert final == {"step": replanned["steps"], "start_step": 500, "stopped": "done"}
     assert saved["tokenizer"]["replan"] == replanned
-    assert stage.calls[-1] == {"total_steps": replanned["steps"], "until_step": None, "reschedule": True,
-                               "time_limit_s": replanned["budget_s"] - 20.0, "warmup": 100}
+    assert stage.calls[-1] == {
+        "total_steps": replanned["steps"],
+        "until_step": None,
+        "reschedule": True,
+        "time_limit_s": replanned["budget_s"] - 20.0,
+        "warmup": 100,
+    }
     assert json.load(open(tmp_path / "plan.json")) == saved
     assert demo.train_stage(args, "tokenizer", stage, cfg, workdir, saved) == final and len(stage.calls) == 4
 
 
 def test_measured_rate_is_the_median_of_recent_rows_without_compile(tmp_path):
     import json
-    rows = [{"step": 5, "step_time_s": 9.0, "compile_time_s": 20.0}, *[{"step": 5 * i, "step_time_s": 0.3}
-                                                                      for i in range(2, 20)],
-            {"step": 100, "step_time_s": 2.0}, {"step": 105, "step_time_s": 0.1, "compile_time_s": 3.0}]
+
+    rows = [
+        {"step": 5, "step_time_s": 9.0, "compile_time_s": 20.0},
+        *[{"step": 5 * i, "step_time_s": 0.3} for i in range(2, 20)],
+        {"step": 100, "step_time_s": 2.0},
+        {"step": 105, "step_time_s": 0.1, "compile_time_s": 3.0},
+    ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert demo.measured_seconds_per_step(str(tmp_path), 100, 0.5) == 0.3  # one slow window does not move it
     assert demo.measured_seconds_per_step(str(tmp_path), 5, 0.5) == 0.5  # only the compile row: the calibration

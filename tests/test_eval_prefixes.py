@@ -1,5 +1,6 @@
 """`infinity-jax eval prefixes`: drawing the scales after a true prefix reproduces the sampler when
 nothing is given, keeps what is given, and the teacher-forced accuracy counts what it says."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,8 +56,9 @@ def test_true_scales_are_kept_and_the_rest_is_drawn(tiny):
 def test_teacher_forced_accuracy_counts_bits_and_whole_positions(tiny):
     cfg, params, text, mask, true_bits = tiny
     # scale 1 sees only the text: label it with the model's own argmax, bit 0 flipped
-    logits = transformer.Infinity(cfg).apply({"params": params}, text, mask,
-                                             prefixes.bsq.teacher_forcing_inputs(true_bits, SCHEDULE), SCHEDULE)
+    logits = transformer.Infinity(cfg).apply(
+        {"params": params}, text, mask, prefixes.bsq.teacher_forcing_inputs(true_bits, SCHEDULE), SCHEDULE
+    )
     first = np.asarray(logits)[:, :1].reshape(B, 1, 1, D, 2)
     first = (first[..., 1] > first[..., 0]).astype(np.uint8)
     first[..., 0] ^= 1
@@ -71,3 +73,20 @@ def test_teacher_forced_accuracy_counts_bits_and_whole_positions(tiny):
     last = rows[2]
     assert last["background_share"] == pytest.approx(1 / 3) and 0.0 <= last["background_bit_acc"] <= 1.0
     assert 0.3 < last["bit_acc"] < 0.7  # random labels
+
+
+def test_the_command_names_a_bad_run_or_out_in_one_line(tmp_path, capsys):
+    """`infinity-jax eval prefixes` refuses a folder as --out before any work, and a --run that is no training
+    run with what was expected (exit status 2, one line)."""
+    from infinity_jax import commands
+
+    run = tmp_path / "nope"
+    assert commands.main(["eval", "prefixes", "--run", str(run), "--out", str(tmp_path)]) == 2
+    assert (
+        f"infinity-jax eval prefixes: error: --out '{tmp_path}' is a folder: expected a JSON file path"
+        in capsys.readouterr().err
+    )
+    assert commands.main(["eval", "prefixes", "--run", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("infinity-jax eval prefixes: error: transformer checkpoint") and "does not exist" in err
+    assert len(err.strip().splitlines()) == 1

@@ -1,4 +1,5 @@
 """The shapes prompt-adherence evaluator (infinity_jax/eval/shapes.py) and `infinity-jax eval shapes`."""
+
 from __future__ import annotations
 
 import copy
@@ -9,7 +10,7 @@ from collections import deque
 import numpy as np
 import pytest
 
-from infinity_jax import cli
+from infinity_jax import commands
 from infinity_jax.data import shapes as ds
 from infinity_jax.eval import shapes as ev
 
@@ -188,7 +189,7 @@ def test_cli_scores_a_samples_folder(tmp_path, renders64, capsys):
     ev.write_samples(str(tmp_path), images, captions, extra=[{"seed": i} for i in range(12)])
     assert sorted(os.listdir(tmp_path))[:2] == ["000000.png", "000001.png"]
     out = tmp_path / "scores.json"
-    assert cli.main(["eval", "shapes", "--samples", str(tmp_path), "--out", str(out)]) == 0
+    assert commands.main(["eval", "shapes", "--samples", str(tmp_path), "--out", str(out)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["n"] == 12 and printed["counts"]["counting"] == 2
     assert printed["scores"]["counting"] == 0.5 and printed["scores"]["two_object"] == 1.0
@@ -202,45 +203,48 @@ def test_cli_reads_the_summary_the_sampler_writes_when_there_is_no_captions_file
     """`infinity-jax sample --out DIR` writes samples.json ({"samples": [{"file", "prompt", ...}]}), not
     captions.jsonl; `eval shapes --samples DIR` scores such a folder as it is (test_sample.py runs the pair)."""
     from PIL import Image
+
     records = []
     for i, (image, caption, _) in enumerate(renders64[:6]):
         name = f"{i:04d}_sample.png"
         Image.fromarray(image if i != 1 else np.zeros_like(image)).save(tmp_path / name)
         records.append({"index": i, "prompt": caption, "seed": i, "file": name})
     (tmp_path / "samples.json").write_text(json.dumps({"cfg": [3.0], "samples": records}))
-    assert cli.main(["eval", "shapes", "--samples", str(tmp_path)]) == 0
+    assert commands.main(["eval", "shapes", "--samples", str(tmp_path)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["n"] == 6 and printed["scores"][renders64[1][2]["category"]] < 1.0  # the blank image
     assert [c for _, c in ev.read_samples(str(tmp_path))] == [r[1] for r in renders64[:6]]
     (tmp_path / "samples.json").write_text(json.dumps({"samples": [{"file": "0000_sample.png"}]}))
-    assert cli.main(["eval", "shapes", "--samples", str(tmp_path)]) == 2
+    assert commands.main(["eval", "shapes", "--samples", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "samples.json: samples[0]" in err and "lacks 'file' or 'prompt'" in err
     (tmp_path / "samples.json").write_text(json.dumps([records[0]]))
-    assert cli.main(["eval", "shapes", "--samples", str(tmp_path)]) == 2
+    assert commands.main(["eval", "shapes", "--samples", str(tmp_path)]) == 2
     assert "no 'samples' list" in capsys.readouterr().err
 
 
 def test_cli_dataset_check_scores_ground_truth(capsys):
-    assert cli.main(["eval", "shapes", "--dataset-check", "12", "--size", "48", "--blur", "0.5", "--noise", "3"]) == 0
+    assert (
+        commands.main(["eval", "shapes", "--dataset-check", "12", "--size", "48", "--blur", "0.5", "--noise", "3"]) == 0
+    )
     assert json.loads(capsys.readouterr().out)["scores"]["overall"] == 1.0
 
 
 def test_cli_errors_name_the_missing_folder_file_or_image(tmp_path, capsys):
     missing = tmp_path / "nope"
-    assert cli.main(["eval", "shapes", "--samples", str(missing)]) == 2
+    assert commands.main(["eval", "shapes", "--samples", str(missing)]) == 2
     assert f"samples folder '{missing}' does not exist" in capsys.readouterr().err
-    assert cli.main(["eval", "shapes", "--samples", str(tmp_path)]) == 2
+    assert commands.main(["eval", "shapes", "--samples", str(tmp_path)]) == 2
     assert "no captions.jsonl (or samples.json of `infinity-jax sample`) in" in capsys.readouterr().err
     (tmp_path / "captions.jsonl").write_text('{"file": "a.png", "caption": "a photo of a circle"}\n')
-    assert cli.main(["eval", "shapes", "--samples", str(tmp_path)]) == 2
+    assert commands.main(["eval", "shapes", "--samples", str(tmp_path)]) == 2
     assert "captions.jsonl:1: image 'a.png' not found" in capsys.readouterr().err
     ev.write_samples(str(tmp_path / "dogs"), [np.zeros((32, 32, 3), np.uint8)], ["a photo of a dog"])
-    assert cli.main(["eval", "shapes", "--samples", str(tmp_path / "dogs")]) == 2  # nothing left to score
+    assert commands.main(["eval", "shapes", "--samples", str(tmp_path / "dogs")]) == 2  # nothing left to score
     err = capsys.readouterr().err
     assert "all 1 caption(s) are outside the shapes grammar" in err
     assert "000000.png: caption 'a photo of a dog' does not follow" in err
-    assert cli.main(["eval", "shapes", "--samples", str(tmp_path / "dogs"), "--out", str(tmp_path)]) == 2
+    assert commands.main(["eval", "shapes", "--samples", str(tmp_path / "dogs"), "--out", str(tmp_path)]) == 2
     assert f"--out '{tmp_path}' is a folder: expected a JSON file path" in capsys.readouterr().err
 
 
@@ -249,13 +253,20 @@ def test_cli_skips_captions_outside_the_grammar_and_names_them(tmp_path, renders
     is scored and the skipped images are named (count and the first few; --out lists them all with reasons)."""
     images = [r[0] for r in renders64[:12]]
     captions = [r[1] for r in renders64[:12]]
-    bad = {1: "a photo of a dog", 4: "a photo of five circles", 5: "a red circle", 7: "a photo of a cat",
-           8: "a photo of a circle near a square", 10: "a photo of a hexagon", 11: ""}
+    bad = {
+        1: "a photo of a dog",
+        4: "a photo of five circles",
+        5: "a red circle",
+        7: "a photo of a cat",
+        8: "a photo of a circle near a square",
+        10: "a photo of a hexagon",
+        11: "",
+    }
     for i, caption in bad.items():
         captions[i] = caption
     ev.write_samples(str(tmp_path / "samples"), images, captions)
     out = tmp_path / "scores.json"
-    assert cli.main(["eval", "shapes", "--samples", str(tmp_path / "samples"), "--out", str(out)]) == 0
+    assert commands.main(["eval", "shapes", "--samples", str(tmp_path / "samples"), "--out", str(out)]) == 0
     cap = capsys.readouterr()
     printed = json.loads(cap.out)
     kept = [i for i in range(12) if i not in bad]
@@ -263,15 +274,19 @@ def test_cli_skips_captions_outside_the_grammar_and_names_them(tmp_path, renders
     assert printed["scores"] == ev.evaluate([images[i] for i in kept], [captions[i] for i in kept])
     assert printed["skipped"]["count"] == 7
     assert printed["skipped"]["first"] == [{"file": f"{i:06d}.png", "caption": bad[i]} for i in (1, 4, 5, 7, 8)]
-    assert "skipped 7 of 12 image(s) whose caption is outside the shapes grammar: 000001.png 'a photo of a dog', " \
-        "000004.png 'a photo of five circles'" in cap.err and cap.err.rstrip().endswith(", ...")
+    assert (
+        "skipped 7 of 12 image(s) whose caption is outside the shapes grammar: 000001.png 'a photo of a dog', "
+        "000004.png 'a photo of five circles'"
+        in cap.err
+        and cap.err.rstrip().endswith(", ...")
+    )
     full = json.loads(out.read_text())
     assert [r["file"] for r in full["results"]] == [f"{i:06d}.png" for i in kept]
     assert [(r["file"], r["caption"]) for r in full["skipped_all"]] == [(f"{i:06d}.png", c) for i, c in bad.items()]
     assert all("does not follow the shapes grammar" in r["reason"] for r in full["skipped_all"])
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # written atomically: no temporary file left
     ev.write_samples(str(tmp_path / "samples"), images[:2], [renders64[0][1], renders64[1][1]], overwrite=True)
-    assert cli.main(["eval", "shapes", "--samples", str(tmp_path / "samples")]) == 0
+    assert commands.main(["eval", "shapes", "--samples", str(tmp_path / "samples")]) == 0
     assert json.loads(capsys.readouterr().out)["skipped"] == {"count": 0, "first": []}  # nothing skipped
 
 

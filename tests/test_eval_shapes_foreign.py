@@ -9,6 +9,7 @@ the caption grammar are shared with the project (both are the dataset's definiti
 here). Each image comes with a caption that is true of it and one that is false (wrong shape, count,
 colour, relation or colour binding).
 """
+
 from __future__ import annotations
 
 import io
@@ -20,8 +21,14 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from infinity_jax.eval import shapes as ev
 
-PALETTE = {"red": (220, 40, 40), "green": (40, 180, 70), "blue": (50, 90, 230),
-           "yellow": (240, 215, 40), "purple": (150, 60, 200), "white": (245, 245, 245)}
+PALETTE = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 70),
+    "blue": (50, 90, 230),
+    "yellow": (240, 215, 40),
+    "purple": (150, 60, 200),
+    "white": (245, 245, 245),
+}
 BACKGROUND = (32, 32, 32)
 SHAPES = ("circle", "square", "triangle")
 NUMBERS = {2: "two", 3: "three", 4: "four"}
@@ -31,13 +38,13 @@ SUPERSAMPLE = 8
 # Perturbations: what a sample of a generative model looks like next to the dataset's flat, aligned shapes.
 PERTURBATIONS = {
     "antialiased": {},
-    "rounded": {"rounded": True},          # corner radius 0.2-0.4 x the inradius (squares, triangles)
-    "rotated": {"rotated": True},          # 3-12 degrees either way (squares, triangles)
-    "blur1": {"blur": 1.0},                # Gaussian, std in px
-    "blur2": {"blur": 2.0},                # 64 px only: the same blur as 1 px at 32 (`SIZES`)
-    "jpeg75": {"jpeg": 75},                # 4:2:0 chroma, as PIL saves by default
-    "colour_shift": {"shift": True},       # each channel 10-20 off the palette, either way
-    "noise": {"noise": 6.0},               # Gaussian, 0..255 scale
+    "rounded": {"rounded": True},  # corner radius 0.2-0.4 x the inradius (squares, triangles)
+    "rotated": {"rotated": True},  # 3-12 degrees either way (squares, triangles)
+    "blur1": {"blur": 1.0},  # Gaussian, std in px
+    "blur2": {"blur": 2.0},  # 64 px only: the same blur as 1 px at 32 (`SIZES`)
+    "jpeg75": {"jpeg": 75},  # 4:2:0 chroma, as PIL saves by default
+    "colour_shift": {"shift": True},  # each channel 10-20 off the palette, either way
+    "noise": {"noise": 6.0},  # Gaussian, 0..255 scale
     "all": {"rounded": True, "rotated": True, "blur": 1.0, "jpeg": 75, "shift": True, "noise": 4.0},
 }
 SIDES = {64: (12.0, 24.0), 32: (8.0, 13.0)}  # object sides in px: every shape still plain to see at its size
@@ -45,6 +52,7 @@ SIZES = {name: (64,) if name == "blur2" else (64, 32) for name in PERTURBATIONS}
 
 
 # ------------------------------------------------------------------------------------------- renderer
+
 
 def _corners(shape, cx, cy, side, angle):
     """Vertices of a square, or of the dataset's up-pointing triangle (base = height = side), turned by angle."""
@@ -116,10 +124,14 @@ def _object(shape, color, side, perturb, rng):
         rgb = np.clip(rgb + rng.choice([-1, 1], 3) * rng.uniform(10, 20, 3), 0, 255)
     inradius = 0.5 if shape == "square" else 1 / (1 + math.sqrt(5))  # x side; the triangle's: area / half-perimeter
     polygon = shape != "circle"
-    return {"shape": shape, "color": color, "rgb": [int(round(v)) for v in rgb], "side": side,
-            "angle": math.radians(rng.choice([-1, 1]) * rng.uniform(3, 12)) if polygon and perturb.get("rotated")
-            else 0.0,
-            "rounding": rng.uniform(0.2, 0.4) * inradius if polygon and perturb.get("rounded") else 0.0}
+    return {
+        "shape": shape,
+        "color": color,
+        "rgb": [int(round(v)) for v in rgb],
+        "side": side,
+        "angle": math.radians(rng.choice([-1, 1]) * rng.uniform(3, 12)) if polygon and perturb.get("rotated") else 0.0,
+        "rounding": rng.uniform(0.2, 0.4) * inradius if polygon and perturb.get("rounded") else 0.0,
+    }
 
 
 def _reach(o):
@@ -216,6 +228,7 @@ def judged():
 
 def test_the_renderer_shares_only_the_dataset_definition():
     from infinity_jax.data import shapes as ds
+
     assert PALETTE == ds.PALETTE and BACKGROUND == ds.BACKGROUND and SHAPES == ds.SHAPES
     assert CATEGORIES == ds.CATEGORIES and tuple(RELATIONS) == ds.RELATIONS and NUMBERS == ds.NUMBER_WORDS
     colours = {tuple(int(v) for v in c) for _, image, *_ in batch("antialiased", 64, 1) for c in image.reshape(-1, 3)}
@@ -246,8 +259,12 @@ def test_a_clearly_square_green_object_is_a_square(size):
     rng = np.random.default_rng(size)
     side = 20.3 if size == 64 else 10.3
     variants = [{"turn": t} for t in (0, 5, -10, 15, -20)] + [
-        {"rounded": True}, {"blur": 1.0}, {"jpeg": 75}, {"shift": True, "noise": 6.0},
-        {"turn": 10, "rounded": True, "blur": 1.0, "jpeg": 75, "shift": True, "noise": 4.0}]
+        {"rounded": True},
+        {"blur": 1.0},
+        {"jpeg": 75},
+        {"shift": True, "noise": 6.0},
+        {"turn": 10, "rounded": True, "blur": 1.0, "jpeg": 75, "shift": True, "noise": 4.0},
+    ]
     for v in variants:
         o = _object("square", "green", side, v, rng)
         o["angle"] = math.radians(v.get("turn", 0))
@@ -279,9 +296,13 @@ def test_fill_is_measured_on_the_drawn_outline_not_the_pixel_grid(shape):
 
 if __name__ == "__main__":  # the table of the report: python -m tests.test_eval_shapes_foreign [per_category [seed]]
     import sys
+
     per, seed = (int(a) for a in (sys.argv[1:] + ["20", "1"])[:2])
     for name, size in CONDITIONS:
         got = verdicts(batch(name, size, per, seed))
         row = {c: tuple(np.mean([v[1:] for v in got if v[0] == c], 0)) for c in CATEGORIES}
-        print(f"{name}@{size}".ljust(16), "true %.3f false %.3f |" % tuple(np.mean(list(row.values()), 0)),
-              " ".join(f"{c} {t:.2f}/{f:.2f}" for c, (t, f) in row.items()))
+        print(
+            f"{name}@{size}".ljust(16),
+            "true %.3f false %.3f |" % tuple(np.mean(list(row.values()), 0)),
+            " ".join(f"{c} {t:.2f}/{f:.2f}" for c, (t, f) in row.items()),
+        )

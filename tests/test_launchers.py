@@ -1,5 +1,6 @@
 """launch/*.sh and gpu_slurm.sbatch: --dry-run prints the commands they would run (config, workdir,
 overrides, the coordinator / process environment), and bad command lines exit 2 with a clear message."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,14 @@ pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash
 def _run(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     """bash launch/<script> args, from the repository root, with only PATH/HOME plus `env` set."""
     base = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}
-    return subprocess.run(["bash", os.path.join("launch", script), *args], cwd=REPO, env=dict(base, **env),
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        ["bash", os.path.join("launch", script), *args],
+        cwd=REPO,
+        env=dict(base, **env),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def _lines(result) -> list[str]:
@@ -27,60 +34,114 @@ def _lines(result) -> list[str]:
 
 def test_local_dry_run_prints_the_train_command():
     out = _lines(_run("local.sh", "--dry-run", ZOO_2B, "runs/2b", "--config.train.total_steps=10"))
-    assert out == ["mkdir -p runs/2b",
-                   f"infinity-jax train --config {ZOO_2B} --workdir runs/2b --config.train.total_steps=10"]
-    assert _lines(_run("local.sh", "zoo:layer12", "runs/l12", DRY_RUN="1"))[-1] == \
-        "infinity-jax train --config zoo:layer12 --workdir runs/l12"  # a configs/ name, and DRY_RUN=1
+    assert out == [
+        "mkdir -p runs/2b",
+        f"infinity-jax train --config {ZOO_2B} --workdir runs/2b --config.train.total_steps=10",
+    ]
+    assert (
+        _lines(_run("local.sh", "zoo:layer12", "runs/l12", DRY_RUN="1"))[-1]
+        == "infinity-jax train --config zoo:layer12 --workdir runs/l12"
+    )  # a configs/ name, and DRY_RUN=1
 
 
 def test_multinode_dry_run_sets_the_coordinator_and_process_env():
     env = dict(COORDINATOR="10.0.0.1:1234", NUM_NODES="4", NODE_RANK="3")
-    (line,) = _lines(_run("gpu_multinode.sh", "--dry-run", ZOO_2B, "/shared/runs/2b", "--config.parallel.data=4", **env))
-    assert line == ("env JAX_COORDINATOR_ADDRESS=10.0.0.1:1234 JAX_NUM_PROCESSES=4 JAX_PROCESS_ID=3 "
-                    f"XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 infinity-jax train --config {ZOO_2B} "
-                    "--workdir /shared/runs/2b --config.parallel.data=4")
+    (line,) = _lines(
+        _run("gpu_multinode.sh", "--dry-run", ZOO_2B, "/shared/runs/2b", "--config.parallel.data=4", **env)
+    )
+    assert line == (
+        "env JAX_COORDINATOR_ADDRESS=10.0.0.1:1234 JAX_NUM_PROCESSES=4 JAX_PROCESS_ID=3 "
+        f"XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 infinity-jax train --config {ZOO_2B} "
+        "--workdir /shared/runs/2b --config.parallel.data=4"
+    )
 
 
 def test_slurm_dry_run_starts_one_task_per_node_with_the_head_as_coordinator():
-    (line,) = _lines(_run("gpu_slurm.sbatch", "--dry-run", ZOO_2B, "/shared/runs/2b", "--config.parallel.data=4",
-                          SLURM_JOB_NODELIST="gpu01,gpu02", COORDINATOR_PORT="2222"))
-    assert line == ("srun --ntasks-per-node=1 bash -c 'export JAX_COORDINATOR_ADDRESS=gpu01:2222 "
-                    "JAX_NUM_PROCESSES=$SLURM_NTASKS JAX_PROCESS_ID=$SLURM_PROCID; exec infinity-jax train "
-                    f"--config {ZOO_2B} --workdir /shared/runs/2b --config.parallel.data=4'")
+    (line,) = _lines(
+        _run(
+            "gpu_slurm.sbatch",
+            "--dry-run",
+            ZOO_2B,
+            "/shared/runs/2b",
+            "--config.parallel.data=4",
+            SLURM_JOB_NODELIST="gpu01,gpu02",
+            COORDINATOR_PORT="2222",
+        )
+    )
+    assert line == (
+        "srun --ntasks-per-node=1 bash -c 'export JAX_COORDINATOR_ADDRESS=gpu01:2222 "
+        "JAX_NUM_PROCESSES=$SLURM_NTASKS JAX_PROCESS_ID=$SLURM_PROCID; exec infinity-jax train "
+        f"--config {ZOO_2B} --workdir /shared/runs/2b --config.parallel.data=4'"
+    )
 
 
 def test_tpu_pod_dry_run_copies_installs_and_trains_on_every_worker():
-    out = _lines(_run("tpu_pod.sh", "--tpu", "t1", "--zone", "z1", "--config", "configs/zoo.py:2b,mesh=v5p-128",
-                      "--workdir", "gs://b/run 1", "--project", "p1", "--dry-run", "--", "--config.seed=3"))
+    out = _lines(
+        _run(
+            "tpu_pod.sh",
+            "--tpu",
+            "t1",
+            "--zone",
+            "z1",
+            "--config",
+            "configs/zoo.py:2b,mesh=v5p-128",
+            "--workdir",
+            "gs://b/run 1",
+            "--project",
+            "p1",
+            "--dry-run",
+            "--",
+            "--config.seed=3",
+        )
+    )
     assert out[0].startswith("tar -C ") and len(out) == 4
     assert out[1].startswith("gcloud compute tpus tpu-vm scp ") and "--worker=all" in out[1]
-    assert all(line.startswith("gcloud compute tpus tpu-vm ssh t1 --zone z1 --project p1 --worker=all --command ")
-               for line in out[2:])
+    assert all(
+        line.startswith("gcloud compute tpus tpu-vm ssh t1 --zone z1 --project p1 --worker=all --command ")
+        for line in out[2:]
+    )
     assert "pip install -q -e ." in out[2]
-    assert ("infinity-jax train --config configs/zoo.py:2b,mesh=v5p-128 --workdir '\\''gs://b/run 1'\\'' "
-            "--config.seed=3 2>&1 | tee ~/infinity_jax_train.log") in out[3]
+    assert (
+        "infinity-jax train --config configs/zoo.py:2b,mesh=v5p-128 --workdir '\\''gs://b/run 1'\\'' "
+        "--config.seed=3 2>&1 | tee ~/infinity_jax_train.log"
+    ) in out[3]
 
 
-@pytest.mark.parametrize("script, args, env, message", [
-    ("local.sh", [], {}, "missing CONFIG"),
-    ("local.sh", [ZOO_2B], {}, "missing WORKDIR"),
-    ("local.sh", ["--bogus", ZOO_2B, "runs/x"], {}, "unknown argument '--bogus'"),
-    ("local.sh", ["configs/nope.py:2b", "runs/x"], {}, "config file 'configs/nope.py' does not exist"),
-    ("local.sh", [ZOO_2B, "runs/x", "extra"], {}, "unexpected argument 'extra'"),
-    ("gpu_multinode.sh", [ZOO_2B, "/r"], {"NUM_NODES": "2", "NODE_RANK": "0"}, "set COORDINATOR=host:port"),
-    ("gpu_multinode.sh", [ZOO_2B, "/r"], {"COORDINATOR": "h:1", "NUM_NODES": "2", "NODE_RANK": "2"},
-     "0 .. 1 (got '2')"),
-    ("gpu_multinode.sh", ["--nodes=2", ZOO_2B, "/r"], {}, "unknown argument '--nodes=2'"),
-    ("gpu_slurm.sbatch", ["--dry-run"], {}, "missing CONFIG"),
-    ("gpu_slurm.sbatch", ["-x", ZOO_2B, "/r"], {}, "unknown argument '-x'"),
-    ("gpu_slurm.sbatch", [ZOO_2B, "/r"], {}, "not inside a SLURM allocation"),
-    ("tpu_pod.sh", ["--tpu", "t", "--zone", "z", "--workdir", "gs://b"], {}, "--config is required"),
-    ("tpu_pod.sh", ["--tpu", "t", "--zone", "z", "--config", ZOO_2B, "--workdir", "gs://b", "--bogus"], {},
-     "unknown argument '--bogus'"),
-    ("tpu_pod.sh", ["--tpu", "--zone", "z"], {}, "--tpu needs a value"),
-    ("tpu_pod.sh", ["--tpu", "t", "--zone", "z", "--config", ZOO_2B, "--workdir", "gs://b", "--", "seed=1"], {},
-     "unexpected override 'seed=1'"),
-])
+@pytest.mark.parametrize(
+    "script, args, env, message",
+    [
+        ("local.sh", [], {}, "missing CONFIG"),
+        ("local.sh", [ZOO_2B], {}, "missing WORKDIR"),
+        ("local.sh", ["--bogus", ZOO_2B, "runs/x"], {}, "unknown argument '--bogus'"),
+        ("local.sh", ["configs/nope.py:2b", "runs/x"], {}, "config file 'configs/nope.py' does not exist"),
+        ("local.sh", [ZOO_2B, "runs/x", "extra"], {}, "unexpected argument 'extra'"),
+        ("gpu_multinode.sh", [ZOO_2B, "/r"], {"NUM_NODES": "2", "NODE_RANK": "0"}, "set COORDINATOR=host:port"),
+        (
+            "gpu_multinode.sh",
+            [ZOO_2B, "/r"],
+            {"COORDINATOR": "h:1", "NUM_NODES": "2", "NODE_RANK": "2"},
+            "0 .. 1 (got '2')",
+        ),
+        ("gpu_multinode.sh", ["--nodes=2", ZOO_2B, "/r"], {}, "unknown argument '--nodes=2'"),
+        ("gpu_slurm.sbatch", ["--dry-run"], {}, "missing CONFIG"),
+        ("gpu_slurm.sbatch", ["-x", ZOO_2B, "/r"], {}, "unknown argument '-x'"),
+        ("gpu_slurm.sbatch", [ZOO_2B, "/r"], {}, "not inside a SLURM allocation"),
+        ("tpu_pod.sh", ["--tpu", "t", "--zone", "z", "--workdir", "gs://b"], {}, "--config is required"),
+        (
+            "tpu_pod.sh",
+            ["--tpu", "t", "--zone", "z", "--config", ZOO_2B, "--workdir", "gs://b", "--bogus"],
+            {},
+            "unknown argument '--bogus'",
+        ),
+        ("tpu_pod.sh", ["--tpu", "--zone", "z"], {}, "--tpu needs a value"),
+        (
+            "tpu_pod.sh",
+            ["--tpu", "t", "--zone", "z", "--config", ZOO_2B, "--workdir", "gs://b", "--", "seed=1"],
+            {},
+            "unexpected override 'seed=1'",
+        ),
+    ],
+)
 def test_bad_command_lines_exit_2_with_a_clear_message(script, args, env, message):
     result = _run(script, *args, **env)
     assert result.returncode == 2 and result.stdout == ""
@@ -90,14 +151,22 @@ def test_bad_command_lines_exit_2_with_a_clear_message(script, args, env, messag
 def test_gpu_measure_dry_run_lists_stages_of_registered_benchmarks(tmp_path):
     """launch/gpu_measure.sh: every stage is a registered benchmark with its own timeout and JSON file;
     naming stages runs only those, in the script's order."""
-    from infinity_jax import bench
+    from infinity_jax import commands
+
     out = _lines(_run("gpu_measure.sh", "--dry-run", str(tmp_path)))
     stages = [ln for ln in out if ln.startswith("== ")]
-    assert [s.split()[1] for s in stages] == ["attention", "sample_b1", "train_2b", "sample_b8", "train_2b_remat",
-                                              "train_layer12", "sample_b4"]
+    assert [s.split()[1] for s in stages] == [
+        "attention",
+        "sample_b1",
+        "train_2b",
+        "sample_b8",
+        "train_2b_remat",
+        "train_layer12",
+        "sample_b4",
+    ]
     for s in stages:
         cmd = s.split(": ", 1)[1].split()
-        assert cmd[:4] == ["python3", "-m", "infinity_jax.cli", "bench"] and cmd[4] in bench.BENCHMARKS
+        assert cmd[:4] == ["python3", "-m", "infinity_jax", "bench"] and cmd[4] in commands.COMMANDS["bench"]
         assert cmd[-2:] == ["--json", f"{tmp_path}/{s.split()[1]}.json"]
     some = _lines(_run("gpu_measure.sh", "--dry-run", str(tmp_path), "train_2b", "attention"))
     assert [ln.split()[1] for ln in some if ln.startswith("== ")] == ["attention", "train_2b"]
@@ -107,16 +176,39 @@ BAD_MESH = "configs/zoo.py:2b,mesh=nosuch"
 MULTINODE_ENV = {"COORDINATOR": "h:1", "NUM_NODES": "1", "NODE_RANK": "0"}
 
 
-@pytest.mark.parametrize("script, args, env, message", [
-    ("local.sh", ["--dry-run", BAD_MESH, "runs/x"], {}, "mesh preset 'nosuch'"),
-    ("local.sh", ["--dry-run", ZOO_2B, "runs/x", "--config.model.dept=3"], {}, "no field 'dept' in model"),
-    ("gpu_multinode.sh", ["--dry-run", BAD_MESH, "/r"], MULTINODE_ENV, "mesh preset 'nosuch'"),
-    ("gpu_slurm.sbatch", ["--dry-run", BAD_MESH, "/r"], {}, "mesh preset 'nosuch'"),
-    ("tpu_pod.sh", ["--tpu", "t", "--zone", "z", "--config", BAD_MESH, "--workdir", "gs://b", "--dry-run"], {},
-     "mesh preset 'nosuch'"),
-    ("tpu_pod.sh", ["--tpu", "t", "--zone", "z", "--config", "zoo:2b", "--workdir", "gs://b", "--dry-run", "--",
-                    "--config.train.total_steps=ten"], {}, "train.total_steps is int"),
-])
+@pytest.mark.parametrize(
+    "script, args, env, message",
+    [
+        ("local.sh", ["--dry-run", BAD_MESH, "runs/x"], {}, "mesh preset 'nosuch'"),
+        ("local.sh", ["--dry-run", ZOO_2B, "runs/x", "--config.model.dept=3"], {}, "no field 'dept' in model"),
+        ("gpu_multinode.sh", ["--dry-run", BAD_MESH, "/r"], MULTINODE_ENV, "mesh preset 'nosuch'"),
+        ("gpu_slurm.sbatch", ["--dry-run", BAD_MESH, "/r"], {}, "mesh preset 'nosuch'"),
+        (
+            "tpu_pod.sh",
+            ["--tpu", "t", "--zone", "z", "--config", BAD_MESH, "--workdir", "gs://b", "--dry-run"],
+            {},
+            "mesh preset 'nosuch'",
+        ),
+        (
+            "tpu_pod.sh",
+            [
+                "--tpu",
+                "t",
+                "--zone",
+                "z",
+                "--config",
+                "zoo:2b",
+                "--workdir",
+                "gs://b",
+                "--dry-run",
+                "--",
+                "--config.train.total_steps=ten",
+            ],
+            {},
+            "train.total_steps is int",
+        ),
+    ],
+)
 def test_a_config_that_does_not_load_here_exits_2_before_any_command(script, args, env, message):
     """The launchers load CONFIG and its overrides with the project's loader first: a bad one is one line here,
     not a failure on the cluster after the copy and install."""
@@ -129,15 +221,22 @@ def test_tpu_pod_training_command_keeps_the_trainers_exit_status(tmp_path):
     """The workers' `train | tee` ends with train's status (75: preempted, to be resumed), not tee's 0: the
     printed remote command, run by bash with a stand-in trainer."""
     import shlex
-    out = _lines(_run("tpu_pod.sh", "--tpu", "t1", "--zone", "z1", "--config", "zoo:2b", "--workdir", "gs://b/r",
-                      "--dry-run"))
+
+    out = _lines(
+        _run("tpu_pod.sh", "--tpu", "t1", "--zone", "z1", "--config", "zoo:2b", "--workdir", "gs://b/r", "--dry-run")
+    )
     words = shlex.split(out[-1])
     remote = words[words.index("--command") + 1]
     fake = tmp_path / "infinity_jax" / ".venv" / "bin" / "infinity-jax"
     fake.parent.mkdir(parents=True)
-    fake.write_text("#!/bin/sh\necho \"$@\"\nexit 75\n")
+    fake.write_text('#!/bin/sh\necho "$@"\nexit 75\n')
     fake.chmod(0o755)
-    done = subprocess.run(["bash", "-c", remote], env={"HOME": str(tmp_path), "PATH": os.environ["PATH"]},
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        ["bash", "-c", remote],
+        env={"HOME": str(tmp_path), "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 75, (remote, done.stderr)
     assert (tmp_path / "infinity_jax_train.log").read_text() == "train --config zoo:2b --workdir gs://b/r\n"

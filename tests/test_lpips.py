@@ -1,6 +1,7 @@
 """LPIPS (infinity_jax/tokenizer/lpips.py, convert/lpips.py): equal to an independent PyTorch LPIPS
 with random weights saved as torchvision / lpips-style .pth files, zero on identical images,
 differentiable, strict loading; and a short train-tokenizer run with the perceptual loss on."""
+
 import json
 import math
 
@@ -39,15 +40,15 @@ class TorchLPIPS(torch.nn.Module):
             lin.model = torch.nn.Sequential(torch.nn.Dropout(), torch.nn.Conv2d(c, 1, 1, bias=False))
             setattr(self, f"lin{k}", lin)
         self.taps = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
-        self.register_buffer("shift", torch.tensor([-.030, -.088, -.188])[None, :, None, None])
-        self.register_buffer("scale", torch.tensor([.458, .448, .450])[None, :, None, None])
+        self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188])[None, :, None, None])
+        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450])[None, :, None, None])
 
     def feats(self, x):
         out, h = [], (x - self.shift) / self.scale
         for i, layer in enumerate(self.features):
             h = layer(h)
             if i in self.taps:
-                out.append(h / (torch.sqrt(torch.sum(h ** 2, dim=1, keepdim=True)) + 1e-10))
+                out.append(h / (torch.sqrt(torch.sum(h**2, dim=1, keepdim=True)) + 1e-10))
         return out
 
     def forward(self, x, y):  # NCHW in [-1, 1] -> (B,)
@@ -126,10 +127,11 @@ def test_lpips_of_an_image_with_itself_is_zero_and_gradients_reach_the_input(par
 
 
 def test_convert_lpips_writes_our_npz_that_loads_to_the_same_params(torch_lpips, params, tmp_path):
-    from infinity_jax import cli
+    from infinity_jax import commands
+
     _, vgg, lin = torch_lpips
     out = tmp_path / "lpips_vgg.npz"
-    assert cli.main(["convert-lpips", "--vgg", vgg, "--lin", lin, "--out", str(out)]) == 0
+    assert commands.main(["convert", "lpips", "--vgg", vgg, "--lin", lin, "--out", str(out)]) == 0
     again = lpips_convert.load(str(out))
     assert jax.tree.structure(again) == jax.tree.structure(params)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(params)))
@@ -165,6 +167,7 @@ def test_loading_is_strict_about_keys_shapes_signs_and_the_spec(torch_lpips, tmp
 
 def test_tokenizer_options_check_the_lpips_settings():
     from infinity_jax.train import tokenizer_step as ts
+
     with pytest.raises(ValueError, match="needs loss.lpips_weights"):
         ts.TokenizerLossOptions.from_config({"perceptual_weight": 1.0})
     with pytest.raises(ValueError, match="loss.lpips_weights: .*VGG16_FILE,LIN_FILE"):
@@ -173,25 +176,38 @@ def test_tokenizer_options_check_the_lpips_settings():
     assert ts.load_frozen(ts.TokenizerLossOptions()) is None
     with pytest.raises(FileNotFoundError, match="a.pth"):
         ts.load_frozen(o)
-    loss_fn = ts.make_loss_fn(vae_lib.BSQVAE(base_ch=32, ch_mult=(1,), num_res_blocks=0, z_channels=4,
-                                             codebook_dim=4, patch_size=1), ((1, 16, 16),), o)
+    loss_fn = ts.make_loss_fn(
+        vae_lib.BSQVAE(base_ch=32, ch_mult=(1,), num_res_blocks=0, z_channels=4, codebook_dim=4, patch_size=1),
+        ((1, 16, 16),),
+        o,
+    )
     with pytest.raises(ValueError, match=r"needs frozen\['lpips'\]"):
         loss_fn({}, {"image": np.zeros((1, 16, 16, 3), np.uint8)}, None)
 
 
 def test_tiny_train_tokenizer_run_with_lpips_logs_it_and_adds_it_to_the_loss(torch_lpips, tmp_path):
     from infinity_jax.data import sources
-    from infinity_jax.train import tokenizer_cli
+    from infinity_jax.train import tokenizer_trainer
+
     _, vgg, lin = torch_lpips
-    data = sources.prepare("shapes", str(tmp_path / "shapes"), num_examples=8, image_size=32, seed=3,
-                           progress=False)
+    data = sources.prepare("shapes", str(tmp_path / "shapes"), num_examples=8, image_size=32, seed=3, progress=False)
     # batch 2: a VGG16 step on 32x32 images costs ~0.3 s per image on this CPU
-    cfg = config_util.load_config("configs/tokenizer_shapes.py:tiny,stride=16", [
-        f"data.path={data!r}", "eval.num_images=2",
-        "train.global_batch=2", "train.total_steps=3", "optim.warmup_steps=1", "train.log_every=1",
-        "checkpoint.every=3", "loss.perceptual_weight=0.5", f"loss.lpips_weights='{vgg},{lin}'"])
+    cfg = config_util.load_config(
+        "configs/tokenizer_shapes.py:tiny,stride=16",
+        [
+            f"data.path={data!r}",
+            "eval.num_images=2",
+            "train.global_batch=2",
+            "train.total_steps=3",
+            "optim.warmup_steps=1",
+            "train.log_every=1",
+            "checkpoint.every=3",
+            "loss.perceptual_weight=0.5",
+            f"loss.lpips_weights='{vgg},{lin}'",
+        ],
+    )
     mesh = parallel.make_mesh(-1, 1, 1, devices=jax.devices()[:1])
-    final = tokenizer_cli.run(cfg, str(tmp_path / "tok"), mesh=mesh)
+    final = tokenizer_trainer.run(cfg, str(tmp_path / "tok"), mesh=mesh)
     rows = [json.loads(line) for line in open(tmp_path / "tok" / "metrics.jsonl")]
     rows = [r for r in rows if "lpips" in r]
     assert [r["step"] for r in rows] == [1, 2, 3] and final["stopped"] == "done"

@@ -38,6 +38,7 @@ Scanned blocks: unscanned (the configs' default), remat 'full' kept as much as '
 287 MiB at 341 tokens, fsdp, batch 4; XLA's CPU scheduler apparently runs the blocks' recomputations
 ahead of the backward); what the accelerators' schedulers do there is not checked here.
 """
+
 from __future__ import annotations
 
 import time
@@ -49,12 +50,13 @@ import pytest
 from flax import linen as nn
 
 from infinity_jax import config_util, parallel, schedules
-from infinity_jax.model import attention as attention_lib, transformer as T
-from infinity_jax.sample_bench import abstract_like, bench_mesh, memory_figures
-from infinity_jax.train import optim, step as step_lib
+from infinity_jax.benchmarks.sampler import abstract_like, bench_mesh, memory_figures
+from infinity_jax.configs import mesh_presets
+from infinity_jax.model import attention as attention_lib
+from infinity_jax.model import transformer as T
+from infinity_jax.train import optim
+from infinity_jax.train import step as step_lib
 from infinity_jax.train.state import TrainState, make_step, state_shardings
-
-from configs import mesh_presets
 
 needs8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
 SCHEDULES = {341: "1x1,2x2,4x4,8x8,16x16", 917: "1x1,2x2,4x4,8x8,16x16,24x24"}  # by token count
@@ -64,8 +66,16 @@ RATIO = (0.75, 1.5)  # estimate / XLA: measured 1.02-1.37 (module docstring)
 
 def model_config(remat: str) -> T.InfinityConfig:
     """The reduced model of the table (5.07M params): scanned, so one block is compiled (and see the docstring)."""
-    return T.InfinityConfig(depth=4, embed_dim=256, num_heads=2, text_channels=128, block_chunks=1, dtype="float32",
-                            remat=remat, scan_layers=True)
+    return T.InfinityConfig(
+        depth=4,
+        embed_dim=256,
+        num_heads=2,
+        text_channels=128,
+        block_chunks=1,
+        dtype="float32",
+        remat=remat,
+        scan_layers=True,
+    )
 
 
 def xla_bytes(mcfg: T.InfinityConfig, schedule, batch: int, rules: str) -> int:
@@ -80,13 +90,20 @@ def xla_bytes(mcfg: T.InfinityConfig, schedule, batch: int, rules: str) -> int:
     logical = jax.eval_shape(lambda: T.init_params(mcfg, key))
     shardings = state_shardings(state, nn.get_partition_spec(logical), mesh, rules)
     _, h, w = schedule[-1]
-    shapes = {"latent": ((batch, h, w, mcfg.codebook_dim), np.float32),
-              "text_features": ((batch, TEXT_LEN, mcfg.text_channels), np.float32),
-              "text_mask": ((batch, TEXT_LEN), np.bool_)}
-    batch_in = {k: jax.ShapeDtypeStruct(s, dt, sharding=parallel.batch_sharding(mesh, len(s)))
-                for k, (s, dt) in shapes.items()}
-    jitted = jax.jit(lambda s, b: step(s, b, jax.random.key(1)), in_shardings=(shardings, None),
-                     out_shardings=(shardings, None), donate_argnums=0)
+    shapes = {
+        "latent": ((batch, h, w, mcfg.codebook_dim), np.float32),
+        "text_features": ((batch, TEXT_LEN, mcfg.text_channels), np.float32),
+        "text_mask": ((batch, TEXT_LEN), np.bool_),
+    }
+    batch_in = {
+        k: jax.ShapeDtypeStruct(s, dt, sharding=parallel.batch_sharding(mesh, len(s))) for k, (s, dt) in shapes.items()
+    }
+    jitted = jax.jit(
+        lambda s, b: step(s, b, jax.random.key(1)),
+        in_shardings=(shardings, None),
+        out_shardings=(shardings, None),
+        donate_argnums=0,
+    )
     with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.logical_rules(rules)):
         compiled = jitted.lower(abstract_like(state, shardings), batch_in).compile()
     return memory_figures(compiled)["total_bytes"]
@@ -94,10 +111,20 @@ def xla_bytes(mcfg: T.InfinityConfig, schedule, batch: int, rules: str) -> int:
 
 def estimated_bytes(mcfg: T.InfinityConfig, schedule, per_device_batch: int, rules: str) -> float:
     n = jax.device_count()
-    return mesh_presets.step_bytes(params=T.count_params(mcfg), depth=mcfg.depth, embed_dim=mcfg.embed_dim,
-                                   tokens=schedules.num_tokens(schedule), per_device_batch=per_device_batch,
-                                   rules=rules, fsdp=1 if rules == "dp" else n, tensor=1, bits=mcfg.codebook_dim,
-                                   text_len=TEXT_LEN, remat=mcfg.remat, compute_bytes=jnp.dtype(mcfg.dtype).itemsize)
+    return mesh_presets.step_bytes(
+        params=T.count_params(mcfg),
+        depth=mcfg.depth,
+        embed_dim=mcfg.embed_dim,
+        tokens=schedules.num_tokens(schedule),
+        per_device_batch=per_device_batch,
+        rules=rules,
+        fsdp=1 if rules == "dp" else n,
+        tensor=1,
+        bits=mcfg.codebook_dim,
+        text_len=TEXT_LEN,
+        remat=mcfg.remat,
+        compute_bytes=jnp.dtype(mcfg.dtype).itemsize,
+    )
 
 
 @needs8
@@ -113,9 +140,11 @@ def test_estimate_tracks_xla_memory_analysis_of_the_compiled_step(rules, remat, 
         est[b] = estimated_bytes(mcfg, schedule, b, rules)
     ratios = {b: est[b] / xla[b] for b in xla}
     growth = (est[4] - est[1]) / (xla[4] - xla[1])
-    print(f"{rules} {remat} {tokens}: XLA {[round(v / 2**20, 1) for v in xla.values()]} MiB, estimate "
-          f"{[round(v / 2**20, 1) for v in est.values()]} MiB, growth ratio {growth:.2f}, "
-          f"compiles {time.perf_counter() - t0:.1f} s")
+    print(
+        f"{rules} {remat} {tokens}: XLA {[round(v / 2**20, 1) for v in xla.values()]} MiB, estimate "
+        f"{[round(v / 2**20, 1) for v in est.values()]} MiB, growth ratio {growth:.2f}, "
+        f"compiles {time.perf_counter() - t0:.1f} s"
+    )
     assert all(RATIO[0] <= r <= RATIO[1] for r in ratios.values()), (ratios, xla, est)
     # the batch-dependent part (activations) grows like XLA's, not just the total
     assert xla[4] > xla[1] * 1.5 and RATIO[0] <= growth <= RATIO[1], growth

@@ -1,31 +1,28 @@
 """Model configs: every official size, with the official parameter counts from shapes only."""
+
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
 
+from infinity_jax.configs import infinity as configs
 from infinity_jax.model.transformer import InfinityConfig, count_params
-
-CONFIG_FILE = os.path.join(os.path.dirname(__file__), "..", "configs", "infinity.py")
-
-
-def load_configs():
-    spec = importlib.util.spec_from_file_location("infinity_model_configs", CONFIG_FILE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-configs = load_configs()
 
 
 def test_every_official_size_is_a_named_config():
     # (depth, width, heads) of the official factory functions / tools/run_infinity.py
-    want = {"infinity_2b": (32, 2048, 16), "infinity_8b": (40, 3584, 28), "infinity_20b": (58, 4608, 36),
-            "infinity_layer12": (12, 768, 8), "infinity_layer16": (16, 1152, 12), "infinity_layer24": (24, 1536, 16),
-            "infinity_layer32": (32, 2080, 20), "infinity_layer40": (40, 2688, 24), "infinity_layer48": (48, 3360, 28)}
+    want = {
+        "infinity_2b": (32, 2048, 16),
+        "infinity_8b": (40, 3584, 28),
+        "infinity_20b": (58, 4608, 36),
+        "infinity_layer12": (12, 768, 8),
+        "infinity_layer16": (16, 1152, 12),
+        "infinity_layer24": (24, 1536, 16),
+        "infinity_layer32": (32, 2080, 20),
+        "infinity_layer40": (40, 2688, 24),
+        "infinity_layer48": (48, 3360, 28),
+    }
     for name, (depth, width, heads) in want.items():
         m = InfinityConfig.from_dict(configs.get_config(name).model)
         assert (m.depth, m.embed_dim, m.num_heads) == (depth, width, heads)
@@ -58,17 +55,21 @@ def test_execution_options_and_bad_names():
 def test_params_counts_every_config_users_sweep():
     """`infinity-jax params` loads specs with config_util, as train does: configs/shapes.py (with sweep
     arguments) and configs/zoo.py count too, from an installed console script (python -P: the working
-    directory is not on sys.path, so `from configs import ...` needs the loader's help)."""
+    directory is not on sys.path; configs come from the installed package infinity_jax.configs)."""
     import subprocess
     import sys
+
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = ("import sys; from infinity_jax.cli import main\n"
-            "sys.path[:] = [p for p in sys.path if p not in ('', sys.argv[1])]  # as an installed console script\n"
-            "sys.exit(main(sys.argv[2:]))")
+    code = (
+        "import sys; from infinity_jax.commands import main\n"
+        "sys.path[:] = [p for p in sys.path if p not in ('', sys.argv[1])]  # as an installed console script\n"
+        "sys.exit(main(sys.argv[2:]))"
+    )
     specs = ["configs/shapes.py", "configs/shapes.py:layers=4,width=256,heads=8", "configs/zoo.py:layer12", "tiny"]
     argv = ["params", *(a for s in specs for a in ("--config", s))]
-    done = subprocess.run([sys.executable, "-P", "-c", code, repo, *argv], cwd=repo, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-P", "-c", code, repo, *argv], cwd=repo, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines()[1:]}
     assert list(rows) == specs

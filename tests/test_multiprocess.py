@@ -1,5 +1,6 @@
 """Two local processes (jax.distributed on localhost, gloo CPU collectives, 2 devices each) train
 the stand-in with FSDP over the 4 global devices, checkpoint at step 3 and resume to step 6."""
+
 import json
 import os
 import socket
@@ -9,8 +10,7 @@ import sys
 import numpy as np
 
 from infinity_jax.checkpoint import Checkpointer
-from tests.train_helpers import STEPS, xla_flags
-from tests.train_helpers import compile_cache, reference_run  # noqa: F401 (fixtures)
+from tests.train_helpers import STEPS, compile_cache, reference_run, xla_flags  # noqa: F401 (fixtures)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,11 +24,38 @@ def _free_port() -> int:
 def test_two_processes_train_checkpoint_and_resume(reference_run, tmp_path, compile_cache):
     port = _free_port()
     env = dict(os.environ, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=2"), JAX_PLATFORMS="cpu")
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "tests.train_helpers", str(tmp_path), "--steps", str(STEPS), "--until", "3",
-         "--every", "0", "--rules", "fsdp", "--fsdp", "2", "--coordinator", f"127.0.0.1:{port}",
-         "--num-processes", "2", "--process-id", str(i)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.train_helpers",
+                str(tmp_path),
+                "--steps",
+                str(STEPS),
+                "--until",
+                "3",
+                "--every",
+                "0",
+                "--rules",
+                "fsdp",
+                "--fsdp",
+                "2",
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = []
     try:
         for p in procs:

@@ -12,6 +12,7 @@ Tolerances as tests/test_transformer.py and tests/test_sample.py: teacher-forced
 CFG sampler logits atol 2e-4, greedy bits equal (the fixture's smallest sampler margin |l1 - l0|
 is 2e-4, above the 1e-4 near-tie bound, so no bit may differ).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +24,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from infinity_jax import sample, schedules
-from infinity_jax.convert import common
+from infinity_jax import fileio, sample, schedules
 from infinity_jax.convert import infinity as conv
 from infinity_jax.model import transformer as T
 from tests.conftest import load_fixture, state_dict
@@ -40,9 +40,15 @@ class Chunks:
         self.f = f = load_fixture("tiny-chunks")
         self.meta = m = f["meta"]
         s = m["settings"]
-        self.cfg = T.InfinityConfig(depth=s["depth"], embed_dim=s["embed_dim"], num_heads=s["num_heads"],
-                                    block_chunks=s["block_chunks"], codebook_dim=s["d"],
-                                    text_channels=m["text_channels"], text_maxlen=m["text_maxlen"])
+        self.cfg = T.InfinityConfig(
+            depth=s["depth"],
+            embed_dim=s["embed_dim"],
+            num_heads=s["num_heads"],
+            block_chunks=s["block_chunks"],
+            codebook_dim=s["d"],
+            text_channels=m["text_channels"],
+            text_maxlen=m["text_maxlen"],
+        )
         self.per_chunk = self.cfg.depth // self.cfg.block_chunks
         self.sched = tuple(tuple(int(v) for v in x) for x in m["schedule"])
         self.sd = state_dict(f, "gpt")
@@ -77,8 +83,10 @@ def max_abs(a, b) -> float:
 
 def test_fixture_has_several_blocks_per_chunk_and_its_provenance(chunks):
     assert (chunks.cfg.depth, chunks.cfg.block_chunks, chunks.per_chunk) == (6, 2, 3)
-    blocks = {(int(c), int(j)) for c, j, _ in (BLOCK_KEY.fullmatch(k).groups() for k in chunks.sd
-                                                if k.startswith("block_chunks."))}
+    blocks = {
+        (int(c), int(j))
+        for c, j, _ in (BLOCK_KEY.fullmatch(k).groups() for k in chunks.sd if k.startswith("block_chunks."))
+    }
     assert blocks == {(c, j) for c in range(2) for j in range(3)}
     assert not any(k.startswith("blocks.") for k in chunks.sd)
     assert re.fullmatch(r"[0-9a-f]{40}", chunks.meta["official_commit"])
@@ -110,7 +118,7 @@ def test_block_i_is_official_chunk_i_div_n_module_i_mod_n(chunks):
     """(e) Block i's weights are the official block_chunks.{i // 3}.module.{i % 3}'s, and no other block's:
     the per-block tensors of the fixture all differ, so an interleaved order (chunk i % 2, module i // 2,
     which agrees with the right one only for blocks 0 and 5) cannot pass."""
-    flat = common.flatten(chunks.params)
+    flat = fileio.flatten(chunks.params)
     depth = chunks.cfg.depth
     for i in range(depth):
         p = chunks.official_prefix(i)
@@ -125,8 +133,9 @@ def test_block_i_is_official_chunk_i_div_n_module_i_mod_n(chunks):
             b = chunks.sd[f"{chunks.official_prefix(j)}.ffn.fc1.weight"]
             assert not np.array_equal(a, b), (i, j)
     # the harness sets one head of the official first block (unregistered_blocks[0]) above the clamp (log 150)
-    first = [i for i in range(depth) if np.isclose(flat[f"blocks_{i}/sa/scale_mul_1H11"].max(), np.log(150.0),
-                                                   atol=1e-2)]
+    first = [
+        i for i in range(depth) if np.isclose(flat[f"blocks_{i}/sa/scale_mul_1H11"].max(), np.log(150.0), atol=1e-2)
+    ]
     assert first == [0]
 
 
@@ -139,7 +148,7 @@ def test_teacher_forced_logits_match_official(chunks):
 def test_interleaved_block_order_is_caught_by_the_logits(chunks):
     """(e) The same weights read in an interleaved order (block i from chunk i % 2, module i // 2) load
     under the same key set but miss the official logits by far: the parity above pins the order."""
-    depth, nc = chunks.cfg.depth, chunks.cfg.block_chunks
+    nc = chunks.cfg.block_chunks
     moved = {}
     for k, v in chunks.sd.items():
         m = BLOCK_KEY.fullmatch(k)
@@ -147,10 +156,9 @@ def test_interleaved_block_order_is_caught_by_the_logits(chunks):
             moved[k] = v
             continue
         i = int(m.group(1)) * chunks.per_chunk + int(m.group(2))  # the official block index of this key
-        c, j = i % nc, i // nc                                     # where an interleaved exporter would put it
+        c, j = i % nc, i // nc  # where an interleaved exporter would put it
         moved[f"block_chunks.{c}.module.{j}.{m.group(3)}"] = v
-    assert sorted(moved) == sorted(chunks.sd) and any(
-        not np.array_equal(moved[k], chunks.sd[k]) for k in chunks.sd)
+    assert sorted(moved) == sorted(chunks.sd) and any(not np.array_equal(moved[k], chunks.sd[k]) for k in chunks.sd)
     wrong = chunks.logits(conv.torch_to_params(moved, chunks.cfg))
     assert max_abs(wrong, chunks.f["tf/logits"]) > 1e-2
 
@@ -174,24 +182,30 @@ def test_greedy_bits_equal_official_sampler(chunks):
         sl = slice(offsets[k], offsets[k + 1])
         np.testing.assert_array_equal(bits[:, sl], f["sample/bits"][:, sl], err_msg=f"scale {k}")
     np.testing.assert_allclose(np.asarray(out.logits), f["sample/logits"], atol=2e-4, rtol=0)
-    np.testing.assert_allclose(np.asarray(out.summed_codes), f["sample/summed_codes"].transpose(0, 2, 3, 1),
-                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(out.summed_codes), f["sample/summed_codes"].transpose(0, 2, 3, 1), atol=1e-5, rtol=0
+    )
 
 
-@pytest.mark.parametrize("name, last", [("infinity_2b", "block_chunks.7.module.3"),
-                                        ("infinity_8b", "block_chunks.7.module.4"),
-                                        ("infinity_layer12", "block_chunks.3.module.2")])
+@pytest.mark.parametrize(
+    "name, last",
+    [
+        ("infinity_2b", "block_chunks.7.module.3"),
+        ("infinity_8b", "block_chunks.7.module.4"),
+        ("infinity_layer12", "block_chunks.3.module.2"),
+    ],
+)
 def test_official_sizes_name_consecutive_blocks_per_chunk(name, last):
     """The released sizes' names from the same rule; the 2B key list from abstract shapes (nothing allocated)."""
     cfg = T.InfinityConfig.from_dict(conv.load_config(name).model.to_dict())
     n = cfg.depth // cfg.block_chunks
     assert n > 1
-    assert [conv.official_block_prefix(i, cfg.depth, cfg.block_chunks) for i in range(n + 1)] == \
-        [f"block_chunks.0.module.{j}" for j in range(n)] + ["block_chunks.1.module.0"]
+    assert [conv.official_block_prefix(i, cfg.depth, cfg.block_chunks) for i in range(n + 1)] == [
+        f"block_chunks.0.module.{j}" for j in range(n)
+    ] + ["block_chunks.1.module.0"]
     assert conv.official_block_prefix(cfg.depth - 1, cfg.depth, cfg.block_chunks) == last
     if name != "infinity_2b":  # the rule is the same; tracing each size's param tree costs ~2 s
         return
     keys = conv.expected_state_dict_shapes(cfg)
     assert f"{last}.ffn.fc2.weight" in keys and f"{last}.sa.zero_k_bias" in keys
-    assert not any(k.startswith(f"block_chunks.{cfg.block_chunks}.") or k.startswith(f"{last[:-1]}{n}.")
-                   for k in keys)
+    assert not any(k.startswith(f"block_chunks.{cfg.block_chunks}.") or k.startswith(f"{last[:-1]}{n}.") for k in keys)

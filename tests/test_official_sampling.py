@@ -17,6 +17,7 @@ CUDA differ there too). `_p1_drawn` calls sample_bits as generate_tokens does: c
 
 Regenerate: INFINITY_REF_SRC=<official checkout> python tests/fixtures/make_sampling_fixture.py
 """
+
 from __future__ import annotations
 
 import json
@@ -57,6 +58,7 @@ def _p1_drawn(logits, top_k, top_p, floor):
         mid = lo + (hi - lo) // 2
         zero = bit(mid) == 0
         return jnp.where(zero, lo, mid + 1), jnp.where(zero, mid, hi)
+
     lo, hi = jax.lax.fori_loop(0, 32, body, (jnp.zeros(n, jnp.int32), jnp.full(n, one, jnp.int32)))
     return jax.lax.bitcast_convert_type(hi, jnp.float32)
 
@@ -73,8 +75,14 @@ def _ours(logits, top_k, top_p, via_sampling_params=False):
         top_k = np.array([s.top_k for s in sps], np.int32)
         floor = np.array([s.top_p_floor for s in sps], np.float32)
         top_p = np.array([s.top_p for s in sps], np.float32)
-    return np.asarray(_p1_drawn(jnp.asarray(logits, jnp.float32), jnp.asarray(top_k, jnp.int32),
-                                jnp.asarray(top_p, jnp.float32), jnp.asarray(floor)))
+    return np.asarray(
+        _p1_drawn(
+            jnp.asarray(logits, jnp.float32),
+            jnp.asarray(top_k, jnp.int32),
+            jnp.asarray(top_p, jnp.float32),
+            jnp.asarray(floor),
+        )
+    )
 
 
 def _our_p0(logits):
@@ -98,10 +106,13 @@ def _official_rule(p0, logits, top_k, top_p):
 
 def _report(fx, rows, ours, extra=None):
     off, out = fx["filter/p1"], fx["filter/out"]
-    return [f"{fx['filter/kind'][i]}: logits={fx['filter/logits'][i].tolist()} top_k={fx['filter/top_k'][i]} "
-            f"top_p={float(fx['filter/top_p'][i])!r} official: p(smaller)={float(fx['filter/p0_sorted'][i])!r} "
-            f"{'dropped' if np.isinf(out[i]).any() else 'kept both'} p1={float(off[i])!r}; ours p1={float(ours[i])!r}"
-            + (f" {extra[i]}" if extra is not None else "") for i in rows]
+    return [
+        f"{fx['filter/kind'][i]}: logits={fx['filter/logits'][i].tolist()} top_k={fx['filter/top_k'][i]} "
+        f"top_p={float(fx['filter/top_p'][i])!r} official: p(smaller)={float(fx['filter/p0_sorted'][i])!r} "
+        f"{'dropped' if np.isinf(out[i]).any() else 'kept both'} p1={float(off[i])!r}; ours p1={float(ours[i])!r}"
+        + (f" {extra[i]}" if extra is not None else "")
+        for i in rows
+    ]
 
 
 def _full(fx, sel, vals):
@@ -175,10 +186,14 @@ def test_sample_bits_applies_the_official_top_p_rule_at_its_boundary(fx):
     rows = np.nonzero(sel)[0][bad]
     thr_ours = np.float32(1) - p.astype(np.float32)
     thr_off = (1 - p).astype(np.float32)
-    extra = {r: f"(threshold: official float32(1 - top_p) = {float(thr_off[b])!r}, ours 1 - float32(top_p) = "
-                f"{float(thr_ours[b])!r})" for r, b in zip(rows, bad)}
+    extra = {
+        r: f"(threshold: official float32(1 - top_p) = {float(thr_off[b])!r}, ours 1 - float32(top_p) = "
+        f"{float(thr_ours[b])!r})"
+        for r, b in zip(rows, bad)
+    }
     assert not len(bad), f"{len(bad)}/{sel.sum()} boundary cases differ:\n" + "\n".join(
-        _report(fx, rows[:24], _full(fx, sel, ours), extra))
+        _report(fx, rows[:24], _full(fx, sel, ours), extra)
+    )
 
 
 def test_sample_bits_top_p_boundary_matches_the_official_outputs(fx):
@@ -208,8 +223,10 @@ def test_random_pairs_draw_with_the_official_probability(fx):
         ours, off = _ours(lg, k, p, True), p1[s]
         dropped = (off == 0) | (off == 1)
         bad = np.where(dropped, ours != off, ~np.isclose(ours, off, rtol=RTOL, atol=ATOL))
-        assert not bad.any(), (f"top_k={k} top_p={p}: {bad.sum()}/{len(lg)} differ, e.g. logits={lg[bad][:3].tolist()} "
-                               f"official p1={off[bad][:3].tolist()} ours={ours[bad][:3].tolist()}")
+        assert not bad.any(), (
+            f"top_k={k} top_p={p}: {bad.sum()}/{len(lg)} differ, e.g. logits={lg[bad][:3].tolist()} "
+            f"official p1={off[bad][:3].tolist()} ours={ours[bad][:3].tolist()}"
+        )
 
 
 # ---------------------------------------------------------------- per-scale guidance
@@ -224,12 +241,13 @@ def _guided(fx, cfg, tau, jit):
     def one(x, k, sp):
         x = x * sp.inv_tau[k]
         return sample.guide(x, sp.cond_w[k], sp.uncond_w[k]) if with_uncond else x
+
     out = np.zeros((K, B, lmax * V // 2, 2), np.float32)
     for k, n in enumerate(lengths):
         x = np.stack([cond[k, :, :n], uncond[k, :, :n]], 1).reshape(2 * B, n, V) if with_uncond else cond[k, :, :n]
         f = jax.jit(one, static_argnums=1) if jit else one
         g = np.asarray(f(jnp.asarray(x), k, jax.tree.map(jnp.asarray, sp)))
-        out[k, :, :n * V // 2] = g.reshape(B, n * V // 2, 2)
+        out[k, :, : n * V // 2] = g.reshape(B, n * V // 2, 2)
     return out, with_uncond
 
 

@@ -1,4 +1,5 @@
 """Optimizer pieces: lr schedule values, weight-decay mask, EMA, gradient accumulation, compute dtype."""
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -24,12 +25,12 @@ def test_lin0_schedule_at_start_warmup_end_plateau_and_end():
     decay = total - 1 - warm  # 900 updates from the peak to the last one
     assert float(f(0)) == pytest.approx(0.005 * peak)
     assert float(f(50)) == pytest.approx(peak * (0.005 + 0.995 * 0.5))
-    assert float(f(warm)) == pytest.approx(peak)                       # warm-up end: the peak
-    assert float(f(warm + 0.05 * decay - 1)) == pytest.approx(peak)    # 5% plateau
-    assert float(f(total - 1)) == pytest.approx(0.3 * peak)            # the end: final_frac x peak
+    assert float(f(warm)) == pytest.approx(peak)  # warm-up end: the peak
+    assert float(f(warm + 0.05 * decay - 1)) == pytest.approx(peak)  # 5% plateau
+    assert float(f(total - 1)) == pytest.approx(0.3 * peak)  # the end: final_frac x peak
     p = 0.5  # halfway: linear between the plateau's end and the final value
     assert float(f(warm + p * decay)) == pytest.approx(peak * (0.3 + 0.7 * (1 - p) / 0.95))
-    assert float(f(total + 100)) == pytest.approx(0.3 * peak)          # clamped after the end
+    assert float(f(total + 100)) == pytest.approx(0.3 * peak)  # clamped after the end
     cos = optim.lr_schedule(peak, total, warm, "cos", final_frac=0.1)
     assert float(cos(warm + decay / 2)) == pytest.approx(peak * 0.55)
     with pytest.raises(ValueError, match="lr schedule 'step'"):
@@ -40,32 +41,69 @@ def test_weight_decay_mask_excludes_norms_biases_embeddings_and_gains():
     init_params, _ = make_fns()
     mask = optim.decay_mask(jax.eval_shape(init_params, jax.random.key(0)))  # boxed, abstract: fine
     flat = {"/".join(str(k.key) for k in path): v for path, v in jax.tree_util.tree_leaves_with_path(mask)}
-    assert flat == {"embedding": False, "ln/scale": False, "ln/bias": False, "qkv/kernel": True, "qkv/bias": False,
-                    "proj/kernel": True, "proj/bias": False, "fc1/kernel": True, "fc1/bias": False,
-                    "fc2/kernel": True, "fc2/bias": False, "head/kernel": True, "head/bias": False}
+    assert flat == {
+        "embedding": False,
+        "ln/scale": False,
+        "ln/bias": False,
+        "qkv/kernel": True,
+        "qkv/bias": False,
+        "proj/kernel": True,
+        "proj/bias": False,
+        "fc1/kernel": True,
+        "fc1/bias": False,
+        "fc2/kernel": True,
+        "fc2/bias": False,
+        "head/kernel": True,
+        "head/bias": False,
+    }
     official_like = {  # names as the converted official model will have them
-        "blocks_0": {"ada_gss": np.zeros((1, 1, 6, 8)), "sa": {"mat_qkv": {"kernel": np.zeros((8, 24))}},
-                     "ffn": {"fc1": {"bias": np.zeros((4,))}}},
-        "lvl_embed": {"embedding": np.zeros((15, 8))}, "pos_start": np.zeros((1, 1, 8)),
-        "text_proj_for_sos": {"ca": {"mat_q": np.zeros((8, 8))}}, "word_embed": {"kernel": np.zeros((32, 8))},
+        "blocks_0": {
+            "ada_gss": np.zeros((1, 1, 6, 8)),
+            "sa": {"mat_qkv": {"kernel": np.zeros((8, 24))}},
+            "ffn": {"fc1": {"bias": np.zeros((4,))}},
+        },
+        "lvl_embed": {"embedding": np.zeros((15, 8))},
+        "pos_start": np.zeros((1, 1, 8)),
+        "text_proj_for_sos": {"ca": {"mat_q": np.zeros((8, 8))}},
+        "word_embed": {"kernel": np.zeros((32, 8))},
     }
     m = optim.decay_mask(official_like)
     assert m["blocks_0"]["sa"]["mat_qkv"]["kernel"] and m["word_embed"]["kernel"]
-    assert not (m["blocks_0"]["ada_gss"] or m["blocks_0"]["ffn"]["fc1"]["bias"] or m["lvl_embed"]["embedding"]
-                or m["pos_start"] or m["text_proj_for_sos"]["ca"]["mat_q"])
+    assert not (
+        m["blocks_0"]["ada_gss"]
+        or m["blocks_0"]["ffn"]["fc1"]["bias"]
+        or m["lvl_embed"]["embedding"]
+        or m["pos_start"]
+        or m["text_proj_for_sos"]["ca"]["mat_q"]
+    )
 
 
 def _optim_cfg(**kw):
-    c = ml_collections.ConfigDict(dict(base_lr=256.0, b1=0.9, b2=0.97, eps=1e-8, weight_decay=0.005, grad_clip=5.0,
-                                       schedule="const", warmup_steps=0, warmup_init=0.005, final_frac=0.3))
+    c = ml_collections.ConfigDict(
+        dict(
+            base_lr=256.0,
+            b1=0.9,
+            b2=0.97,
+            eps=1e-8,
+            weight_decay=0.005,
+            grad_clip=5.0,
+            schedule="const",
+            warmup_steps=0,
+            warmup_init=0.005,
+            final_frac=0.3,
+        )
+    )
     c.update(kw)
     return c
 
 
 def test_weight_decay_applies_only_where_the_mask_says():
     tx, sched = optim.make_optimizer(_optim_cfg(base_lr=0.1 * 256), total_steps=10, global_batch=1)  # lr 0.1
-    params = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}, "ln": {"scale": jnp.ones((2,))},
-              "embedding": jnp.ones((3, 2))}
+    params = {
+        "dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))},
+        "ln": {"scale": jnp.ones((2,))},
+        "embedding": jnp.ones((3, 2)),
+    }
     zeros = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(zeros, tx.init(params), params)
     new = optax.apply_updates(params, updates)
@@ -77,9 +115,9 @@ def test_weight_decay_applies_only_where_the_mask_says():
 def test_ema_follows_decay_times_ema_plus_rest_times_params():
     tx = optax.sgd(1.0)
     st = TrainState.create({"w": jnp.array([1.0, 2.0])}, tx, jax.random.key(0), ema_decay=0.9)
-    st = st.apply_gradients({"w": jnp.array([1.0, -1.0])})     # params -> [0, 3]
+    st = st.apply_gradients({"w": jnp.array([1.0, -1.0])})  # params -> [0, 3]
     np.testing.assert_allclose(st.ema_params["w"], [0.9 * 1 + 0.1 * 0, 0.9 * 2 + 0.1 * 3])
-    st = st.apply_gradients({"w": jnp.array([1.0, 1.0])})      # params -> [-1, 2]
+    st = st.apply_gradients({"w": jnp.array([1.0, 1.0])})  # params -> [-1, 2]
     np.testing.assert_allclose(st.ema_params["w"], [0.9 * 0.9 + 0.1 * -1, 0.9 * 2.1 + 0.1 * 2], rtol=1e-6)
     assert int(st.step) == 2
 
@@ -107,8 +145,9 @@ def test_bf16_compute_keeps_fp32_params_and_optimizer_state():
     batch = jax.tree.map(jnp.asarray, next(TokenData(16)))
     _, loss32 = make_fns("float32")
     st16, m16 = jax.jit(make_step(loss_fn, sched, compute_dtype=jnp.bfloat16))(st, batch, jax.random.key(3))
-    assert {x.dtype for x in jax.tree.leaves((st16.params, st16.opt_state)) if jnp.issubdtype(x.dtype, jnp.floating)} \
-        == {jnp.dtype(jnp.float32)}
+    assert {
+        x.dtype for x in jax.tree.leaves((st16.params, st16.opt_state)) if jnp.issubdtype(x.dtype, jnp.floating)
+    } == {jnp.dtype(jnp.float32)}
     assert float(m16["loss"]) == pytest.approx(float(jax.jit(loss32)(st.params, batch, None)[0]), rel=2e-2)
     assert float(m16["lr"]) == pytest.approx(1e-3 * 16 / 256)
 

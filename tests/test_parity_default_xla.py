@@ -2,6 +2,7 @@
 XLA's older loop emitters (tests/train_helpers.py FAST_COMPILE, for time), so here the parity tests
 against the official fixtures (quantizer, VAE, transformer, sampler) run again in a process with
 XLA's defaults (INFINITY_TEST_XLA=default)."""
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,14 @@ SELECT = "(official or reference) and not abs_pos"
 def test_parity_tests_pass_under_xla_defaults():
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(INFINITY_TEST_XLA="default", XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-x", "-p", "no:cacheprovider", "-m", "not slow",
-                        "-k", SELECT, *PARITY], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-x", "-p", "no:cacheprovider", "-m", "not slow", "-k", SELECT, *PARITY],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     tail = "\n".join(r.stdout.splitlines()[-15:])
     assert r.returncode == 0, tail
     counts = r.stdout.strip().splitlines()[-1]

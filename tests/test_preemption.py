@@ -15,6 +15,7 @@ it happens at may vary (e.g. 4 or 5), and the assertions follow what was on disk
 has them), a row per step; the sample grids are off (sample.every=0: they read the state, never change it, and
 cost a sampler compile per run). One XLA cache for the module's processes: only the first run compiles.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,23 +45,41 @@ DIST_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 def setup(tmp_path_factory):
     """The tiny shapes dataset and an XLA cache shared by the module's processes."""
     from infinity_jax.data import sources
+
     root = tmp_path_factory.mktemp("preemption")
     data = sources.prepare("shapes", str(root / "data"), num_examples=32, image_size=32, progress=False)
     env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
-    env.update(XLA_FLAGS=xla_flags(), JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(root / "xla_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    env.update(
+        XLA_FLAGS=xla_flags(),
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(root / "xla_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
     return {"data": data, "env": env}
 
 
 def command(setup, workdir) -> list[str]:
-    return [sys.executable, "-m", "infinity_jax", "train", "--config", "configs/shapes.py:tiny", "--workdir",
-            str(workdir), f"--config.data.path={setup['data']!r}", f"--config.train.total_steps={STEPS}",
-            f"--config.checkpoint.every={EVERY}", "--config.sample.every=0"]
+    return [
+        sys.executable,
+        "-m",
+        "infinity_jax",
+        "train",
+        "--config",
+        "configs/shapes.py:tiny",
+        "--workdir",
+        str(workdir),
+        f"--config.data.path={setup['data']!r}",
+        f"--config.train.total_steps={STEPS}",
+        f"--config.checkpoint.every={EVERY}",
+        "--config.sample.every=0",
+    ]
 
 
 class Run:
     """One launch of the command as `n` processes (n > 1: jax.distributed on localhost, gloo CPU collectives,
     one CPU device each); their output goes to files (a pipe nobody reads could stall them)."""
+
     _launches = 0
 
     def __init__(self, setup, workdir, n: int = 1):
@@ -70,8 +89,7 @@ class Run:
         for i in range(n):
             env = dict(setup["env"])
             if n > 1:
-                env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(n),
-                           JAX_PROCESS_ID=str(i))
+                env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(n), JAX_PROCESS_ID=str(i))
             log = os.path.join(os.path.dirname(self.workdir), f"{os.path.basename(self.workdir)}.{Run._launches}.{i}")
             out, err = open(log + ".out", "w"), open(log + ".err", "w")
             self.procs.append(subprocess.Popen(command(setup, workdir), cwd=REPO, env=env, stdout=out, stderr=err))
@@ -113,8 +131,10 @@ class Run:
         return json.loads(line)
 
     def tail(self) -> str:
-        return "\n".join(f"--- process {i} (rc {p.returncode}):\n{self.stderr(i)[-3000:]}{self.stdout(i)[-1000:]}"
-                         for i, p in enumerate(self.procs))
+        return "\n".join(
+            f"--- process {i} (rc {p.returncode}):\n{self.stderr(i)[-3000:]}{self.stdout(i)[-1000:]}"
+            for i, p in enumerate(self.procs)
+        )
 
     def finish(self) -> dict:
         """Waits for a run that should complete; its final.json."""
@@ -134,6 +154,7 @@ def _free_port() -> int:
 class Disk:
     """What a run has on disk: its logged steps (complete metrics.jsonl lines), complete checkpoints, and
     orbax's temporary folders (a save in progress, or left by a killed one)."""
+
     metrics_file: bool
     logged: list[int]
     done: list[int]
@@ -166,8 +187,12 @@ def disk(workdir) -> Disk:
         names = os.listdir(os.path.join(workdir, "checkpoints"))
     except FileNotFoundError:
         names = []
-    return Disk(os.path.exists(path), logged, sorted(int(n) for n in names if n.isdigit()),
-                sorted(n for n in names if not n.isdigit()))
+    return Disk(
+        os.path.exists(path),
+        logged,
+        sorted(int(n) for n in names if n.isdigit()),
+        sorted(n for n in names if not n.isdigit()),
+    )
 
 
 def freeze_when(run: Run, want, what: str, timeout=RUN_TIMEOUT_S) -> Disk:

@@ -6,6 +6,7 @@ differing scale every differing bit is a reference near-tie (|l1 - l0| < 1e-4) a
 are skipped; the official CFG logits replayed teacher-forced on `sample/x_wo_prefix` atol 2e-4;
 summed codes atol 1e-5 and the uint8 image within 1 when the bits are equal.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,9 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from infinity_jax import parallel, sample, schedules
-from infinity_jax.convert import common, infinity as conv_inf, vae as conv_vae
+from infinity_jax import fileio, parallel, sample, schedules
+from infinity_jax.convert import infinity as conv_inf
+from infinity_jax.convert import vae as conv_vae
 from infinity_jax.model.transformer import InfinityConfig, null_text
 from infinity_jax.tokenizer import bsq
 from tests.conftest import FIXTURES, load_fixture, state_dict
@@ -43,8 +45,9 @@ class Setup:
         if "vae/decoder.conv_in.conv.weight" in fix:
             self.vae_cfg = conv_vae.load_config("tiny")
             self.vae_params = conv_vae.torch_to_params(state_dict(fix, "vae"), self.vae_cfg)
-        self.sampler = sample.Sampler(self.cfg, self.schedule, vae=self.vae_cfg, return_logits=True,
-                                      compiler_options=FAST)
+        self.sampler = sample.Sampler(
+            self.cfg, self.schedule, vae=self.vae_cfg, return_logits=True, compiler_options=FAST
+        )
         self.params, self.vae_params = self.sampler.place_params(self.params, self.vae_params)
         self.text, self.mask = fix["in/text_padded"], fix["in/text_mask"]
         m = fix["meta"]["settings"]
@@ -53,8 +56,14 @@ class Setup:
 
     def run(self, seeds, text=None, mask=None, **kw):
         kw = dict(dict(cfg=self.cfg_scale, tau=self.tau), **kw)
-        return self.sampler(self.params, self.vae_params, self.text if text is None else text,
-                            self.mask if mask is None else mask, seeds, **kw)
+        return self.sampler(
+            self.params,
+            self.vae_params,
+            self.text if text is None else text,
+            self.mask if mask is None else mask,
+            seeds,
+            **kw,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -107,8 +116,11 @@ def test_image_uint8_matches_official_sampler(tiny):
 
 def test_cfg_logits_replayed_teacher_forced_match_official(setup):
     fix = setup.fix
-    fn = jax.jit(lambda p, t, m, x: sample.teacher_forced_cfg_logits(setup.cfg, setup.schedule, p, t, m, x,
-                                                                     setup.cfg_scale, setup.tau))
+    fn = jax.jit(
+        lambda p, t, m, x: sample.teacher_forced_cfg_logits(
+            setup.cfg, setup.schedule, p, t, m, x, setup.cfg_scale, setup.tau
+        )
+    )
     got = np.asarray(fn(setup.params, setup.text, setup.mask, fix["sample/x_wo_prefix"]))
     np.testing.assert_allclose(got, fix["sample/logits"], atol=2e-4, rtol=0)
     # and the free-running sampler's own logits (its inputs equal the official ones: bits equal)
@@ -166,8 +178,8 @@ def test_top_k_one_and_greedy_take_the_larger_logit():
 def test_top_p_drops_the_smaller_logit_when_its_probability_is_at_most_one_minus_p():
     logits = jnp.tile(jnp.asarray([[0.0, 1.0]]), (20000, 1))  # p(1) = sigmoid(1) = 0.731
     u = jax.random.uniform(jax.random.key(0), (20000,))
-    keep = sample.sample_bits(logits, u, 0, 0.75, False)   # p(0) = 0.269 > 0.25: kept
-    drop = sample.sample_bits(logits, u, 0, 0.70, False)   # 0.269 <= 0.30: bit 0 removed
+    keep = sample.sample_bits(logits, u, 0, 0.75, False)  # p(0) = 0.269 > 0.25: kept
+    drop = sample.sample_bits(logits, u, 0, 0.70, False)  # 0.269 <= 0.30: bit 0 removed
     assert abs(float(keep.mean()) - 0.7311) < 0.01
     assert int(drop.sum()) == 20000
 
@@ -225,6 +237,7 @@ def test_bf16_kernels_stored_in_the_compute_dtype_change_no_output_bit(small):
     GPU/TPU): every use cast them anyway, so the program's logits and bits equal those from float32
     kernels exactly. On CPU the default keeps float32 (its bf16 matmuls upcast)."""
     import dataclasses
+
     cfg, params, text, mask = small
     cfg = dataclasses.replace(cfg, dtype="bfloat16")
     sampler = sample.Sampler(cfg, SMALL, return_logits=True, compiler_options=FAST, compute_dtype_kernels=True)
@@ -262,30 +275,60 @@ def test_negative_prompt_equal_to_the_null_text_changes_nothing(small):
 def weights(tmp_path_factory):
     fix = load_fixture("tiny")
     d = tmp_path_factory.mktemp("weights")
-    common.save_params(conv_inf.torch_to_params(state_dict(fix, "gpt"), "tiny"), str(d / "gpt.npz"))
-    common.save_params(conv_vae.torch_to_params(state_dict(fix, "vae"), conv_vae.load_config("tiny")),
-                       str(d / "vae.npz"))
+    fileio.save_params(conv_inf.torch_to_params(state_dict(fix, "gpt"), "tiny"), str(d / "gpt.npz"))
+    fileio.save_params(
+        conv_vae.torch_to_params(state_dict(fix, "vae"), conv_vae.load_config("tiny")), str(d / "vae.npz")
+    )
     return d
 
 
 def _cli(argv):
-    from infinity_jax import cli
-    return cli.main(["sample"] + argv)
+    from infinity_jax import commands
+
+    return commands.main(["sample"] + argv)
 
 
 def test_cli_writes_pngs_grid_and_summary(weights, tmp_path, monkeypatch, capsys):
     from PIL import Image
+
     monkeypatch.setattr(sample, "DEFAULT_COMPILER_OPTIONS", FAST)
     (tmp_path / "prompts.txt").write_text("a photo of a red circle\n\na photo of two squares\n")
     out = tmp_path / "out"
-    rc = _cli(["--config", "tiny", "--checkpoint", str(weights / "gpt.npz"), "--vae", str(weights / "vae.npz"),
-               "--vae-config", "tiny", "--text-encoder", "tiny-byt5", "--prompt", "a photo of a blue triangle",
-               "--prompts-file", str(tmp_path / "prompts.txt"), "--schedule", "1x1,1x2,2x4,3x6",
-               "--cfg", "lin:1:3", "--seed", "4", "--batch-size", "2", "--out", str(out)])
+    rc = _cli(
+        [
+            "--config",
+            "tiny",
+            "--checkpoint",
+            str(weights / "gpt.npz"),
+            "--vae",
+            str(weights / "vae.npz"),
+            "--vae-config",
+            "tiny",
+            "--text-encoder",
+            "tiny-byt5",
+            "--prompt",
+            "a photo of a blue triangle",
+            "--prompts-file",
+            str(tmp_path / "prompts.txt"),
+            "--schedule",
+            "1x1,1x2,2x4,3x6",
+            "--cfg",
+            "lin:1:3",
+            "--seed",
+            "4",
+            "--batch-size",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     summary = json.loads((out / "samples.json").read_text())
-    assert [s["prompt"] for s in summary["samples"]] == ["a photo of a blue triangle", "a photo of a red circle",
-                                                          "a photo of two squares"]
+    assert [s["prompt"] for s in summary["samples"]] == [
+        "a photo of a blue triangle",
+        "a photo of a red circle",
+        "a photo of two squares",
+    ]
     assert [s["seed"] for s in summary["samples"]] == [4, 5, 6]
     assert summary["image_hw"] == [48, 96] and summary["cfg"] == pytest.approx([1, 5 / 3, 7 / 3, 3])
     img = np.asarray(Image.open(out / summary["samples"][2]["file"]))
@@ -294,31 +337,52 @@ def test_cli_writes_pngs_grid_and_summary(weights, tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert "scale 4/4 (3x6) done" in err and "compile so far 0" not in err and "1 program(s)" in err
     # the shapes evaluator reads the folder as the sampler left it (samples.json, no captions.jsonl)
-    from infinity_jax import cli
-    assert cli.main(["eval", "shapes", "--samples", str(out)]) == 0
+    from infinity_jax import commands
+
+    assert commands.main(["eval", "shapes", "--samples", str(out)]) == 0
     scored = json.loads(capsys.readouterr().out)
     assert scored["n"] == 3 and scored["counts"] == {"colors": 2, "counting": 1}
 
 
 def test_cli_picks_the_nearest_official_template():
-    from infinity_jax.sample_cli import resolve_schedule
-    sched, template = resolve_schedule(0.52, "0.06M")
-    assert template == 0.5 and sched[-1] == (1, 11, 22) and len(sched) == 7
-    sched, template = resolve_schedule(1.0, "1M")
-    assert template == 1.0 and sched[-1] == (1, 64, 64) and len(sched) == 13
+    import ml_collections
+
+    from infinity_jax.generate import SampleOptions, resolve_schedule
+
+    sched, template, pn = resolve_schedule(SampleOptions("run", "out", h_div_w=0.52, pn="0.06M"), None)
+    assert template == 0.5 and sched[-1] == (1, 11, 22) and len(sched) == 7 and pn == "0.06M"
+    sched, template, pn = resolve_schedule(SampleOptions("run", "out"), None)  # the default: 1M at h/w 1
+    assert template == 1.0 and sched[-1] == (1, 64, 64) and len(sched) == 13 and pn == "1M"
+    # a run's saved schedule: a budget's template follows --h-div-w, a custom one is kept unless --pn is given
+    saved = lambda schedule: ml_collections.ConfigDict({"schedule": schedule, "data": {"h_div_w": 1.0}})
+    assert resolve_schedule(SampleOptions("run", "out", h_div_w=0.52), saved("0.06M"))[:2] == schedules.resolve(
+        "0.06M", 0.52
+    )
+    assert resolve_schedule(SampleOptions("run", "out"), saved("1x1,2x2")) == (((1, 1, 1), (1, 2, 2)), None, "1M")
+    assert resolve_schedule(SampleOptions("run", "out", pn="0.06M"), saved("1x1,2x2"))[1] == 1.0
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"--checkpoint": "/nonexistent/gpt.npz"}, "does not exist"),
-    ({"--pn": "2M"}, "pn='2M'"),
-    ({"--h-div-w": "-1"}, "h_div_w=-1.0"),
-    ({"--prompt": "  "}, "is empty"),
-    ({"--config": "no_such_model"}, "no_such_model"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"--checkpoint": "/nonexistent/gpt.npz"}, "does not exist"),
+        ({"--pn": "2M"}, "pn='2M'"),
+        ({"--h-div-w": "-1"}, "h_div_w=-1.0"),
+        ({"--prompt": "  "}, "is empty"),
+        ({"--config": "no_such_model"}, "no_such_model"),
+    ],
+)
 def test_cli_reports_bad_arguments(weights, tmp_path, capsys, change, message):
-    args = {"--config": "tiny", "--checkpoint": str(weights / "gpt.npz"), "--vae": str(weights / "vae.npz"),
-            "--vae-config": "tiny", "--text-encoder": "tiny-byt5", "--prompt": "a cat", "--pn": "0.06M",
-            "--out": str(tmp_path)}
+    args = {
+        "--config": "tiny",
+        "--checkpoint": str(weights / "gpt.npz"),
+        "--vae": str(weights / "vae.npz"),
+        "--vae-config": "tiny",
+        "--text-encoder": "tiny-byt5",
+        "--prompt": "a cat",
+        "--pn": "0.06M",
+        "--out": str(tmp_path),
+    }
     args.update(change)
     assert _cli([x for kv in args.items() for x in kv]) == 2
     assert message in capsys.readouterr().err
@@ -327,15 +391,21 @@ def test_cli_reports_bad_arguments(weights, tmp_path, capsys, change, message):
 def test_load_weights_from_an_orbax_training_checkpoint(tmp_path):
     ocp = pytest.importorskip("orbax.checkpoint")
     from etils import epath
-    from infinity_jax.sample_cli import load_weights
+
+    from infinity_jax.runs import load_weights
+
     params = {"head": {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3)}}
     ema = {"head": {"kernel": np.ones((2, 3), np.float32)}}
-    mgr = ocp.CheckpointManager(epath.Path(tmp_path / "checkpoints"), item_names=("state", "config"),
-                                item_handlers={"state": ocp.StandardCheckpointHandler(),
-                                               "config": ocp.JsonCheckpointHandler()})
+    mgr = ocp.CheckpointManager(
+        epath.Path(tmp_path / "checkpoints"),
+        item_names=("state", "config"),
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler()},
+    )
     state = {"step": np.int32(5), "params": params, "ema_params": ema, "opt_state": {"mu": np.zeros(3, np.float32)}}
-    mgr.save(5, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                        config=ocp.args.JsonSave({"model": {"depth": 2}})))
+    mgr.save(
+        5,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave({"model": {"depth": 2}})),
+    )
     mgr.wait_until_finished()
     mgr.close()
     got, config = load_weights(str(tmp_path), "transformer")
@@ -346,9 +416,29 @@ def test_load_weights_from_an_orbax_training_checkpoint(tmp_path):
 
 
 def test_bench_sample_prints_a_row(monkeypatch, capsys):
-    from infinity_jax import bench
+    from infinity_jax import commands
+
     monkeypatch.setattr(sample, "DEFAULT_COMPILER_OPTIONS", FAST)
-    assert bench.main(["sample", "--config", "tiny", "--schedule", "1x1,2x2", "--vae-config", "none",
-                       "--runs", "2", "--warmup", "0", "--text-len", "4"]) == 0
+    assert (
+        commands.main(
+            [
+                "bench",
+                "sample",
+                "--config",
+                "tiny",
+                "--schedule",
+                "1x1,2x2",
+                "--vae-config",
+                "none",
+                "--runs",
+                "2",
+                "--warmup",
+                "0",
+                "--text-len",
+                "4",
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:3] == ["config", "pn", "image"] and table[1].split()[:3] == ["tiny", "1x1,2x2", "32x32"]

@@ -2,6 +2,7 @@
 the official infinity/utils/dynamic_resolution.py (GitHub FoundationVision/Infinity, read at commit
 4c27bbb54a9918847a2fe56b0fbe31a8523791a1), which the released models were trained and sampled with;
 the parity fixtures' schedules come from the same table through the reference harness."""
+
 import pytest
 
 from infinity_jax import schedules as S
@@ -9,16 +10,17 @@ from tests.conftest import load_fixture
 
 
 def test_templates_cover_official_ratios_and_inverses():
-    assert S.H_DIV_W_TEMPLATES == (0.333, 0.4, 0.5, 0.571, 0.666, 0.75, 0.8, 1.0,
-                                   1.25, 1.333, 1.5, 1.75, 2.0, 2.5, 3.0)
+    assert S.H_DIV_W_TEMPLATES == (0.333, 0.4, 0.5, 0.571, 0.666, 0.75, 0.8, 1.0, 1.25, 1.333, 1.5, 1.75, 2.0, 2.5, 3.0)
     for r, hws in S.TEMPLATES.items():
         assert len(hws) == 13
         h, w = hws[-1]
         assert abs(h / w - r) < 0.01 * max(1, r)
 
 
-@pytest.mark.parametrize("pn,n,hw", [("0.06M", 7, (256, 256)), ("0.25M", 10, (512, 512)),
-                                     ("0.60M", 12, (768, 768)), ("1M", 13, (1024, 1024))])
+@pytest.mark.parametrize(
+    "pn,n,hw",
+    [("0.06M", 7, (256, 256)), ("0.25M", 10, (512, 512)), ("0.60M", 12, (768, 768)), ("1M", 13, (1024, 1024))],
+)
 def test_square_budgets(pn, n, hw):
     s = S.official_schedule(1.0, pn)
     assert len(s) == n and S.image_size(s) == hw and all(t == 1 for t, _, _ in s)

@@ -3,6 +3,7 @@
 Tiny random Hugging Face checkpoints of both families are written to a temp folder in every
 layout a model folder can have, loaded by both sides, and compared in fp32 (tolerance 1e-5).
 """
+
 from __future__ import annotations
 
 import json
@@ -17,37 +18,82 @@ from flax import linen as nn
 
 from infinity_jax import parallel
 from infinity_jax.config_util import load_config
-from infinity_jax.convert.t5 import (find_weights, hf_to_params, load_t5, params_to_hf, read_encoder_state_dict,
-                                     read_safetensors, save_t5)
-from infinity_jax.text.encoder import (TextEncoder, build_text_encoder, encode_tokens, length_buckets,
-                                       pack_features)
+from infinity_jax.convert.t5 import (
+    find_weights,
+    hf_to_params,
+    load_t5,
+    params_to_hf,
+    read_encoder_state_dict,
+    read_safetensors,
+    save_t5,
+)
+from infinity_jax.text.encoder import TextEncoder, build_text_encoder, encode_tokens, length_buckets, pack_features
 from infinity_jax.text.t5 import T5Config, abstract_params, relative_position_buckets
 from infinity_jax.text.tokenizers import ByteTokenizer
 
 TOL = 1e-5  # fp32 parity bound; measured ~2e-6
-PROMPTS = ["a photo of a cat", "", "an oil painting of a lighthouse at dusk, waves crashing on the rocks",
-           "Café 東京 🙂"]
+PROMPTS = [
+    "a photo of a cat",
+    "",
+    "an oil painting of a lighthouse at dusk, waves crashing on the rocks",
+    "Café 東京 🙂",
+]
 # The two families: T5 v1.1 / Flan-T5 (a full encoder-decoder checkpoint, sentencepiece vocab) and
 # ByT5 (encoder-only checkpoint, 384 byte ids, deeper encoder than decoder).
 FAMILIES = {
-    "t5v11": dict(vocab_size=256, d_model=32, d_kv=8, d_ff=48, num_layers=3, num_decoder_layers=1, num_heads=4,
-                  relative_attention_num_buckets=8, relative_attention_max_distance=20,
-                  feed_forward_proj="gated-gelu", dropout_rate=0.0),
-    "byt5": dict(vocab_size=384, d_model=32, d_kv=8, d_ff=40, num_layers=2, num_decoder_layers=1, num_heads=4,
-                 relative_attention_num_buckets=32, relative_attention_max_distance=128,
-                 feed_forward_proj="gated-gelu", dropout_rate=0.0),
+    "t5v11": dict(
+        vocab_size=256,
+        d_model=32,
+        d_kv=8,
+        d_ff=48,
+        num_layers=3,
+        num_decoder_layers=1,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=20,
+        feed_forward_proj="gated-gelu",
+        dropout_rate=0.0,
+    ),
+    "byt5": dict(
+        vocab_size=384,
+        d_model=32,
+        d_kv=8,
+        d_ff=40,
+        num_layers=2,
+        num_decoder_layers=1,
+        num_heads=4,
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=128,
+        feed_forward_proj="gated-gelu",
+        dropout_rate=0.0,
+    ),
 }
-SENTENCES = ["a photo of a cat sitting on a red sofa", "an oil painting of mountains at sunset, highly detailed",
-             "two dogs playing in the snow", "a futuristic city skyline at night with neon lights",
-             "close-up portrait of an old man with a grey beard", "a bowl of fruit: apples, bananas and grapes",
-             "Café au lait, naïve résumé", "The quick brown fox jumps over the lazy dog 1234567890"]
+SENTENCES = [
+    "a photo of a cat sitting on a red sofa",
+    "an oil painting of mountains at sunset, highly detailed",
+    "two dogs playing in the snow",
+    "a futuristic city skyline at night with neon lights",
+    "close-up portrait of an old man with a grey beard",
+    "a bowl of fruit: apples, bananas and grapes",
+    "Café au lait, naïve résumé",
+    "The quick brown fox jumps over the lazy dog 1234567890",
+]
 
 
 def _train_spiece(path: str) -> None:
     spm = pytest.importorskip("sentencepiece")
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(SENTENCES * 4), model_prefix=path[:-len(".model")],
-                                   vocab_size=90, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, model_type="unigram",
-                                   character_coverage=1.0, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(SENTENCES * 4),
+        model_prefix=path[: -len(".model")],
+        vocab_size=90,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        model_type="unigram",
+        character_coverage=1.0,
+        minloglevel=2,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -80,9 +126,12 @@ def hf(tmp_path_factory):
 
 def _torch_features(model, ids, mask):
     import torch
+
     with torch.no_grad():
-        return model(input_ids=torch.as_tensor(np.asarray(ids), dtype=torch.long),
-                     attention_mask=torch.as_tensor(np.asarray(mask), dtype=torch.long)).last_hidden_state.numpy()
+        return model(
+            input_ids=torch.as_tensor(np.asarray(ids), dtype=torch.long),
+            attention_mask=torch.as_tensor(np.asarray(mask), dtype=torch.long),
+        ).last_hidden_state.numpy()
 
 
 _forward = jax.jit(encode_tokens, static_argnums=0)
@@ -92,6 +141,7 @@ def test_relative_position_buckets_match_transformers():
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from transformers.models.t5.modeling_t5 import T5Attention
+
     L = 600
     rel = torch.arange(L)[None, :] - torch.arange(L)[:, None]
     for nb, md in [(32, 128), (8, 20), (32, 64), (16, 33)]:
@@ -156,6 +206,7 @@ def test_weight_errors_name_the_file_and_key(hf, tmp_path):
 def test_bf16_safetensors_load_without_torch_reader(tmp_path):
     torch = pytest.importorskip("torch")
     from safetensors.torch import save_file
+
     t = torch.randn(4, 5).to(torch.bfloat16)
     save_file({"x": t, "y": torch.arange(3, dtype=torch.int64)}, str(tmp_path / "a.safetensors"))
     got = read_safetensors(str(tmp_path / "a.safetensors"))
@@ -164,7 +215,7 @@ def test_bf16_safetensors_load_without_torch_reader(tmp_path):
 
 
 def test_saved_t5_loads_in_transformers_with_equal_features(tmp_path):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     enc = TextEncoder.from_config("tiny-byt5", seed=3, cache_size=0)
     save_t5(str(tmp_path / "m"), enc.config, jax.tree.map(np.asarray, enc.params))
@@ -250,7 +301,8 @@ def test_sharded_encoder_matches_unsharded_on_8_devices():
     assert attn["q"]["kernel"].spec == jax.sharding.PartitionSpec("fsdp", "tensor")
     assert attn["o"]["kernel"].spec == jax.sharding.PartitionSpec("tensor", "fsdp")
     assert specs["block_1"]["layer_1"]["DenseReluDense"]["wo"]["kernel"].spec == jax.sharding.PartitionSpec(
-        "tensor", "fsdp")
+        "tensor", "fsdp"
+    )
     assert specs["shared"]["embedding"].spec == jax.sharding.PartitionSpec(None, "fsdp")
     prompts = [f"prompt number {i}" for i in range(8)]
     f1, m1 = single.encode_text(prompts)
@@ -276,8 +328,18 @@ def test_encoder_from_a_plain_config_dict_needs_no_files():
 
 
 def test_config_reads_hf_json_and_rejects_bad_values(tmp_path):
-    hf_json = {"model_type": "t5", "d_model": 64, "d_kv": 16, "d_ff": 96, "num_layers": 2, "num_heads": 4,
-               "vocab_size": 384, "feed_forward_proj": "gated-gelu", "num_decoder_layers": 1, "torch_dtype": "float32"}
+    hf_json = {
+        "model_type": "t5",
+        "d_model": 64,
+        "d_kv": 16,
+        "d_ff": 96,
+        "num_layers": 2,
+        "num_heads": 4,
+        "vocab_size": 384,
+        "feed_forward_proj": "gated-gelu",
+        "num_decoder_layers": 1,
+        "torch_dtype": "float32",
+    }
     (tmp_path / "config.json").write_text(json.dumps(hf_json))
     c = T5Config.from_hf(str(tmp_path), dtype="bfloat16")
     assert (c.d_model, c.num_layers, c.activation, c.is_gated, c.dtype) == (64, 2, "gelu_new", True, "bfloat16")

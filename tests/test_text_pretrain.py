@@ -1,5 +1,6 @@
 """Text pretraining (text/pretrain.py): the context objective makes a random byte-T5 tell word
 order apart, and `infinity-jax pretrain-text` writes a folder that TextEncoder.from_pretrained loads."""
+
 import json
 import os
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from infinity_jax import cli
+from infinity_jax import commands
 from infinity_jax.data import shapes, sources
 from infinity_jax.text import pretrain
 from infinity_jax.text.encoder import TextEncoder
@@ -17,9 +18,11 @@ from infinity_jax.text.t5 import T5Config, T5Encoder, init_params
 from infinity_jax.text.tokenizers import ByteTokenizer
 
 CONFIG = T5Config.preset("tiny-byt5", d_model=64)
-SWAPS = [("a photo of a red circle and a blue square", "a photo of a blue circle and a red square"),
-         ("a photo of a triangle left of a circle", "a photo of a circle left of a triangle"),
-         ("a photo of a green square above a white circle", "a photo of a white square above a green circle")]
+SWAPS = [
+    ("a photo of a red circle and a blue square", "a photo of a blue circle and a red square"),
+    ("a photo of a triangle left of a circle", "a photo of a circle left of a triangle"),
+    ("a photo of a green square above a white circle", "a photo of a white square above a green circle"),
+]
 
 
 def _rows(params, texts):
@@ -57,8 +60,12 @@ def test_pretrain_text_command_writes_a_loadable_folder(tmp_path):
     data = str(tmp_path / "data")
     sources.prepare("shapes", data, num_examples=30, image_size=32)
     out = str(tmp_path / "text_encoder")
-    assert cli.main(["pretrain-text", "--data", data, "--out", out, "--steps", "3", "--d-model", "32",
-                     "--batch-size", "4"]) == 0
+    assert (
+        commands.main(
+            ["pretrain-text", "--data", data, "--out", out, "--steps", "3", "--d-model", "32", "--batch-size", "4"]
+        )
+        == 0
+    )
     assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "pretrain.json"]
     assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
     assert json.load(open(os.path.join(out, "pretrain.json")))["steps"] == 3

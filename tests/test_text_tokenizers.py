@@ -1,4 +1,5 @@
 """Tokenizers: same ids, padding, mask and truncation as transformers' T5/ByT5 tokenizers."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,14 +7,35 @@ import pytest
 
 from infinity_jax.text.tokenizers import ByteTokenizer, SentencePieceTokenizer, load_tokenizer
 
-CORPUS = ["a photo of a cat sitting on a red sofa", "an oil painting of mountains at sunset, highly detailed",
-          "two dogs playing in the snow", "a futuristic city skyline at night with neon lights",
-          "close-up portrait of an old man with a grey beard", "a bowl of fruit: apples, bananas and grapes",
-          "Café au lait, naïve résumé — 東京 タワー", "The quick brown fox jumps over the lazy dog 1234567890"]
-TEXTS = ["a cat", "  leading and   multiple  spaces ", "Café naïve 東京 ☃ emoji 🙂", "line\nbreak\ttab", "",
-         "zzz qqq xyz", "A Photo OF a CAT!!", "ﬁ ligature ① full-width ＡＢＣ", "a photo of a cat sitting on a red sofa"]
-SPECIAL_TEXTS = ["</s> inside <pad> text", "a</s>b", "x <extra_id_0> y<extra_id_5>z", "<unk>", "  </s>  ",
-                 "<extra_id_99><extra_id_100>"]
+CORPUS = [
+    "a photo of a cat sitting on a red sofa",
+    "an oil painting of mountains at sunset, highly detailed",
+    "two dogs playing in the snow",
+    "a futuristic city skyline at night with neon lights",
+    "close-up portrait of an old man with a grey beard",
+    "a bowl of fruit: apples, bananas and grapes",
+    "Café au lait, naïve résumé — 東京 タワー",
+    "The quick brown fox jumps over the lazy dog 1234567890",
+]
+TEXTS = [
+    "a cat",
+    "  leading and   multiple  spaces ",
+    "Café naïve 東京 ☃ emoji 🙂",
+    "line\nbreak\ttab",
+    "",
+    "zzz qqq xyz",
+    "A Photo OF a CAT!!",
+    "ﬁ ligature ① full-width ＡＢＣ",
+    "a photo of a cat sitting on a red sofa",
+]
+SPECIAL_TEXTS = [
+    "</s> inside <pad> text",
+    "a</s>b",
+    "x <extra_id_0> y<extra_id_5>z",
+    "<unk>",
+    "  </s>  ",
+    "<extra_id_99><extra_id_100>",
+]
 
 
 @pytest.fixture(scope="session")
@@ -21,15 +43,25 @@ def spiece(tmp_path_factory):
     """A tiny unigram spiece.model with T5's special ids (pad 0, EOS 1, unk 2, no BOS), trained in ~20 ms."""
     spm = pytest.importorskip("sentencepiece")
     folder = tmp_path_factory.mktemp("spiece")
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS * 4), model_prefix=str(folder / "spiece"),
-                                   vocab_size=90, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, model_type="unigram",
-                                   character_coverage=1.0, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS * 4),
+        model_prefix=str(folder / "spiece"),
+        vocab_size=90,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        model_type="unigram",
+        character_coverage=1.0,
+        minloglevel=2,
+    )
     return str(folder)
 
 
 def test_sentencepiece_ids_match_t5_tokenizer_and_raw_processor(spiece):
     transformers = pytest.importorskip("transformers")
     import sentencepiece as spm
+
     ours = load_tokenizer(spiece)
     assert isinstance(ours, SentencePieceTokenizer) and ours.vocab_size == 190
     hf = transformers.T5Tokenizer.from_pretrained(spiece, legacy=True)

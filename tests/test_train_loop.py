@@ -1,5 +1,6 @@
 """The training loop on 8 simulated CPU devices with a stand-in model (tests/train_helpers.py):
 sharding by config, resume/kill/preemption, NaN stop, metrics files, hooks, throughput maths."""
+
 import json
 import os
 import shutil
@@ -17,8 +18,20 @@ from jax.sharding import PartitionSpec as P
 from infinity_jax.checkpoint import Checkpointer
 from infinity_jax.errors import UsageError
 from infinity_jax.train import distributed, loop, metrics, optim
-from tests.train_helpers import EMBED, MLP, STEPS, VOCAB, TokenData, make_fns, run, tiny_config, xla_flags
-from tests.train_helpers import compile_cache, reference_run  # noqa: F401 (fixtures)
+from tests import tb_events
+from tests.train_helpers import (  # noqa: F401 (fixtures)
+    EMBED,
+    MLP,
+    STEPS,
+    VOCAB,
+    TokenData,
+    compile_cache,
+    make_fns,
+    reference_run,
+    run,
+    tiny_config,
+    xla_flags,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
@@ -40,19 +53,28 @@ def sharded_runs(compile_cache, tmp_path_factory):
         return {"hook_value": float(step) * 10}
 
     out = {}
-    out["dp"] = run(tmp_path_factory.mktemp("dp"), every=2, tokens_per_example=8,
-                    hooks=[loop.Hook(hook, every=2, name="probe")])
+    out["dp"] = run(
+        tmp_path_factory.mktemp("dp"), every=2, tokens_per_example=8, hooks=[loop.Hook(hook, every=2, name="probe")]
+    )
     out["dp"].hook_calls = calls
     out["fsdp"] = run(tmp_path_factory.mktemp("fsdp"), rules="fsdp", fsdp=4, grad_accum=2)
-    out["fsdp_tp"] = run(tmp_path_factory.mktemp("fsdp_tp"), rules="fsdp_tp", fsdp=2, tensor=2, ema=0.9,
-                         loss_fn=_loss_with_frozen, frozen=FROZEN)
+    out["fsdp_tp"] = run(
+        tmp_path_factory.mktemp("fsdp_tp"),
+        rules="fsdp_tp",
+        fsdp=2,
+        tensor=2,
+        ema=0.9,
+        loss_fn=_loss_with_frozen,
+        frozen=FROZEN,
+    )
     return out
 
 
 # frozen arrays (as a VAE or text encoder would be): sharded by their logical names, never trained
-FROZEN = {"gain": np.ones((VOCAB,), np.float32),
-          "proj": nn.LogicallyPartitioned(np.arange(EMBED * MLP, dtype=np.float32).reshape(EMBED, MLP),
-                                          ("embed", "mlp"))}
+FROZEN = {
+    "gain": np.ones((VOCAB,), np.float32),
+    "proj": nn.LogicallyPartitioned(np.arange(EMBED * MLP, dtype=np.float32).reshape(EMBED, MLP), ("embed", "mlp")),
+}
 
 
 def _loss_with_frozen(params, batch, rng, frozen):
@@ -67,8 +89,12 @@ def test_dp_fsdp_and_fsdp_tp_follow_the_single_device_loss_curve(reference_run, 
     assert len(ref) == STEPS and ref[-1] < ref[0]
     for name, res in sharded_runs.items():
         np.testing.assert_allclose(losses(res), ref, rtol=2e-6, err_msg=name)
-        np.testing.assert_allclose([r["grad_norm"] for r in res.history],
-                                   [r["grad_norm"] for r in reference_run.history], rtol=1e-5, err_msg=name)
+        np.testing.assert_allclose(
+            [r["grad_norm"] for r in res.history],
+            [r["grad_norm"] for r in reference_run.history],
+            rtol=1e-5,
+            err_msg=name,
+        )
 
 
 @needs8
@@ -79,11 +105,11 @@ def test_params_and_optimizer_state_are_sharded_as_the_rules_say(sharded_runs):
         return st.params, adam.mu, adam.nu, st.ema_params
 
     want = {  # param -> (dp, fsdp, fsdp_tp) spec; logical names in train_helpers.StandIn
-        ("qkv", "kernel"): (P(None, None), P("fsdp", None), P("fsdp", "tensor")),      # (embed, heads)
-        ("fc2", "kernel"): (P(None, None), P(None, "fsdp"), P("tensor", "fsdp")),      # (mlp, embed)
-        ("fc1", "bias"): (P(None), P(None), P("tensor")),                              # (mlp,)
-        ("embedding",): (P(None, None), P(None, "fsdp"), P(None, "fsdp")),             # (vocab, embed)
-        ("ln", "scale"): (P(None), P(None), P(None)),                                  # (norm,)
+        ("qkv", "kernel"): (P(None, None), P("fsdp", None), P("fsdp", "tensor")),  # (embed, heads)
+        ("fc2", "kernel"): (P(None, None), P(None, "fsdp"), P("tensor", "fsdp")),  # (mlp, embed)
+        ("fc1", "bias"): (P(None), P(None), P("tensor")),  # (mlp,)
+        ("embedding",): (P(None, None), P(None, "fsdp"), P(None, "fsdp")),  # (vocab, embed)
+        ("ln", "scale"): (P(None), P(None), P(None)),  # (norm,)
     }
     for i, name in enumerate(("dp", "fsdp", "fsdp_tp")):
         trees = [t for t in specs(sharded_runs[name]) if t is not None]
@@ -122,7 +148,7 @@ def test_metrics_jsonl_tensorboard_and_hooks(sharded_runs, reference_run):
     assert [(r["step"], r["hook_value"]) for r in hooked] == [(2, 20.0), (4, 40.0), (6, 60.0)]
     tb_dir = os.path.join(res.workdir, "tb")
     (event_file,) = os.listdir(tb_dir)
-    events = metrics.read_events(os.path.join(tb_dir, event_file))
+    events = tb_events.read_events(os.path.join(tb_dir, event_file))
     tb_loss = [(s, v["loss"]) for s, v in events if "loss" in v]
     assert [s for s, _ in tb_loss] == list(range(1, STEPS + 1))
     np.testing.assert_allclose([v for _, v in tb_loss], losses(res), rtol=1e-7)  # float32 in the event
@@ -133,9 +159,25 @@ def test_kill_9_mid_save_keeps_last_complete_step_and_resume_is_exact(sharded_ru
     """A worker (same config as the dp run) is killed inside its step-4 save; the restart
     restores step 2 and reproduces the uninterrupted run's losses at steps 3..6 bit for bit."""
     env = dict(os.environ, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=8"), JAX_PLATFORMS="cpu")
-    proc = subprocess.Popen([sys.executable, "-m", "tests.train_helpers", str(tmp_path), "--steps", str(STEPS),
-                             "--every", "2", "--hang-at-save", "4"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.train_helpers",
+            str(tmp_path),
+            "--steps",
+            str(STEPS),
+            "--every",
+            "2",
+            "--hang-at-save",
+            "4",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     marker = tmp_path / "MID_SAVE"
     deadline = time.time() + 60
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
@@ -241,8 +283,11 @@ def test_resuming_with_another_lr_schedule_or_model_shape_is_refused_unless_resc
         return loop.run_training(cfg, str(tmp_path), init_params=init, loss_fn=loss_fn, data=TokenData(16))
 
     cfg = tiny_config(8, every=3)
-    with pytest.raises(UsageError, match=r"^train.total_steps=8, but the run in .* \(checkpoint at step 6\) has 6: "
-                                         r"its lr schedule would change mid-run; .*--config.train.reschedule=True"):
+    with pytest.raises(
+        UsageError,
+        match=r"^train.total_steps=8, but the run in .* \(checkpoint at step 6\) has 6: "
+        r"its lr schedule would change mid-run; .*--config.train.reschedule=True",
+    ):
         train(cfg)
     cfg.optim.base_lr = 0.1
     with pytest.raises(UsageError, match=r"new train.total_steps, optim.base_lr, add"):
@@ -269,23 +314,34 @@ def test_resuming_with_another_lr_schedule_or_model_shape_is_refused_unless_resc
     assert loop.preflight(cfg, str(tmp_path), init_params) == 8  # the checkpoint records the new schedule
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("train.total_steps", 0, "train.total_steps=0: expected an integer >= 1"),
-    ("train.global_batch", 0, "train.global_batch=0: expected an integer >= 1"),
-    ("train.grad_accum", 3, "train.global_batch=16: expected a multiple of process_count (1) x train.grad_accum (3)"),
-    ("train.global_batch", 12, "train.global_batch=12: expected a multiple of the mesh's data x fsdp = 8 devices"),
-    ("train.compute_dtype", "fp16", "train.compute_dtype='fp16': expected one of ('float32', 'bfloat16', 'float16')"),
-    ("train.log_every", 0, "train.log_every=0: expected an integer >= 1"),
-    ("train.time_limit_s", -1.0, "train.time_limit_s=-1.0: expected a number >= 0.0"),
-    ("optim.schedule", "step", "optim.schedule='step': expected one of ('lin0', 'lin00', 'cos', 'const')"),
-    ("optim.warmup_steps", -2, "optim.warmup_steps=-2: expected an integer >= -1"),
-    ("optim.b2", 1.0, "optim.b2=1.0: expected a number >= 0.0 and < 1.0"),
-    ("optim.base_lr", float("nan"), "optim.base_lr=nan: expected a number >= 0.0"),
-    ("parallel.rules", "xyz", "parallel.rules='xyz': expected one of ['dp', 'fsdp', 'fsdp_tp']"),
-    ("parallel.fsdp", 3, "parallel.fsdp=3 x parallel.tensor=1: expected a divisor of the 8 devices"),
-    ("parallel.data", 2, "parallel.data=2 x fsdp=1 x tensor=1 = 2: expected the 8 devices"),
-    ("checkpoint.keep", 0, "checkpoint.keep=0: expected an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("train.total_steps", 0, "train.total_steps=0: expected an integer >= 1"),
+        ("train.global_batch", 0, "train.global_batch=0: expected an integer >= 1"),
+        (
+            "train.grad_accum",
+            3,
+            "train.global_batch=16: expected a multiple of process_count (1) x train.grad_accum (3)",
+        ),
+        ("train.global_batch", 12, "train.global_batch=12: expected a multiple of the mesh's data x fsdp = 8 devices"),
+        (
+            "train.compute_dtype",
+            "fp16",
+            "train.compute_dtype='fp16': expected one of ('float32', 'bfloat16', 'float16')",
+        ),
+        ("train.log_every", 0, "train.log_every=0: expected an integer >= 1"),
+        ("train.time_limit_s", -1.0, "train.time_limit_s=-1.0: expected a number >= 0.0"),
+        ("optim.schedule", "step", "optim.schedule='step': expected one of ('lin0', 'lin00', 'cos', 'const')"),
+        ("optim.warmup_steps", -2, "optim.warmup_steps=-2: expected an integer >= -1"),
+        ("optim.b2", 1.0, "optim.b2=1.0: expected a number >= 0.0 and < 1.0"),
+        ("optim.base_lr", float("nan"), "optim.base_lr=nan: expected a number >= 0.0"),
+        ("parallel.rules", "xyz", "parallel.rules='xyz': expected one of ['dp', 'fsdp', 'fsdp_tp']"),
+        ("parallel.fsdp", 3, "parallel.fsdp=3 x parallel.tensor=1: expected a divisor of the 8 devices"),
+        ("parallel.data", 2, "parallel.data=2 x fsdp=1 x tensor=1 = 2: expected the 8 devices"),
+        ("checkpoint.keep", 0, "checkpoint.keep=0: expected an integer >= 1"),
+    ],
+)
 @needs8
 def test_bad_training_settings_are_one_line_usage_errors_before_anything_is_built(tmp_path, key, value, message):
     cfg = tiny_config(STEPS)
@@ -315,8 +371,9 @@ def test_metrics_writer_keeps_the_rows_up_to_the_start_step(tmp_path):
 
 
 def test_throughput_and_mfu_arithmetic():
-    out = metrics.throughput(0.5, 256, tokens_per_example=521, flops_per_step=1e15, num_devices=8,
-                             peak_per_device=989e12)
+    out = metrics.throughput(
+        0.5, 256, tokens_per_example=521, flops_per_step=1e15, num_devices=8, peak_per_device=989e12
+    )
     assert out["images_per_s"] == 512 and out["tokens_per_s"] == 512 * 521
     assert out["mfu"] == pytest.approx(1e15 / 0.5 / (8 * 989e12))
     assert metrics.peak_flops_per_device("TPU v5 lite") == 197e12
@@ -329,17 +386,15 @@ def test_throughput_and_mfu_arithmetic():
     assert metrics.peak_flops_per_device("cpu") is None
 
 
-def test_event_file_crc_and_roundtrip(tmp_path):
-    assert metrics.crc32c(b"123456789") == 0xE3069283  # the standard CRC-32C check value
-    w = metrics.EventWriter(str(tmp_path))
-    w.scalars(7, {"loss": 1.5, "lr": 3e-4})
-    w.close()
-    assert metrics.read_events(w.path) == [(7, {"loss": 1.5, "lr": pytest.approx(3e-4)})]
-
-
 def test_single_process_initialize_is_a_no_op(monkeypatch):
-    for var in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "SLURM_NPROCS", "OMPI_COMM_WORLD_SIZE",
-                "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"):
+    for var in (
+        "JAX_COORDINATOR_ADDRESS",
+        "SLURM_NTASKS",
+        "SLURM_NPROCS",
+        "OMPI_COMM_WORLD_SIZE",
+        "TPU_WORKER_HOSTNAMES",
+        "MEGASCALE_COORDINATOR_ADDRESS",
+    ):
         monkeypatch.delenv(var, raising=False)
     assert distributed.initialize_distributed() is False
     assert distributed.process_batch_slice(16) == (0, 16)

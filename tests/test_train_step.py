@@ -1,5 +1,6 @@
 """The Infinity training loss (train/step.py): the official teacher-forced loss and gradients when
 self-correction and text dropout are off, and self-correction really on the training path."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,12 +18,21 @@ from tests.conftest import load_fixture, state_dict
 def tiny():
     f = load_fixture("tiny")
     m, s = f["meta"], f["meta"]["settings"]
-    cfg = T.InfinityConfig(depth=s["depth"], embed_dim=s["embed_dim"], num_heads=s["num_heads"],
-                           block_chunks=s["block_chunks"], codebook_dim=s["d"], text_channels=m["text_channels"],
-                           text_maxlen=m["text_maxlen"])
+    cfg = T.InfinityConfig(
+        depth=s["depth"],
+        embed_dim=s["embed_dim"],
+        num_heads=s["num_heads"],
+        block_chunks=s["block_chunks"],
+        codebook_dim=s["d"],
+        text_channels=m["text_channels"],
+        text_maxlen=m["text_maxlen"],
+    )
     sched = tuple(tuple(int(v) for v in x) for x in m["schedule"])
-    batch = {"latent": jnp.asarray(f["vae/out/h"].transpose(0, 2, 3, 1)),
-             "text_features": jnp.asarray(f["in/text_padded"]), "text_mask": jnp.asarray(f["in/text_mask"])}
+    batch = {
+        "latent": jnp.asarray(f["vae/out/h"].transpose(0, 2, 3, 1)),
+        "text_features": jnp.asarray(f["in/text_padded"]),
+        "text_mask": jnp.asarray(f["in/text_mask"]),
+    }
     return f, T.Infinity(cfg), conv.torch_to_params(state_dict(f, "gpt"), cfg), sched, batch
 
 
@@ -49,8 +59,8 @@ def test_self_correction_changes_inputs_and_labels_on_the_training_path(tiny):
     x0, y0, _ = bsq.self_correction(z, sched, jax.random.key(1), strength=0.0)
     x1, y1, masks = bsq.self_correction(z, sched, jax.random.key(1), strength=0.3, num_layers=13)
     n0 = sched[0][1] * sched[0][2]
-    assert float(jnp.abs(x1 - x0).max()) > 0.1               # corrupted inputs
-    assert bool((y1[:, n0:] != y0[:, n0:]).any())            # later labels correct earlier flips
+    assert float(jnp.abs(x1 - x0).max()) > 0.1  # corrupted inputs
+    assert bool((y1[:, n0:] != y0[:, n0:]).any())  # later labels correct earlier flips
     flipped = float(jnp.mean(jnp.concatenate([m.reshape(-1) for m in masks]).astype(jnp.float32)))
     assert 0.0 < flipped < 0.3
     on = S.make_loss_fn(model, sched, S.StepOptions(bsc_strength=0.3, cond_drop=0.0))
@@ -70,6 +80,7 @@ def test_training_loss_with_the_official_flips_is_the_official_loss(tiny, monkey
     def recorded(z, schedule, rng, **kw):
         x, labels = bsq.self_correction_with_flips(z, schedule, masks, requant=kw.get("requant", True))
         return x, labels, masks
+
     monkeypatch.setattr(S.bsq, "self_correction", recorded)
     loss_fn = S.make_loss_fn(model, sched, S.StepOptions(bsc_strength=0.3, cond_drop=0.0))
     loss = float(jax.jit(loss_fn)(params, batch, jax.random.key(2))[0])
@@ -80,8 +91,12 @@ def test_training_loss_with_the_official_flips_is_the_official_loss(tiny, monkey
 def test_text_dropout_uses_the_null_text(tiny):
     f, model, params, sched, batch = tiny
     all_drop = S.make_loss_fn(model, sched, S.StepOptions(bsc_strength=0.0, cond_drop=1.0))
-    null = dict(batch, text_features=jnp.broadcast_to(params["cfg_uncond"][None, :batch["text_mask"].shape[1]],
-                                                      batch["text_features"].shape))
+    null = dict(
+        batch,
+        text_features=jnp.broadcast_to(
+            params["cfg_uncond"][None, : batch["text_mask"].shape[1]], batch["text_features"].shape
+        ),
+    )
     no_drop = S.make_loss_fn(model, sched, S.StepOptions(bsc_strength=0.0, cond_drop=0.0))
     a = float(all_drop(params, batch, jax.random.key(0))[0])
     b = float(no_drop(params, null, jax.random.key(0))[0])
@@ -104,9 +119,29 @@ def test_flops_count_counts_block_causal_pairs():
 
 
 def test_bench_train_prints_a_row(capsys):
-    from infinity_jax.train import bench
-    assert bench.main(["--config", "infinity:tiny", "--schedule", "1x1,2x2,4x4", "--batch", "8", "--steps", "1",
-                       "--text-len", "4", "--rules", "dp"]) == 0
+    from infinity_jax import commands
+
+    assert (
+        commands.main(
+            [
+                "bench",
+                "train",
+                "--config",
+                "infinity:tiny",
+                "--schedule",
+                "1x1,2x2,4x4",
+                "--batch",
+                "8",
+                "--steps",
+                "1",
+                "--text-len",
+                "4",
+                "--rules",
+                "dp",
+            ]
+        )
+        == 0
+    )
     header, row = capsys.readouterr().out.strip().splitlines()[-2:]
     assert "img/s" in header and "MFU" in header
     assert row.split()[1] == "64x64" and float(row.split()[5]) > 0  # step seconds

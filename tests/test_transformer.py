@@ -5,6 +5,7 @@ Tolerances (float32, see the reference README's parity protocol): teacher-forced
 max|diff| <= 5e-5 * max|g| (measured ~3.9e-6 relative), KV-cache decode vs teacher forcing atol 1e-5,
 CFG sampler logits atol 2e-4 (measured ~1.4e-5).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,7 +20,9 @@ from jax.sharding import PartitionSpec as P
 
 from infinity_jax import parallel, schedules
 from infinity_jax.convert import infinity as conv
-from infinity_jax.model import layers, loss as L, transformer as T
+from infinity_jax.model import extensions, layers
+from infinity_jax.model import loss as L
+from infinity_jax.model import transformer as T
 from tests.conftest import load_fixture, state_dict
 
 FIXTURES = ("tiny", "tiny-wide")
@@ -27,9 +30,16 @@ FIXTURES = ("tiny", "tiny-wide")
 
 def fixture_config(meta, **kw) -> T.InfinityConfig:
     s = meta["settings"]
-    return T.InfinityConfig(depth=s["depth"], embed_dim=s["embed_dim"], num_heads=s["num_heads"],
-                            block_chunks=s["block_chunks"], codebook_dim=s["d"], text_channels=meta["text_channels"],
-                            text_maxlen=meta["text_maxlen"], **kw)
+    return T.InfinityConfig(
+        depth=s["depth"],
+        embed_dim=s["embed_dim"],
+        num_heads=s["num_heads"],
+        block_chunks=s["block_chunks"],
+        codebook_dim=s["d"],
+        text_channels=meta["text_channels"],
+        text_maxlen=meta["text_maxlen"],
+        **kw,
+    )
 
 
 class Case:
@@ -55,8 +65,9 @@ class Case:
 
     @property
     def tf_logits(self):
-        return self.once("tf", lambda: np.asarray(self.forward(self.params, self.text, self.mask,
-                                                               self.f["tf/x_wo_prefix"])))
+        return self.once(
+            "tf", lambda: np.asarray(self.forward(self.params, self.text, self.mask, self.f["tf/x_wo_prefix"]))
+        )
 
     def loss_and_grads(self, cfg=None, params=None):
         """(loss, logits, grads as an official state dict) of the fixture's training loss."""
@@ -66,6 +77,7 @@ class Case:
         def loss_fn(p):
             lg = model.apply({"params": p}, self.text, self.mask, f["tf/x_wo_prefix"], sched)
             return L.bitwise_loss(lg, f["tf/labels"], sched), lg
+
         (loss, lg), g = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
         return float(loss), np.asarray(lg), conv.params_to_torch(g, cfg)
 
@@ -73,6 +85,7 @@ class Case:
     def decoded(self):
         """KV-cache decode of one batch of 3B: [cond text on sample inputs, null text on sample inputs,
         cond text on the teacher-forcing inputs]."""
+
         def run():
             f = self.f
             null = T.null_text(self.params, self.mask)
@@ -81,6 +94,7 @@ class Case:
             xs = jnp.concatenate([f["sample/x_wo_prefix"], f["sample/x_wo_prefix"], f["tf/x_wo_prefix"]])
             fn = jax.jit(lambda p, t, m, x: decode_all(self.model, self.cfg, p, t, m, x, self.sched))
             return np.asarray(fn(self.params, text, mask, xs))
+
         return self.once("decoded", run)
 
 
@@ -91,7 +105,7 @@ def decode_all(model, cfg, params, text, mask, x_wo_prefix, sched):
     offs, lens = schedules.scale_offsets(sched), schedules.scale_lengths(sched)
     outs = []
     for k in range(len(sched)):
-        xk = None if k == 0 else x_wo_prefix[:, offs[k] - 1:offs[k] - 1 + lens[k]]
+        xk = None if k == 0 else x_wo_prefix[:, offs[k] - 1 : offs[k] - 1 + lens[k]]
         lg, cache = model.apply({"params": params}, ctx, xk, cache, sched, k, method=T.Infinity.decode_scale)
         outs.append(lg)
     return jnp.concatenate(outs, 1)
@@ -139,16 +153,18 @@ def test_bitwise_loss_matches_official_trainer(case):
     got = float(L.bitwise_loss(case.tf_logits, f["tf/labels"], case.sched))
     np.testing.assert_allclose(got, float(f["tf/loss"]), rtol=1e-5)
     np.testing.assert_allclose(L.scale_token_weights(case.sched), f["tf/loss_token_weights"], rtol=1e-6)
-    np.testing.assert_allclose(L.bit_cross_entropy(case.tf_logits, f["tf/labels"]), f["tf/loss_per_token"],
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        L.bit_cross_entropy(case.tf_logits, f["tf/labels"]), f["tf/loss_per_token"], rtol=1e-4, atol=1e-5
+    )
     bsc_logits = case.forward(case.params, case.text, case.mask, f["bsc/x_wo_prefix"])
-    np.testing.assert_allclose(float(L.bitwise_loss(bsc_logits, f["bsc/labels"], case.sched)), float(f["bsc/loss"]),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        float(L.bitwise_loss(bsc_logits, f["bsc/labels"], case.sched)), float(f["bsc/loss"]), rtol=1e-5
+    )
 
 
 def test_gradients_match_official(tiny):
     _, _, grads = tiny.once("grads", tiny.loss_and_grads)
-    ref = {k[len("grad/"):]: v for k, v in tiny.f.items() if k.startswith("grad/")}
+    ref = {k[len("grad/") :]: v for k, v in tiny.f.items() if k.startswith("grad/")}
     assert set(ref) == {k for k in grads if not k.endswith("zero_k_bias")}
     worst = {k: np.abs(grads[k] - g).max() / max(np.abs(g).max(), 1e-12) for k, g in ref.items()}
     assert max(worst.values()) <= 5e-5, sorted(worst.items(), key=lambda kv: -kv[1])[:5]  # measured 3.9e-6
@@ -157,7 +173,7 @@ def test_gradients_match_official(tiny):
 
 def test_kv_cache_decode_equals_teacher_forcing(case):
     b = case.mask.shape[0]
-    assert max_abs(case.decoded[2 * b:], case.tf_logits) <= 1e-5
+    assert max_abs(case.decoded[2 * b :], case.tf_logits) <= 1e-5
 
 
 def test_cfg_decode_reproduces_official_sampler_logits(case):
@@ -167,12 +183,13 @@ def test_cfg_decode_reproduces_official_sampler_logits(case):
     packed = np.concatenate([null[i, :n] for i, n in enumerate(f["in/text_lens"])])
     np.testing.assert_array_equal(packed, f["sample/uncond_text_features"])
     cfg, tau = float(f["meta/cfg"]), float(f["meta/tau"])
-    guided = cfg * case.decoded[:b] / tau + (1 - cfg) * case.decoded[b:2 * b] / tau
+    guided = cfg * case.decoded[:b] / tau + (1 - cfg) * case.decoded[b : 2 * b] / tau
     assert max_abs(guided, f["sample/logits"]) <= 2e-4
 
 
-@pytest.mark.parametrize("scan,remat", [(True, "full"), (False, "attn"), (True, "save_qkv_attn_mlp"),
-                                        (False, "dots_no_batch")])
+@pytest.mark.parametrize(
+    "scan,remat", [(True, "full"), (False, "attn"), (True, "save_qkv_attn_mlp"), (False, "dots_no_batch")]
+)
 def test_scan_and_remat_give_identical_logits_and_gradients(tiny, scan, remat):
     cfg = dataclasses.replace(tiny.cfg, scan_layers=scan, remat=remat)
     params = conv.torch_to_params(state_dict(tiny.f, "gpt"), cfg)
@@ -182,20 +199,27 @@ def test_scan_and_remat_give_identical_logits_and_gradients(tiny, scan, remat):
     assert max(max_abs(g1[k], g0[k]) for k in g0) <= 1e-7
     if scan:  # the scanned KV-cache path too
         model = T.Infinity(cfg)
-        got = jax.jit(lambda p: decode_all(model, cfg, p, tiny.text, tiny.mask, tiny.f["tf/x_wo_prefix"],
-                                           tiny.sched))(params)
+        got = jax.jit(lambda p: decode_all(model, cfg, p, tiny.text, tiny.mask, tiny.f["tf/x_wo_prefix"], tiny.sched))(
+            params
+        )
         assert max_abs(got, tiny.tf_logits) <= 1e-5
 
 
 def test_remat_policies_trade_memory_as_named():
     """XLA's memory analysis of a training gradient: 'full' keeps least, 'none' most, and a policy
     that saves the tagged q|k|v, attention and FFN activations lies between."""
-    cfg = T.InfinityConfig(depth=4, embed_dim=128, num_heads=2, block_chunks=1, text_channels=128, text_maxlen=8,
-                           scan_layers=True)
+    cfg = T.InfinityConfig(
+        depth=4, embed_dim=128, num_heads=2, block_chunks=1, text_channels=128, text_maxlen=8, scan_layers=True
+    )
     sched = ((1, 1, 1), (1, 2, 2), (1, 4, 4), (1, 8, 8))
     S = jax.ShapeDtypeStruct
     b, n = 8, schedules.num_tokens(sched)
-    args = (nn.unbox(T.abstract_params(cfg)), S((b, 8, 128), jnp.float32), S((b, 8), bool), S((b, n - 1, 32), jnp.float32))
+    args = (
+        nn.unbox(T.abstract_params(cfg)),
+        S((b, 8, 128), jnp.float32),
+        S((b, 8), bool),
+        S((b, n - 1, 32), jnp.float32),
+    )
 
     def temp(remat):
         model = T.Infinity(dataclasses.replace(cfg, remat=remat))
@@ -258,8 +282,8 @@ def test_per_scale_accuracy_counts_argmax_bits():
     sched = ((1, 1, 1), (1, 2, 2))
     labels = np.zeros((2, 5, 3), np.uint8)
     logits = np.zeros((2, 5, 6), np.float32)
-    logits[..., 0::2] = 1.0          # predicts 0 everywhere: all right
-    logits[:, 1:, 1] = 2.0           # scale 1: bit 0 predicted 1 -> 2 of 3 bits right
+    logits[..., 0::2] = 1.0  # predicts 0 everywhere: all right
+    logits[:, 1:, 1] = 2.0  # scale 1: bit 0 predicted 1 -> 2 of 3 bits right
     np.testing.assert_allclose(L.per_scale_accuracy(logits, labels, sched), [1.0, 2 / 3], rtol=1e-6)
     w = L.scale_token_weights(sched)
     np.testing.assert_allclose(w, np.array([2, 1, 1, 1, 1]) / 6, rtol=1e-6)
@@ -283,28 +307,46 @@ def test_bf16_compute_stays_close_to_float32(tiny):
     cfg = dataclasses.replace(tiny.cfg, dtype="bfloat16")
     model = T.Infinity(cfg)
     lg = jax.jit(lambda p: model.apply({"params": p}, tiny.text, tiny.mask, tiny.f["tf/x_wo_prefix"], tiny.sched))(
-        tiny.params)
+        tiny.params
+    )
     assert lg.dtype == jnp.float32
     assert max_abs(lg, tiny.f["tf/logits"]) <= 0.15
-    np.testing.assert_allclose(float(L.bitwise_loss(lg, tiny.f["tf/labels"], tiny.sched)), float(tiny.f["tf/loss"]),
-                               rtol=2e-3)
+    np.testing.assert_allclose(
+        float(L.bitwise_loss(lg, tiny.f["tf/labels"], tiny.sched)), float(tiny.f["tf/loss"]), rtol=2e-3
+    )
 
 
 def test_drop_path_only_in_training_and_per_example(tiny):
     cfg = dataclasses.replace(tiny.cfg, drop_path_rate=0.5)  # block rates linspace(0, 0.5): only block 1 drops
     model = T.Infinity(cfg)
-    run = jax.jit(lambda k: model.apply({"params": tiny.params}, tiny.text, tiny.mask, tiny.f["tf/x_wo_prefix"],
-                                        tiny.sched, train=True, rngs={"dropout": k}))
-    assert max_abs(model.apply({"params": tiny.params}, tiny.text, tiny.mask, tiny.f["tf/x_wo_prefix"], tiny.sched),
-                   tiny.tf_logits) <= 1e-5
-    outs = {tuple(np.round(np.abs(np.asarray(run(jax.random.key(s))) - tiny.tf_logits).max((1, 2)), 4))
-            for s in range(6)}
+    run = jax.jit(
+        lambda k: model.apply(
+            {"params": tiny.params},
+            tiny.text,
+            tiny.mask,
+            tiny.f["tf/x_wo_prefix"],
+            tiny.sched,
+            train=True,
+            rngs={"dropout": k},
+        )
+    )
+    assert (
+        max_abs(
+            model.apply({"params": tiny.params}, tiny.text, tiny.mask, tiny.f["tf/x_wo_prefix"], tiny.sched),
+            tiny.tf_logits,
+        )
+        <= 1e-5
+    )
+    outs = {
+        tuple(np.round(np.abs(np.asarray(run(jax.random.key(s))) - tiny.tf_logits).max((1, 2)), 4)) for s in range(6)
+    }
     assert len(outs) > 1 and all(max(o) > 0 for o in outs)  # random per example; training differs from eval
 
 
-def test_abs_pos_embed_decodes_like_teacher_forcing_and_has_no_official_form(tiny):
-    """The place embedding (ours) reaches both paths identically; the converter refuses it by name."""
-    cfg = dataclasses.replace(tiny.cfg, abs_pos_embed=True)
+def test_abs_pos_embed_extension_decodes_like_teacher_forcing_and_has_no_official_form(tiny):
+    """The place embedding (model/extensions.py, ours) reaches both paths identically; the converter refuses it
+    by name."""
+    cfg = dataclasses.replace(tiny.cfg, extension="abs_pos_embed")
     params = nn.unbox(T.init_params(cfg, jax.random.key(3)))
     model = T.Infinity(cfg)
     x = tiny.f["tf/x_wo_prefix"]
@@ -314,5 +356,48 @@ def test_abs_pos_embed_decodes_like_teacher_forcing_and_has_no_official_form(tin
     assert max_abs(got, want) <= 1e-5
     moved = np.asarray(forward(dict(params, abs_pos={"kernel": jnp.zeros_like(params["abs_pos"]["kernel"])})))
     assert max_abs(moved, want) > 1e-3  # the embedding changes the logits
-    with pytest.raises(ValueError, match="abs_pos_embed"):
+    with pytest.raises(ValueError, match="model.extension='abs_pos_embed'"):
         conv.params_to_torch(params, cfg)
+
+
+def test_abs_pos_embed_extension_adds_one_top_level_param_and_the_cell_centre_projection(tiny):
+    """The extension's params sit beside the official ones under the name checkpoints of the shapes recipe
+    carry (abs_pos/kernel, (24, C), axes (None, embed)); the core model has none of them. Tokens get the level
+    embedding plus cell_centre_features @ kernel, in any slice of the schedule (the decoding path's)."""
+    cfg = dataclasses.replace(tiny.cfg, extension="abs_pos_embed")
+    core = T.abstract_params(tiny.cfg)
+    ext = T.abstract_params(cfg)
+    assert set(ext) - set(core) == {"abs_pos"} and set(core) <= set(ext) and "abs_pos" not in core
+    assert jax.tree.map(lambda a: a.shape, nn.unbox({k: ext[k] for k in core})) == jax.tree.map(
+        lambda a: a.shape, nn.unbox(core)
+    )
+    kernel = ext["abs_pos"]["kernel"]
+    assert list(ext["abs_pos"]) == ["kernel"] and kernel.value.shape == (24, cfg.embed_dim)
+    assert kernel.names == (None, "embed")
+    params = nn.unbox(T.init_params(cfg, jax.random.key(3)))
+    sched, n = tiny.sched, schedules.num_tokens(tiny.sched)
+    feats = extensions.cell_centre_features(sched)
+    assert feats.shape == (n, 24) and feats.dtype == np.float32
+    # scale 1 (1x1): the image centre, (y, x) = (0.5, 0.5), at frequencies pi * 2**f: sin, cos of y, then of x
+    yx = np.sin(0.5 * np.pi * 2.0 ** np.arange(6)), np.cos(0.5 * np.pi * 2.0 ** np.arange(6))
+    np.testing.assert_allclose(feats[0], np.concatenate(yx + yx), atol=1e-6)
+    lvl = params["lvl_embed"]["embedding"][T.scale_ids(sched)]
+    place = feats @ np.asarray(params["abs_pos"]["kernel"])
+    start, length = schedules.scale_offsets(sched)[2], schedules.scale_lengths(sched)[2]
+    for a, b in ((0, n), (start, length)):
+        got = T.Infinity(cfg).apply({"params": params}, sched, a, b, method=T.Infinity._level_and_place)
+        np.testing.assert_allclose(np.asarray(got), (lvl + place)[a : a + b], rtol=1e-5, atol=1e-6)
+    core_params = {k: v for k, v in params.items() if k != "abs_pos"}
+    got = T.Infinity(tiny.cfg).apply({"params": core_params}, sched, 0, n, method=T.Infinity._level_and_place)
+    np.testing.assert_array_equal(np.asarray(got), lvl)
+
+
+def test_extension_is_chosen_by_name_and_old_configs_flag_maps_to_it(tiny):
+    base = {f.name: getattr(tiny.cfg, f.name) for f in dataclasses.fields(tiny.cfg)}
+    del base["extension"]
+    assert T.InfinityConfig.from_dict(base).extension == ""
+    assert T.InfinityConfig.from_dict(dict(base, abs_pos_embed=True)).extension == "abs_pos_embed"  # saved runs
+    assert T.InfinityConfig.from_dict(dict(base, abs_pos_embed=False)).extension == ""
+    assert T.InfinityConfig.from_dict(dict(base, extension="abs_pos_embed")).extension == "abs_pos_embed"
+    with pytest.raises(ValueError, match="extension='place'"):
+        T.InfinityConfig.from_dict(dict(base, extension="place"))

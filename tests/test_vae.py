@@ -3,6 +3,7 @@
 Tolerances follow shared/reference/README.md: encoder and decoder atol 5e-5 (fp32), bits equal
 wherever the reference margin |x|/||x|| >= 1e-5.
 """
+
 from __future__ import annotations
 
 import jax
@@ -11,9 +12,9 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from infinity_jax.configs import bsq_vae
 from infinity_jax.convert import vae as convert
 from infinity_jax.tokenizer import vae
-from configs import bsq_vae
 from tests.conftest import load_fixture, state_dict
 
 MARGIN = 1e-5
@@ -36,8 +37,9 @@ def tiny():
 @pytest.fixture(scope="module")
 def encoded(tiny):
     fix, model, params, _ = tiny
-    return np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x, method="encode"))(
-        params, nhwc(fix["in/image"])))
+    return np.asarray(
+        jax.jit(lambda p, x: model.apply({"params": p}, x, method="encode"))(params, nhwc(fix["in/image"]))
+    )
 
 
 def test_encoder_matches_official_latent(tiny, encoded):
@@ -64,7 +66,8 @@ def test_tokenize_bits_match_official_where_margin_allows(tiny):
     pytest.importorskip("infinity_jax.tokenizer.bsq")
     fix, model, params, schedule = tiny
     bits = jax.jit(lambda p, x: model.apply({"params": p}, x, schedule, method="tokenize"))(
-        params, nhwc(fix["in/image"]))
+        params, nhwc(fix["in/image"])
+    )
     assert len(bits) == len(schedule)
     compared = 0
     for k, (_, h, w) in enumerate(schedule):
@@ -122,8 +125,14 @@ def test_group_norm_matches_torch_with_24_groups():
 # built under `with torch.device('meta')` (official modules imported through
 # shared/reference/make_fixtures.official_modules()). Its state_dict() has 270 keys: these
 # parameters plus the int64 mask buffer (d values) twice. 'tiny' is the fixture's meta["params"]["vae"].
-OFFICIAL_PARAM_COUNTS = {"d16": 109_970_579, "d24": 110_044_315, "d32": 110_118_051, "d32reg": 110_118_051,
-                         "d64": 110_412_995, "tiny": 634_467}
+OFFICIAL_PARAM_COUNTS = {
+    "d16": 109_970_579,
+    "d24": 110_044_315,
+    "d32": 110_118_051,
+    "d32reg": 110_118_051,
+    "d64": 110_412_995,
+    "tiny": 634_467,
+}
 
 
 @pytest.mark.parametrize("name", sorted(OFFICIAL_PARAM_COUNTS))

@@ -1,5 +1,6 @@
 """The model zoo and mesh presets: every named config builds (shapes only), matches the official
 parameter counts, and every mesh preset divides its model's params and fits the memory estimate."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,13 +12,13 @@ import jax
 import numpy as np
 import pytest
 
-from infinity_jax import config_util, parallel, schedules
+from infinity_jax import config_util, parallel, run_config, schedules
+from infinity_jax.configs import bsq_vae, mesh_presets, zoo
+from infinity_jax.configs import infinity as infinity_configs
 from infinity_jax.data.pipeline import DataConfig
 from infinity_jax.model import transformer as T
 from infinity_jax.text.t5 import T5Config
 from infinity_jax.train.step import StepOptions
-
-from configs import bsq_vae, infinity as infinity_configs, mesh_presets, zoo
 
 
 def abstract(model_cfg: T.InfinityConfig):
@@ -26,8 +27,9 @@ def abstract(model_cfg: T.InfinityConfig):
     scan_layers: one block is traced and its params stacked on a leading (replicated) 'layers'
     axis -- the same per-block shapes and total, ~10x faster for 58 blocks; the per-block tree
     (the configs' default) is traced for layer12 in the vocabulary test."""
-    return _abstract(dataclasses.replace(model_cfg, remat="none", dtype="float32", drop_path_rate=0.0,
-                                         scan_layers=True))
+    return _abstract(
+        dataclasses.replace(model_cfg, remat="none", dtype="float32", drop_path_rate=0.0, scan_layers=True)
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -118,17 +120,26 @@ def test_mesh_preset_shards_its_model_evenly_and_fits_the_memory_estimate(name):
     p = mesh_presets.PRESETS[name]
     cfg = config_util.load_config(f"zoo:{p.model},pn={p.pn},mesh={name}")
     m = check_buildable(cfg)
-    assert (cfg.parallel.rules, cfg.parallel.data, cfg.parallel.fsdp, cfg.parallel.tensor) == \
-        (p.rules, p.data, p.fsdp, p.tensor)
+    assert (cfg.parallel.rules, cfg.parallel.data, cfg.parallel.fsdp, cfg.parallel.tensor) == (
+        p.rules,
+        p.data,
+        p.fsdp,
+        p.tensor,
+    )
     assert cfg.train.global_batch == p.per_device_batch * p.data * p.fsdp and m.remat == "full"
     bad = sharded_dims_divide(abstract(m), p.rules, {"data": p.data, "fsdp": p.fsdp, "tensor": p.tensor})
     assert not bad, bad[:5]
     if p.rules == "fsdp_tp":
         assert m.num_heads % p.tensor == 0
-    shape = dict(params=n_params(m), depth=m.depth, embed_dim=m.embed_dim,
-                 tokens=schedules.num_tokens(schedules.official_schedule(1.0, p.pn)), bits=m.codebook_dim)
-    if name == "h100x8-dp":  # the helper behind `python configs/mesh_presets.py` agrees (one extra trace)
-        assert mesh_presets.model_shape(p.model, p.pn) == shape
+    shape = dict(
+        params=n_params(m),
+        depth=m.depth,
+        embed_dim=m.embed_dim,
+        tokens=schedules.num_tokens(schedules.official_schedule(1.0, p.pn)),
+        bits=m.codebook_dim,
+    )
+    if name == "h100x8-dp":  # the helper behind `python -m infinity_jax.run_config` agrees (one extra trace)
+        assert run_config.model_shape(p.model, p.pn) == shape
     ok, est = mesh_presets.fits(p, **shape)
     assert ok, f"{name}: estimated {est:.1f} GiB"
     assert p.per_device_batch == mesh_presets.suggested_batch(p, **shape)  # the docstring's rule
@@ -144,8 +155,10 @@ def test_h100_presets_build_real_meshes_and_shardings_on_8_devices():
         mesh = parallel.make_mesh(cfg.parallel.data, cfg.parallel.fsdp, cfg.parallel.tensor, jax.devices()[:8])
         params = abstract(T.InfinityConfig.from_dict(cfg.model))
         shardings = parallel.param_shardings(params, mesh, cfg.parallel.rules)
-        per_device = sum(int(np.prod(s.shard_shape(x.shape))) for s, x in
-                         zip(jax.tree.leaves(shardings), jax.tree.leaves(nn.unbox(params))))
+        per_device = sum(
+            int(np.prod(s.shard_shape(x.shape)))
+            for s, x in zip(jax.tree.leaves(shardings), jax.tree.leaves(nn.unbox(params)))
+        )
         total = n_params(T.InfinityConfig.from_dict(cfg.model))
         shards = {"dp": 1, "fsdp": 8, "fsdp_tp": 8}[p.rules]
         # nearly every weight is split: per-device params within 2 % of total / shards (norms, biases replicate)

@@ -10,12 +10,12 @@ prints one JSON line per step ({"step": s, "loss": ..., "start": ...}) and 'DONE
 With --until U it first trains to step U (saving there), then calls run_training again, which
 resumes from that checkpoint and trains to N.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sys
 
 import numpy as np
 
@@ -51,32 +51,58 @@ def standin_module(dtype="float32"):
 
     class StandIn(nn.Module):
         """tokens: (B, L) int32 -> logits (B, L, VOCAB)."""
+
         @nn.compact
         def __call__(self, tokens):
             dt = jnp.dtype(dtype)
             emb = self.param("embedding", p(nn.initializers.normal(0.5), ("vocab", "embed")), (VOCAB, EMBED))
             x = jnp.take(emb, tokens, axis=0).astype(dt)
             x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-            h = nn.LayerNorm(dtype=dt, scale_init=p(nn.initializers.ones, ("norm",)),
-                             bias_init=p(nn.initializers.zeros, ("norm",)), name="ln")(x)
-            qkv = nn.Dense(3 * EMBED, dtype=dt, name="qkv",
-                           kernel_init=p(nn.initializers.lecun_normal(), ("embed", "heads")),
-                           bias_init=p(nn.initializers.zeros, ("heads",)))(h)
+            h = nn.LayerNorm(
+                dtype=dt,
+                scale_init=p(nn.initializers.ones, ("norm",)),
+                bias_init=p(nn.initializers.zeros, ("norm",)),
+                name="ln",
+            )(x)
+            qkv = nn.Dense(
+                3 * EMBED,
+                dtype=dt,
+                name="qkv",
+                kernel_init=p(nn.initializers.lecun_normal(), ("embed", "heads")),
+                bias_init=p(nn.initializers.zeros, ("heads",)),
+            )(h)
             q, k, v = jnp.split(qkv.reshape(*qkv.shape[:2], 3 * HEADS, EMBED // HEADS), 3, axis=2)
             att = jnp.einsum("blhd,bmhd->bhlm", q, k).astype(jnp.float32) / np.sqrt(EMBED // HEADS)
             att = jax.nn.softmax(att, axis=-1).astype(dt)
             o = jnp.einsum("bhlm,bmhd->blhd", att, v).reshape(*x.shape[:2], EMBED)
-            x = x + nn.Dense(EMBED, dtype=dt, name="proj",
-                             kernel_init=p(nn.initializers.lecun_normal(), ("heads", "embed")),
-                             bias_init=p(nn.initializers.zeros, ("embed",)))(o)
-            h = nn.Dense(MLP, dtype=dt, name="fc1", kernel_init=p(nn.initializers.lecun_normal(), ("embed", "mlp")),
-                         bias_init=p(nn.initializers.zeros, ("mlp",)))(x)
-            x = x + nn.Dense(EMBED, dtype=dt, name="fc2",
-                             kernel_init=p(nn.initializers.lecun_normal(), ("mlp", "embed")),
-                                       bias_init=p(nn.initializers.zeros, ("embed",)))(nn.gelu(h))
-            return nn.Dense(VOCAB, dtype=dt, name="head",
-                            kernel_init=p(nn.initializers.lecun_normal(), ("embed", "vocab")),
-                            bias_init=p(nn.initializers.zeros, ("vocab",)))(x)
+            x = x + nn.Dense(
+                EMBED,
+                dtype=dt,
+                name="proj",
+                kernel_init=p(nn.initializers.lecun_normal(), ("heads", "embed")),
+                bias_init=p(nn.initializers.zeros, ("embed",)),
+            )(o)
+            h = nn.Dense(
+                MLP,
+                dtype=dt,
+                name="fc1",
+                kernel_init=p(nn.initializers.lecun_normal(), ("embed", "mlp")),
+                bias_init=p(nn.initializers.zeros, ("mlp",)),
+            )(x)
+            x = x + nn.Dense(
+                EMBED,
+                dtype=dt,
+                name="fc2",
+                kernel_init=p(nn.initializers.lecun_normal(), ("mlp", "embed")),
+                bias_init=p(nn.initializers.zeros, ("embed",)),
+            )(nn.gelu(h))
+            return nn.Dense(
+                VOCAB,
+                dtype=dt,
+                name="head",
+                kernel_init=p(nn.initializers.lecun_normal(), ("embed", "vocab")),
+                bias_init=p(nn.initializers.zeros, ("vocab",)),
+            )(x)
 
     return StandIn()
 
@@ -105,7 +131,9 @@ class TokenData:
 
     def __init__(self, global_batch: int, seed: int = 0, process_index: int = 0, process_count: int = 1):
         self.global_batch, self.seed, self.index = global_batch, seed, 0
-        self.rows = slice(process_index * global_batch // process_count, (process_index + 1) * global_batch // process_count)
+        self.rows = slice(
+            process_index * global_batch // process_count, (process_index + 1) * global_batch // process_count
+        )
 
     def __iter__(self):
         return self
@@ -125,10 +153,9 @@ class TokenData:
 
 
 def tiny_config(steps=5, rules="dp", fsdp=1, tensor=1, every=0, grad_accum=1, global_batch=16):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from configs import train_defaults
+    from infinity_jax import config_util
 
-    c = train_defaults.get_config("tiny")
+    c = config_util.load_config("train_defaults:tiny")  # as a command loads it (completed by run_config)
     c.train.total_steps, c.train.global_batch, c.train.grad_accum = steps, global_batch, grad_accum
     c.train.log_every = 1
     c.optim.base_lr = 0.05  # peak 0.05 * 16 / 256 ~ 3e-3: the loss visibly moves in a few steps
@@ -154,9 +181,11 @@ def _main(argv=None):
     a = ap.parse_args(argv)
 
     from infinity_jax.train import distributed
+
     if a.coordinator:
         distributed.initialize_distributed(a.coordinator, a.num_processes, a.process_id)
     import jax
+
     jax.config.update("jax_default_matmul_precision", "highest")
     from infinity_jax import checkpoint
     from infinity_jax.train import loop
@@ -169,18 +198,23 @@ def _main(argv=None):
             if directory.parent.name.split(".")[0] == str(a.hang_at_save):
                 open(os.path.join(a.workdir, "MID_SAVE"), "w").close()
                 import time
+
                 time.sleep(600)
+
         checkpoint.DataStateHandler.save = save
 
     cfg = tiny_config(a.steps, a.rules, a.fsdp, a.tensor, every=a.every)
     init_params, loss_fn = make_fns()
     for until in ([a.until] if a.until else []) + [None]:
         data = TokenData(cfg.train.global_batch, 0, jax.process_index(), jax.process_count())
-        res = loop.run_training(cfg, a.workdir, init_params=init_params, loss_fn=loss_fn, data=data,
-                                until_step=until)
+        res = loop.run_training(cfg, a.workdir, init_params=init_params, loss_fn=loss_fn, data=data, until_step=until)
         for row in res.history:
-            print(json.dumps({"step": row["step"], "loss": row["loss"], "start": res.start_step,
-                              "process": jax.process_index()}), flush=True)
+            print(
+                json.dumps(
+                    {"step": row["step"], "loss": row["loss"], "start": res.start_step, "process": jax.process_index()}
+                ),
+                flush=True,
+            )
     print("DONE", res.stopped, flush=True)
 
 
@@ -229,10 +263,25 @@ def compile_cache(tmp_path_factory):
             os.environ["JAX_COMPILATION_CACHE_DIR"] = old
 
 
-def run(workdir, *, n_devices=None, rules="dp", fsdp=1, tensor=1, every=0, grad_accum=1, ema=0.0,
-        data=None, loss_fn=None, hooks=(), time_limit_s=0.0, **kw):
+def run(
+    workdir,
+    *,
+    n_devices=None,
+    rules="dp",
+    fsdp=1,
+    tensor=1,
+    every=0,
+    grad_accum=1,
+    ema=0.0,
+    data=None,
+    loss_fn=None,
+    hooks=(),
+    time_limit_s=0.0,
+    **kw,
+):
     """run_training of the stand-in for STEPS steps on the first n_devices devices."""
     import jax
+
     from infinity_jax import parallel
     from infinity_jax.train import loop
 
@@ -243,8 +292,16 @@ def run(workdir, *, n_devices=None, rules="dp", fsdp=1, tensor=1, every=0, grad_
     devices = jax.devices()[: n_devices or jax.device_count()]
     mesh = parallel.make_mesh(-1, fsdp, tensor, devices=devices)
     init_params, default_loss = make_fns()
-    return loop.run_training(cfg, str(workdir), init_params=init_params, loss_fn=loss_fn or default_loss,
-                             data=data or TokenData(cfg.train.global_batch), mesh=mesh, hooks=hooks, **kw)
+    return loop.run_training(
+        cfg,
+        str(workdir),
+        init_params=init_params,
+        loss_fn=loss_fn or default_loss,
+        data=data or TokenData(cfg.train.global_batch),
+        mesh=mesh,
+        hooks=hooks,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ vocabulary uses a random (untrained) VAE of its width; with tok=DIR each uses th
 `infinity-jax train-tokenizer --config configs/tokenizer_shapes.py:bits=D --workdir DIR/dD`
 (DIR/dD/vae_config.json and vae_params.npz).
 """
+
 from infinity_jax.config_util import parse_arg
 
 BITS = (8, 16, 32)
@@ -25,8 +26,9 @@ def get_sweep(arg=None):
         config="configs/shapes.py",
         arg="",
         overrides=(f"data.path={opts.get('data', 'data/shapes')}", "sample.every=0", "checkpoint.every=1000"),
-        models={f"L{n}W{w}": f"layers={n},width={w},heads={w // 32}"
-                for n, w in ((2, 64), (4, 128), (6, 192), (8, 256))},
+        models={
+            f"L{n}W{w}": f"layers={n},width={w},heads={w // 32}" for n, w in ((2, 64), (4, 128), (6, 192), (8, 256))
+        },
         vocabs=vocabs,
         budgets=(1e12, 3e12, 1e13, 3e13),
         budget_unit="flops",

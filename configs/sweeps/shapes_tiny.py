@@ -6,6 +6,7 @@ usage: python launch/sweep.py --sweep configs/sweeps/shapes_tiny.py[:data=PATH] 
 `infinity-jax data prepare --source shapes --image-size 32 --out data/shapes` (default PATH).
 Too small for a meaningful law; it checks the machinery end to end.
 """
+
 from infinity_jax.config_util import parse_arg
 
 
@@ -15,8 +16,12 @@ def get_sweep(arg=None):
         name="shapes_tiny",
         config="configs/shapes.py",
         arg="tiny",
-        overrides=(f"data.path={opts.get('data', 'data/shapes')}", "sample.every=0", "checkpoint.async_save=False",
-                   "eval.val_batches=1"),
+        overrides=(
+            f"data.path={opts.get('data', 'data/shapes')}",
+            "sample.every=0",
+            "checkpoint.async_save=False",
+            "eval.val_batches=1",
+        ),
         models={"L1W64": "layers=1,width=64,heads=2", "L2W64": "layers=2,width=64,heads=2"},
         vocabs={"d16": "bits=16"},
         budgets=(4e9, 6.4e9),

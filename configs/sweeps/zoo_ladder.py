@@ -3,15 +3,18 @@
 usage: python launch/sweep.py --sweep configs/sweeps/zoo_ladder.py --root gs://BUCKET/ladder --launch print \
            --launcher-args "--tpu NAME --zone ZONE"     # prints one launch/tpu_pod.sh command per run
        python launch/sweep.py --sweep configs/sweeps/zoo_ladder.py --root LOCAL_COPY --fit-only
+ARG: 'data=PATH' (default gs://BUCKET/data/infinity).
 Every run is `zoo:layerN,vae=dD,pn=0.06M,mesh=v5p-128` (configs/zoo.py: official architecture,
 released tokenizers, 256x256 images, the v5p-128 preset: fsdp 16 x data 4, global batch 1024) with
 the data at data.path; budgets 1e19 .. 1e20 training FLOPs, warm-up 2 % of each run. The official
 weights (weights/infinity_vae_dD.pth, weights/flan-t5-xl) must be on every worker.
 """
 
+from infinity_jax.config_util import parse_arg
+
 
 def get_sweep(arg=None):
-    data = arg or "gs://BUCKET/data/infinity"
+    data = parse_arg(arg, {"data"}, "zoo_ladder sweep").get("data", "gs://BUCKET/data/infinity")
     return dict(
         name="zoo_ladder",
         config="configs/zoo.py",

@@ -1,40 +1,39 @@
-"""`infinity-jax import-torch --transformer infinity_2b_reg.pth [--vae infinity_vae_d32reg.pth] --config 2b --out DIR`.
+"""Official released state dicts -> a run folder that sample and export-torch read as a training run.
 
-The official released state dicts (.pth / .safetensors; bf16 and fp16 load, upcast exactly to fp32)
--> a folder that `infinity-jax sample --checkpoint DIR` and `infinity-jax export-torch --checkpoint
-DIR` read as they read a training run, with no flags for model, VAE or schedule:
+The official transformer (and optionally BSQ-VAE) state dicts (.pth / .safetensors; bf16 and fp16 load,
+upcast exactly to fp32), with a model config, become a folder that `infinity-jax sample --checkpoint DIR`
+and `infinity-jax export-torch --checkpoint DIR` read with no flags for model, VAE or schedule:
 
   DIR/checkpoints/<step>/  an orbax checkpoint of infinity_jax/checkpoint.py: the params (no optimizer
                            state) and the config: model, schedule, data.h_div_w, vae, text (when
-                           --text-encoder is given) and `source` (the files it came from)
+                           a text encoder is given) and `source` (the files it came from)
   DIR/vae_params.npz       the BSQ-VAE params in our layout   (config vae.params, relative to DIR)
   DIR/vae_config.json      the BSQ-VAE config                 (config vae.config, relative to DIR)
 
-`--config.KEY=VALUE` overrides apply to the --config as they do in `infinity-jax train` (e.g. a
-configs/shapes.py run exported with --config.model.abs_pos_embed=False comes back with the same override).
-Only the official architecture can be filled from an official state dict: a config with our
-`model.abs_pos_embed=True` (configs/shapes.py sets it) is refused by name, as export-torch refuses it.
-
-Loading is strict: one error names the missing, unexpected and mis-shaped keys (the first few of each,
-and how many), after the sizes the state dict implies beside the config's. Bad input is one line (exit
-status 2) and writes nothing. The folder appears atomically: it is written as a hidden temporary
-sibling of DIR and renamed at the end; a non-empty DIR is refused unless --overwrite.
-
-usage:
-  infinity-jax import-torch --transformer weights/infinity_2b_reg.pth --vae weights/infinity_vae_d32reg.pth \\
-      --config configs/infinity.py:2b --text-encoder weights/flan-t5-xl --out models/infinity_2b
-  infinity-jax sample --checkpoint models/infinity_2b --prompt "a cat on a sofa" --out samples/
+Only the official architecture can be filled from an official state dict: a config with one of our
+`model.extension`s is refused by name. Loading is strict. Bad input raises UsageError (a ValueError) or
+FileNotFoundError, naming the command-line flag it came from, before anything is written; the folder
+appears atomically (a hidden temporary sibling of DIR, renamed at the end). The command is
+`infinity-jax import-torch` (infinity_jax/commands/import_torch.py).
 """
+
 from __future__ import annotations
 
-import argparse
 import os
 import re
-import sys
+import types
 
+import jax
+import ml_collections
 import numpy as np
 
-from infinity_jax.errors import UsageError
+from infinity_jax import config_util, fileio, run_config, schedules
+from infinity_jax.checkpoint import Checkpointer
+from infinity_jax.convert import infinity as conv_gpt
+from infinity_jax.convert import torch_io
+from infinity_jax.convert import vae as conv_vae
+from infinity_jax.errors import UsageError, one_line
+from infinity_jax.runs import load_vae_config
 
 CHECKPOINTS, VAE_PARAMS, VAE_CONFIG = "checkpoints", "vae_params.npz", "vae_config.json"
 MODEL_FIELDS = ("depth", "embed_dim", "num_heads", "block_chunks", "codebook_dim", "text_channels")
@@ -44,20 +43,23 @@ MODEL_FIELDS = ("depth", "embed_dim", "num_heads", "block_chunks", "codebook_dim
 def load_model_config(spec: str, overrides=()):
     """--config: a configs/infinity.py name ('2b', 'infinity_2b,dtype=bfloat16') or a config spec
     (configs/infinity.py:2b, configs/zoo.py:2b,mesh=h100x8-fsdp, zoo:2b), then `overrides`
-    ('model.scan_layers=True'); it needs a `model` section of the official architecture."""
-    from infinity_jax import config_util
-    from infinity_jax.convert import common, infinity as conv_gpt
-    full = spec if (":" in spec or spec.endswith(".py")) else f"infinity:{spec}"
+    ('model.scan_layers=True'); it needs a `model` section of the official architecture. The config is
+    completed (run_config.load) as training saves it, so the folder's config holds every field."""
     try:
-        cfg = config_util.load_config(full, overrides)
+        cfg = run_config.load(spec, overrides, module="infinity")
     except (FileNotFoundError, ValueError, KeyError) as e:
-        raise UsageError(f"--config {spec!r}: {common.one_line(e)}") from e
+        raise UsageError(f"--config {spec!r}: {one_line(e)}") from e
     if "model" not in cfg:
-        raise UsageError(f"--config {spec!r} has no `model` section: expected a configs/infinity.py or "
-                         f"configs/zoo.py config")
-    # nothing in an official state dict could fill the place embedding: refuse by name, not as missing keys
-    conv_gpt.official_model_config(cfg, f"--config {spec!r}", "expected the official architecture: add "
-                                   "--config.model.abs_pos_embed=False (a run trained so exports)", problem="model: ")
+        raise UsageError(
+            f"--config {spec!r} has no `model` section: expected a configs/infinity.py or configs/zoo.py config"
+        )
+    # nothing in an official state dict could fill an extension: refuse by name, not as missing keys
+    conv_gpt.official_model_config(
+        cfg,
+        f"--config {spec!r}",
+        "expected the official architecture: add --config.model.extension='' (a run trained so exports)",
+        problem="model: ",
+    )
     return cfg
 
 
@@ -77,25 +79,17 @@ def vae_config_spec(given: str | None, vae_path: str, cfg) -> str:
 def text_section(spec: str, model) -> dict:
     """--text-encoder (a Hugging Face T5 folder, or a configs/t5.py argument such as
     'flan-t5-xl,path=DIR' or 'tiny-byt5') -> the `text` section that training configs carry."""
-    from infinity_jax import config_util
     t5 = config_util.load_config(f"t5:flan-t5-xl,path={spec}" if os.path.isdir(spec) else f"t5:{spec}")
     if t5.path and not os.path.isdir(t5.path):
         raise FileNotFoundError(f"--text-encoder path {t5.path!r} does not exist: expected a Hugging Face T5 folder")
-    return {"preset": t5.preset, "d_model": int(model.text_channels),
-            "folder": os.path.abspath(t5.path) if t5.path else "", "tokenizer": t5.tokenizer,
-            "max_length": min(int(t5.max_length), int(model.text_maxlen)), "seed": int(t5.seed)}
-
-
-def check_schedule(spec: str) -> str:
-    """A pixel budget ('1M') or 'HxW,HxW,...': checked here, so a typo fails before any weights load."""
-    from infinity_jax import schedules
-    if spec not in schedules.PIXEL_BUDGETS:
-        try:
-            schedules.parse_schedule(spec)
-        except ValueError as e:
-            raise UsageError(f"--schedule {spec!r}: {e}; expected one of {tuple(schedules.PIXEL_BUDGETS)} "
-                             f"or 'HxW,HxW,...'") from e
-    return spec
+    return {
+        "preset": t5.preset,
+        "d_model": int(model.text_channels),
+        "folder": os.path.abspath(t5.path) if t5.path else "",
+        "tokenizer": t5.tokenizer,
+        "max_length": min(int(t5.max_length), int(model.text_maxlen)),
+        "seed": int(t5.seed),
+    }
 
 
 # ---------------------------------------------------------------- state dicts
@@ -120,28 +114,33 @@ def state_dict_sizes(sd) -> dict[str, int]:
 
 def _mismatch_hint(sd, cfg) -> str:
     implied = state_dict_sizes(sd)
-    diffs = [f"{k} {implied[k]} (state dict) vs {cfg.model[k]} (config)" for k in MODEL_FIELDS
-             if k in implied and int(cfg.model[k]) != implied[k]]
+    diffs = [
+        f"{k} {implied[k]} (state dict) vs {cfg.model[k]} (config)"
+        for k in MODEL_FIELDS
+        if k in implied and int(cfg.model[k]) != implied[k]
+    ]
     return f"the state dict implies {', '.join(diffs)}" if diffs else ""
 
 
 def _read(path: str, what: str, load):
-    from infinity_jax.convert import common
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--{what} {path!r} does not exist: expected an official .pth or .safetensors "
-                                f"state dict")
+        raise FileNotFoundError(
+            f"--{what} {path!r} does not exist: expected an official .pth or .safetensors state dict"
+        )
     try:
         return load(path)
     except (ValueError, KeyError) as e:  # not a state dict, or no such --key in it
-        raise UsageError(f"--{what}: {common.one_line(e)}") from e
+        raise UsageError(f"--{what}: {one_line(e)}") from e
 
 
 def _describe(sd, params) -> dict:
-    from infinity_jax.convert import common
-    flat = common.flatten(params)
-    return {"keys": len(sd), "params": int(sum(np.size(v) for v in flat.values())),
-            "dtypes": sorted({str(np.asarray(v).dtype) for v in sd.values()}),
-            "param_dtypes": sorted({str(np.asarray(v).dtype) for v in flat.values()})}
+    flat = fileio.flatten(params)
+    return {
+        "keys": len(sd),
+        "params": int(sum(np.size(v) for v in flat.values())),
+        "dtypes": sorted({str(np.asarray(v).dtype) for v in sd.values()}),
+        "param_dtypes": sorted({str(np.asarray(v).dtype) for v in flat.values()}),
+    }
 
 
 # ---------------------------------------------------------------- the folder
@@ -153,33 +152,43 @@ def _refuse_existing(out: str, overwrite: bool) -> None:
 
 
 def _write(folder: str, params, config, step: int, vae_params=None, vae_cfg=None) -> None:
-    import jax
-    from infinity_jax import config_util
-    from infinity_jax.checkpoint import Checkpointer
-    from infinity_jax.convert import common
-    from infinity_jax.train.state import TrainState
-    # a TrainState without optimizer state: what sample/export read, and nothing to resume training from
-    state = TrainState(step=np.int32(step), params=params, opt_state={},
-                       rng=np.asarray(jax.random.key_data(jax.random.key(0))))
+    # the fields of a training state (checkpoint.py) without optimizer state: what sample/export read, and
+    # nothing to resume training from
+    state = types.SimpleNamespace(
+        step=np.int32(step),
+        params=params,
+        opt_state={},
+        ema_params=None,
+        rng=np.asarray(jax.random.key_data(jax.random.key(0))),
+    )
     with Checkpointer(os.path.join(folder, CHECKPOINTS), keep=1, async_save=False) as ck:
         ck.save(state, None, config, wait=True)
     if vae_params is not None:
-        common.save_params(vae_params, os.path.join(folder, VAE_PARAMS))
-        common.atomic_write(os.path.join(folder, VAE_CONFIG), lambda f: f.write(config_util.to_json(vae_cfg).encode()))
+        fileio.save_params(vae_params, os.path.join(folder, VAE_PARAMS))
+        fileio.atomic_write(os.path.join(folder, VAE_CONFIG), lambda f: f.write(config_util.to_json(vae_cfg).encode()))
 
 
-def import_weights(transformer: str, out: str, *, config: str, vae: str | None = None,
-                   vae_config: str | None = None, text_encoder: str | None = None, schedule: str | None = None,
-                   step: int = 0, key: str | None = None, overwrite: bool = False, overrides=()) -> dict:
+def import_weights(
+    transformer: str,
+    out: str,
+    *,
+    config: str,
+    vae: str | None = None,
+    vae_config: str | None = None,
+    text_encoder: str | None = None,
+    schedule: str | None = None,
+    step: int = 0,
+    key: str | None = None,
+    overwrite: bool = False,
+    overrides=(),
+) -> dict:
     """Writes the folder (see the module docstring); returns {'out', 'step', 'config', 'transformer', 'vae'}.
-    Bad input raises UsageError (a ValueError) or FileNotFoundError before anything is written."""
-    import jax
-    import ml_collections
-    from infinity_jax.convert import common, infinity as conv_gpt, torch_io, vae as conv_vae
-    from infinity_jax.train.cli import load_vae_config
+    Bad input raises UsageError (a ValueError) or FileNotFoundError before anything is written.
+    schedule: a pixel budget ('1M') or 'HxW,HxW,...' (schedules.resolve); default: the config's, else 1M."""
     if jax.process_count() > 1:
-        raise UsageError(f"import-torch runs in one process; this is process {jax.process_index()} of "
-                         f"{jax.process_count()}")
+        raise UsageError(
+            f"import-torch runs in one process; this is process {jax.process_index()} of {jax.process_count()}"
+        )
     out = os.path.abspath(out)
     _refuse_existing(out, overwrite)
     if vae_config and not vae:
@@ -188,7 +197,12 @@ def import_weights(transformer: str, out: str, *, config: str, vae: str | None =
     cfg = load_model_config(config, overrides)
     saved = cfg.to_dict()
     saved["name"] = f"import/{cfg.get('name', config)}"
-    saved["schedule"] = check_schedule(schedule or str(cfg.get("schedule", "") or "") or "1M")
+    saved["schedule"] = schedule or str(cfg.get("schedule", "") or "") or "1M"
+    try:  # checked here, so a bad one fails before any weights load
+        schedules.resolve(saved["schedule"])
+    except ValueError as e:
+        where = f"--schedule {schedule!r}" if schedule else f"--config {config!r}"
+        raise UsageError(f"{where}: {e}") from e
     saved.setdefault("data", {}).setdefault("h_div_w", 1.0)
     saved.pop("vae", None)  # a training config names VAE weights elsewhere; only an imported VAE is kept
     if text_encoder:
@@ -200,8 +214,11 @@ def import_weights(transformer: str, out: str, *, config: str, vae: str | None =
         params = conv_gpt.torch_to_params(sd, cfg)
     except ValueError as e:
         hint = _mismatch_hint(sd, cfg)  # first: the key lists can run to thousands of keys (a few are named)
-        raise UsageError(f"--transformer {transformer!r} does not fit --config {config!r}"
-                         + (f" ({hint})" if hint else "") + f": {common.one_line(e)}") from None
+        raise UsageError(
+            f"--transformer {transformer!r} does not fit --config {config!r}"
+            + (f" ({hint})" if hint else "")
+            + f": {one_line(e)}"
+        ) from None
     summary["transformer"] = dict(_describe(sd, params), file=os.path.abspath(transformer))
     del sd
 
@@ -213,74 +230,28 @@ def import_weights(transformer: str, out: str, *, config: str, vae: str | None =
         try:
             vae_cfg = load_vae_config(vspec, tuple(cfg.vae.get("overrides", ())) if from_cfg else ())
         except (FileNotFoundError, ValueError, KeyError) as e:
-            raise UsageError(f"--vae-config {vspec!r}: {common.one_line(e)}") from e
+            raise UsageError(f"--vae-config {vspec!r}: {one_line(e)}") from e
         if int(vae_cfg.codebook_dim) != int(cfg.model.codebook_dim):
-            raise UsageError(f"--vae-config {vspec!r} has codebook_dim={vae_cfg.codebook_dim}; the model config "
-                             f"{config!r} has codebook_dim={cfg.model.codebook_dim}: they must match")
+            raise UsageError(
+                f"--vae-config {vspec!r} has codebook_dim={vae_cfg.codebook_dim}; the model config "
+                f"{config!r} has codebook_dim={cfg.model.codebook_dim}: they must match"
+            )
         vsd = _read(vae, "vae", conv_vae.load_official_state_dict)
         try:
             vae_params = conv_vae.torch_to_params(vsd, vae_cfg)
         except ValueError as e:
-            raise UsageError(f"--vae {vae!r} does not fit --vae-config {vspec!r}: {common.one_line(e)}") from None
+            raise UsageError(f"--vae {vae!r} does not fit --vae-config {vspec!r}: {one_line(e)}") from None
         summary["vae"] = dict(_describe(vsd, vae_params), file=os.path.abspath(vae), config=vspec)
         saved["vae"] = {"config": VAE_CONFIG, "overrides": (), "params": VAE_PARAMS}
-    saved["source"] = {"transformer": os.path.abspath(transformer), "vae": os.path.abspath(vae) if vae else "",
-                       "config": config, "overrides": overrides,
-                       "vae_config": summary.get("vae", {}).get("config", "")}
+    saved["source"] = {
+        "transformer": os.path.abspath(transformer),
+        "vae": os.path.abspath(vae) if vae else "",
+        "config": config,
+        "overrides": overrides,
+        "vae_config": summary.get("vae", {}).get("config", ""),
+    }
 
-    with common.atomic_folder(out) as tmp:
+    with fileio.atomic_folder(out) as tmp:
         _write(tmp, params, ml_collections.ConfigDict(saved), step, vae_params, vae_cfg)
     summary["schedule"], summary["text"] = saved["schedule"], saved.get("text")
     return summary
-
-
-# ---------------------------------------------------------------- command
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="infinity-jax import-torch", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--transformer", required=True, help="official transformer state dict (.pth / .safetensors)")
-    p.add_argument("--vae", default=None, help="official BSQ-VAE state dict (e.g. infinity_vae_d32reg.pth); "
-                   "without it, sample needs --vae")
-    p.add_argument("--config", required=True, help="model config: configs/infinity.py name (2b, infinity_2b,"
-                   "dtype=bfloat16) or a spec (configs/infinity.py:2b, configs/zoo.py:2b); --config.KEY=VALUE "
-                   "overrides follow it (--config.model.scan_layers=True)")
-    p.add_argument("--vae-config", default=None, help="configs/bsq_vae.py name or spec (bsq_vae:d32reg); default: "
-                   "the released name in the --vae file name, else the config's, else d<codebook_dim>")
-    p.add_argument("--text-encoder", default=None, help="a Hugging Face T5 folder (e.g. weights/flan-t5-xl) or a "
-                   "configs/t5.py argument, saved for sample; default: none (sample's --text-encoder)")
-    p.add_argument("--schedule", default=None, help="sampling schedule: a pixel budget (0.06M 0.25M 0.60M 1M) or "
-                   "'HxW,...'; default: the config's, else 1M")
-    p.add_argument("--step", type=int, default=0, help="the step number to save the checkpoint under")
-    p.add_argument("--key", default=None, help="sub-dict of the transformer file to read (e.g. 'trainer')")
-    p.add_argument("--out", required=True, help="output folder (must be new or empty unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = _parser()
-    a, rest = p.parse_known_args(argv)
-    bad = [x for x in rest if not x.startswith("--config.")]
-    if bad:
-        p.error(f"unrecognised arguments {bad}; overrides look like --config.model.scan_layers=True")
-    try:
-        s = import_weights(a.transformer, a.out, config=a.config, vae=a.vae, vae_config=a.vae_config,
-                           text_encoder=a.text_encoder, schedule=a.schedule, step=a.step, key=a.key,
-                           overwrite=a.overwrite, overrides=rest)
-    except (OSError, ValueError, KeyError, ImportError) as e:  # bad input (or an unwritable --out): one line
-        from infinity_jax.convert import common
-        raise UsageError(common.one_line(e)) from e
-    for name in ("transformer", "vae"):
-        if name in s:
-            d = s[name]
-            print(f"import-torch: {name}: {d['file']}: {d['keys']} keys, {d['params']:,} params, "
-                  f"{'/'.join(d['dtypes'])} -> {'/'.join(d['param_dtypes'])}")
-    text = s["text"] and (s["text"]["folder"] or f"{s['text']['preset']} (random, no weights)")
-    print(f"import-torch: wrote {s['out']} (step {s['step']}, config {s['config']}, schedule {s['schedule']}, "
-          f"vae {'yes' if 'vae' in s else 'no: pass --vae to sample'}, text encoder {text or 'none'})")
-    return 0
-
-
-if __name__ == "__main__":
-    from infinity_jax import cli
-    sys.exit(cli.main(["import-torch", *sys.argv[1:]]))

@@ -12,27 +12,23 @@ The official state dicts also hold all-zero `zero_k_bias` buffers (C,) in every 
 to be zero on import, written on export. Loading is strict (one error lists every missing,
 unexpected and mis-shaped key); bf16/fp16 checkpoints load (upcast exactly to fp32).
 
-The command checks its files before converting: bad input (a missing or unreadable --in, keys that do
-not fit the config, an --out that exists: --overwrite replaces it) is one line, exit status 2, and
-writes nothing; --out appears atomically.
-
-usage:
-  infinity-jax convert-infinity --in infinity_2b_reg.pth --config infinity_2b --out infinity_2b.npz
-  infinity-jax convert-infinity --to-torch --in infinity_2b.npz --config infinity_2b --out back.pth [--dtype bfloat16]
+The command is `infinity-jax convert infinity` (infinity_jax/commands/convert.py).
 """
+
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import functools
 import re
-import sys
 from typing import Any, Mapping
 
 import numpy as np
 
+from infinity_jax import config_util, fileio
 from infinity_jax.convert import common
-from infinity_jax.convert.torch_io import check_state_dict, load_state_dict, save_state_dict
-from infinity_jax.errors import UsageError
+from infinity_jax.convert.torch_io import as_numpy, check_state_dict
+from infinity_jax.errors import UsageError, one_line
+from infinity_jax.model.transformer import InfinityConfig, abstract_params
 
 
 def _split_to_flax(w: np.ndarray, n: int) -> np.ndarray:
@@ -56,7 +52,6 @@ LAYOUTS = {
 
 
 def _model_config(config):
-    from infinity_jax.model.transformer import InfinityConfig
     if isinstance(config, InfinityConfig):
         return config
     if isinstance(config, str):
@@ -65,11 +60,8 @@ def _model_config(config):
 
 
 def load_config(spec: str):
-    """'infinity_2b' (a name in configs/infinity.py) or 'path/to/file.py[:arg]' -> ConfigDict."""
-    from infinity_jax import config_util
-    if not (spec.endswith(".py") or ":" in spec):
-        spec = f"infinity:{spec}"  # a bare name: configs/infinity.py of this checkout, from any working directory
-    return config_util.load_config(spec)  # a missing file is a FileNotFoundError naming it
+    """'infinity_2b' (a configs/infinity.py argument) or any config spec (name:arg, file.py[:arg]) -> ConfigDict."""
+    return config_util.load_config(spec, module="infinity")
 
 
 def official_block_prefix(i: int, depth: int, block_chunks: int) -> str:
@@ -106,7 +98,7 @@ def _unstack(flat: Mapping[str, Any], depth: int) -> dict[str, Any]:
             if v.shape[0] != depth:
                 raise ValueError(f"{k}: stacked params have {v.shape[0]} layers; expected depth {depth}")
             for i in range(depth):
-                out[f"blocks_{i}/" + k[len("blocks/"):]] = v[i]
+                out[f"blocks_{i}/" + k[len("blocks/") :]] = v[i]
         else:
             out[k] = v
     return out
@@ -129,12 +121,13 @@ def _stack(flat: Mapping[str, Any], depth: int) -> dict[str, Any]:
 @functools.lru_cache(maxsize=16)
 def _table(cfg) -> tuple[tuple[str, str, str, tuple[int, ...]], ...]:
     """((official key, our unstacked path, layout, our shape), ...) for a model config."""
-    import dataclasses
-    from infinity_jax.model.transformer import abstract_params
-    if cfg.abs_pos_embed:
-        raise ValueError("model.abs_pos_embed=True: the official Infinity has no absolute-place weights, so this "
-                         "model has no official state dict; expected abs_pos_embed=False to convert")
-    flat = common.flatten(abstract_params(dataclasses.replace(cfg, scan_layers=False)))
+    if cfg.extension:
+        raise ValueError(
+            f"model.extension={cfg.extension!r}: the official Infinity has no weights for this "
+            "non-official addition, so this model has no official state dict; expected "
+            "model.extension='' to convert"
+        )
+    flat = fileio.flatten(abstract_params(dataclasses.replace(cfg, scan_layers=False)))
     rows = []
     for path, leaf in sorted(flat.items()):
         key, layout = _official_key(path, cfg.depth, cfg.block_chunks)
@@ -164,19 +157,21 @@ def expected_state_dict_shapes(config) -> dict[str, tuple[int, ...]]:
 def torch_to_params(state_dict: Mapping[str, Any], config, dtype=np.float32) -> dict[str, Any]:
     """Official state dict (numpy or torch values) -> our param tree (numpy, `dtype`), strictly checked."""
     cfg = _model_config(config)
-    sd = {k: common.as_numpy(v) for k, v in state_dict.items()}
+    sd = {k: as_numpy(v) for k, v in state_dict.items()}
     check_state_dict(sd, expected_state_dict_shapes(cfg), "Infinity transformer")
     nonzero = [k for k in zero_k_bias_keys(cfg) if np.any(np.asarray(sd[k], np.float32) != 0)]
     if nonzero:
-        raise ValueError(f"zero_k_bias buffers must be all zero (the official model ignores nothing else there); "
-                         f"non-zero in {nonzero[:5]}{' ...' if len(nonzero) > 5 else ''}")
+        raise ValueError(
+            f"zero_k_bias buffers must be all zero (the official model ignores nothing else there); "
+            f"non-zero in {nonzero[:5]}{' ...' if len(nonzero) > 5 else ''}"
+        )
     flat = {}
     for key, path, layout, shape in _table(cfg):
         a = common.cast_exact(sd[key], dtype, key) if dtype is not None else np.asarray(sd[key])
         flat[path] = LAYOUTS[layout][0](a, shape)
     if cfg.scan_layers:
         flat = _stack(flat, cfg.depth)
-    return common.unflatten(flat)
+    return fileio.unflatten(flat)
 
 
 def params_to_torch(params: Mapping[str, Any], config, dtype=None) -> dict[str, np.ndarray]:
@@ -186,7 +181,7 @@ def params_to_torch(params: Mapping[str, Any], config, dtype=None) -> dict[str, 
     `dtype` (e.g. 'bfloat16') casts every array, None keeps the params' dtype.
     """
     cfg = _model_config(config)
-    flat = {k: common.as_numpy(v) for k, v in common.flatten(params).items()}
+    flat = {k: as_numpy(v) for k, v in fileio.flatten(params).items()}
     if cfg.scan_layers:
         flat = _unstack(flat, cfg.depth)
     table = _table(cfg)
@@ -210,51 +205,16 @@ def _np_dtype(name) -> np.dtype:
 def official_model_config(config, where: str, fix: str, *, problem: str = "", verb: str = "has"):
     """The InfinityConfig of `config` (a spec, a ConfigDict with a `model` section or an InfinityConfig)
     when it is the official architecture; otherwise a one-line UsageError naming `where`: a config that
-    cannot be built (`problem` prefixes the reason), or our place embedding `model.abs_pos_embed`, which
-    no official state dict has weights for (`fix` says what to do)."""
+    cannot be built (`problem` prefixes the reason), or one with a non-official `model.extension`
+    (model/extensions.py), which no official state dict has weights for (`fix` says what to do)."""
     try:
         cfg = _model_config(config)
     except (ValueError, TypeError) as e:  # an unknown name or option, or sizes that do not fit together
-        raise UsageError(f"{where}: {problem}{common.one_line(e)}") from e
-    if cfg.abs_pos_embed:
-        raise UsageError(f"{where} {verb} model.abs_pos_embed=True, our place embedding: the official Infinity "
-                         f"classes have no weights for it, so there is no official state dict; {fix}")
+        raise UsageError(f"{where}: {problem}{one_line(e)}") from e
+    if cfg.extension:
+        raise UsageError(
+            f"{where} {verb} model.extension={cfg.extension!r}, ours (model/extensions.py): the "
+            f"official Infinity classes have no weights for it, so there is no official state dict; "
+            f"{fix}"
+        )
     return cfg
-
-
-def _cli_config(spec: str):
-    """--config -> InfinityConfig of the official architecture; bad specs and options are a UsageError."""
-    return official_model_config(spec, f"--config {spec!r}", "expected a config with abs_pos_embed=False")
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="infinity-jax convert-infinity", description=__doc__.split("\n\n")[0])
-    p.add_argument("--in", dest="inp", required=True, help="official .pth/.safetensors/.npz (or our params with --to-torch)")
-    p.add_argument("--out", required=True, help="our params .npz/.msgpack (or an official .pth/.safetensors/.npz with --to-torch)")
-    p.add_argument("--config", default="infinity_2b", help="configs/infinity.py name (infinity_2b, ...) or file.py[:arg]")
-    p.add_argument("--to-torch", action="store_true", help="convert our params back to the official state dict")
-    p.add_argument("--key", default=None, help="sub-dict of a training checkpoint to read (e.g. 'trainer')")
-    p.add_argument("--dtype", default=None, help="with --to-torch: dtype of the written weights (default: as the params)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    args = p.parse_args(argv)
-    # everything that can be checked is checked before the (possibly long) conversion; nothing is written on error
-    common.check_conversion_args(args, official_out=args.to_torch)
-    cfg = _cli_config(args.config)
-    try:
-        if args.to_torch:
-            sd = params_to_torch(common.load_params(args.inp), cfg, dtype=args.dtype)
-        else:
-            params = torch_to_params(load_state_dict(args.inp, key=args.key), cfg)
-    except (ValueError, KeyError) as e:  # not a state dict / params file, or keys and shapes that do not fit
-        raise UsageError(f"--in {args.inp!r} (config {args.config!r}): {common.one_line(e)}") from e
-    if args.to_torch:
-        save_state_dict(sd, args.out)
-    else:
-        common.save_params(params, args.out)
-    print(f"convert-infinity: {args.inp} -> {args.out} (config {args.config})", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    from infinity_jax import cli
-    sys.exit(cli.main(["convert-infinity", *sys.argv[1:]]))

@@ -7,37 +7,39 @@
       LIN_FILE    the LPIPS linear heads (the `lpips` package's weights/v0.1/vgg.pth):
                   `lin{0..4}.model.1.weight` (1, C, 1, 1), C = 64, 128, 256, 512, 512, non-negative
       (.pth/.pt/.bin, .safetensors or a torch-layout .npz; read with torch_io.load_state_dict)
-  'FILE.npz' (or .msgpack)  our params in one file, as `infinity-jax convert-lpips` writes them
+  'FILE.npz' (or .msgpack)  our params in one file, as `infinity-jax convert lpips` writes them
       ('/'-joined keys: features_0/kernel (3, 3, 3, 64) HWIO, ..., lin_4/kernel (1, 1, 512, 1)).
 Loading is strict: one error lists every missing, unexpected and mis-shaped key.
 
-usage:
-  infinity-jax convert-lpips --vgg vgg16-397923af.pth --lin vgg.pth --out lpips_vgg.npz
+usage (infinity_jax/commands/convert.py):
+  infinity-jax convert lpips --vgg vgg16-397923af.pth --lin vgg.pth --out lpips_vgg.npz
 """
+
 from __future__ import annotations
 
-import argparse
 import functools
 import os
-import sys
 from typing import Any, Mapping
 
 import numpy as np
 
+from infinity_jax import fileio
 from infinity_jax.convert import common
-from infinity_jax.convert.torch_io import check_state_dict, load_state_dict
+from infinity_jax.convert.torch_io import as_numpy, check_state_dict, load_state_dict
+from infinity_jax.tokenizer import lpips as lpips_lib
 
 IGNORED_PREFIX = "classifier."  # torchvision's VGG16 head: not part of LPIPS
-SPEC_HELP = ("expected 'VGG16_FILE,LIN_FILE' (torchvision's VGG16 state dict, then the LPIPS lin "
-             "heads) or one .npz/.msgpack written by `infinity-jax convert-lpips`")
+SPEC_HELP = (
+    "expected 'VGG16_FILE,LIN_FILE' (torchvision's VGG16 state dict, then the LPIPS lin "
+    "heads) or one .npz/.msgpack written by `infinity-jax convert lpips`"
+)
 
 
 @functools.lru_cache(maxsize=1)
 def key_table() -> dict[str, tuple[str, str, tuple[int, ...], tuple[int, ...]]]:
     """torch key -> (our param path, layout name, torch shape, our shape), for every parameter."""
-    from infinity_jax.tokenizer import lpips
     table = {}
-    for path, leaf in common.flatten(lpips.abstract_params()).items():
+    for path, leaf in fileio.flatten(lpips_lib.abstract_params()).items():
         name, leaf_name = path.split("/")
         kind, index = name.split("_")
         key = f"features.{index}" if kind == "features" else f"lin{index}.model.1"
@@ -62,19 +64,20 @@ def _check_lin(flat: Mapping[str, np.ndarray], what: str) -> None:
     differences in that channel, which a model being trained could exploit."""
     bad = {k: float(np.min(v)) for k, v in flat.items() if k.startswith("lin") and np.min(v) < 0}
     if bad:
-        raise ValueError(f"{what}: LPIPS lin weights must be >= 0 (the published ones are); "
-                         f"minimum per layer {bad}")
+        raise ValueError(f"{what}: LPIPS lin weights must be >= 0 (the published ones are); minimum per layer {bad}")
 
 
 def torch_to_params(state_dict: Mapping[str, Any], what: str = "LPIPS state dict") -> dict[str, Any]:
     """VGG16 `features.*` + LPIPS `lin*` keys (one dict; `classifier.*` dropped) -> our params (numpy fp32)."""
     table = key_table()
-    sd = {k: common.as_numpy(v) for k, v in state_dict.items() if not k.startswith(IGNORED_PREFIX)}
+    sd = {k: as_numpy(v) for k, v in state_dict.items() if not k.startswith(IGNORED_PREFIX)}
     check_state_dict(sd, {k: row[2] for k, row in table.items()}, what)
     _check_lin(sd, what)
-    flat = {path: common.cast_exact(common.LAYOUTS[layout][0](sd[key]), np.float32, f"{what}: {key}")
-            for key, (path, layout, _, _) in table.items()}
-    return common.unflatten(flat)
+    flat = {
+        path: common.cast_exact(common.LAYOUTS[layout][0](sd[key]), np.float32, f"{what}: {key}")
+        for key, (path, layout, _, _) in table.items()
+    }
+    return fileio.unflatten(flat)
 
 
 def load_torch(vgg_path: str, lin_path: str) -> dict[str, Any]:
@@ -87,12 +90,12 @@ def load_torch(vgg_path: str, lin_path: str) -> dict[str, Any]:
 
 
 def load_ours(path: str) -> dict[str, Any]:
-    """Our params file (convert-lpips output), checked against the model's shapes."""
+    """Our params file (`convert lpips` output), checked against the model's shapes."""
     what = f"LPIPS params {path!r}"
-    flat = {k: np.asarray(v) for k, v in common.flatten(common.load_params(path)).items()}
+    flat = {k: np.asarray(v) for k, v in fileio.flatten(fileio.load_params(path)).items()}
     check_state_dict(flat, {ours: shape for ours, _, _, shape in key_table().values()}, what)
     _check_lin(flat, what)
-    return common.unflatten({k: common.cast_exact(v, np.float32, f"{what}: {k}") for k, v in flat.items()})
+    return fileio.unflatten({k: common.cast_exact(v, np.float32, f"{what}: {k}") for k, v in flat.items()})
 
 
 def load(spec: str) -> dict[str, Any]:
@@ -100,23 +103,7 @@ def load(spec: str) -> dict[str, Any]:
     paths = parse_spec(spec)
     for p in paths:
         if not os.path.isfile(p):
-            raise FileNotFoundError(f"LPIPS weights {spec!r}: {p!r} does not exist (nothing is downloaded; "
-                                    f"{SPEC_HELP})")
+            raise FileNotFoundError(
+                f"LPIPS weights {spec!r}: {p!r} does not exist (nothing is downloaded; {SPEC_HELP})"
+            )
     return load_torch(*paths) if len(paths) == 2 else load_ours(paths[0])
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="infinity-jax convert-lpips", description=__doc__.split("\n\n")[0])
-    p.add_argument("--vgg", required=True, help="torchvision's VGG16 state dict (vgg16-397923af.pth)")
-    p.add_argument("--lin", required=True, help="the LPIPS lin heads (the lpips package's weights/v0.1/vgg.pth)")
-    p.add_argument("--out", required=True, help="our params .npz/.msgpack (for loss.lpips_weights)")
-    args = p.parse_args(argv)
-    params = load_torch(args.vgg, args.lin)
-    common.save_params(params, args.out)
-    n = sum(int(np.size(v)) for v in common.flatten(params).values())
-    print(f"convert-lpips: {args.vgg} + {args.lin} -> {args.out} ({n:,} parameters)", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

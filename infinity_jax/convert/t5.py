@@ -9,6 +9,7 @@ is checked strictly: a missing, unexpected or mis-shaped key is an error naming 
 Safetensors are read with a small header parser, so bf16/fp16 checkpoints load without torch
 and only the encoder's bytes are read; .bin files need torch (lazily imported).
 """
+
 from __future__ import annotations
 
 import json
@@ -19,11 +20,15 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from infinity_jax.convert.torch_io import check_state_dict
+from infinity_jax.convert.torch_io import _to_numpy, _torch, check_state_dict
 from infinity_jax.text.t5 import T5Config
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 _SKIPPED_PREFIXES = ("decoder.", "lm_head.")
 _EMBED_KEYS = ("shared.weight", "encoder.embed_tokens.weight")
 
@@ -37,8 +42,13 @@ def key_table(config: T5Config) -> list[tuple[str, tuple[str, ...], bool]]:
         for n in ("q", "k", "v", "o"):
             rows.append((f"{hf}.0.SelfAttention.{n}.weight", (ours, "layer_0", "SelfAttention", n, "kernel"), True))
         if i == 0:
-            rows.append((f"{hf}.0.SelfAttention.relative_attention_bias.weight",
-                         (ours, "layer_0", "SelfAttention", "relative_attention_bias", "embedding"), False))
+            rows.append(
+                (
+                    f"{hf}.0.SelfAttention.relative_attention_bias.weight",
+                    (ours, "layer_0", "SelfAttention", "relative_attention_bias", "embedding"),
+                    False,
+                )
+            )
         rows.append((f"{hf}.0.layer_norm.weight", (ours, "layer_0", "layer_norm", "scale"), False))
         for n in ff:
             rows.append((f"{hf}.1.DenseReluDense.{n}.weight", (ours, "layer_1", "DenseReluDense", n, "kernel"), True))
@@ -53,10 +63,20 @@ def expected_shapes(config: T5Config) -> dict[str, tuple[int, ...]]:
     shapes = {}
     for key, _, _ in key_table(config):
         name = key.rsplit(".", 2)[-2]
-        shapes[key] = {"shared": (config.vocab_size, C), "q": (HD, C), "k": (HD, C), "v": (HD, C), "o": (C, HD),
-                       "relative_attention_bias": (config.relative_attention_num_buckets, config.num_heads),
-                       "layer_norm": (C,), "final_layer_norm": (C,), "wi_0": (F, C), "wi_1": (F, C), "wi": (F, C),
-                       "wo": (C, F)}[name]
+        shapes[key] = {
+            "shared": (config.vocab_size, C),
+            "q": (HD, C),
+            "k": (HD, C),
+            "v": (HD, C),
+            "o": (C, HD),
+            "relative_attention_bias": (config.relative_attention_num_buckets, config.num_heads),
+            "layer_norm": (C,),
+            "final_layer_norm": (C,),
+            "wi_0": (F, C),
+            "wi_1": (F, C),
+            "wi": (F, C),
+            "wo": (C, F),
+        }[name]
     return shapes
 
 
@@ -95,8 +115,17 @@ def _wanted(key: str) -> bool:
     return not key.startswith(_SKIPPED_PREFIXES)
 
 
-_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
-              "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+_ST_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
 
 
 def read_safetensors(path: str, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
@@ -106,7 +135,7 @@ def read_safetensors(path: str, keys: Iterable[str] | None = None) -> dict[str, 
         header = json.loads(f.read(n))
         header.pop("__metadata__", None)
         out = {}
-        for key in (header if keys is None else keys):
+        for key in header if keys is None else keys:
             if key not in header:
                 raise KeyError(f"{path}: no tensor {key!r}")
             info = header[key]
@@ -118,8 +147,9 @@ def read_safetensors(path: str, keys: Iterable[str] | None = None) -> dict[str, 
             elif info["dtype"] in _ST_DTYPES:
                 a = np.frombuffer(raw, _ST_DTYPES[info["dtype"]])
             else:
-                raise ValueError(f"{path}: tensor {key!r} has dtype {info['dtype']}; expected one of "
-                                 f"{sorted(_ST_DTYPES) + ['BF16']}")
+                raise ValueError(
+                    f"{path}: tensor {key!r} has dtype {info['dtype']}; expected one of {sorted(_ST_DTYPES) + ['BF16']}"
+                )
             out[key] = a.reshape(info["shape"]).copy()
     return out
 
@@ -131,7 +161,6 @@ def _safetensors_keys(path: str) -> list[str]:
 
 
 def _read_bin(path: str) -> dict[str, np.ndarray]:
-    from infinity_jax.convert.torch_io import _to_numpy, _torch
     torch = _torch()
     try:  # mmap: only the encoder's tensors get paged in
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -147,8 +176,9 @@ def find_weights(folder: str) -> str:
     for name in WEIGHT_FILES:
         if os.path.isfile(os.path.join(folder, name)):
             return os.path.join(folder, name)
-    raise FileNotFoundError(f"T5 weights: {folder!r} holds none of {list(WEIGHT_FILES)} "
-                            f"(it has {sorted(os.listdir(folder))[:20]})")
+    raise FileNotFoundError(
+        f"T5 weights: {folder!r} holds none of {list(WEIGHT_FILES)} (it has {sorted(os.listdir(folder))[:20]})"
+    )
 
 
 def read_encoder_state_dict(folder: str) -> dict[str, np.ndarray]:
@@ -192,9 +222,17 @@ def save_t5(folder: str, config: T5Config, params: Mapping) -> None:
     """Writes config.json + model.safetensors that `load_t5` and transformers' T5EncoderModel read."""
     os.makedirs(folder, exist_ok=True)
     hf = {k: v for k, v in config.to_dict().items() if k != "dtype"}
-    hf.update(model_type="t5", architectures=["T5EncoderModel"], is_encoder_decoder=False,
-              num_decoder_layers=config.num_layers, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    hf.update(
+        model_type="t5",
+        architectures=["T5EncoderModel"],
+        is_encoder_decoder=False,
+        num_decoder_layers=config.num_layers,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
     from safetensors.numpy import save_file  # numpy writer: no torch needed
+
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
     os.close(fd)
     try:

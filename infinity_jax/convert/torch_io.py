@@ -3,12 +3,17 @@
 Shared by every converter. torch is imported lazily, only for .pth/.bin files, with a clear message
 when it is missing. Writes are atomic: a temp file in the target folder, then os.replace.
 """
+
 from __future__ import annotations
 
 import os
 from typing import Mapping
 
+import ml_dtypes
 import numpy as np
+
+from infinity_jax.errors import UsageError
+from infinity_jax.fileio import atomic_files
 
 StateDict = dict[str, np.ndarray]
 READ_EXTENSIONS = (".pth", ".pt", ".bin", ".ckpt", ".safetensors", ".npz")
@@ -24,11 +29,15 @@ def _torch():
     return torch
 
 
+def as_numpy(x) -> np.ndarray:
+    """A numpy array from numpy/jax arrays or torch tensors (bf16 kept, as ml_dtypes.bfloat16)."""
+    return _to_numpy(x) if hasattr(x, "detach") else np.asarray(x)
+
+
 def _to_numpy(t) -> np.ndarray:
     torch = _torch()
     t = t.detach().cpu()
     if t.dtype == torch.bfloat16:  # numpy has no bf16: go through ml_dtypes (what jnp.bfloat16 is)
-        import ml_dtypes
         return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     return t.numpy()
 
@@ -51,8 +60,9 @@ def load_state_dict(path: str, key: str | None = None) -> StateDict:
         raise FileNotFoundError(f"state dict {path!r} does not exist")
     ext = os.path.splitext(path)[1].lower()
     if ext not in READ_EXTENSIONS:
-        raise ValueError(f"state dict {path!r}: unknown extension {ext!r}; expected .pth/.pt/.bin, .safetensors "
-                         f"or .npz")
+        raise ValueError(
+            f"state dict {path!r}: unknown extension {ext!r}; expected .pth/.pt/.bin, .safetensors or .npz"
+        )
     if ext in (".pth", ".pt", ".bin", ".ckpt"):
         torch = _torch()
         obj = _parse(path, "a torch checkpoint", lambda: torch.load(path, map_location="cpu", weights_only=True))
@@ -75,9 +85,11 @@ def load_state_dict(path: str, key: str | None = None) -> StateDict:
             raise ValueError(f"{path}: entries {bad[:10]} are not tensors; pass `key=` to pick the state dict")
         return {k: _to_numpy(v) for k, v in obj.items()}
     if ext == ".npz":
+
         def read_npz():
             with np.load(path, allow_pickle=False) as f:
                 return {k: f[k] for k in f.files}
+
         return _parse(path, "an .npz archive of arrays", read_npz)
     from safetensors.numpy import load_file
 
@@ -86,7 +98,9 @@ def load_state_dict(path: str, key: str | None = None) -> StateDict:
             return dict(load_file(path))
         except TypeError:  # bf16 tensors: safetensors' numpy loader cannot make them; go through torch
             from safetensors.torch import load_file as load_torch
+
             return {k: _to_numpy(v) for k, v in load_torch(path).items()}
+
     return _parse(path, "a .safetensors file", read_safetensors)
 
 
@@ -106,7 +120,6 @@ def check_output_path(path: str, what: str = "output") -> str:
     """The extension of a state dict to write (.pth/.pt, .safetensors or .npz); else a UsageError (a ValueError)."""
     ext = os.path.splitext(path)[1].lower()
     if ext not in WRITE_EXTENSIONS:
-        from infinity_jax.errors import UsageError
         raise UsageError(f"{what} {path!r}: expected a .pth, .safetensors or .npz file name")
     return ext
 
@@ -118,8 +131,7 @@ def save_state_dict(sd: Mapping[str, np.ndarray], path: str) -> None:
 
 def save_state_dicts(files: Mapping[str, Mapping[str, np.ndarray]]) -> None:
     """Writes {path: state dict} all or none: every file to a temp file beside it, then all renamed at
-    the end (common.atomic_files); on any failure nothing is left behind."""
-    from infinity_jax.convert.common import atomic_files
+    the end (fileio.atomic_files); on any failure nothing is left behind."""
     for path in files:
         check_output_path(path)
     with atomic_files(list(files)) as tmps:
@@ -134,6 +146,7 @@ def _write_state_dict(sd: Mapping[str, np.ndarray], path: str) -> None:
             np.savez(f, **{k: np.asarray(v) for k, v in sd.items()})
     elif ext == ".safetensors":
         from safetensors.torch import save_file
+
         save_file({k: _from_numpy(np.asarray(v)).contiguous() for k, v in sd.items()}, path)
     else:
         torch = _torch()
@@ -153,13 +166,13 @@ class StateDictMismatch(ValueError):
         super().__init__("\n".join(parts))
 
     def _kinds(self):
-        return (("missing keys", self.missing), ("unexpected keys", self.unexpected),
-                ("shape mismatches", self.shapes))
+        return (("missing keys", self.missing), ("unexpected keys", self.unexpected), ("shape mismatches", self.shapes))
 
     def brief(self, limit: int = 5) -> str:
         def some(items):
             more = len(items) - limit
             return "; ".join(items[:limit]) + (f"; ... {more:,} more" if more > 0 else "")
+
         kinds = [f"{title} ({len(items):,}): {some(items)}" for title, items in self._kinds() if items]
         return f"{self.what}: the state dict does not match the model: " + " | ".join(kinds)
 
@@ -168,7 +181,10 @@ def check_state_dict(given: Mapping[str, np.ndarray], expected: Mapping[str, tup
     """Raises one StateDictMismatch (a ValueError) listing every missing, unexpected and mis-shaped key."""
     missing = sorted(set(expected) - set(given))
     unexpected = sorted(set(given) - set(expected))
-    shapes = sorted(f"{k}: got {tuple(np.shape(given[k]))}, expected {tuple(expected[k])}"
-                    for k in set(given) & set(expected) if tuple(np.shape(given[k])) != tuple(expected[k]))
+    shapes = sorted(
+        f"{k}: got {tuple(np.shape(given[k]))}, expected {tuple(expected[k])}"
+        for k in set(given) & set(expected)
+        if tuple(np.shape(given[k])) != tuple(expected[k])
+    )
     if missing or unexpected or shapes:
         raise StateDictMismatch(what, missing, unexpected, shapes)

@@ -11,33 +11,26 @@ mis-shaped key. bf16/fp16 state dicts load (upcast exactly to fp32 params).
 Also accepted on import: the older key style that the official loader renames (`conv_in.weight`
 for `conv_in.conv.weight`, `norm1.weight` for `norm1.norm.weight`).
 
-The command checks its files before converting: bad input (a missing or unreadable --in, keys that do
-not fit the config, an --out that exists: --overwrite replaces it) is one line, exit status 2, and
-writes nothing; --out appears atomically.
-
-usage:
-  infinity-jax convert-vae --in infinity_vae_d32reg.pth --config d32reg --out vae_d32reg.npz
-  infinity-jax convert-vae --to-torch --in vae_d32reg.npz --config d32reg --out back.pth [--dtype bfloat16]
+The command is `infinity-jax convert vae` (infinity_jax/commands/convert.py).
 """
+
 from __future__ import annotations
 
-import argparse
 import functools
-import os
-import sys
 from typing import Any, Mapping
 
 import numpy as np
 
+from infinity_jax import config_util, fileio
 from infinity_jax.convert import common
-from infinity_jax.convert.torch_io import check_state_dict, load_state_dict, save_state_dict
-from infinity_jax.errors import UsageError
+from infinity_jax.convert.torch_io import as_numpy, check_state_dict, load_state_dict
+from infinity_jax.tokenizer import vae as vae_lib
 
 # The buffer appears twice: the official AutoEncoder aliases its quantizer as `quantize` too.
 MASK_KEYS = ("quantizer.lfq.mask", "quantize.lfq.mask")
 _RULES = (
     (r"(?<![^/])(down|up)_(\d+)/block_(\d+)(?=/)", r"\1.\2.block.\3"),  # level lists: down.1.block.0
-    (r"(?<![^/])(down|up)_(\d+)(?=/)", r"\1.\2"),                      # down.0.downsample
+    (r"(?<![^/])(down|up)_(\d+)(?=/)", r"\1.\2"),  # down.0.downsample
 )
 
 
@@ -48,11 +41,8 @@ def _config(config):
 
 
 def load_config(spec: str):
-    """'d32' (a name in configs/bsq_vae.py) or 'path/to/file.py[:arg]' -> ConfigDict."""
-    from infinity_jax import config_util
-    if not (spec.endswith(".py") or ":" in spec):
-        spec = f"bsq_vae:{spec}"  # a bare name: configs/bsq_vae.py of this checkout, from any working directory
-    return config_util.load_config(spec)  # a missing file is a FileNotFoundError naming it
+    """'d32' (a configs/bsq_vae.py argument) or any config spec (name:arg, file.py[:arg]) -> ConfigDict."""
+    return config_util.load_config(spec, module="bsq_vae")
 
 
 def quantizer_mask(d: int) -> np.ndarray:
@@ -62,17 +52,15 @@ def quantizer_mask(d: int) -> np.ndarray:
 
 def key_table(config) -> dict[str, tuple[str, str, tuple[int, ...], tuple[int, ...]]]:
     """official key -> (our param path, layout name, official shape, our shape), for every parameter."""
-    from infinity_jax.tokenizer import vae
-    m = vae.from_config(_config(config), dtype="float32")
+    m = vae_lib.from_config(_config(config), dtype="float32")
     arch = (m.base_ch, m.ch_mult, m.num_res_blocks, m.z_channels, m.codebook_dim, m.patch_size, m.in_channels)
     return dict(_key_table(arch))
 
 
 @functools.lru_cache(maxsize=16)
 def _key_table(arch: tuple) -> tuple:
-    from infinity_jax.tokenizer import vae
     fields = ("base_ch", "ch_mult", "num_res_blocks", "z_channels", "codebook_dim", "patch_size", "in_channels")
-    abstract = common.flatten(vae.abstract_params(vae.BSQVAE(**dict(zip(fields, arch)))))
+    abstract = fileio.flatten(vae_lib.abstract_params(vae_lib.BSQVAE(**dict(zip(fields, arch)))))
     table = {}
     for path, leaf in abstract.items():
         layout = "conv" if path.endswith("/kernel") else "same"
@@ -111,17 +99,19 @@ def torch_to_params(state_dict: Mapping[str, Any], config, dtype=np.float32) -> 
     what = f"BSQ-VAE state dict (config {config.get('name', '?')!r})"
     table = key_table(config)
     expected = expected_state_dict_shapes(config)
-    sd = _accept_old_names({k: common.as_numpy(v) for k, v in state_dict.items()}, expected)
+    sd = _accept_old_names({k: as_numpy(v) for k, v in state_dict.items()}, expected)
     check_state_dict(sd, expected, what)
     want = quantizer_mask(int(config.codebook_dim))
     for k in MASK_KEYS:
         if not np.array_equal(sd[k].astype(np.int64), want):
-            raise ValueError(f"{what}: {k} = {sd[k][:4]}...; expected the powers of two {want[:4]}... "
-                             f"(is d = {config.codebook_dim} right?)")
+            raise ValueError(
+                f"{what}: {k} = {sd[k][:4]}...; expected the powers of two {want[:4]}... "
+                f"(is d = {config.codebook_dim} right?)"
+            )
     flat = {}
     for key, (path, layout, _, _) in table.items():
         flat[path] = common.cast_exact(common.LAYOUTS[layout][0](sd[key]), dtype, f"{what}: {key}")
-    return common.unflatten(flat)
+    return fileio.unflatten(flat)
 
 
 def params_to_torch(params: Mapping[str, Any], config, dtype=None) -> dict[str, np.ndarray]:
@@ -131,9 +121,12 @@ def params_to_torch(params: Mapping[str, Any], config, dtype=None) -> dict[str, 
     """
     config = _config(config)
     table = key_table(config)
-    flat = {k: common.as_numpy(v) for k, v in common.flatten(params).items()}
-    check_state_dict(flat, {path: ours for path, _, _, ours in table.values()},
-                     f"BSQ-VAE params (config {config.get('name', '?')!r})")
+    flat = {k: as_numpy(v) for k, v in fileio.flatten(params).items()}
+    check_state_dict(
+        flat,
+        {path: ours for path, _, _, ours in table.values()},
+        f"BSQ-VAE params (config {config.get('name', '?')!r})",
+    )
     target = None if dtype is None else _np_dtype(dtype)
     sd = {}
     for key, (path, layout, _, _) in table.items():
@@ -155,42 +148,3 @@ def load_official_state_dict(path: str, key: str | None = None) -> dict[str, np.
         return load_state_dict(path, key="vae")
     except (KeyError, TypeError):  # no 'vae' entry (or a flat dict of tensors): read it as it is
         return load_state_dict(path)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="infinity-jax convert-vae", description=__doc__.split("\n\n")[0])
-    p.add_argument("--in", dest="inp", required=True, help="official .pth/.safetensors/.npz (or our params with --to-torch)")
-    p.add_argument("--out", required=True, help="our params .npz/.msgpack (or an official .pth/.safetensors/.npz with --to-torch)")
-    p.add_argument("--config", default="d32", help="configs/bsq_vae.py name (d16 d24 d32 d32reg d64 tiny) or file.py[:arg]")
-    p.add_argument("--to-torch", action="store_true", help="convert our params back to the official state dict")
-    p.add_argument("--key", default=None, help="sub-dict of a training checkpoint to read (default: 'vae' if present)")
-    p.add_argument("--dtype", default=None, help="with --to-torch: dtype of the written weights (default: as the params)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    args = p.parse_args(argv)
-    # everything that can be checked is checked before the conversion; nothing is written on error
-    common.check_conversion_args(args, official_out=args.to_torch)
-    try:
-        config = load_config(args.config)
-        key_table(config)  # builds the model: a config whose sizes do not fit together fails here
-    except (ValueError, TypeError) as e:
-        raise UsageError(f"--config {args.config!r}: {common.one_line(e)}") from e
-    try:
-        if args.to_torch:
-            sd = params_to_torch(common.load_params(args.inp), config, dtype=args.dtype)
-        else:
-            params = torch_to_params(load_official_state_dict(args.inp, args.key), config)
-    except (ValueError, KeyError) as e:  # not a state dict / params file, or keys and shapes that do not fit
-        raise UsageError(f"--in {args.inp!r} (config {args.config!r}): {common.one_line(e)}") from e
-    if args.to_torch:
-        save_state_dict(sd, args.out)
-        n = sum(int(np.size(v)) for k, v in sd.items() if k not in MASK_KEYS)
-    else:
-        common.save_params(params, args.out)
-        n = sum(int(np.size(v)) for v in common.flatten(params).values())
-    print(f"convert-vae: {args.inp} -> {args.out} (config {config.name}, {n:,} parameters)", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    from infinity_jax import cli
-    sys.exit(cli.main(["convert-vae", *sys.argv[1:]]))

@@ -2,9 +2,9 @@
 
 Without random augmentation the frozen VAE encoder gives the same output every epoch, so its
 cost per step (large on big images, small next to the transformer in the shapes demo: about 2%
-of a step at 32x32, measured) can be paid once: `build` runs the input pipeline once (one epoch, fixed order, this host's shard), keeps
-the continuous encoder output z (before quantization: self-correction re-quantizes it every step)
-and the tokenized captions, and `CachedBatches` serves shuffled batches of them:
+of a step at 32x32, measured) can be paid once: `build` runs the input pipeline once (one epoch, fixed
+order, this host's shard), keeps the continuous encoder output z (before quantization: self-correction
+re-quantizes it every step) and the tokenized captions, and `CachedBatches` serves shuffled batches of them:
 
     cache = latent_cache.ensure(folder, data_cfg, encode, tokenizer, fingerprint)
     batches = latent_cache.CachedBatches(cache, batch_size, seed)   # {'latent', 'tokens', 'token_mask'}
@@ -16,6 +16,7 @@ different fingerprint is an error naming what changed. Captions are chosen once 
 so data.short_cap_prob must be 0 or 1 and data.random_flip off (both would otherwise be frozen
 into one draw).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,8 +28,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from infinity_jax.convert.common import atomic_folder
 from infinity_jax.data import pipeline
+from infinity_jax.fileio import atomic_folder
 
 log = logging.getLogger(__name__)
 ARRAYS = ("latent", "tokens", "token_mask")
@@ -41,16 +42,26 @@ def shard_folder(folder: str, shard: tuple[int, int]) -> str:
 def check_cacheable(cfg: pipeline.DataConfig) -> None:
     """Refuses settings whose per-epoch randomness a one-time encode would freeze."""
     if cfg.random_flip:
-        raise ValueError("data.random_flip=True with a latent cache: the flip would be drawn once and frozen; "
-                         "expected random_flip=False (or no cache)")
+        raise ValueError(
+            "data.random_flip=True with a latent cache: the flip would be drawn once and frozen; "
+            "expected random_flip=False (or no cache)"
+        )
     if cfg.short_cap_prob not in (0.0, 1.0) or cfg.dynamic_length_prompt:
-        raise ValueError(f"data.short_cap_prob={cfg.short_cap_prob}, dynamic_length_prompt="
-                         f"{cfg.dynamic_length_prompt} with a latent cache: captions would be drawn once and "
-                         "frozen; expected short_cap_prob 0 or 1 and no dynamic length (or no cache)")
+        raise ValueError(
+            f"data.short_cap_prob={cfg.short_cap_prob}, dynamic_length_prompt="
+            f"{cfg.dynamic_length_prompt} with a latent cache: captions would be drawn once and "
+            "frozen; expected short_cap_prob 0 or 1 and no dynamic length (or no cache)"
+        )
 
 
-def build(folder: str, cfg: pipeline.DataConfig, encode: Callable[[np.ndarray], Any],
-          tokenizer: pipeline.Tokenizer, fingerprint: Mapping[str, Any], shard: tuple[int, int]) -> str:
+def build(
+    folder: str,
+    cfg: pipeline.DataConfig,
+    encode: Callable[[np.ndarray], Any],
+    tokenizer: pipeline.Tokenizer,
+    fingerprint: Mapping[str, Any],
+    shard: tuple[int, int],
+) -> str:
     """Encodes this host's shard of one epoch into shard_folder(folder, shard); returns that path.
 
     encode: images (B, H, W, 3) uint8 -> latents (B, h, w, d) (the frozen VAE encoder, jitted).
@@ -67,18 +78,27 @@ def build(folder: str, cfg: pipeline.DataConfig, encode: Callable[[np.ndarray], 
         parts["token_mask"].append(batch["token_mask"])
         if i % 50 == 0 or i == total:
             rate = i / (time.perf_counter() - t0)
-            log.info("latent cache %s: %d/%d batches (%.1f batches/s, ETA %.0f s)", out, i, total, rate,
-                     (total - i) / rate)
+            log.info(
+                "latent cache %s: %d/%d batches (%.1f batches/s, ETA %.0f s)", out, i, total, rate, (total - i) / rate
+            )
     if not parts["latent"]:
         raise ValueError(f"latent cache: dataset {cfg.path} gave no batches of {cfg.batch_size}")
     with atomic_folder(out) as tmp:
         for k, v in parts.items():
             np.save(os.path.join(tmp, f"{k}.npy"), np.concatenate(v))
         with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump({"fingerprint": dict(fingerprint), "examples": int(sum(len(v) for v in parts["latent"])),
-                       "seconds": time.perf_counter() - t0}, f, indent=1)
-    log.info("latent cache %s: %d examples in %.0f s", out, sum(len(v) for v in parts["latent"]),
-             time.perf_counter() - t0)
+            json.dump(
+                {
+                    "fingerprint": dict(fingerprint),
+                    "examples": int(sum(len(v) for v in parts["latent"])),
+                    "seconds": time.perf_counter() - t0,
+                },
+                f,
+                indent=1,
+            )
+    log.info(
+        "latent cache %s: %d examples in %.0f s", out, sum(len(v) for v in parts["latent"]), time.perf_counter() - t0
+    )
     return out
 
 
@@ -90,9 +110,11 @@ def load(folder: str, fingerprint: Mapping[str, Any], shard: tuple[int, int]) ->
     want = json.loads(json.dumps(dict(fingerprint)))  # the JSON round trip meta.json went through
     diff = sorted(k for k in set(want) | set(meta["fingerprint"]) if want.get(k) != meta["fingerprint"].get(k))
     if diff:
-        raise ValueError(f"latent cache {path} was built with other settings: "
-                         + "; ".join(f"{k}: cache {meta['fingerprint'].get(k)!r}, now {want.get(k)!r}" for k in diff)
-                         + ". Delete it or point data.latent_cache at another folder")
+        raise ValueError(
+            f"latent cache {path} was built with other settings: "
+            + "; ".join(f"{k}: cache {meta['fingerprint'].get(k)!r}, now {want.get(k)!r}" for k in diff)
+            + ". Delete it or point data.latent_cache at another folder"
+        )
     return {k: np.load(os.path.join(path, f"{k}.npy")) for k in ARRAYS}
 
 
@@ -126,7 +148,7 @@ class CachedBatches:
         if self._order is None or self._order[0] != epoch:
             n = len(self._arrays["latent"])
             self._order = (epoch, np.random.default_rng([self._seed, epoch]).permutation(n))
-        idx = np.sort(self._order[1][b * self._B:(b + 1) * self._B])
+        idx = np.sort(self._order[1][b * self._B : (b + 1) * self._B])
         self._step += 1
         return {k: v[idx] for k, v in self._arrays.items()}
 

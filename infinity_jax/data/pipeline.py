@@ -38,6 +38,7 @@ and replaced in its batch by a copy of another example of the same batch; a batc
 all fail is skipped. Iterator state (`it.get_state()`) checkpoints with orbax through
 `grain.checkpoint.CheckpointSave(it)` / `CheckpointRestore(it)` and resumes at the next batch.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -66,22 +67,23 @@ def default_worker_count() -> int:
 class DataConfig:
     """Pipeline settings. path: a dataset built by `infinity-jax data prepare` (its --out folder or
     the dataset folder). batch_size is per host."""
+
     path: str
     batch_size: int
     split: str = sources.SPLIT
     seed: int = 0
     shuffle: bool = True
-    num_epochs: int | None = None          # None: repeat forever
-    pn: str = "0.06M"                      # pixel budget of the official templates
+    num_epochs: int | None = None  # None: repeat forever
+    pn: str = "0.06M"  # pixel budget of the official templates
     image_size: int | tuple[int, int] | None = None  # fixed (H, W) output instead of templates
     random_flip: bool = False
-    short_cap_prob: float = 0.2            # official code default (its train script uses 0.5)
-    dynamic_length_prompt: bool = False    # official `enable_dynamic_length_prompt`
-    image_dtype: str = "uint8"             # 'uint8' or 'float32' ([-1, 1])
+    short_cap_prob: float = 0.2  # official code default (its train script uses 0.5)
+    dynamic_length_prompt: bool = False  # official `enable_dynamic_length_prompt`
+    image_dtype: str = "uint8"  # 'uint8' or 'float32' ([-1, 1])
     fast_decode: bool = True
-    worker_count: int | None = None        # processes; None: default_worker_count(); 0: in-process
-    worker_buffer_size: int = 2            # batches each worker keeps ready
-    num_threads: int = 2                   # threads per process decoding batches in parallel
+    worker_count: int | None = None  # processes; None: default_worker_count(); 0: in-process
+    worker_buffer_size: int = 2  # batches each worker keeps ready
+    num_threads: int = 2  # threads per process decoding batches in parallel
     log_every: int = 100
 
     @classmethod
@@ -103,6 +105,7 @@ def to_float(images):
 
 
 # ---------------------------------------------------------------- per-example transforms
+
 
 def decode_resize_crop(data: bytes, size: tuple[int, int], fast: bool = True) -> np.ndarray:
     """Encoded image -> (H, W, 3) uint8: scale to cover (H, W) keeping the aspect ratio, center crop.
@@ -131,8 +134,9 @@ def _cut_dashes(text: str) -> str:
     return head if head else text
 
 
-def choose_caption(long: str, short: str, long_type: str, rng: np.random.Generator, short_prob: float,
-                   dynamic_length: bool) -> str:
+def choose_caption(
+    long: str, short: str, long_type: str, rng: np.random.Generator, short_prob: float, dynamic_length: bool
+) -> str:
     """The caption for one training step, by the official rule (see module docstring)."""
     r = rng.random()
     if dynamic_length and long_type not in ("", "user_prompt"):
@@ -145,7 +149,7 @@ def choose_caption(long: str, short: str, long_type: str, rng: np.random.Generat
         elif len(sentences) <= n_short:
             out = long
         else:
-            out = ".".join(sentences[:int(rng.integers(n_short + 1, len(sentences) + 1))])
+            out = ".".join(sentences[: int(rng.integers(n_short + 1, len(sentences) + 1))])
     else:
         out = short if short and r < short_prob else long
     return _cut_dashes(out)
@@ -156,6 +160,7 @@ def _text(v) -> str:
 
 
 # ---------------------------------------------------------------- the batch plan
+
 
 def epoch_batches(templates: np.ndarray, global_batch: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
     """(num_batches, global_batch) record indices of one epoch; each row holds one template.
@@ -168,7 +173,7 @@ def epoch_batches(templates: np.ndarray, global_batch: int, seed: int, epoch: in
     for t in np.unique(templates):  # sorted, so the order does not depend on the data
         idx = order[templates[order] == t]
         nb = len(idx) // global_batch
-        rows.append(idx[:nb * global_batch].reshape(nb, global_batch))
+        rows.append(idx[: nb * global_batch].reshape(nb, global_batch))
     rows = np.concatenate(rows) if rows else np.zeros((0, global_batch), np.int64)
     return rows[rng.permutation(len(rows))] if shuffle else rows
 
@@ -176,8 +181,16 @@ def epoch_batches(templates: np.ndarray, global_batch: int, seed: int, epoch: in
 class _Plan(grain.MapDataset):
     """Element k: this host's record indices of global batch k (epochs laid end to end)."""
 
-    def __init__(self, templates: np.ndarray, batch_size: int, shard_index: int, shard_count: int,
-                 seed: int, shuffle: bool, num_epochs: int | None):
+    def __init__(
+        self,
+        templates: np.ndarray,
+        batch_size: int,
+        shard_index: int,
+        shard_count: int,
+        seed: int,
+        shuffle: bool,
+        num_epochs: int | None,
+    ):
         super().__init__()
         self._templates, self._B, self._shard, self._count = templates, batch_size, shard_index, shard_count
         self._seed, self._shuffle = seed, shuffle
@@ -201,8 +214,13 @@ class _Plan(grain.MapDataset):
             self._cache = {**{e: r for e, r in self._cache.items() if e == epoch - 1}, epoch: rows}
         cols = slice(self._shard * self._B, (self._shard + 1) * self._B)
         idx = rows[b, cols]
-        return {"indices": idx, "epoch": epoch, "batch": b, "col0": cols.start,
-                "template": float(self._templates[idx[0]])}
+        return {
+            "indices": idx,
+            "epoch": epoch,
+            "batch": b,
+            "col0": cols.start,
+            "template": float(self._templates[idx[0]]),
+        }
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -238,8 +256,14 @@ class _LoadBatch:
             if spec:
                 flipped = shapes.flip_spec(json.loads(spec))
                 long, spec = flipped["caption"], shapes.dumps(flipped)
-        cap = choose_caption(long, _text(rec.get("text", "")), _text(rec.get("long_caption_type", "")), rng,
-                             self.cfg.short_cap_prob, self.cfg.dynamic_length_prompt)
+        cap = choose_caption(
+            long,
+            _text(rec.get("text", "")),
+            _text(rec.get("long_caption_type", "")),
+            rng,
+            self.cfg.short_cap_prob,
+            self.cfg.dynamic_length_prompt,
+        )
         return {"image": np.ascontiguousarray(img), "caption": cap, "spec": spec}
 
     def __call__(self, plan: dict) -> dict | None:
@@ -281,9 +305,11 @@ class _LoadBatch:
 
 # ---------------------------------------------------------------- the dataset
 
+
 def _shard(shard) -> tuple[int, int]:
     if shard is None:
         import jax
+
         return jax.process_index(), jax.process_count()
     if hasattr(shard, "shard_index"):  # grain.sharding.ShardOptions
         return int(shard.shard_index), int(shard.shard_count)
@@ -293,8 +319,9 @@ def _shard(shard) -> tuple[int, int]:
     return index, count
 
 
-def make_dataset(cfg: DataConfig, tokenizer: Tokenizer | None = None, shard=None,
-                 start_batch: int = 0) -> grain.IterDataset:
+def make_dataset(
+    cfg: DataConfig, tokenizer: Tokenizer | None = None, shard=None, start_batch: int = 0
+) -> grain.IterDataset:
     """The training input pipeline as a grain IterDataset (see the module docstring).
 
     tokenizer: captions -> (ids (B, L), mask (B, L)); must be picklable when worker_count > 0.
@@ -310,8 +337,10 @@ def make_dataset(cfg: DataConfig, tokenizer: Tokenizer | None = None, shard=None
     if cfg.image_dtype not in ("uint8", "float32"):
         raise ValueError(f"image_dtype={cfg.image_dtype!r}: expected 'uint8' or 'float32'")
     if cfg.image_size is None and cfg.pn not in schedules.PIXEL_BUDGETS:
-        raise ValueError(f"pn={cfg.pn!r}: expected one of {sorted(schedules.PIXEL_BUDGETS)} "
-                         "(or set image_size for a fixed output size)")
+        raise ValueError(
+            f"pn={cfg.pn!r}: expected one of {sorted(schedules.PIXEL_BUDGETS)} "
+            "(or set image_size for a fixed output size)"
+        )
     if not 0.0 <= cfg.short_cap_prob <= 1.0:
         raise ValueError(f"short_cap_prob={cfg.short_cap_prob}: expected a probability in [0, 1]")
     index, count = _shard(shard)
@@ -325,8 +354,10 @@ def make_dataset(cfg: DataConfig, tokenizer: Tokenizer | None = None, shard=None
     plan = _Plan(templates, cfg.batch_size, index, count, cfg.seed, cfg.shuffle, cfg.num_epochs)
     if plan.per_epoch == 0:
         sizes = {float(t): int(n) for t, n in zip(*np.unique(templates, return_counts=True))}
-        raise ValueError(f"dataset {cfg.path} split {cfg.split!r}: no template has enough examples for one "
-                         f"global batch of {cfg.batch_size}x{count}; examples per template: {sizes}")
+        raise ValueError(
+            f"dataset {cfg.path} split {cfg.split!r}: no template has enough examples for one "
+            f"global batch of {cfg.batch_size}x{count}; examples per template: {sizes}"
+        )
     if start_batch < 0:
         raise ValueError(f"start_batch={start_batch}: expected >= 0")
     ds = (plan[start_batch:] if start_batch else plan).map(_LoadBatch(src, cfg, tokenizer))
@@ -335,10 +366,12 @@ def make_dataset(cfg: DataConfig, tokenizer: Tokenizer | None = None, shard=None
     workers = default_worker_count() if cfg.worker_count is None else cfg.worker_count
     if workers > 0:
         from absl import flags
+
         if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags
             flags.FLAGS.mark_as_parsed()
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                        per_worker_buffer_size=cfg.worker_buffer_size))
+        ds = ds.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=cfg.worker_buffer_size)
+        )
     return ds
 
 

@@ -39,6 +39,7 @@ Spec (JSON-serialisable dict, one per image):
 Boxes are pixel coordinates, x to the right and y down, x1/y1 exclusive. The named objects come
 first, in caption order.
 """
+
 from __future__ import annotations
 
 import copy
@@ -49,8 +50,12 @@ from PIL import Image, ImageDraw
 
 SHAPES = ("circle", "square", "triangle")
 PALETTE: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40), "green": (40, 180, 70), "blue": (50, 90, 230),
-    "yellow": (240, 215, 40), "purple": (150, 60, 200), "white": (245, 245, 245),
+    "red": (220, 40, 40),
+    "green": (40, 180, 70),
+    "blue": (50, 90, 230),
+    "yellow": (240, 215, 40),
+    "purple": (150, 60, 200),
+    "white": (245, 245, 245),
 }
 BACKGROUND = (32, 32, 32)
 CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
@@ -58,10 +63,17 @@ RELATIONS = ("left of", "right of", "above", "below")
 LAYOUTS = ("random", "slots")
 # object sides as fractions of the image side [lo, hi), by layout and object count (1, 2, 3 or more);
 # a slot has room for a larger object than a place drawn anywhere
-OBJECT_SIZES = {"random": {1: (0.2, 0.34), 2: (0.2, 0.34), 3: (0.16, 0.26)},
-                "slots": {1: (0.3, 0.5), 2: (0.25, 0.41), 3: (0.2, 0.34)}}
+OBJECT_SIZES = {
+    "random": {1: (0.2, 0.34), 2: (0.2, 0.34), 3: (0.16, 0.26)},
+    "slots": {1: (0.3, 0.5), 2: (0.25, 0.41), 3: (0.2, 0.34)},
+}
 NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
 _MIRROR = {"left of": "right of", "right of": "left of", "above": "above", "below": "below"}
+# the demo recipe (infinity-jax demo, configs/shapes.py): its held-out prompts come from a dataset seed
+# never trained on (training data uses seed 0), and are sampled at CFG SAMPLE_CFG and temperature
+# SAMPLE_TAU (strings: a number or one per scale), chosen on another unseen seed (4242), never on them
+HELD_OUT_SEED = 9176
+SAMPLE_CFG, SAMPLE_TAU = "1.5", "0.2"
 
 
 def caption(spec: dict) -> str:
@@ -101,8 +113,11 @@ def _slot_centres(n: int, relation: str | None) -> list[tuple[float, float]]:
     if n == 1:
         return [(0.5, 0.5)]
     if n == 2:
-        first, second = {"right of": ((0.75, 0.5), (0.25, 0.5)), "above": ((0.5, 0.25), (0.5, 0.75)),
-                         "below": ((0.5, 0.75), (0.5, 0.25))}.get(relation, ((0.25, 0.5), (0.75, 0.5)))
+        first, second = {
+            "right of": ((0.75, 0.5), (0.25, 0.5)),
+            "above": ((0.5, 0.25), (0.5, 0.75)),
+            "below": ((0.5, 0.75), (0.5, 0.25)),
+        }.get(relation, ((0.25, 0.5), (0.75, 0.5)))
         return [first, second]
     if n == 3:
         return [(0.25, 0.25), (0.75, 0.25), (0.5, 0.75)]
@@ -111,8 +126,9 @@ def _slot_centres(n: int, relation: str | None) -> list[tuple[float, float]]:
     raise ValueError(f"slots layout for {n} objects: expected 1 to 4")
 
 
-def _place(rng: np.random.Generator, n: int, H: int, W: int, relation: str | None, layout: str = "random",
-           tries: int = 2000):
+def _place(
+    rng: np.random.Generator, n: int, H: int, W: int, relation: str | None, layout: str = "random", tries: int = 2000
+):
     """n non-overlapping square boxes [x0, y0, x1, y1) inside (H, W) by `layout`; raises if none fit."""
     side = min(H, W)
     lo_frac, hi_frac = OBJECT_SIZES[layout][min(n, 3)]
@@ -127,8 +143,10 @@ def _place(rng: np.random.Generator, n: int, H: int, W: int, relation: str | Non
             y0 = int(round(fy * H - s / 2)) + int(rng.integers(*j))
             return min(max(x0, 1), W - s - 1), min(max(y0, 1), H - s - 1)
     else:
+
         def corner(i: int, s: int) -> tuple[int, int]:
             return int(rng.integers(1, W - s)), int(rng.integers(1, H - s))
+
     for _ in range(tries):
         boxes = []
         for i in range(n):
@@ -140,8 +158,9 @@ def _place(rng: np.random.Generator, n: int, H: int, W: int, relation: str | Non
             boxes.append(box)
         if len(boxes) == n and (relation is None or _relation_holds(boxes[0], boxes[1], relation)):
             return boxes
-    raise ValueError(f"could not place {n} objects ({layout} layout) in a {H}x{W} image; expected an image of "
-                     "at least 32x32")
+    raise ValueError(
+        f"could not place {n} objects ({layout} layout) in a {H}x{W} image; expected an image of at least 32x32"
+    )
 
 
 def _draw(img: ImageDraw.ImageDraw, shape: str, box, rgb) -> None:
@@ -165,8 +184,13 @@ def check_categories(categories) -> tuple[str, ...]:
     return categories
 
 
-def make_spec(index: int, seed: int = 0, size: int | tuple[int, int] = 64,
-              categories: tuple[str, ...] = CATEGORIES, layout: str = "random") -> dict:
+def make_spec(
+    index: int,
+    seed: int = 0,
+    size: int | tuple[int, int] = 64,
+    categories: tuple[str, ...] = CATEGORIES,
+    layout: str = "random",
+) -> dict:
     """The spec (objects, colours, boxes, caption) of example `index`; deterministic in its arguments."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
@@ -186,13 +210,13 @@ def make_spec(index: int, seed: int = 0, size: int | tuple[int, int] = 64,
         shapes = pick(SHAPES) * spec["count"]
     else:  # two distinct shapes
         shapes = pick(SHAPES, 2)
-    obj_colors = pick(colors, 2) if cat == "color_attr" else [colors[int(rng.integers(len(colors)))]
-                                                                  for _ in shapes]
+    obj_colors = pick(colors, 2) if cat == "color_attr" else [colors[int(rng.integers(len(colors)))] for _ in shapes]
     if cat == "position":
         spec["relation"] = RELATIONS[int(rng.integers(len(RELATIONS)))]
     boxes = _place(rng, len(shapes), H, W, spec.get("relation"), layout)
-    spec["objects"] = [{"shape": s, "color": c, "rgb": list(PALETTE[c]), "box": b}
-                       for s, c, b in zip(shapes, obj_colors, boxes)]
+    spec["objects"] = [
+        {"shape": s, "color": c, "rgb": list(PALETTE[c]), "box": b} for s, c, b in zip(shapes, obj_colors, boxes)
+    ]
     spec.update(size=[H, W], background=list(BACKGROUND))
     spec["caption"] = caption(spec)
     return spec
@@ -208,11 +232,25 @@ def draw(spec: dict) -> np.ndarray:
     return np.asarray(im)
 
 
-def render(index: int, seed: int = 0, size: int | tuple[int, int] = 64,
-           categories: tuple[str, ...] = CATEGORIES, layout: str = "random") -> tuple[np.ndarray, str, dict]:
+def render(
+    index: int,
+    seed: int = 0,
+    size: int | tuple[int, int] = 64,
+    categories: tuple[str, ...] = CATEGORIES,
+    layout: str = "random",
+) -> tuple[np.ndarray, str, dict]:
     """Example `index`: (image (H, W, 3) uint8, caption, spec)."""
     spec = make_spec(index, seed, size, categories, layout)
     return draw(spec), spec["caption"], spec
+
+
+def held_out_prompts(
+    n: int, size: int, layout: str = "random", categories: tuple[str, ...] | None = None, seed: int = HELD_OUT_SEED
+) -> tuple[list[str], list[np.ndarray]]:
+    """n captions and ground-truth images (H, W, 3) uint8 from a dataset seed the models never saw (another
+    unseen seed, such as 4242, checks a run beyond the demo's own held-out prompts: README, "The demo")."""
+    examples = [render(i, seed, size, categories or CATEGORIES, layout) for i in range(n)]
+    return [cap for _, cap, _ in examples], [np.asarray(image) for image, _, _ in examples]
 
 
 def flip_spec(spec: dict) -> dict:

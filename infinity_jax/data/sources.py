@@ -29,6 +29,7 @@ undecodable images and bad caption records are counted, logged once per `log_eve
 metadata.json keeps the counts ("skipped") and the first SkipCounter.KEEP of them, each naming its
 file (and line) and what was wrong ("skipped_examples"). A source with no usable example is an error.
 """
+
 from __future__ import annotations
 
 import collections
@@ -105,6 +106,7 @@ def check_image(data: bytes, verify: str = "decode") -> tuple[int, int]:
 @dataclass
 class _Item:
     """One candidate example: its aspect ratio (for sorting) and how to get its bytes and fields."""
+
     h_div_w: float
     load: Callable[[], bytes]
     fields: dict
@@ -113,15 +115,17 @@ class _Item:
 
 
 def _features() -> tfds.features.FeaturesDict:
-    return tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=(None, None, 3)),
-        "h_div_w": tfds.features.Scalar(np.float32),
-        "long_caption": tfds.features.Text(),
-        "text": tfds.features.Text(),
-        "long_caption_type": tfds.features.Text(),
-        "spec": tfds.features.Text(),
-        "source": tfds.features.Text(),
-    })
+    return tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "h_div_w": tfds.features.Scalar(np.float32),
+            "long_caption": tfds.features.Text(),
+            "text": tfds.features.Text(),
+            "long_caption_type": tfds.features.Text(),
+            "spec": tfds.features.Text(),
+            "source": tfds.features.Text(),
+        }
+    )
 
 
 class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -133,8 +137,17 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # (and need the importlib_resources package to do it).
     code_path = None
 
-    def __init__(self, *, data_dir: str, options: dict, verify: str = "decode", log_every: int = 100,
-                 progress: bool = True, threads: int | None = None, **kwargs):
+    def __init__(
+        self,
+        *,
+        data_dir: str,
+        options: dict,
+        verify: str = "decode",
+        log_every: int = 100,
+        progress: bool = True,
+        threads: int | None = None,
+        **kwargs,
+    ):
         self._options, self._verify, self._progress = dict(options), verify, progress
         self._threads = threads or os.cpu_count() or 1
         self._skips = SkipCounter(f"prepare {self.name}", log_every)
@@ -150,8 +163,13 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _info(self) -> tfds.core.DatasetInfo:
         # disable_shuffling: records stay in key order, i.e. sorted by template (see module doc).
-        return tfds.core.DatasetInfo(builder=self, description=self.DESCRIPTION, features=_features(),
-                                     disable_shuffling=True, metadata=tfds.core.MetadataDict())
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=self.DESCRIPTION,
+            features=_features(),
+            disable_shuffling=True,
+            metadata=tfds.core.MetadataDict(),
+        )
 
     def _split_generators(self, dl_manager):
         return {SPLIT: self._generate_examples()}
@@ -175,8 +193,10 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _generate_examples(self) -> Iterator[tuple[int, dict]]:
         items = self._items()
         if not items:
-            raise UsageError(f"{self.name}: the source {self._options.get('source')!r} lists no examples; skipped "
-                             f"{self._skips.summary()}")
+            raise UsageError(
+                f"{self.name}: the source {self._options.get('source')!r} lists no examples; skipped "
+                f"{self._skips.summary()}"
+            )
         templates = [schedules.nearest_h_div_w(it.h_div_w) for it in items]
         order = sorted(range(len(items)), key=lambda i: templates[i])  # stable: source order within a template
         runs: list[list] = []
@@ -191,18 +211,31 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 runs[-1][2] += 1
             else:
                 runs.append([templates[i], kept, 1])
-            yield kept, {"image": data, "h_div_w": np.float32(it.h_div_w), "source": it.source,
-                         **{k: it.fields.get(k, "") for k in ("long_caption", "text", "long_caption_type", "spec")}}
+            yield (
+                kept,
+                {
+                    "image": data,
+                    "h_div_w": np.float32(it.h_div_w),
+                    "source": it.source,
+                    **{k: it.fields.get(k, "") for k in ("long_caption", "text", "long_caption_type", "spec")},
+                },
+            )
             kept += 1
         if kept == 0:
-            raise UsageError(f"{self.name}: no usable example in {self._options.get('source')!r}; "
-                             f"skipped {self._skips.summary()}")
+            raise UsageError(
+                f"{self.name}: no usable example in {self._options.get('source')!r}; skipped {self._skips.summary()}"
+            )
         # Runs into metadata.json (written by tfds after generation finishes).
-        self.info.metadata.update(templates=runs, num_examples=kept, skipped=dict(self._skips.counts),
-                                  skipped_examples=list(self._skips.examples),
-                                  prepare={"kind": self.name, **self._options})
-        log.info("%s: wrote %d examples in %d aspect-ratio runs; skipped %s", self.name, kept, len(runs),
-                 self._skips.counts)
+        self.info.metadata.update(
+            templates=runs,
+            num_examples=kept,
+            skipped=dict(self._skips.counts),
+            skipped_examples=list(self._skips.examples),
+            prepare={"kind": self.name, **self._options},
+        )
+        log.info(
+            "%s: wrote %d examples in %d aspect-ratio runs; skipped %s", self.name, kept, len(runs), self._skips.counts
+        )
 
 
 def _ordered_map(fn, items, threads: int, window: int = 256):
@@ -225,6 +258,7 @@ def _progress(seq, enabled: bool, desc: str):
     if not enabled:
         return seq
     from tqdm import tqdm
+
     return tqdm(seq, desc=desc, unit="img", smoothing=0.1)
 
 
@@ -232,12 +266,14 @@ def _read_bytes(path: str) -> Callable[[], bytes]:
     def load() -> bytes:
         with open(path, "rb") as f:
             return f.read()
+
     return load
 
 
 # ---------------------------------------------------------------- the official jsonl format
 
 _SIDECARS = ("metadata.jsonl", "captions.jsonl")  # image_folder caption files, not official splits
+
 
 def jsonl_split_files(folder: str) -> list[str]:
     """The official split files of a dataset folder (the folder or its splits/ subfolder)."""
@@ -247,8 +283,10 @@ def jsonl_split_files(folder: str) -> list[str]:
         files = sorted(f for f in glob.glob(os.path.join(d, "*.jsonl")) if os.path.basename(f) not in _SIDECARS)
         if files:
             return files
-    raise FileNotFoundError(f"no *.jsonl split files in {folder!r} or {os.path.join(folder, 'splits')!r}; "
-                            "expected the official <h_div_w_template>_<count>.jsonl files")
+    raise FileNotFoundError(
+        f"no *.jsonl split files in {folder!r} or {os.path.join(folder, 'splits')!r}; "
+        "expected the official <h_div_w_template>_<count>.jsonl files"
+    )
 
 
 class _PathResolver:
@@ -309,8 +347,11 @@ class InfinityJsonl(_Builder, skip_registration=True):
                     if full is None:
                         self._skips.skip("missing image", f"{where} ({path})")
                         continue
-                    fields = {"long_caption": cap, "text": rec.get("text") or "",
-                              "long_caption_type": rec.get("long_caption_type") or ""}
+                    fields = {
+                        "long_caption": cap,
+                        "text": rec.get("text") or "",
+                        "long_caption_type": rec.get("long_caption_type") or "",
+                    }
                     items.append(_Item(h_div_w, _read_bytes(full), fields, full))
             if len(items) == n_before:
                 log.warning("infinity_jsonl: split file %s gave no examples", f)
@@ -410,6 +451,7 @@ class ImageFolder(_Builder, skip_registration=True):
 
 # ---------------------------------------------------------------- procedural shapes
 
+
 class Shapes(_Builder, skip_registration=True):
     """shapes.render(i, seed, size, categories, layout) for i < num_examples. options: num_examples,
     image_size, seed, layout (absent = 'random'), categories (absent = all of shapes.CATEGORIES)."""
@@ -429,13 +471,21 @@ class Shapes(_Builder, skip_registration=True):
                 buf = io.BytesIO()
                 Image.fromarray(img).save(buf, format="PNG")
                 return buf.getvalue()
+
             return load
 
         items = []
         for i in range(n):
             spec = shapes.make_spec(i, seed, (H, W), categories, layout)
-            items.append(_Item(H / W, loader(i), {"long_caption": spec["caption"], "spec": shapes.dumps(spec)},
-                               f"shapes:{i}", verify=False))
+            items.append(
+                _Item(
+                    H / W,
+                    loader(i),
+                    {"long_caption": spec["caption"], "spec": shapes.dumps(spec)},
+                    f"shapes:{i}",
+                    verify=False,
+                )
+            )
         return items
 
 
@@ -447,8 +497,10 @@ def detect_kind(source: str) -> str:
     if source == "shapes":
         return "shapes"
     if not os.path.isdir(source):
-        raise FileNotFoundError(f"source {source!r} does not exist; expected 'shapes', a folder of official "
-                                "jsonl splits, or an image folder")
+        raise FileNotFoundError(
+            f"source {source!r} does not exist; expected 'shapes', a folder of official "
+            "jsonl splits, or an image folder"
+        )
     try:
         jsonl_split_files(source)
         return "infinity_jsonl"
@@ -456,11 +508,24 @@ def detect_kind(source: str) -> str:
         return "image_folder"
 
 
-def prepare(kind: str, out: str, *, source: str | None = None, image_root: str | None = None,
-            limit: int | None = None, num_examples: int = 1000, image_size: int | tuple[int, int] = 64,
-            seed: int = 0, layout: str = "random", categories: tuple[str, ...] | None = None,
-            verify: str = "decode", overwrite: bool = False, progress: bool = True, log_every: int = 100,
-            threads: int | None = None) -> str:
+def prepare(
+    kind: str,
+    out: str,
+    *,
+    source: str | None = None,
+    image_root: str | None = None,
+    limit: int | None = None,
+    num_examples: int = 1000,
+    image_size: int | tuple[int, int] = 64,
+    seed: int = 0,
+    layout: str = "random",
+    categories: tuple[str, ...] | None = None,
+    verify: str = "decode",
+    overwrite: bool = False,
+    progress: bool = True,
+    log_every: int = 100,
+    threads: int | None = None,
+) -> str:
     """Builds dataset `kind` under `out` (tfds data_dir) and returns the dataset directory
     (`out/<kind>/1.0.0`), which `open_split` and the pipeline take.
 
@@ -492,8 +557,9 @@ def prepare(kind: str, out: str, *, source: str | None = None, image_root: str |
         options = {"source": os.path.abspath(source), "limit": limit}
         if kind == "infinity_jsonl":
             options["image_root"] = image_root
-    builder = BUILDERS[kind](data_dir=out, options=options, verify=verify, progress=progress,
-                             log_every=log_every, threads=threads)
+    builder = BUILDERS[kind](
+        data_dir=out, options=options, verify=verify, progress=progress, log_every=log_every, threads=threads
+    )
     mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
     if overwrite:
         mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD
@@ -501,8 +567,10 @@ def prepare(kind: str, out: str, *, source: str | None = None, image_root: str |
         had = dict((tfds.builder_from_directory(str(builder.data_dir)).info.metadata or {}).get("prepare", {}))
         want = json.loads(json.dumps({"kind": kind, **options}))  # as stored (tuples become lists)
         if had != want:
-            raise UsageError(f"{builder.data_dir} already holds a {kind} dataset built with {had}; asked for "
-                             f"{want}: expected another --out, or overwrite=True (--overwrite)")
+            raise UsageError(
+                f"{builder.data_dir} already holds a {kind} dataset built with {had}; asked for "
+                f"{want}: expected another --out, or overwrite=True (--overwrite)"
+            )
         log.info("%s: reusing the dataset already built in %s", kind, builder.data_dir)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
     return str(builder.data_dir)
@@ -510,19 +578,28 @@ def prepare(kind: str, out: str, *, source: str | None = None, image_root: str |
 
 # ---------------------------------------------------------------- reading a built dataset
 
+
 def find_dataset_dir(path: str) -> str:
     """The built dataset directory (holding dataset_info.json) at or below `path` (3 levels)."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"dataset path {path!r} does not exist; build one with "
-                                "`infinity-jax data prepare --source ... --out ...`")
+        raise FileNotFoundError(
+            f"dataset path {path!r} does not exist; build one with `infinity-jax data prepare --source ... --out ...`"
+        )
     if os.path.isfile(os.path.join(path, "dataset_info.json")):
         return path
-    found = sorted({os.path.dirname(p) for depth in ("*", "*/*", "*/*/*")
-                    for p in glob.glob(os.path.join(path, depth, "dataset_info.json"))})
+    found = sorted(
+        {
+            os.path.dirname(p)
+            for depth in ("*", "*/*", "*/*/*")
+            for p in glob.glob(os.path.join(path, depth, "dataset_info.json"))
+        }
+    )
     found = [d for d in found if "incomplete" not in os.path.basename(d)]
     if not found:
-        raise FileNotFoundError(f"no built dataset (dataset_info.json) at or below {path!r}; build one with "
-                                "`infinity-jax data prepare --source ... --out ...`")
+        raise FileNotFoundError(
+            f"no built dataset (dataset_info.json) at or below {path!r}; build one with "
+            "`infinity-jax data prepare --source ... --out ...`"
+        )
     if len(found) > 1:
         raise UsageError(f"{path!r} holds several built datasets {found}; expected a path to one of them")
     return found[0]
@@ -551,7 +628,7 @@ def record_h_div_w(src, info) -> np.ndarray:
     if runs and sum(r[2] for r in runs) == n:
         out = np.empty(n, np.float64)
         for tmpl, start, count in runs:
-            out[start:start + count] = tmpl
+            out[start : start + count] = tmpl
         return out
     log.warning("dataset has no template runs in metadata.json; reading h_div_w of all %d records", n)
     return np.array([schedules.nearest_h_div_w(float(src[i]["h_div_w"])) for i in range(n)])

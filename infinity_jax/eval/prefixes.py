@@ -10,26 +10,27 @@ that jumps between j and j + 1 names the scale whose sampled bits break the imag
 Also reported, teacher-forced on the truth (CFG 1, argmax per bit): per-scale bit accuracy and the
 share of positions whose d bits are all right, over all positions and over plain-background ones.
 """
+
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infinity_jax import demo
+from infinity_jax import runs, schedules
 from infinity_jax import sample as sampling
-from infinity_jax import schedules
-from infinity_jax.model.transformer import Infinity
+from infinity_jax.data import shapes as shapes_data
+from infinity_jax.eval import shapes as shapes_eval
+from infinity_jax.model.transformer import Infinity, InfinityConfig
+from infinity_jax.text.encoder import TextEncoder
 from infinity_jax.tokenizer import bsq
 
 
-def draw_after_prefix(model_cfg, schedule, params, text, text_mask, true_bits, num_true: int, seeds,
-                      sp: sampling.SamplingParams) -> list[jax.Array]:
+def draw_after_prefix(
+    model_cfg, schedule, params, text, text_mask, true_bits, num_true: int, seeds, sp: sampling.SamplingParams
+) -> list[jax.Array]:
     """Bits of every scale: the first `num_true` from `true_bits`, the rest drawn scale by scale.
 
     true_bits: list of K arrays (B, h_k, w_k, d); seeds (B,): image i draws scale k from
@@ -47,7 +48,7 @@ def draw_after_prefix(model_cfg, schedule, params, text, text_mask, true_bits, n
     for k in range(num_true, len(hws)):
         x = bsq.teacher_forcing_inputs(bits, schedule)  # scales >= k are placeholders, unseen by scale k
         logits = model.apply({"params": params}, text_all, mask_all, jnp.repeat(x, 2, 0), schedule)
-        lg = sampling.guide(logits[:, starts[k]:starts[k + 1]] * sp.inv_tau[k], sp.cond_w[k], sp.uncond_w[k])
+        lg = sampling.guide(logits[:, starts[k] : starts[k + 1]] * sp.inv_tau[k], sp.cond_w[k], sp.uncond_w[k])
         u = sampling.scale_uniforms(keys, k, lg.shape[1], d)
         drawn = sampling.sample_bits(lg.reshape(B, -1, d, 2), u, sp.top_k, sp.top_p, sp.greedy, sp.top_p_floor)
         bits[k] = drawn.reshape(B, *hws[k], d)
@@ -66,7 +67,7 @@ def teacher_forced_accuracy(model_cfg, schedule, params, text, text_mask, true_b
     pred = pred[..., 1] > pred[..., 0]
     out, start = [], 0
     for k, (h, w) in enumerate(hws):
-        ok = pred[:, start:start + h * w] == np.asarray(true_bits[k]).reshape(B, h * w, d).astype(bool)
+        ok = pred[:, start : start + h * w] == np.asarray(true_bits[k]).reshape(B, h * w, d).astype(bool)
         start += h * w
         row = {"scale": f"{h}x{w}", "bit_acc": float(ok.mean()), "all_bits_right": float(ok.all(-1).mean())}
         if background is not None:
@@ -74,33 +75,42 @@ def teacher_forced_accuracy(model_cfg, schedule, params, text, text_mask, true_b
             if H % h == 0 and W % w == 0:
                 bg = background.reshape(B, h, H // h, w, W // w).all((2, 4)).reshape(B, h * w)
                 if bg.any():
-                    row.update(background_share=float(bg.mean()), background_bit_acc=float(ok[bg].mean()),
-                               background_all_bits_right=float(ok[bg].all(-1).mean()))
+                    row.update(
+                        background_share=float(bg.mean()),
+                        background_bit_acc=float(ok[bg].mean()),
+                        background_all_bits_right=float(ok[bg].all(-1).mean()),
+                    )
         out.append(row)
     return out
 
 
-def prefix_scores(run: str, *, num_prompts: int = 120, cfg=demo.SAMPLE_CFG, tau=demo.SAMPLE_TAU, top_k: int = 900,
-                  top_p: float = 0.97, seed: int = 0, prefer_ema: bool = True, batch_size: int = 40,
-                  log=print) -> dict:
-    """The module docstring's measurement for the training run (or demo transformer folder) `run`."""
-    from infinity_jax import sample_cli
-    from infinity_jax.eval import shapes as shapes_eval
-    from infinity_jax.model.transformer import InfinityConfig
-    from infinity_jax.text.encoder import TextEncoder
-    from infinity_jax.train import cli as train_cli
+def prefix_scores(
+    run: str,
+    *,
+    num_prompts: int = 120,
+    cfg=shapes_data.SAMPLE_CFG,
+    tau=shapes_data.SAMPLE_TAU,
+    top_k: int = 900,
+    top_p: float = 0.97,
+    seed: int = 0,
+    prefer_ema: bool = True,
+    batch_size: int = 40,
+    log=print,
+) -> dict:
+    """The module docstring's measurement for the training run (or demo transformer folder) `run`; `log`
+    gets a progress line per batch. Bad input raises ValueError (UsageError from infinity_jax.runs)."""
     if num_prompts < 1:
         raise ValueError(f"num_prompts={num_prompts}: expected >= 1")
-    params, config = sample_cli.load_weights(run, "transformer", prefer_ema=prefer_ema)
+    params, config = runs.load_weights(run, "transformer", prefer_ema=prefer_ema)
     if config is None or "vae" not in config or "text" not in config:
         raise ValueError(f"{run!r}: expected a training run folder (its config names the VAE and text encoder)")
-    config = sample_cli.run_relative_paths(config, run)
+    config = runs.run_relative_paths(config, run)
     model_cfg = InfinityConfig.from_dict(config.model)
-    schedule = train_cli.schedule_from_config(config)
-    vae, _, vae_params = train_cli.build_vae(config)
-    encoder = TextEncoder(*train_cli.build_text(config))
+    schedule = runs.schedule_from_config(config)
+    vae, _, vae_params = runs.build_vae(config)
+    encoder = TextEncoder(*runs.build_text(config))
     size = int(config.data.image_size)
-    captions, truth = demo.held_out_prompts(num_prompts, size, _dataset_layout(config))
+    captions, truth = shapes_data.held_out_prompts(num_prompts, size, _dataset_layout(config))
     truth = np.stack(truth)
     sp = sampling.sampling_params(len(schedule), cfg, tau, top_k, top_p)
     tokenize = jax.jit(lambda p, x: vae.apply({"params": p}, x, schedule, method="tokenize"))
@@ -129,59 +139,39 @@ def prefix_scores(run: str, *, num_prompts: int = 120, cfg=demo.SAMPLE_CFG, tau=
     for k in range(K):  # prompt-weighted means over batches
         rows = [r[k] for r in accuracy_rows]
         keys = [key for key in rows[0] if key != "scale" and all(key in r for r in rows)]
-        accuracy.append({"scale": hws[k], **{key: float(np.average([r[key] for r in rows], weights=weights))
-                                              for key in keys}})
-    return {"run": run, "num_prompts": num_prompts, "cfg": str(cfg), "tau": str(tau), "top_k": top_k,
-            "top_p": top_p, "seed": seed, "schedule": hws,
-            "true_scales": [{"true_scales": j, "true_through": hws[j - 1] if j else None, **scores[j]}
-                            for j in range(K + 1)],
-            "teacher_forced": accuracy, "seconds": round(time.perf_counter() - t0, 1)}
+        accuracy.append(
+            {"scale": hws[k], **{key: float(np.average([r[key] for r in rows], weights=weights)) for key in keys}}
+        )
+    return {
+        "run": run,
+        "num_prompts": num_prompts,
+        "cfg": str(cfg),
+        "tau": str(tau),
+        "top_k": top_k,
+        "top_p": top_p,
+        "seed": seed,
+        "schedule": hws,
+        "true_scales": [
+            {"true_scales": j, "true_through": hws[j - 1] if j else None, **scores[j]} for j in range(K + 1)
+        ],
+        "teacher_forced": accuracy,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def _dataset_layout(config) -> str:
     """The shapes layout the run's training data was built with ('random' when it says none)."""
     import tensorflow_datasets as tfds
-    from infinity_jax.data import sources
+
+    from infinity_jax.data import sources  # imports tfds
+
     info = tfds.builder_from_directory(sources.find_dataset_dir(str(config.data.path))).info
     return str(((info.metadata or {}).get("prepare") or {}).get("layout", "random"))
 
 
 def _background_cells(images: np.ndarray, grid_hw, tolerance: int = 8) -> np.ndarray:
     """(B, h, w) bool: latent cells whose pixels are all within `tolerance` of the dataset background."""
-    from infinity_jax.data import shapes as ds
     B, H, W, _ = images.shape
     h, w = grid_hw
-    plain = (np.abs(images.astype(np.int32) - np.asarray(ds.BACKGROUND)).max(-1) <= tolerance)
+    plain = np.abs(images.astype(np.int32) - np.asarray(shapes_data.BACKGROUND)).max(-1) <= tolerance
     return plain.reshape(B, h, H // h, w, W // w).all((2, 4))
-
-
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="infinity-jax eval prefixes", description=__doc__.split("\n")[0])
-    ap.add_argument("--run", required=True, help="a transformer training run folder (e.g. runs/demo/transformer)")
-    ap.add_argument("--prompts", type=int, default=120, help="held-out prompts (the demo's unseen seed)")
-    ap.add_argument("--cfg", default=demo.SAMPLE_CFG, help="default: as the demo samples")
-    ap.add_argument("--tau", default=demo.SAMPLE_TAU, help="default: as the demo samples")
-    ap.add_argument("--top-k", type=int, default=900)
-    ap.add_argument("--top-p", type=float, default=0.97)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-ema", action="store_true", help="use the raw params even when EMA params exist")
-    ap.add_argument("--out", help="also write the result JSON to this file (replaced atomically)")
-    a = ap.parse_args(argv)
-    try:
-        from infinity_jax.eval.cli import check_out_file
-        check_out_file(a.out)  # before minutes of sampling
-        result = prefix_scores(a.run, num_prompts=a.prompts, cfg=a.cfg, tau=a.tau, top_k=a.top_k, top_p=a.top_p,
-                               seed=a.seed, prefer_ema=not a.no_ema,
-                               log=lambda m: print(m, file=sys.stderr, flush=True))
-    except (ValueError, FileNotFoundError) as e:  # bad input, UsageError included
-        print(f"infinity-jax eval prefixes: error: {e}", file=sys.stderr)
-        return 2
-    for row in result["true_scales"]:
-        print(f"true bits through {row['true_through'] or '(none)':>6}: overall {row['overall']:.3f}  " +
-              " ".join(f"{k} {v:.2f}" for k, v in row.items() if k not in ("true_scales", "true_through", "overall")))
-    for row in result["teacher_forced"]:
-        print(f"teacher-forced {row['scale']:>5}: " + " ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "scale"))
-    if a.out:
-        from infinity_jax.convert.common import atomic_write
-        atomic_write(a.out, lambda f: f.write(json.dumps(result, indent=1).encode()))
-    return 0

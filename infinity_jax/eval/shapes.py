@@ -57,6 +57,7 @@ Samples folder (what `infinity-jax eval shapes --samples DIR` reads, `write_samp
 Without captions.jsonl, DIR/samples.json (what `infinity-jax sample --out DIR` writes) is read instead:
 its "samples" list gives each image's "file" and "prompt".
 """
+
 from __future__ import annotations
 
 import json
@@ -67,6 +68,7 @@ import re
 import numpy as np
 from PIL import Image
 
+from infinity_jax import fileio
 from infinity_jax.data import shapes as data
 
 # Shape thresholds. Drawn large: square fill 1, circle pi/4, triangle 1/2; bottom-half share 1/2
@@ -89,6 +91,7 @@ POSITION_THRESHOLD = 0.1  # GenEval's default
 
 
 # ----------------------------------------------------------------------------------- captions
+
 
 class CaptionError(ValueError):
     """A caption outside the shapes grammar: `score_samples` skips its image instead of failing."""
@@ -120,8 +123,11 @@ def parse_caption(caption: str) -> dict:
         if m is None:
             continue
         g = m.groupdict()
-        objects = [{"shape": g[f"s{i}"], **({"color": g[f"c{i}"]} if g.get(f"c{i}") else {})}
-                   for i in range(2) if g.get(f"s{i}")]
+        objects = [
+            {"shape": g[f"s{i}"], **({"color": g[f"c{i}"]} if g.get(f"c{i}") else {})}
+            for i in range(2)
+            if g.get(f"s{i}")
+        ]
         out: dict = {"category": category, "objects": objects}
         if category == "counting":
             out["count"] = _WORD_NUMBERS[g["n"]]
@@ -133,13 +139,14 @@ def parse_caption(caption: str) -> dict:
         f"caption {caption!r} does not follow the shapes grammar; expected e.g. 'a photo of a circle', "
         f"'a photo of three squares', 'a photo of a red triangle and a blue circle', "
         f"'a photo of a circle left of a square' (shapes {data.SHAPES}, colours {tuple(data.PALETTE)}, "
-        f"relations {data.RELATIONS}, counts {tuple(_WORD_NUMBERS)})")
+        f"relations {data.RELATIONS}, counts {tuple(_WORD_NUMBERS)})"
+    )
 
 
 # ---------------------------------------------------------------------------------- detection
 
-def blend(image: np.ndarray, max_residual: float = 60.0,
-          other_dist: float = 90.0) -> tuple[np.ndarray, np.ndarray]:
+
+def blend(image: np.ndarray, max_residual: float = 60.0, other_dist: float = 90.0) -> tuple[np.ndarray, np.ndarray]:
     """Each pixel as background blended with one palette colour (module docstring, step 1).
 
     image: (H, W, 3) uint8 RGB. Returns (labels (H, W) int: index into `list(data.PALETTE)`,
@@ -150,12 +157,14 @@ def blend(image: np.ndarray, max_residual: float = 60.0,
     if img.ndim != 3 or img.shape[-1] != 3:
         raise ValueError(f"image of shape {img.shape}: expected (H, W, 3) RGB")
     if img.dtype != np.uint8:  # a [-1, 1] float image would silently read as all background
-        raise ValueError(f"image of dtype {img.dtype}: expected uint8 pixels 0..255 "
-                         "(convert model outputs in [-1, 1] with `to_uint8`)")
+        raise ValueError(
+            f"image of dtype {img.dtype}: expected uint8 pixels 0..255 "
+            "(convert model outputs in [-1, 1] with `to_uint8`)"
+        )
     bg = np.asarray(data.BACKGROUND, np.float32)
-    cols = np.asarray(list(data.PALETTE.values()), np.float32) - bg          # (K, 3)
-    d = img.astype(np.float32) - bg                                            # (H, W, 3)
-    alpha = np.clip(d @ cols.T / (cols * cols).sum(-1), 0.0, 1.0)             # (H, W, K)
+    cols = np.asarray(list(data.PALETTE.values()), np.float32) - bg  # (K, 3)
+    d = img.astype(np.float32) - bg  # (H, W, 3)
+    alpha = np.clip(d @ cols.T / (cols * cols).sum(-1), 0.0, 1.0)  # (H, W, K)
     resid = np.linalg.norm(d[..., None, :] - alpha[..., None] * cols, axis=-1)  # (H, W, K)
     k = resid.argmin(-1)
     a = np.take_along_axis(alpha, k[..., None], -1)[..., 0]
@@ -209,8 +218,9 @@ def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return out, n
 
 
-def classify_shape(component: np.ndarray, weight: np.ndarray | None = None,
-                   max_aspect: float = 1.6, outline: np.ndarray | None = None) -> tuple[str | None, dict]:
+def classify_shape(
+    component: np.ndarray, weight: np.ndarray | None = None, max_aspect: float = 1.6, outline: np.ndarray | None = None
+) -> tuple[str | None, dict]:
     """Shape of one object: (name or None, features).
 
     component: (h, w) bool, the object's pixels cropped to their bounding box. weight: optional
@@ -223,10 +233,13 @@ def classify_shape(component: np.ndarray, weight: np.ndarray | None = None,
     """
     h, w = component.shape
     area = float(component.sum())
-    rect, aspect = (float(h * w), max(h, w) / min(h, w)) if outline is None else \
-        _rect(outline, 0.0 if weight is None else _orientation(weight))
+    rect, aspect = (
+        (float(h * w), max(h, w) / min(h, w))
+        if outline is None
+        else _rect(outline, 0.0 if weight is None else _orientation(weight))
+    )
     fill = (area if weight is None else float(weight.sum())) / rect
-    bottom = component[(h + 1) // 2:].sum() + (0.5 * component[h // 2].sum() if h % 2 else 0.0)
+    bottom = component[(h + 1) // 2 :].sum() + (0.5 * component[h // 2].sum() if h % 2 else 0.0)
     bottom_frac = float(bottom) / area  # share of pixels below the box's middle row
     feats = {"fill": round(fill, 4), "bottom": round(bottom_frac, 4), "aspect": round(aspect, 4)}
     if aspect > max_aspect:
@@ -273,12 +286,12 @@ def _orientation(weight: np.ndarray, max_turn: float = MAX_TURN) -> float:
     m = float(weight.sum())
     if m <= 0:
         return 0.0
-    ys, xs = np.mgrid[:weight.shape[0], :weight.shape[1]]
+    ys, xs = np.mgrid[: weight.shape[0], : weight.shape[1]]
     dy, dx = ys - (weight * ys).sum() / m, xs - (weight * xs).sum() / m
     th = np.arange(8) * (math.pi / 8)
     u = dx[..., None] * np.cos(th) + dy[..., None] * np.sin(th)  # (h, w, 8) projections
     w = weight[..., None] / m
-    k4 = (w * u ** 4).sum((0, 1)) - 3 * (w * u ** 2).sum((0, 1)) ** 2
+    k4 = (w * u**4).sum((0, 1)) - 3 * (w * u**2).sum((0, 1)) ** 2
     turn = math.degrees((math.pi - np.angle((k4 * np.exp(-4j * th)).sum())) / 4)  # k4 ~ a - b cos 4(th - turn)
     turn = (turn + 45) % 90 - 45
     return turn if abs(turn) <= max_turn else 0.0
@@ -330,8 +343,14 @@ def _level(inside: np.ndarray, cover: np.ndarray) -> float:
     return max(float(np.percentile(vals, 75)), 0.5)
 
 
-def detect(image: np.ndarray, min_area_frac: float = 0.004, min_side_frac: float = 0.05,
-           max_residual: float = 60.0, other_dist: float = 90.0, max_aspect: float = 1.6) -> list[dict]:
+def detect(
+    image: np.ndarray,
+    min_area_frac: float = 0.004,
+    min_side_frac: float = 0.05,
+    max_residual: float = 60.0,
+    other_dist: float = 90.0,
+    max_aspect: float = 1.6,
+) -> list[dict]:
     """Objects in an image of the shapes dataset. `image`: (H, W, 3) uint8 RGB.
 
     Returns [{"shape": str | None, "color": str | None, "box": [x0, y0, x1, y1] (x1, y1 exclusive),
@@ -377,13 +396,21 @@ def detect(image: np.ndarray, min_area_frac: float = 0.004, min_side_frac: float
             weight = np.where(own, a, 0.0)
             outline = _outline(inside, a, own)
         shape, feats = classify_shape(mask, weight, max_aspect, outline)
-        found.append({"shape": shape, "color": names[k], "box": [int(x0), int(y0), int(x1), int(y1)],
-                      "centroid": [float(xs.mean()), float(ys.mean())], "area": int(len(ys)),
-                      "features": feats})
+        found.append(
+            {
+                "shape": shape,
+                "color": names[k],
+                "box": [int(x0), int(y0), int(x1), int(y1)],
+                "centroid": [float(xs.mean()), float(ys.mean())],
+                "area": int(len(ys)),
+                "features": feats,
+            }
+        )
     return sorted(found, key=lambda o: -o["area"])
 
 
 # ------------------------------------------------------------------------------------ scoring
+
 
 def relative_position(box_a, box_b, threshold: float = POSITION_THRESHOLD) -> set[str]:
     """Relations of box a to box b ({"left of", "above", ...}) by GenEval's rule (module docstring)."""
@@ -417,7 +444,9 @@ def judge(objects: list[dict], want: dict) -> tuple[bool, str]:
         return not missing, f"no {', '.join(missing)} found" if missing else ""
     if cat == "counting":
         n = len(of(req[0]["shape"]))
-        return n == want["count"], "" if n == want["count"] else f"expected {want['count']} {req[0]['shape']}s, found {n}"
+        return n == want["count"], "" if n == want[
+            "count"
+        ] else f"expected {want['count']} {req[0]['shape']}s, found {n}"
     if cat in ("colors", "color_attr"):
         missing = [f"{o['color']} {o['shape']}" for o in req if not has(o)]
         return not missing, f"no {', '.join(missing)} found" if missing else ""
@@ -468,17 +497,18 @@ def write_samples(folder: str, images, captions, extra: list[dict] | None = None
     """Write images ((H, W, 3) uint8 each) as NNNNNN.png plus captions.jsonl; returns the jsonl path.
     `extra`: optional per-image dicts merged into each jsonl record (e.g. seed, cfg). The folder appears
     whole (written beside it, then renamed); a non-empty one is refused unless `overwrite`, which replaces it."""
-    from infinity_jax.convert import common
     images, captions = list(images), list(captions)
     extra = list(extra) if extra is not None else [{}] * len(images)
     if not len(images) == len(captions) == len(extra):
-        raise ValueError(f"{len(images)} images, {len(captions)} captions, {len(extra)} extra records: "
-                         "expected one of each per image")
+        raise ValueError(
+            f"{len(images)} images, {len(captions)} captions, {len(extra)} extra records: "
+            "expected one of each per image"
+        )
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise ValueError(f"samples folder {folder!r} is a file: expected a folder (new, or empty)")
     if os.path.isdir(folder) and os.listdir(folder) and not overwrite:
         raise ValueError(f"samples folder {folder!r} exists and is not empty: pass overwrite=True to replace it")
-    with common.atomic_folder(folder) as tmp, open(os.path.join(tmp, CAPTIONS_FILE), "w", encoding="utf-8") as f:
+    with fileio.atomic_folder(folder) as tmp, open(os.path.join(tmp, CAPTIONS_FILE), "w", encoding="utf-8") as f:
         for i, (im, cap) in enumerate(zip(images, captions)):
             name = f"{i:06d}.png"
             Image.fromarray(np.asarray(im, np.uint8)).save(os.path.join(tmp, name))
@@ -491,8 +521,10 @@ def read_samples(folder: str) -> list[tuple[str, str]]:
     else the samples.json that `infinity-jax sample --out DIR` writes (a "samples" list of records with
     "file" and "prompt"). Raises FileNotFoundError / ValueError that name the folder, file and record at fault."""
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"samples folder {folder!r} does not exist; expected a folder with images "
-                                f"and {CAPTIONS_FILE} (or the {SAMPLER_FILE} of `infinity-jax sample`)")
+        raise FileNotFoundError(
+            f"samples folder {folder!r} does not exist; expected a folder with images "
+            f"and {CAPTIONS_FILE} (or the {SAMPLER_FILE} of `infinity-jax sample`)"
+        )
     path = os.path.join(folder, CAPTIONS_FILE)
     if os.path.isfile(path):
         records, caption_key = _jsonl_records(path), "caption"
@@ -500,15 +532,19 @@ def read_samples(folder: str) -> list[tuple[str, str]]:
         path = os.path.join(folder, SAMPLER_FILE)
         records, caption_key = _sampler_records(path), "prompt"
     else:
-        raise FileNotFoundError(f"no {CAPTIONS_FILE} (or {SAMPLER_FILE} of `infinity-jax sample`) in {folder!r}; "
-                                'expected one JSON object per line: {"file": "000000.png", "caption": "a photo of a '
-                                'red circle"}')
+        raise FileNotFoundError(
+            f"no {CAPTIONS_FILE} (or {SAMPLER_FILE} of `infinity-jax sample`) in {folder!r}; "
+            'expected one JSON object per line: {"file": "000000.png", "caption": "a photo of a '
+            'red circle"}'
+        )
     out = []
     for where, rec in records:
         name = next((rec[k] for k in _FILE_KEYS if isinstance(rec, dict) and rec.get(k)), None)
         if name is None or not isinstance(rec.get(caption_key), str):
-            raise ValueError(f"{where}: {json.dumps(rec)[:120]!r} lacks 'file' or {caption_key!r}; "
-                             f'expected {{"file": "000000.png", "{caption_key}": "..."}}')
+            raise ValueError(
+                f"{where}: {json.dumps(rec)[:120]!r} lacks 'file' or {caption_key!r}; "
+                f'expected {{"file": "000000.png", "{caption_key}": "..."}}'
+            )
         image = os.path.join(folder, name)
         if not os.path.isfile(image):
             raise FileNotFoundError(f"{where}: image {name!r} not found in {folder!r}")
@@ -536,8 +572,10 @@ def score_samples(folder: str, **detect_kwargs) -> tuple[list[dict], list[dict]]
         except (ValueError, OSError) as e:
             raise ValueError(f"{name}: {e}") from None
     if not results:
-        raise ValueError(f"nothing to score in {folder!r}: all {len(skipped)} caption(s) are outside the shapes "
-                         f"grammar; the first, {skipped[0]['file']}: {skipped[0]['reason']}")
+        raise ValueError(
+            f"nothing to score in {folder!r}: all {len(skipped)} caption(s) are outside the shapes "
+            f"grammar; the first, {skipped[0]['file']}: {skipped[0]['reason']}"
+        )
     return results, skipped
 
 
@@ -550,8 +588,9 @@ def _jsonl_records(path: str) -> list[tuple[str, object]]:
                 try:
                     records.append((f"{path}:{lineno}", json.loads(line)))
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: not JSON ({e}); expected "
-                                     '{"file": ..., "caption": ...}') from None
+                    raise ValueError(
+                        f'{path}:{lineno}: not JSON ({e}); expected {{"file": ..., "caption": ...}}'
+                    ) from None
     return records
 
 
@@ -580,7 +619,7 @@ def degrade(image: np.ndarray, blur: float = 0.0, noise: float = 0.0, seed: int 
     a = np.asarray(image, np.float32)
     if blur > 0:
         r = int(math.ceil(3 * blur))
-        k = np.exp(-np.arange(-r, r + 1) ** 2 / (2 * blur ** 2))
+        k = np.exp(-(np.arange(-r, r + 1) ** 2) / (2 * blur**2))
         k /= k.sum()
         for axis in (0, 1):
             pad = [(0, 0)] * a.ndim
@@ -591,3 +630,10 @@ def degrade(image: np.ndarray, blur: float = 0.0, noise: float = 0.0, seed: int 
     if noise > 0:
         a = a + np.random.default_rng(seed).normal(0.0, noise, a.shape)
     return np.clip(np.round(a), 0, 255).astype(np.uint8)
+
+
+def chance_scores(truth: list[np.ndarray], captions: list[str]) -> dict:
+    """The evaluator on images of *other* prompts (ground truth of the same prompts, rolled by half): what a
+    model that ignores the text scores (the demo's chance reference)."""
+    rolled = list(truth[len(truth) // 2 :]) + list(truth[: len(truth) // 2])
+    return evaluate(np.stack(rolled), captions)

@@ -30,6 +30,7 @@ Implementations (`implementation=`, or InfinityConfig.attention):
   'auto'     cudnn on GPU where its dtype and head width allow, splash on TPU, chunked elsewhere
              (CPU). `select_implementation` says which one a call gets.
 """
+
 from __future__ import annotations
 
 import functools
@@ -38,6 +39,8 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from infinity_jax import parallel
 
 IMPLEMENTATIONS = ("auto", "xla", "chunked", "cudnn", "splash")
 Q_CHUNK, KV_CHUNK = 512, 1024  # the chunked path's default blocks: 2 MiB of f32 logits per row and head
@@ -61,29 +64,40 @@ def select_implementation(requested: str, dtype, head_dim: int, backend: str | N
 
 def cudnn_supports(dtype, head_dim: int) -> bool:
     """cuDNN flash attention takes 16-bit inputs and head widths <= 128 that are multiples of 8."""
-    return jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)) and head_dim <= 128 \
-        and head_dim % 8 == 0
+    return (
+        jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)) and head_dim <= 128 and head_dim % 8 == 0
+    )
 
 
 def check_inputs(q, k, v, q_scales, kv_scales, kv_valid, who: str = "attention"):
     """ValueError naming `who` and the offending shapes unless the arguments fit `attention`'s."""
     b, l, h, c = q.shape
     if k.shape != v.shape or k.shape[0] != b or k.shape[2:] != (h, c):
-        raise ValueError(f"{who}: q {q.shape}, k {k.shape}, v {v.shape}: expected (B, l, H, c) and two "
-                         "(B, m, H, c)")
+        raise ValueError(f"{who}: q {q.shape}, k {k.shape}, v {v.shape}: expected (B, l, H, c) and two (B, m, H, c)")
     m = k.shape[1]
     if (q_scales is None) != (kv_scales is None):
         raise ValueError(f"{who}: give both q_scales and kv_scales (block-causal) or neither")
     if q_scales is not None and (np.shape(q_scales) != (l,) or np.shape(kv_scales) != (m,)):
-        raise ValueError(f"{who}: q_scales {np.shape(q_scales)} / kv_scales {np.shape(kv_scales)}: "
-                         f"expected ({l},) and ({m},)")
+        raise ValueError(
+            f"{who}: q_scales {np.shape(q_scales)} / kv_scales {np.shape(kv_scales)}: expected ({l},) and ({m},)"
+        )
     if kv_valid is not None and kv_valid.shape != (b, m):
         raise ValueError(f"{who}: kv_valid {kv_valid.shape}: expected ({b}, {m})")
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, q_scales: np.ndarray | None = None,
-              kv_scales: np.ndarray | None = None, kv_valid: jax.Array | None = None,
-              implementation: str = "auto", q_chunk: int | None = None, kv_chunk: int | None = None) -> jax.Array:
+def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    scale: float,
+    q_scales: np.ndarray | None = None,
+    kv_scales: np.ndarray | None = None,
+    kv_valid: jax.Array | None = None,
+    implementation: str = "auto",
+    q_chunk: int | None = None,
+    kv_chunk: int | None = None,
+) -> jax.Array:
     """Softmax(scale * q k^T + mask) v. See the module docstring for shapes, masks and kernels.
     q_chunk / kv_chunk: the chunked path's blocks (default Q_CHUNK / KV_CHUNK, read at call time)."""
     check_inputs(q, k, v, q_scales, kv_scales, kv_valid)
@@ -93,16 +107,25 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, q_scale
     if impl == "xla":
         return dense_attention(q, k, v, scale, q_scales, kv_scales, kv_valid)
     if impl == "chunked":
-        return chunked_attention(q, k, v, scale, q_scales, kv_scales, kv_valid, q_chunk=q_chunk or Q_CHUNK,
-                                 kv_chunk=kv_chunk or KV_CHUNK)
+        return chunked_attention(
+            q, k, v, scale, q_scales, kv_scales, kv_valid, q_chunk=q_chunk or Q_CHUNK, kv_chunk=kv_chunk or KV_CHUNK
+        )
     if impl == "cudnn":
         if not cudnn_supports(v.dtype, q.shape[-1]):
-            raise ValueError(f"attention implementation 'cudnn' needs bfloat16/float16 and a head width <= 128 that "
-                             f"is a multiple of 8; got {jnp.dtype(v.dtype).name}, head width {q.shape[-1]}")
+            raise ValueError(
+                f"attention implementation 'cudnn' needs bfloat16/float16 and a head width <= 128 that "
+                f"is a multiple of 8; got {jnp.dtype(v.dtype).name}, head width {q.shape[-1]}"
+            )
         return fused_attention(q, k, v, scale, q_scales, kv_scales, kv_valid, implementation="cudnn")
     from infinity_jax.model import attention_tpu
-    kernel = functools.partial(attention_tpu.splash_attention, scale=scale, q_scales=q_scales, kv_scales=kv_scales,
-                               interpret=jax.default_backend() != "tpu")
+
+    kernel = functools.partial(
+        attention_tpu.splash_attention,
+        scale=scale,
+        q_scales=q_scales,
+        kv_scales=kv_scales,
+        interpret=jax.default_backend() != "tpu",
+    )
     return _per_shard(lambda q, k, v, valid: kernel(q, k, v, kv_valid=valid), q, k, v, kv_valid).astype(v.dtype)
 
 
@@ -113,7 +136,7 @@ def _per_shard(fn, q, k, v, kv_valid):
     if mesh.empty:
         return fn(q, k, v, kv_valid)
     from jax.sharding import PartitionSpec as P
-    from infinity_jax import parallel
+
     sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
     batch = tuple(a for a in parallel.BATCH_AXES if a in sizes)
     if q.shape[0] % math.prod(sizes[a] for a in batch):
@@ -122,10 +145,12 @@ def _per_shard(fn, q, k, v, kv_valid):
     spec = P(batch or None, None, heads, None)
     vspec = P(batch or None, None)
     if kv_valid is None:
-        return jax.shard_map(lambda q, k, v: fn(q, k, v, None), mesh=mesh, in_specs=(spec,) * 3, out_specs=spec,
-                             check_vma=False)(q, k, v)
+        return jax.shard_map(
+            lambda q, k, v: fn(q, k, v, None), mesh=mesh, in_specs=(spec,) * 3, out_specs=spec, check_vma=False
+        )(q, k, v)
     return jax.shard_map(fn, mesh=mesh, in_specs=(spec, spec, spec, vspec), out_specs=spec, check_vma=False)(
-        q, k, v, kv_valid)
+        q, k, v, kv_valid
+    )
 
 
 def _visible(q_ids, kv_ids, kv_valid):
@@ -158,8 +183,9 @@ def _pad_to(x, axis: int, n: int, value=0):
     return jnp.pad(x, widths, constant_values=value)
 
 
-def chunked_attention(q, k, v, scale, q_scales=None, kv_scales=None, kv_valid=None, *, q_chunk: int = Q_CHUNK,
-                      kv_chunk: int = KV_CHUNK):
+def chunked_attention(
+    q, k, v, scale, q_scales=None, kv_scales=None, kv_valid=None, *, q_chunk: int = Q_CHUNK, kv_chunk: int = KV_CHUNK
+):
     """Online-softmax attention over query and key chunks (pure JAX; same semantics as dense), with a
     flash-style backward: it keeps only the output and each query's log-sum-exp, and recomputes each
     chunk's probabilities, so neither pass holds more than one block of scores."""
@@ -223,8 +249,11 @@ def _flash(scale: float, q_ids: np.ndarray, kv_ids: np.ndarray):
                 pv = jnp.einsum("bhqk,bkhc->bqhc", p.astype(v_blk.dtype), v_blk, preferred_element_type=jnp.float32)
                 return (new_max, run_sum * corr + p.sum(-1), acc * corr.swapaxes(1, 2)[..., None] + pv), None
 
-            init = (jnp.full((b, h, qc), _MASKED, jnp.float32), jnp.zeros((b, h, qc), jnp.float32),
-                    jnp.zeros((b, qc, h, c), jnp.float32))
+            init = (
+                jnp.full((b, h, qc), _MASKED, jnp.float32),
+                jnp.zeros((b, h, qc), jnp.float32),
+                jnp.zeros((b, qc, h, c), jnp.float32),
+            )
             (run_max, run_sum, acc), _ = jax.lax.scan(kv_step, init, (kb, vb, kv_idb, valid))
             run_sum = jnp.maximum(run_sum, 1e-30)
             out = (acc / run_sum.swapaxes(1, 2)[..., None]).astype(v.dtype)
@@ -261,8 +290,10 @@ def _flash(scale: float, q_ids: np.ndarray, kv_ids: np.ndarray):
             def body(dq, blk):
                 k_blk, v_blk, kv_id, ok = blk
                 _, ds = grads(q_blk, q_id, do_blk, delta_blk, lse_blk, k_blk, v_blk, kv_id, ok)
-                return dq + jnp.einsum("bhqk,bkhc->bqhc", ds.astype(k_blk.dtype), k_blk,
-                                       preferred_element_type=jnp.float32) * scale, None
+                return dq + jnp.einsum(
+                    "bhqk,bkhc->bqhc", ds.astype(k_blk.dtype), k_blk, preferred_element_type=jnp.float32
+                ) * scale, None
+
             dq, _ = jax.lax.scan(body, jnp.zeros(q_blk.shape, jnp.float32), (kb, vb, kv_idb, valid))
             return dq
 
@@ -273,11 +304,16 @@ def _flash(scale: float, q_ids: np.ndarray, kv_ids: np.ndarray):
                 dk, dv = carry
                 q_blk, q_id, do_blk, delta_blk, lse_blk = blk
                 p, ds = grads(q_blk, q_id, do_blk, delta_blk, lse_blk, k_blk, v_blk, kv_id, ok)
-                dv = dv + jnp.einsum("bhqk,bqhc->bkhc", p.astype(do_blk.dtype), do_blk,
-                                     preferred_element_type=jnp.float32)
-                dk = dk + jnp.einsum("bhqk,bqhc->bkhc", ds.astype(q_blk.dtype), q_blk,
-                                     preferred_element_type=jnp.float32) * scale
+                dv = dv + jnp.einsum(
+                    "bhqk,bqhc->bkhc", p.astype(do_blk.dtype), do_blk, preferred_element_type=jnp.float32
+                )
+                dk = (
+                    dk
+                    + jnp.einsum("bhqk,bqhc->bkhc", ds.astype(q_blk.dtype), q_blk, preferred_element_type=jnp.float32)
+                    * scale
+                )
                 return (dk, dv), None
+
             zero = jnp.zeros(k_blk.shape, jnp.float32)
             (dk, dv), _ = jax.lax.scan(body, (zero, zero), (qb, q_idb, dob, deltab, lse))
             return dk, dv
@@ -311,4 +347,3 @@ def fused_attention(q, k, v, scale, q_scales=None, kv_scales=None, kv_valid=None
         mask = jnp.broadcast_to(mask, (mask.shape[0], 1, le, me))
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=float(scale), implementation=implementation)
     return out[:, :l].astype(v.dtype)
-

@@ -41,6 +41,7 @@ The batch is a vmap over the kernel.
 Sharding: the kernel is one pallas_call per device; under jit with sharded activations it must be
 wrapped in shard_map over batch (and heads) by the caller, since XLA cannot partition a custom call.
 """
+
 from __future__ import annotations
 
 import jax
@@ -99,8 +100,9 @@ def _block_sizes(l: int, m: int, block: int) -> tuple[int, int]:
     return min(block, _round_up(l, LANES)), min(block, _round_up(m, LANES))
 
 
-def padded_ids(l: int, m: int, lp: int, mp: int, q_scales: np.ndarray | None,
-               kv_scales: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def padded_ids(
+    l: int, m: int, lp: int, mp: int, q_scales: np.ndarray | None, kv_scales: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     """The (lp,) query and (mp,) key ids of the static mask (see ScaleMask and the module docstring)."""
     if q_scales is None:
         q_ids, kv_ids = np.zeros(l, np.int64), np.zeros(m, np.int64)
@@ -115,20 +117,35 @@ def padded_ids(l: int, m: int, lp: int, mp: int, q_scales: np.ndarray | None,
     return q_ids.astype(np.int32), kv_ids.astype(np.int32)
 
 
-def make_kernel(q_ids: np.ndarray, kv_ids: np.ndarray, num_heads: int, bq: int, bkv: int, *,
-                interpret: bool = False):
+def make_kernel(q_ids: np.ndarray, kv_ids: np.ndarray, num_heads: int, bq: int, bkv: int, *, interpret: bool = False):
     """The splash MHA kernel for this static mask: q (H, lp, c), k/v (H, mp, c) [, SegmentIds]."""
     head_mask = ScaleMask(q_ids, kv_ids)
     mask = splash.MultiHeadMask([head_mask] * num_heads)
-    sizes = splash.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq,
-                                     block_kv_dkv=bkv, block_kv_dkv_compute=bkv, block_q_dq=bq, block_kv_dq=bkv)
-    return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                                         interpret=interpret)
+    sizes = splash.BlockSizes(
+        block_q=bq,
+        block_kv=bkv,
+        block_kv_compute=bkv,
+        block_q_dkv=bq,
+        block_kv_dkv=bkv,
+        block_kv_dkv_compute=bkv,
+        block_q_dq=bq,
+        block_kv_dq=bkv,
+    )
+    return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
-def splash_attention(q, k, v, *, scale: float, q_scales: np.ndarray | None = None,
-                     kv_scales: np.ndarray | None = None, kv_valid: jax.Array | None = None,
-                     interpret: bool = False, block: int = 128) -> jax.Array:
+def splash_attention(
+    q,
+    k,
+    v,
+    *,
+    scale: float,
+    q_scales: np.ndarray | None = None,
+    kv_scales: np.ndarray | None = None,
+    kv_valid: jax.Array | None = None,
+    interpret: bool = False,
+    block: int = 128,
+) -> jax.Array:
     """q: (B, l, H, c); k, v: (B, m, H, c) (same dtype, bf16 or f32).
     q_scales (l,) and kv_scales (m,): static numpy int arrays; when given, block-causal attention
       over scales: query i sees key j iff kv_scales[j] <= q_scales[i]  (both given or both None).
@@ -163,4 +180,3 @@ def splash_attention(q, k, v, *, scale: float, q_scales: np.ndarray | None = Non
         segments = splash.SegmentIds(q=seg_q, kv=seg_kv)
         out = jax.vmap(lambda q1, k1, v1, s1: kernel(q1, k1, v1, segment_ids=s1))(qh, kh, vh, segments)
     return out[:, :, :l].transpose(0, 2, 1, 3).astype(dtype)
-

@@ -8,6 +8,7 @@ is a table (infinity_jax/convert/infinity.py): Dense kernels are the transposed 
 
 Shapes: B batch, L (or l) tokens, C model width, H heads, c = C / H head width, Lt text tokens.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,12 +37,25 @@ def _normal(std: float):
     return nn.initializers.truncated_normal(std)
 
 
-def dense(features: int, axes: tuple[str | None, str | None], *, use_bias: bool = True, dtype: Dtype = jnp.float32,
-          std: float = 0.02, name: str | None = None) -> nn.Dense:
+def dense(
+    features: int,
+    axes: tuple[str | None, str | None],
+    *,
+    use_bias: bool = True,
+    dtype: Dtype = jnp.float32,
+    std: float = 0.02,
+    name: str | None = None,
+) -> nn.Dense:
     """nn.Dense with logically partitioned kernel (in, out) and bias (out,), fp32 params."""
-    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-                    kernel_init=_part(_normal(std), axes), bias_init=_part(nn.initializers.zeros, axes[1:]),
-                    name=name)
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=_part(_normal(std), axes),
+        bias_init=_part(nn.initializers.zeros, axes[1:]),
+        name=name,
+    )
 
 
 # ---------------------------------------------------------------- norms and AdaLN
@@ -70,6 +84,7 @@ def ada_norm(x: jax.Array, scale: jax.Array, shift: jax.Array, eps: float, rms: 
 
 class Norm(nn.Module):
     """LayerNorm (weight, bias) or RMSNorm (weight) with affine, float32. Official `ca_norm`/`text_norm`."""
+
     eps: float = 1e-6
     rms: bool = False
 
@@ -89,11 +104,13 @@ def _rope_freqs(head_dim: int, grid: int = ROPE_GRID, base: float = ROPE_BASE) -
     The first head_dim // 4 angles follow the row, the rest the column.
     """
     half = head_dim // 2
-    inv = (np.float32(1.0) / (np.float32(base) ** (np.arange(0, half, 2).astype(np.float32) / np.float32(half))))
+    inv = np.float32(1.0) / (np.float32(base) ** (np.arange(0, half, 2).astype(np.float32) / np.float32(half)))
     t = np.arange(grid, dtype=np.float32)
     f = np.outer(t, inv).astype(np.float32)  # (grid, head_dim // 4)
-    return np.concatenate([np.broadcast_to(f[:, None], (grid, grid, f.shape[1])),
-                           np.broadcast_to(f[None, :], (grid, grid, f.shape[1]))], -1)
+    return np.concatenate(
+        [np.broadcast_to(f[:, None], (grid, grid, f.shape[1])), np.broadcast_to(f[None, :], (grid, grid, f.shape[1]))],
+        -1,
+    )
 
 
 def _rope_grid_extent(schedule: schedules.Schedule) -> tuple[int, int]:
@@ -103,7 +120,7 @@ def _rope_grid_extent(schedule: schedules.Schedule) -> tuple[int, int]:
     """
     hw = tuple((h, w) for _, h, w in schedule)
     for ratio, tmpl in schedules.TEMPLATES.items():
-        if tmpl[:len(hw)] == hw:
+        if tmpl[: len(hw)] == hw:
             return tmpl[-1]
     _, h, w = schedule[-1]
     return schedules.TEMPLATES[schedules.nearest_h_div_w(h / w)][-1]
@@ -141,26 +158,16 @@ def rope2d_table(schedule: schedules.Schedule, head_dim: int, mode: int = 2) -> 
     return np.concatenate(out, 1).astype(np.float32)
 
 
-def cell_centre_features(schedule: schedules.Schedule, num_freqs: int = 6) -> np.ndarray:
-    """(L, 4 * num_freqs) float32: sin/cos of every token's cell centre, as a fraction of the image in
-    [0, 1] per axis, at frequencies pi * 2**f. Every scale's cell covering a place gets nearly the same
-    features, whatever the schedule (the input of `abs_pos_embed`, see model/transformer.py)."""
-    out = []
-    for _, h, w in schedule:
-        yy, xx = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")
-        angles = np.stack([yy.ravel(), xx.ravel()], -1)[:, :, None] * (np.pi * 2.0 ** np.arange(num_freqs))
-        out.append(np.concatenate([np.sin(angles), np.cos(angles)], -1).reshape(h * w, -1))
-    return np.concatenate(out).astype(np.float32)
-
-
 def _resize_align_corners(x: np.ndarray, h: int, w: int) -> np.ndarray:
     """Bilinear resize of axes 1, 2 with align_corners=True (float32 arithmetic). x: (2, H, W, c)."""
+
     def coords(n_out, n_in):
         s = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
         p = np.arange(n_out, dtype=np.float32) * np.float32(s)
         i0 = np.minimum(np.floor(p).astype(np.int64), n_in - 1)
         i1 = np.minimum(i0 + 1, n_in - 1)
         return i0, i1, (p - i0).astype(np.float32)
+
     r0, r1, fr = coords(h, x.shape[1])
     c0, c1, fc = coords(w, x.shape[2])
     top = x[:, r0][:, :, c0] * (1 - fc)[None, None, :, None] + x[:, r0][:, :, c1] * fc[None, None, :, None]
@@ -191,6 +198,7 @@ class LayerCache(NamedTuple):
     every layer, and `layer` (int or traced scalar), this layer's row. Passing the stack (not a
     slice) lets the layer write its new keys in place: one dynamic_update_slice of this scale's
     rows, never a copy of the cache."""
+
     k: jax.Array
     v: jax.Array
     layer: Any
@@ -213,6 +221,7 @@ class SelfAttention(nn.Module):
         [cache_offset, cache_offset + l) of its layer and attends over everything before that end.
     Returns (y (B, l, C), updated LayerCache or None).
     """
+
     num_heads: int
     cos_attn: bool = True
     tau: float = 1.0
@@ -229,15 +238,17 @@ class SelfAttention(nn.Module):
         kernel = self.param("mat_qkv", _part(_normal(0.02), ("embed", None, "heads")), (c_model, 3, c_model))
         q_bias = self.param("q_bias", _part(nn.initializers.zeros, ("heads",)), (c_model,))
         v_bias = self.param("v_bias", _part(nn.initializers.zeros, ("heads",)), (c_model,))
-        qkv = jnp.einsum("blc,ctd->bltd", x.astype(self.dtype), kernel.astype(self.dtype),
-                         preferred_element_type=jnp.float32)
+        qkv = jnp.einsum(
+            "blc,ctd->bltd", x.astype(self.dtype), kernel.astype(self.dtype), preferred_element_type=jnp.float32
+        )
         qkv = checkpoint_name(qkv, "qkv")
         q = (qkv[:, :, 0] + q_bias).reshape(b, l, h, hd)
         k = qkv[:, :, 1].reshape(b, l, h, hd)
         v = (qkv[:, :, 2] + v_bias).reshape(b, l, h, hd)
         if self.cos_attn:
-            log_mul = self.param("scale_mul_1H11", _part(nn.initializers.constant(math.log(4.0)),
-                                                         (None, None, None, None)), (1, h, 1, 1))
+            log_mul = self.param(
+                "scale_mul_1H11", _part(nn.initializers.constant(math.log(4.0)), (None, None, None, None)), (1, h, 1, 1)
+            )
             mul = jnp.exp(jnp.minimum(log_mul.reshape(1, 1, h, 1), LOG_MAX_SCALE_MUL))
             q, k, scale = _l2_normalize(q) * mul, _l2_normalize(k), 1.0
         else:
@@ -260,8 +271,9 @@ class SelfAttention(nn.Module):
             k = jax.lax.dynamic_slice(ck, (start[0], zero, zero, zero, zero), size)[0].astype(self.dtype)
             v = jax.lax.dynamic_slice(cv, (start[0], zero, zero, zero, zero), size)[0].astype(self.dtype)
             cache = LayerCache(ck, cv, cache.layer)
-        out = attention_lib.attention(q, k, v, scale=scale, q_scales=ids, kv_scales=ids,
-                                      implementation=self.implementation)
+        out = attention_lib.attention(
+            q, k, v, scale=scale, q_scales=ids, kv_scales=ids, implementation=self.implementation
+        )
         out = checkpoint_name(out.reshape(b, l, c_model), "attn_out")
         return dense(c_model, ("heads", "embed"), dtype=self.dtype, name="proj")(out), cache
 
@@ -274,6 +286,7 @@ class CrossAttention(nn.Module):
       x is ignored -> (B, 1, C).
     kv: (B, Lt, kv_dim); kv_mask: (B, Lt) bool, True = a real token.
     """
+
     embed_dim: int
     num_heads: int
     pool: bool = False
@@ -285,11 +298,13 @@ class CrossAttention(nn.Module):
         c, h = self.embed_dim, self.num_heads
         hd = c // h
         b, lt, kv_dim = kv.shape
-        kernel = self.param("mat_kv", _part(_normal(0.02), ("text_embed" if self.pool else "embed", None, "heads")),
-                            (kv_dim, 2, c))
+        kernel = self.param(
+            "mat_kv", _part(_normal(0.02), ("text_embed" if self.pool else "embed", None, "heads")), (kv_dim, 2, c)
+        )
         v_bias = self.param("v_bias", _part(nn.initializers.zeros, ("heads",)), (c,))
-        kvp = jnp.einsum("btc,csd->btsd", kv.astype(self.dtype), kernel.astype(self.dtype),
-                         preferred_element_type=jnp.float32)
+        kvp = jnp.einsum(
+            "btc,csd->btsd", kv.astype(self.dtype), kernel.astype(self.dtype), preferred_element_type=jnp.float32
+        )
         k = kvp[:, :, 0].reshape(b, lt, h, hd).astype(self.dtype)
         v = (kvp[:, :, 1] + v_bias).reshape(b, lt, h, hd).astype(self.dtype)
         if self.pool:
@@ -297,13 +312,15 @@ class CrossAttention(nn.Module):
             q = jnp.broadcast_to(mat_q[None], (b, 1, h, hd)).astype(self.dtype)
         else:
             q = dense(c, ("embed", "heads"), dtype=self.dtype, name="mat_q")(x).reshape(b, -1, h, hd).astype(self.dtype)
-        out = attention_lib.attention(q, k, v, scale=1.0 / math.sqrt(hd), kv_valid=kv_mask,
-                                      implementation=self.implementation)
+        out = attention_lib.attention(
+            q, k, v, scale=1.0 / math.sqrt(hd), kv_valid=kv_mask, implementation=self.implementation
+        )
         return dense(c, ("heads", "embed"), dtype=self.dtype, name="proj")(out.reshape(b, -1, c))
 
 
 class FFN(nn.Module):
     """fc1 -> GELU (tanh) -> fc2. x: (B, L, C) -> (B, L, C)."""
+
     hidden: int
     dtype: Dtype = jnp.float32
 

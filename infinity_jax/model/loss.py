@@ -7,6 +7,7 @@ The official trainer's loss (use_bit_label=1, bitloss_type='mean', reweight_loss
 cross-entropy per bit, mean over the d bits, then a weighted sum over tokens with weights
 sqrt(area_last / area_k) for a token of scale k, normalised to sum 1, then the mean over the batch.
 """
+
 from __future__ import annotations
 
 import jax
@@ -46,8 +47,14 @@ def scale_token_weights(schedule: schedules.Schedule, reweight: bool = True) -> 
     return (w / w.sum()).astype(np.float32)
 
 
-def bitwise_loss(logits: jax.Array, labels: jax.Array, schedule: schedules.Schedule, *, reweight: bool = True,
-                 label_smoothing: float = 0.0) -> jax.Array:
+def bitwise_loss(
+    logits: jax.Array,
+    labels: jax.Array,
+    schedule: schedules.Schedule,
+    *,
+    reweight: bool = True,
+    label_smoothing: float = 0.0,
+) -> jax.Array:
     """Scalar training loss: per-token bit cross-entropy, weighted per scale, mean over the batch."""
     per_token = bit_cross_entropy(logits, labels, label_smoothing)
     w = jnp.asarray(scale_token_weights(schedule, reweight))

@@ -11,9 +11,11 @@ Output layout: logits[..., 2j] / logits[..., 2j + 1] are bit j being 0 / 1.
 
 Param tree (mirrors the official module tree, see convert/infinity.py): cfg_uncond, text_norm,
 text_proj_for_sos/ca, text_proj_for_ca_{0,2}, pos_start, lvl_embed, word_embed, shared_ada_lin,
-blocks_{i} (or `blocks`, stacked on a leading 'layers' axis, with scan_layers), head_nm, head; and
-abs_pos with the non-official `abs_pos_embed` (which therefore has no official state dict).
+blocks_{i} (or `blocks`, stacked on a leading 'layers' axis, with scan_layers), head_nm, head; plus the
+params of a non-official `extension` when the config names one (model/extensions.py; such a model has
+no official state dict).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,7 +28,8 @@ import numpy as np
 from flax import linen as nn
 
 from infinity_jax import schedules
-from infinity_jax.model import attention as attention_lib, layers
+from infinity_jax.model import attention as attention_lib
+from infinity_jax.model import extensions, layers
 
 # Rematerialisation of each block's forward in the backward pass, by name (MaxText-style): 'none'
 # keeps every activation; 'full' keeps only the block inputs; 'attn' recomputes only the
@@ -50,32 +53,29 @@ NUM_LEVELS = 15  # rows of the official level-embedding table
 @dataclasses.dataclass(frozen=True)
 class InfinityConfig:
     """Architecture and execution options (hashable: a linen attribute). Defaults: released 2B recipe."""
+
     depth: int = 32
     embed_dim: int = 2048
     num_heads: int = 16
     mlp_ratio: float = 4.0
-    block_chunks: int = 8            # official grouping of blocks; only changes weight names
-    codebook_dim: int = 32           # d: bits per token
-    text_channels: int = 2048        # Ct (flan-t5-xl)
-    text_maxlen: int = 512           # rows of cfg_uncond
+    block_chunks: int = 8  # official grouping of blocks; only changes weight names
+    codebook_dim: int = 32  # d: bits per token
+    text_channels: int = 2048  # Ct (flan-t5-xl)
+    text_maxlen: int = 512  # rows of cfg_uncond
     norm_eps: float = 1e-6
-    rms_norm: bool = False           # official `rms_norm` (block norms); text_norm is always RMS
-    shared_aln: bool = True          # one AdaLN projection for all blocks + a per-block table
+    rms_norm: bool = False  # official `rms_norm` (block norms); text_norm is always RMS
+    shared_aln: bool = True  # one AdaLN projection for all blocks + a per-block table
     cos_attn: bool = True
-    tau: float = 1.0                 # attention temperature when cos_attn is off
+    tau: float = 1.0  # attention temperature when cos_attn is off
     cross_attn_layer_scale: float = -1.0  # >= 0: learned per-channel gain on cross-attention
     rope2d_normalized_by_hw: int = 2
     lvl_embed_first_block_only: bool = True  # official add_lvl_embeding_only_first_block
-    # ours, not official (export refuses it): a learned projection of each token's absolute place
-    # (layers.cell_centre_features) added with the level embedding. RoPE alone gives a token only
-    # relative offsets, and the inputs of a scale are identical wherever the coarser scales drew
-    # background, so a small model has a hard time putting the first-named object on the left.
-    abs_pos_embed: bool = False
-    drop_path_rate: float = 0.0      # stochastic depth, linear 0 -> rate over blocks (training only)
-    dtype: str = "float32"           # compute dtype of matmuls (params are fp32)
-    remat: str = "none"              # a REMAT_MODES name: none | full | attn | dots | save_qkv_attn | ...
+    extension: str = ""  # '' (official) or an opt-in addition of model/extensions.py (no export)
+    drop_path_rate: float = 0.0  # stochastic depth, linear 0 -> rate over blocks (training only)
+    dtype: str = "float32"  # compute dtype of matmuls (params are fp32)
+    remat: str = "none"  # a REMAT_MODES name: none | full | attn | dots | save_qkv_attn | ...
     scan_layers: bool = False
-    attention: str = "auto"          # kernel (model/attention.py): auto | xla | chunked | cudnn | splash
+    attention: str = "auto"  # kernel (model/attention.py): auto | xla | chunked | cudnn | splash
 
     def __post_init__(self):
         if self.embed_dim % self.num_heads:
@@ -88,17 +88,23 @@ class InfinityConfig:
             raise ValueError(f"remat={self.remat!r}: expected one of {REMAT_MODES}")
         if self.attention not in attention_lib.IMPLEMENTATIONS:
             raise ValueError(f"attention={self.attention!r}: expected one of {attention_lib.IMPLEMENTATIONS}")
+        extensions.check(self.extension)
         if self.text_channels % self.pool_head_dim:
-            raise ValueError(f"text_channels={self.text_channels} must be a multiple of the text-pool head "
-                             f"width {self.pool_head_dim}")
+            raise ValueError(
+                f"text_channels={self.text_channels} must be a multiple of the text-pool head "
+                f"width {self.pool_head_dim}"
+            )
         if self.embed_dim % (self.text_channels // self.pool_head_dim):
-            raise ValueError(f"embed_dim={self.embed_dim} must divide into {self.text_channels // self.pool_head_dim} "
-                             "text-pool heads")
+            raise ValueError(
+                f"embed_dim={self.embed_dim} must divide into {self.text_channels // self.pool_head_dim} "
+                "text-pool heads"
+            )
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "InfinityConfig":
-        """From a config section (ml_collections ConfigDict or dict); unknown keys are an error."""
-        d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
+        """From a config section (ml_collections ConfigDict or dict); unknown keys are an error. Older
+        saved configs' flags for an extension (extensions.LEGACY_FLAGS) become `extension`."""
+        d = extensions.upgrade_legacy(d.to_dict() if hasattr(d, "to_dict") else d)
         d.pop("name", None)
         names = {f.name for f in dataclasses.fields(cls)}
         bad = sorted(set(d) - names)
@@ -160,6 +166,7 @@ def null_text(params: Mapping[str, Any], text_mask: jax.Array) -> jax.Array:
 # ---------------------------------------------------------------- modules
 class TextAttentivePool(nn.Module):
     """Pools text tokens with one learned query per head: (B, Lt, Ct) + mask -> (B, D)."""
+
     cfg: InfinityConfig
 
     @nn.compact
@@ -170,6 +177,7 @@ class TextAttentivePool(nn.Module):
 
 class AdaLNBeforeHead(nn.Module):
     """norm(x) * (1 + scale) + shift with (scale, shift) = ada_lin(silu(cond)). x: (B, l, C), cond: (B, D)."""
+
     cfg: InfinityConfig
 
     @nn.compact
@@ -193,6 +201,7 @@ class Block(nn.Module):
     scale_lengths: the static token count per scale (block-causal self-attention, training);
     None when decoding (each scale sees the whole cache prefix).
     """
+
     cfg: InfinityConfig
     cache_offset: int | None = None
     scale_lengths: tuple[int, ...] | None = None
@@ -214,29 +223,42 @@ class Block(nn.Module):
         if "lvl" in xs:
             x = x + xs["lvl"] * shared["lvl"]
         if c.shared_aln:
-            gss = self.param("ada_gss", layers._part(nn.initializers.normal(1 / math.sqrt(c.embed_dim)),
-                                                     (None, None, None, "adaln")), (1, 1, 6, c.embed_dim))
+            gss = self.param(
+                "ada_gss",
+                layers._part(nn.initializers.normal(1 / math.sqrt(c.embed_dim)), (None, None, None, "adaln")),
+                (1, 1, 6, c.embed_dim),
+            )
             ada = gss + shared["ada"]
         else:
             ada = layers.dense(6 * c.embed_dim, ("embed", "adaln"), name="ada_lin")(
-                nn.silu(shared["cond"].astype(jnp.float32))).reshape(-1, 1, 6, c.embed_dim)
+                nn.silu(shared["cond"].astype(jnp.float32))
+            ).reshape(-1, 1, 6, c.embed_dim)
         gamma1, gamma2, scale1, scale2, shift1, shift2 = (ada[:, :, i] for i in range(6))
 
         sa_cls = nn.remat(layers.SelfAttention) if self.remat_attn else layers.SelfAttention
         cache = layers.LayerCache(carry["k"], carry["v"], xs["layer"]) if "k" in carry else None
         h = layers.ada_norm(x, scale1, shift1, c.norm_eps, c.rms_norm)
-        h, cache = sa_cls(c.num_heads, cos_attn=c.cos_attn, tau=c.tau, dtype=dt, cache_offset=self.cache_offset,
-                          scale_lengths=self.scale_lengths, implementation=c.attention,
-                          name="sa")(h, shared["rope"], cache)
+        h, cache = sa_cls(
+            c.num_heads,
+            cos_attn=c.cos_attn,
+            tau=c.tau,
+            dtype=dt,
+            cache_offset=self.cache_offset,
+            scale_lengths=self.scale_lengths,
+            implementation=c.attention,
+            name="sa",
+        )(h, shared["rope"], cache)
         x = x + self._drop_path(h.astype(jnp.float32) * gamma1, xs)
 
         h = layers.Norm(c.norm_eps, c.rms_norm, name="ca_norm")(x)
         h = layers.CrossAttention(c.embed_dim, c.num_heads, dtype=dt, implementation=c.attention, name="ca")(
-            h, shared["ca_kv"], shared["ca_mask"])
+            h, shared["ca_kv"], shared["ca_mask"]
+        )
         h = h.astype(jnp.float32)
         if c.cross_attn_layer_scale >= 0:
-            h = h * self.param("ca_gamma", layers._part(nn.initializers.constant(c.cross_attn_layer_scale),
-                                                        ("embed",)), (c.embed_dim,))
+            h = h * self.param(
+                "ca_gamma", layers._part(nn.initializers.constant(c.cross_attn_layer_scale), ("embed",)), (c.embed_dim,)
+            )
         x = x + h
 
         h = layers.ada_norm(x, scale2, shift2, c.norm_eps, c.rms_norm)
@@ -250,24 +272,33 @@ class Block(nn.Module):
 
 class Infinity(nn.Module):
     """The Infinity transformer. See the module docstring for the two entry points."""
+
     cfg: InfinityConfig
 
     def setup(self):
         c = self.cfg
         part = layers._part
         self.cfg_uncond = self.param(
-            "cfg_uncond", part(lambda k, s: 1.2 * jax.random.truncated_normal(k, -2 / 1.2, 2 / 1.2, s)
-                               / math.sqrt(c.text_channels), (None, "text_embed")), (c.text_maxlen, c.text_channels))
+            "cfg_uncond",
+            part(
+                lambda k, s: 1.2 * jax.random.truncated_normal(k, -2 / 1.2, 2 / 1.2, s) / math.sqrt(c.text_channels),
+                (None, "text_embed"),
+            ),
+            (c.text_maxlen, c.text_channels),
+        )
         self.text_norm = layers.Norm(c.norm_eps, rms=True)
         self.text_proj_for_sos = TextAttentivePool(c)
         self.text_proj_for_ca_0 = layers.dense(c.embed_dim, ("text_embed", "mlp"))
         self.text_proj_for_ca_2 = layers.dense(c.embed_dim, ("mlp", "embed"))
         std = math.sqrt(1 / c.embed_dim / 3)
         self.pos_start = self.param("pos_start", part(layers._normal(std), (None, None, "embed")), (1, 1, c.embed_dim))
-        self.lvl_embed = nn.Embed(NUM_LEVELS, c.embed_dim, embedding_init=part(layers._normal(std), ("scales", "embed")))
+        self.lvl_embed = nn.Embed(
+            NUM_LEVELS, c.embed_dim, embedding_init=part(layers._normal(std), ("scales", "embed"))
+        )
         self.word_embed = layers.dense(c.embed_dim, ("bits", "embed"))
-        if c.abs_pos_embed:
-            self.abs_pos = layers.dense(c.embed_dim, (None, "embed"), use_bias=False)
+        self.extension = extensions.build(c)
+        if self.extension is not None:  # its params sit at the top level, beside the official ones
+            nn.share_scope(self, self.extension)
         if c.shared_aln:
             self.shared_ada_lin = layers.dense(6 * c.embed_dim, ("embed", "adaln"))
         self.head_nm = AdaLNBeforeHead(c)
@@ -283,8 +314,9 @@ class Infinity(nn.Module):
         """
         c = self.cfg
         if text.ndim != 3 or text.shape[-1] != c.text_channels or text_mask.shape != text.shape[:2]:
-            raise ValueError(f"text {text.shape} / mask {text_mask.shape}: expected (B, Lt, {c.text_channels}) "
-                             "and (B, Lt)")
+            raise ValueError(
+                f"text {text.shape} / mask {text_mask.shape}: expected (B, Lt, {c.text_channels}) and (B, Lt)"
+            )
         text = text.astype(jnp.float32)
         text_mask = text_mask.astype(bool)
         if drop is not None:
@@ -310,11 +342,11 @@ class Infinity(nn.Module):
 
     def _level_and_place(self, schedule, start: int, length: int) -> jax.Array:
         """(length, C): what the blocks of `_chunk_starts` add to tokens start..start+length-1 of the
-        schedule: the level embedding of each token's scale, plus its place with abs_pos_embed."""
-        ids = scale_ids(schedule)[start:start + length]
+        schedule: the level embedding of each token's scale, plus the extension's features (if any)."""
+        ids = scale_ids(schedule)[start : start + length]
         out = self.lvl_embed(jnp.asarray(ids))
-        if self.cfg.abs_pos_embed:
-            out = out + self.abs_pos(jnp.asarray(layers.cell_centre_features(schedule)[start:start + length]))
+        if self.extension is not None:
+            out = out + self.extension(schedule, start, length)
         return out
 
     def _chunk_starts(self) -> list[int]:
@@ -332,7 +364,9 @@ class Infinity(nn.Module):
         carried through the layers and written in place."""
         c = self.cfg
         decoding = cache is not None
-        drop = np.linspace(0.0, c.drop_path_rate, c.depth).astype(np.float32) if train and c.drop_path_rate > 0 else None
+        drop = (
+            np.linspace(0.0, c.drop_path_rate, c.depth).astype(np.float32) if train and c.drop_path_rate > 0 else None
+        )
         starts = self._chunk_starts()
         shared = {"ca_kv": ctx["ca_kv"], "ca_mask": ctx["ca_mask"], "rope": rope, "lvl": lvl}
         shared.update({"ada": ctx["ada"]} if c.shared_aln else {"cond": ctx["cond"]})
@@ -350,9 +384,14 @@ class Infinity(nn.Module):
                 xs["drop"] = jnp.asarray(drop)
             if decoding:
                 xs["layer"] = jnp.arange(c.depth, dtype=jnp.int32)
-            scanned = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                              in_axes=(0, nn.broadcast), length=c.depth,
-                              metadata_params={nn.PARTITION_NAME: "layers"})
+            scanned = nn.scan(
+                block_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(0, nn.broadcast),
+                length=c.depth,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
             carry, _ = scanned(c, name="blocks", **kw)(carry, xs, shared)
         else:
             for i in range(c.depth):
@@ -374,8 +413,9 @@ class Infinity(nn.Module):
         schedule = schedules.validate(schedule)
         n = schedules.num_tokens(schedule)
         if x_wo_prefix.ndim != 3 or x_wo_prefix.shape[1:] != (n - 1, c.codebook_dim):
-            raise ValueError(f"x_wo_prefix {x_wo_prefix.shape}: expected (B, {n - 1}, {c.codebook_dim}) for a "
-                             f"schedule of {n} tokens")
+            raise ValueError(
+                f"x_wo_prefix {x_wo_prefix.shape}: expected (B, {n - 1}, {c.codebook_dim}) for a schedule of {n} tokens"
+            )
         ctx = self.encode_text(text, text_mask, drop)
         x = jnp.concatenate([self._sos(ctx), self._embed(x_wo_prefix)], axis=1)
         lvl = self._level_and_place(schedule, 0, n)
@@ -403,8 +443,10 @@ class Infinity(nn.Module):
             x = self._sos(ctx)
         else:
             if x_scale is None or x_scale.shape[1:] != (l, c.codebook_dim):
-                raise ValueError(f"x_scale {None if x_scale is None else x_scale.shape}: expected (B, {l}, "
-                                 f"{c.codebook_dim}) for scale {scale_index}")
+                raise ValueError(
+                    f"x_scale {None if x_scale is None else x_scale.shape}: expected (B, {l}, "
+                    f"{c.codebook_dim}) for scale {scale_index}"
+                )
             x = self._embed(x_scale)
         b = ctx["cond"].shape[0]
         if x.shape[0] != b:  # CFG: one set of inputs for the cond and uncond halves
@@ -412,7 +454,7 @@ class Infinity(nn.Module):
                 raise ValueError(f"x_scale batch {x.shape[0]} does not divide the text batch {b}")
             x = jnp.tile(x, (b // x.shape[0], 1, 1))
         lvl = self._level_and_place(schedule, start, l)
-        rope = jnp.asarray(layers.rope2d_table(schedule, c.head_dim, c.rope2d_normalized_by_hw)[:, start:start + l])
+        rope = jnp.asarray(layers.rope2d_table(schedule, c.head_dim, c.rope2d_normalized_by_hw)[:, start : start + l])
         x, cache = self._blocks(x, ctx, rope, None, lvl, cache, start)
         return self._logits(x, ctx["cond"]), cache
 
@@ -420,8 +462,7 @@ class Infinity(nn.Module):
 # ---------------------------------------------------------------- init and counting
 def _dummy_inputs(cfg: InfinityConfig):
     sched = ((1, 1, 1), (1, 2, 2))
-    return (jnp.zeros((1, 1, cfg.text_channels)), jnp.ones((1, 1), bool),
-            jnp.zeros((1, 4, cfg.codebook_dim)), sched)
+    return (jnp.zeros((1, 1, cfg.text_channels)), jnp.ones((1, 1), bool), jnp.zeros((1, 4, cfg.codebook_dim)), sched)
 
 
 def init_params(cfg: InfinityConfig, rng: jax.Array) -> dict[str, Any]:
@@ -437,48 +478,3 @@ def abstract_params(cfg: InfinityConfig) -> dict[str, Any]:
 def count_params(cfg: InfinityConfig) -> int:
     """Number of parameters, from shapes only (comparable to the official model's parameters())."""
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nn.unbox(abstract_params(cfg)))))
-
-
-def params_main(argv: list[str] | None = None) -> int:
-    """`infinity-jax params [--config SPEC] ...`: parameter counts from shapes only. SPEC is a configs/infinity.py
-    name (infinity_2b, 2b, layer12, tiny) or any config spec with a `model` section (configs/shapes.py:layers=4,
-    zoo:layer12, my.py:arg), loaded by config_util.load_config as every command does."""
-    import argparse
-    from infinity_jax import config_util
-    from infinity_jax.errors import UsageError
-    p = argparse.ArgumentParser(prog="infinity-jax params", description=params_main.__doc__)
-    p.add_argument("--config", action="append", help="a configs/infinity.py name or a config spec file.py[:arg] / "
-                                                     "name[:arg] (repeatable; default: every official size)")
-    args = p.parse_args(argv)
-    specs = args.config or ["infinity_2b", "infinity_8b", "infinity_20b"] + [f"infinity_layer{n}" for n in
-                                                                              (12, 16, 24, 32, 40, 48)]
-    rows = []
-    for spec in specs:  # every spec is checked before anything is printed
-        full = spec
-        if not any(c in spec for c in ":/\\") and not spec.endswith(".py"):
-            try:
-                config_util.resolve_config_path(spec)
-            except FileNotFoundError:  # not a configs/ name: a model name of configs/infinity.py
-                full = f"infinity:{spec}"
-        try:
-            cd = config_util.load_config(full)
-        except config_util.ConfigError as e:
-            if full == spec:
-                raise
-            raise UsageError(f"--config {spec!r}: {e.__cause__ or e}, or a config spec (file.py[:arg] or a configs/ "
-                             "name[:arg])") from e
-        if "model" not in cd:
-            raise UsageError(f"--config {spec!r}: the config has no `model` section; expected a transformer config "
-                             "(infinity, shapes, zoo, ...)")
-        try:
-            cfg = InfinityConfig.from_dict(cd.model)
-        except (TypeError, ValueError) as e:
-            raise UsageError(f"--config {spec!r}: its `model` section is not an Infinity config: {e}") from e
-        rows.append((spec, cfg, cd.get("official_params", None)))
-    width = max([24] + [len(spec) for spec, _, _ in rows])
-    print(f"{'config':{width}s} {'depth':>5s} {'width':>5s} {'heads':>5s} {'params':>16s} {'official':>16s}")
-    for spec, cfg, off in rows:
-        n = count_params(cfg)
-        print(f"{spec:{width}s} {cfg.depth:5d} {cfg.embed_dim:5d} {cfg.num_heads:5d} {n:16,d} "
-              f"{(f'{off:,d}' if off else '-'):>16s}{'' if not off or off == n else '  MISMATCH'}")
-    return 0

@@ -18,6 +18,7 @@ null prompt for CFG, a fixed eval set). Set cache_size=0 or call with cache=Fals
 captions. The cached path assembles the batch on the host, so it is single-host only; multi-host
 training tokenizes in the data pipeline and calls `encode_tokens` inside its own jitted step.
 """
+
 from __future__ import annotations
 
 import collections
@@ -34,6 +35,7 @@ from flax import linen as nn
 from jax.sharding import Mesh
 
 from infinity_jax import parallel
+from infinity_jax.convert.t5 import load_t5
 from infinity_jax.text.t5 import T5Config, T5Encoder, abstract_params, init_params
 from infinity_jax.text.tokenizers import DEFAULT_MAX_LENGTH, ByteTokenizer, Tokenizer, load_tokenizer
 
@@ -66,7 +68,8 @@ def encode_tokens(config: T5Config, params: Any, ids: jax.Array, mask: jax.Array
 
 
 def pack_features(features, mask) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Padded (B, L, C) + mask (B, L) -> the official (kv_compact (sum len, C), lens (B,), cu_seqlens (B+1,), max len)."""
+    """Padded (B, L, C) + mask (B, L) -> the official packed form:
+    (kv_compact (sum len, C), lens (B,), cu_seqlens (B+1,), max len)."""
     features, mask = np.asarray(features), np.asarray(mask, bool)
     lens = mask.sum(1).astype(np.int32)
     if not all(mask[i, :n].all() for i, n in enumerate(lens)):
@@ -84,8 +87,17 @@ class TextEncoder:
     module docstring). cache_size: LRU entries (0 disables).
     """
 
-    def __init__(self, config: T5Config, params: Any, tokenizer: Tokenizer, *, mesh: Mesh | None = None,
-                 rules: Any = "dp", buckets: Sequence[int] | None = None, cache_size: int = 64):
+    def __init__(
+        self,
+        config: T5Config,
+        params: Any,
+        tokenizer: Tokenizer,
+        *,
+        mesh: Mesh | None = None,
+        rules: Any = "dp",
+        buckets: Sequence[int] | None = None,
+        cache_size: int = 64,
+    ):
         _check_vocab(tokenizer, config)
         self.config, self.tokenizer, self.mesh, self.rules = config, tokenizer, mesh, rules
         self.buckets = length_buckets(tokenizer.max_length, buckets)
@@ -100,27 +112,42 @@ class TextEncoder:
             self._batch_multiple = int(np.prod([mesh.shape[a] for a in parallel.BATCH_AXES]))
             self._param_shardings = parallel.param_shardings(abstract_params(config), mesh, rules)
             rows = parallel.batch_sharding(mesh, 2)
-            self._fn = jax.jit(fn, in_shardings=(self._param_shardings, rows, rows),
-                               out_shardings=parallel.batch_sharding(mesh, 3))
+            self._fn = jax.jit(
+                fn, in_shardings=(self._param_shardings, rows, rows), out_shardings=parallel.batch_sharding(mesh, 3)
+            )
         self.set_params(params)
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, folder: str, *, tokenizer: str = "auto", max_length: int = DEFAULT_MAX_LENGTH,
-                        dtype: str | None = None, **kwargs) -> "TextEncoder":
+    def from_pretrained(
+        cls,
+        folder: str,
+        *,
+        tokenizer: str = "auto",
+        max_length: int = DEFAULT_MAX_LENGTH,
+        dtype: str | None = None,
+        **kwargs,
+    ) -> "TextEncoder":
         """From a local Hugging Face folder (config.json + weights; spiece.model unless byte-level).
 
         tokenizer: 'auto' (spiece.model when the folder has one, else bytes for a 384-id vocab),
         'bytes', or a path. dtype: compute dtype override ('bfloat16' on TPU/GPU).
         """
-        from infinity_jax.convert.t5 import load_t5
         config, params = load_t5(folder, **({} if dtype is None else {"dtype": dtype}))
         return cls(config, params, _resolve_tokenizer(tokenizer, folder, config, max_length), **kwargs)
 
     @classmethod
-    def from_config(cls, config: T5Config | Mapping | str, *, seed: int = 0, tokenizer: str = "bytes",
-                    max_length: int = DEFAULT_MAX_LENGTH, mesh: Mesh | None = None, rules: Any = "dp",
-                    **kwargs) -> "TextEncoder":
+    def from_config(
+        cls,
+        config: T5Config | Mapping | str,
+        *,
+        seed: int = 0,
+        tokenizer: str = "bytes",
+        max_length: int = DEFAULT_MAX_LENGTH,
+        mesh: Mesh | None = None,
+        rules: Any = "dp",
+        **kwargs,
+    ) -> "TextEncoder":
         """Random-init encoder, no files: config is a T5Config, a plain dict of its fields, or a preset name."""
         if isinstance(config, str):
             config = T5Config.preset(config)
@@ -243,12 +270,13 @@ def _jitted_init(config: T5Config, mesh: Mesh | None, rules: Any):
 
 def _check_vocab(tokenizer: Tokenizer, config: T5Config) -> None:
     if tokenizer.vocab_size > config.vocab_size:
-        raise ValueError(f"the {type(tokenizer).__name__} makes ids up to {tokenizer.vocab_size - 1} but the T5 "
-                         f"config has vocab_size={config.vocab_size}")
+        raise ValueError(
+            f"the {type(tokenizer).__name__} makes ids up to {tokenizer.vocab_size - 1} but the T5 "
+            f"config has vocab_size={config.vocab_size}"
+        )
 
 
-def _resolve_tokenizer(tokenizer: str | Tokenizer, folder: str | None, config: T5Config,
-                       max_length: int) -> Tokenizer:
+def _resolve_tokenizer(tokenizer: str | Tokenizer, folder: str | None, config: T5Config, max_length: int) -> Tokenizer:
     if isinstance(tokenizer, Tokenizer):
         return tokenizer
     if tokenizer != "auto":
@@ -257,8 +285,10 @@ def _resolve_tokenizer(tokenizer: str | Tokenizer, folder: str | None, config: T
         return load_tokenizer(folder, max_length)
     if config.vocab_size == ByteTokenizer().vocab_size or folder is None:
         return ByteTokenizer(max_length)
-    raise FileNotFoundError(f"tokenizer='auto': {folder!r} has no spiece.model and vocab_size={config.vocab_size} "
-                            "is not ByT5's 384; pass tokenizer='bytes' or a spiece.model path")
+    raise FileNotFoundError(
+        f"tokenizer='auto': {folder!r} has no spiece.model and vocab_size={config.vocab_size} "
+        "is not ByT5's 384; pass tokenizer='bytes' or a spiece.model path"
+    )
 
 
 def build_text_encoder(cfg: Mapping[str, Any], mesh: Mesh | None = None) -> TextEncoder:
@@ -266,14 +296,21 @@ def build_text_encoder(cfg: Mapping[str, Any], mesh: Mesh | None = None) -> Text
     `preset` with `model` field overrides. Other keys: tokenizer, max_length, buckets, dtype,
     cache_size, seed, rules."""
     cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)  # ml_collections.ConfigDict or a dict
-    common = dict(max_length=cfg.get("max_length", DEFAULT_MAX_LENGTH), mesh=mesh, rules=cfg.get("rules", "dp"),
-                  buckets=tuple(cfg.get("buckets") or ()) or None, cache_size=cfg.get("cache_size", 64))
+    common = dict(
+        max_length=cfg.get("max_length", DEFAULT_MAX_LENGTH),
+        mesh=mesh,
+        rules=cfg.get("rules", "dp"),
+        buckets=tuple(cfg.get("buckets") or ()) or None,
+        cache_size=cfg.get("cache_size", 64),
+    )
     if cfg.get("path"):
-        return TextEncoder.from_pretrained(cfg["path"], tokenizer=cfg.get("tokenizer", "auto"),
-                                           dtype=cfg.get("dtype"), **common)
+        return TextEncoder.from_pretrained(
+            cfg["path"], tokenizer=cfg.get("tokenizer", "auto"), dtype=cfg.get("dtype"), **common
+        )
     fields = dict(T5Config.preset(cfg.get("preset", "tiny-byt5")).to_dict(), **dict(cfg.get("model") or {}))
     if cfg.get("dtype"):
         fields["dtype"] = cfg["dtype"]
     tok = cfg.get("tokenizer", "bytes")
-    return TextEncoder.from_config(fields, seed=cfg.get("seed", 0), tokenizer="bytes" if tok == "auto" else tok,
-                                   **common)
+    return TextEncoder.from_config(
+        fields, seed=cfg.get("seed", 0), tokenizer="bytes" if tok == "auto" else tok, **common
+    )

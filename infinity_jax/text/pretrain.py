@@ -1,7 +1,5 @@
-"""Pretraining a small T5 encoder from scratch on a dataset's captions (the offline stand-in for Flan-T5).
-
-    infinity-jax pretrain-text --data DATA --out FOLDER [--steps 2400 --batch-size 16]
-        [--preset tiny-byt5 --d-model 128]
+"""Pretraining a small T5 encoder from scratch on a dataset's captions (the offline stand-in for Flan-T5);
+the command `infinity-jax pretrain-text` (infinity_jax/commands/pretrain_text.py) saves the result.
 
 The official model freezes a T5 pretrained on a web corpus, whose features know word order. With
 nothing to download, a *random* byte-level T5 is close to a bag of bytes: its relative position
@@ -21,13 +19,10 @@ triangle"), over the typical distance between unrelated captions, goes from 0.05
 init) to 0.17-0.46. The heads are thrown away; the encoder is saved as a Hugging Face folder (config.json +
 model.safetensors) that `text.folder` loads frozen, exactly like a downloaded Flan-T5.
 """
+
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import os
-import sys
 import time
 from typing import Sequence
 
@@ -37,21 +32,20 @@ import numpy as np
 import optax
 from flax import linen as nn
 
+from infinity_jax.data import sources
 from infinity_jax.text.t5 import T5Config, T5Encoder
 from infinity_jax.text.tokenizers import ByteTokenizer
 
 log = logging.getLogger(__name__)
-# Small batches, many steps: the rows learn their neighbours only after a sudden jump in accuracy (at
-# 400 steps of batch 64, the old default, it had not come: context acc 0.21). Shapes captions, 2 cores
-# (2026-12-01, slower machine): batch 16 x 1,600 steps 0.51 in 100 s, batch 64 x 1,600 0.59 in 382 s,
-# batch 16 x 2,400 0.76 in 145 s. A demo transformer on the 1,600 x 64 encoder scored prompt adherence
-# 0.817 held-out (position 0.95) against 0.725 on the 400-step one (docs/demo_experiments.md).
+# Small batches, many steps: the rows learn their neighbours only after a sudden jump in accuracy, which
+# many small steps reach in less time than fewer large ones (docs/demo_experiments.md)
 DEFAULT_STEPS = 2400
 DEFAULT_BATCH = 16
 
 
 class ContextPredictor(nn.Module):
     """T5 encoder rows -> logits of the bytes at the given offsets from each row."""
+
     config: T5Config
     window: int
 
@@ -67,9 +61,9 @@ class ContextPredictor(nn.Module):
 def context_loss(logits, ids, mask, offsets):
     """(mean cross-entropy, accuracy) of predicting ids[j + o] from row j, over pairs inside the caption."""
     L = ids.shape[1]
-    src = jnp.clip(jnp.arange(L)[None, :] + offsets[:, None], 0, L - 1)[None]     # (1, O, L)
-    inside = ((jnp.arange(L)[None, :] + offsets[:, None] >= 0) & (jnp.arange(L)[None, :] + offsets[:, None] < L))
-    target = jnp.take_along_axis(ids[:, None, :], src, axis=2)                     # (B, O, L)
+    src = jnp.clip(jnp.arange(L)[None, :] + offsets[:, None], 0, L - 1)[None]  # (1, O, L)
+    inside = (jnp.arange(L)[None, :] + offsets[:, None] >= 0) & (jnp.arange(L)[None, :] + offsets[:, None] < L)
+    target = jnp.take_along_axis(ids[:, None, :], src, axis=2)  # (B, O, L)
     valid = mask[:, None, :] & inside[None] & jnp.take_along_axis(mask[:, None, :], src, axis=2)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, target)
     w = valid.astype(jnp.float32)
@@ -77,31 +71,47 @@ def context_loss(logits, ids, mask, offsets):
     return (ce * w).sum() / n, ((logits.argmax(-1) == target) * w).sum() / n
 
 
-def pretrain(captions: Sequence[str], config: T5Config, *, steps: int = DEFAULT_STEPS,
-             batch_size: int = DEFAULT_BATCH, lr: float = 3e-3, bias_lr_mult: float = 30.0,
-             max_length: int = 64, window: int = 16, offsets_per_step: int = 4, seed: int = 0,
-             log_every: int = 50) -> tuple[dict, dict]:
+def pretrain(
+    captions: Sequence[str],
+    config: T5Config,
+    *,
+    steps: int = DEFAULT_STEPS,
+    batch_size: int = DEFAULT_BATCH,
+    lr: float = 3e-3,
+    bias_lr_mult: float = 30.0,
+    max_length: int = 64,
+    window: int = 16,
+    offsets_per_step: int = 4,
+    seed: int = 0,
+    log_every: int = 50,
+) -> tuple[dict, dict]:
     """(encoder params, final metrics) after `steps` AdamW steps on random batches of `captions`."""
     if not captions:
         raise ValueError("pretrain: no captions given")
     if steps < 1 or batch_size < 1 or window < 1:
-        raise ValueError(f"pretrain: steps={steps}, batch_size={batch_size}, window={window}: "
-                         "expected positive numbers")
+        raise ValueError(
+            f"pretrain: steps={steps}, batch_size={batch_size}, window={window}: expected positive numbers"
+        )
     ids, mask = (np.asarray(a) for a in ByteTokenizer(max_length=max_length)(list(captions), length=max_length))
     model = ContextPredictor(config, window)
     all_offsets = np.array([o for o in range(-window, window + 1) if o != 0], np.int32)
     params = nn.unbox(model.init(jax.random.key(seed), ids[:1], mask[:1], all_offsets[:1])["params"])
-    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.multi_transform(
-        {"default": optax.adam(_schedule(lr, steps)), "bias": optax.adam(_schedule(lr * bias_lr_mult, steps))},
-        jax.tree_util.tree_map_with_path(
-            lambda path, _: "bias" if "relative_attention_bias" in jax.tree_util.keystr(path) else "default",
-            params)))
+    opt = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.multi_transform(
+            {"default": optax.adam(_schedule(lr, steps)), "bias": optax.adam(_schedule(lr * bias_lr_mult, steps))},
+            jax.tree_util.tree_map_with_path(
+                lambda path, _: "bias" if "relative_attention_bias" in jax.tree_util.keystr(path) else "default", params
+            ),
+        ),
+    )
     opt_state = opt.init(params)
 
     @jax.jit
     def step(params, opt_state, ids, mask, offsets):
         def loss_fn(p):
             return context_loss(model.apply({"params": p}, ids, mask, offsets), ids, mask, offsets)
+
         (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, {"loss": loss, "context_acc": acc}
@@ -115,13 +125,26 @@ def pretrain(captions: Sequence[str], config: T5Config, *, steps: int = DEFAULT_
         if i % log_every == 0 or i == steps:
             m = {k: float(v) for k, v in metrics.items()}
             rate = i / (time.perf_counter() - t0)
-            log.info("pretrain-text step %d/%d: loss %.4f, context acc %.3f (%.1f steps/s, ETA %.0f s)",
-                     i, steps, m["loss"], m["context_acc"], rate, (steps - i) / rate)
+            log.info(
+                "pretrain-text step %d/%d: loss %.4f, context acc %.3f (%.1f steps/s, ETA %.0f s)",
+                i,
+                steps,
+                m["loss"],
+                m["context_acc"],
+                rate,
+                (steps - i) / rate,
+            )
     # final figures over (up to 256) captions and every offset
     evaluate = jax.jit(lambda p, i, m: context_loss(model.apply({"params": p}, i, m, all_offsets), i, m, all_offsets))
     loss, acc = evaluate(params, ids[:256], mask[:256])
-    final = {"steps": steps, "captions": len(captions), "window": window, "context_loss": float(loss),
-             "context_acc": float(acc), "seconds": time.perf_counter() - t0}
+    final = {
+        "steps": steps,
+        "captions": len(captions),
+        "window": window,
+        "context_loss": float(loss),
+        "context_acc": float(acc),
+        "seconds": time.perf_counter() - t0,
+    }
     return params["encoder"], final
 
 
@@ -131,7 +154,6 @@ def _schedule(peak: float, steps: int):
 
 def dataset_captions(path: str, split: str = "train", limit: int | None = None) -> list[str]:
     """The distinct captions (`long_caption`) of a dataset built by `infinity-jax data prepare`."""
-    from infinity_jax.data import sources
     src, _ = sources.open_split(path, split)
     n = len(src) if limit is None else min(limit, len(src))
     caps = {}
@@ -139,47 +161,3 @@ def dataset_captions(path: str, split: str = "train", limit: int | None = None) 
         c = src[i]["long_caption"]
         caps[c.decode("utf-8") if isinstance(c, bytes) else str(c)] = None
     return list(caps)
-
-
-def save(folder: str, config: T5Config, encoder_params, report: dict) -> None:
-    """The encoder as a Hugging Face folder, built beside `folder` and renamed into place."""
-    from infinity_jax.convert.common import atomic_folder
-    from infinity_jax.convert.t5 import save_t5
-    with atomic_folder(folder) as tmp:
-        save_t5(tmp, config, encoder_params)
-        with open(os.path.join(tmp, "pretrain.json"), "w") as f:
-            json.dump(report, f, indent=1)
-
-
-def pretrain_dataset(data: str, out: str, config: T5Config, **kwargs) -> dict:
-    """pretrain() on the distinct captions of dataset `data`, saved to folder `out`; returns the report."""
-    captions = dataset_captions(data)
-    log.info("pretrain-text: %d distinct captions from %s", len(captions), data)
-    params, report = pretrain(captions, config, **kwargs)
-    save(out, config, params, report)
-    return report
-
-
-def main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    ap = argparse.ArgumentParser(prog="infinity-jax pretrain-text", description=__doc__.split("\n")[0])
-    ap.add_argument("--data", required=True, help="a dataset folder from `infinity-jax data prepare`")
-    ap.add_argument("--out", required=True, help="output Hugging Face folder (config.json + model.safetensors)")
-    ap.add_argument("--preset", default="tiny-byt5", help="infinity_jax.text.t5 preset")
-    ap.add_argument("--d-model", type=int, default=None, help="override the preset's width")
-    ap.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--max-length", type=int, default=64)
-    ap.add_argument("--window", type=int, default=16, help="each row learns the bytes up to this far either side")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    config = T5Config.preset(args.preset, **({} if args.d_model is None else {"d_model": args.d_model}))
-    report = pretrain_dataset(args.data, args.out, config, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                              max_length=args.max_length, window=args.window, seed=args.seed)
-    print(json.dumps(report))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -22,6 +22,7 @@ a rename (see infinity_jax/convert/t5.py):
 Precision: params fp32; matmuls in `config.dtype`; the residual stream, norms, attention scores
 and softmax in fp32; the output is fp32 (the official pipeline calls `.float()` on it).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -68,6 +69,7 @@ class T5Config:
     `dtype` is the compute dtype of the matmuls ('float32', 'bfloat16' or 'float16'); it is ours,
     not Hugging Face's (their `torch_dtype` describes the stored weights and is ignored).
     """
+
     vocab_size: int = 32128
     d_model: int = 512
     d_kv: int = 64
@@ -81,14 +83,24 @@ class T5Config:
     dtype: str = "float32"
 
     def __post_init__(self):
-        for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads",
-                     "relative_attention_num_buckets", "relative_attention_max_distance"):
+        for name in (
+            "vocab_size",
+            "d_model",
+            "d_kv",
+            "d_ff",
+            "num_layers",
+            "num_heads",
+            "relative_attention_num_buckets",
+            "relative_attention_max_distance",
+        ):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or v <= 0:
                 raise ValueError(f"T5Config.{name}={v!r}: expected a positive integer")
         if self.relative_attention_num_buckets < 4:
-            raise ValueError(f"T5Config.relative_attention_num_buckets={self.relative_attention_num_buckets}: "
-                             "expected at least 4 (two directions x exact + log buckets)")
+            raise ValueError(
+                f"T5Config.relative_attention_num_buckets={self.relative_attention_num_buckets}: "
+                "expected at least 4 (two directions x exact + log buckets)"
+            )
         self.activation  # validates feed_forward_proj
         if self.dtype not in _DTYPES:
             raise ValueError(f"T5Config.dtype={self.dtype!r}: expected one of {sorted(_DTYPES)}")
@@ -103,8 +115,10 @@ class T5Config:
         parts = self.feed_forward_proj.split("-")
         act = "gelu_new" if self.feed_forward_proj == "gated-gelu" else parts[-1]
         if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated") or act not in _ACTIVATIONS:
-            raise ValueError(f"T5Config.feed_forward_proj={self.feed_forward_proj!r}: expected 'ACT' or "
-                             f"'gated-ACT' with ACT one of {sorted(_ACTIVATIONS)}")
+            raise ValueError(
+                f"T5Config.feed_forward_proj={self.feed_forward_proj!r}: expected 'ACT' or "
+                f"'gated-ACT' with ACT one of {sorted(_ACTIVATIONS)}"
+            )
         return act
 
     @property
@@ -123,8 +137,10 @@ class T5Config:
         d = {**d, **overrides}
         model_type = d.get("model_type", "t5")
         if model_type not in ("t5", "mt5"):
-            raise ValueError(f"config model_type={model_type!r}: expected 't5' or 'mt5' "
-                             "(T5 v1.1, Flan-T5, mT5 and ByT5 checkpoints are all 't5'/'mt5')")
+            raise ValueError(
+                f"config model_type={model_type!r}: expected 't5' or 'mt5' "
+                "(T5 v1.1, Flan-T5, mT5 and ByT5 checkpoints are all 't5'/'mt5')"
+            )
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -133,8 +149,9 @@ class T5Config:
         """From a Hugging Face model folder (or its config.json)."""
         file = os.path.join(path, "config.json") if os.path.isdir(path) else path
         if not os.path.isfile(file):
-            raise FileNotFoundError(f"T5 config: {file!r} does not exist (expected a Hugging Face model folder "
-                                    "holding config.json)")
+            raise FileNotFoundError(
+                f"T5 config: {file!r} does not exist (expected a Hugging Face model folder holding config.json)"
+            )
         with open(file) as f:
             return cls.from_dict(json.load(f), **overrides)
 
@@ -173,12 +190,14 @@ def _dense(features: int, axes: tuple[str, str], std: float, dtype, name: str) -
 
 class T5LayerNorm(nn.Module):
     """RMS norm, fp32 statistics, no bias: x: (..., C) -> (..., C) float32."""
+
     eps: float = 1e-6
 
     @nn.compact
     def __call__(self, x):
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-                           (x.shape[-1],), jnp.float32)
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (x.shape[-1],), jnp.float32
+        )
         x = x.astype(jnp.float32)
         return scale * (x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps))
 
@@ -189,6 +208,7 @@ class T5Attention(nn.Module):
     x: (B, L, C); mask: (B, L) bool, False at padding keys; position_bias: (1, H, L, L) float32 or
     None (then this layer must own the bias table and computes it). Returns ((B, L, C), bias).
     """
+
     config: T5Config
     has_relative_bias: bool = False
 
@@ -199,17 +219,22 @@ class T5Attention(nn.Module):
         H, D = cfg.num_heads, cfg.d_kv
         # Init as the mesh-tf/Hugging Face T5: q carries the missing 1/sqrt(d_kv).
         q = _dense(H * D, ("text_embed", "heads"), (C * D) ** -0.5, dt, "q")(x).reshape(B, L, H, D)
-        k = _dense(H * D, ("text_embed", "heads"), C ** -0.5, dt, "k")(x).reshape(B, L, H, D)
-        v = _dense(H * D, ("text_embed", "heads"), C ** -0.5, dt, "v")(x).reshape(B, L, H, D)
+        k = _dense(H * D, ("text_embed", "heads"), C**-0.5, dt, "k")(x).reshape(B, L, H, D)
+        v = _dense(H * D, ("text_embed", "heads"), C**-0.5, dt, "v")(x).reshape(B, L, H, D)
         if position_bias is None:
             if not self.has_relative_bias:
                 raise ValueError("T5Attention: no position_bias given and this layer has no relative bias table")
-            table = nn.Embed(cfg.relative_attention_num_buckets, H, dtype=jnp.float32, param_dtype=jnp.float32,
-                             embedding_init=nn.with_logical_partitioning(nn.initializers.normal(C ** -0.5),
-                                                                         ("length", "heads")),
-                             name="relative_attention_bias")
-            buckets = relative_position_buckets(L, L, cfg.relative_attention_num_buckets,
-                                                cfg.relative_attention_max_distance)
+            table = nn.Embed(
+                cfg.relative_attention_num_buckets,
+                H,
+                dtype=jnp.float32,
+                param_dtype=jnp.float32,
+                embedding_init=nn.with_logical_partitioning(nn.initializers.normal(C**-0.5), ("length", "heads")),
+                name="relative_attention_bias",
+            )
+            buckets = relative_position_buckets(
+                L, L, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance
+            )
             position_bias = jnp.transpose(table(jnp.asarray(buckets)), (2, 0, 1))[None]  # (1, H, L, L)
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) + position_bias
         scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
@@ -220,19 +245,20 @@ class T5Attention(nn.Module):
 
 class T5DenseReluDense(nn.Module):
     """Feed-forward: wo(act(wi_0 x) * wi_1 x) when gated, else wo(act(wi x)). x: (B, L, C) -> (B, L, C)."""
+
     config: T5Config
 
     @nn.compact
     def __call__(self, x):
         cfg, dt = self.config, self.config.compute_dtype
         act = _ACTIVATIONS[cfg.activation]
-        std_in = cfg.d_model ** -0.5
+        std_in = cfg.d_model**-0.5
         if cfg.is_gated:
             h = act(_dense(cfg.d_ff, ("text_embed", "mlp"), std_in, dt, "wi_0")(x))
             h = h * _dense(cfg.d_ff, ("text_embed", "mlp"), std_in, dt, "wi_1")(x)
         else:
             h = act(_dense(cfg.d_ff, ("text_embed", "mlp"), std_in, dt, "wi")(x))
-        return _dense(cfg.d_model, ("mlp", "text_embed"), cfg.d_ff ** -0.5, dt, "wo")(h)
+        return _dense(cfg.d_model, ("mlp", "text_embed"), cfg.d_ff**-0.5, dt, "wo")(h)
 
 
 class T5SelfAttentionLayer(nn.Module):
@@ -243,7 +269,8 @@ class T5SelfAttentionLayer(nn.Module):
     def __call__(self, x, mask, position_bias=None):
         h = T5LayerNorm(self.config.layer_norm_epsilon, name="layer_norm")(x)
         h, position_bias = T5Attention(self.config, self.has_relative_bias, name="SelfAttention")(
-            h, mask, position_bias)
+            h, mask, position_bias
+        )
         return x + h.astype(jnp.float32), position_bias
 
 
@@ -263,7 +290,8 @@ class T5Block(nn.Module):
     @nn.compact
     def __call__(self, x, mask, position_bias=None):
         x, position_bias = T5SelfAttentionLayer(self.config, self.has_relative_bias, name="layer_0")(
-            x, mask, position_bias)
+            x, mask, position_bias
+        )
         return T5FFLayer(self.config, name="layer_1")(x), position_bias
 
 
@@ -274,6 +302,7 @@ class T5Encoder(nn.Module):
     Returns (B, L, C) float32, C = d_model: Hugging Face's `last_hidden_state` (padded positions
     hold whatever the network computes there; callers mask them).
     """
+
     config: T5Config
 
     @nn.compact
@@ -281,10 +310,14 @@ class T5Encoder(nn.Module):
         cfg = self.config
         if ids.ndim != 2 or mask.shape != ids.shape:
             raise ValueError(f"T5Encoder: ids {ids.shape} and mask {mask.shape}: expected both (B, L)")
-        embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=jnp.float32, param_dtype=jnp.float32,
-                         embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
-                                                                     ("vocab", "text_embed")),
-                         name="shared")
+        embed = nn.Embed(
+            cfg.vocab_size,
+            cfg.d_model,
+            dtype=jnp.float32,
+            param_dtype=jnp.float32,
+            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "text_embed")),
+            name="shared",
+        )
         # Gather the whole table before the lookup (as FSDP gathers every weight): a lookup into a
         # table split along its width would come out split the wrong way for the batch-split stream.
         table = nn.with_logical_constraint(embed.embedding, (None, None))

@@ -16,6 +16,7 @@ Two schemes, both with T5's special ids (pad 0, EOS 1, unknown 2):
                           text stay plain bytes (transformers' ByT5Tokenizer maps them to special
                           ids and strips spaces around some; captions do not contain them).
 """
+
 from __future__ import annotations
 
 import os
@@ -34,6 +35,7 @@ class Tokenizer:
 
     Attributes: vocab_size (ids are in [0, vocab_size)), max_length, pad_id, eos_id.
     """
+
     pad_id: int = PAD_ID
     eos_id: int = EOS_ID
     vocab_size: int
@@ -63,8 +65,11 @@ class Tokenizer:
         encoded = [self._encode(p) for p in prompts]
         cut = sum(t for _, t in encoded)
         if cut:
-            warnings.warn(f"{cut} of {len(encoded)} prompts exceed max_length={self.max_length} tokens and were "
-                          "truncated (as the official pipeline does)", stacklevel=3)
+            warnings.warn(
+                f"{cut} of {len(encoded)} prompts exceed max_length={self.max_length} tokens and were "
+                "truncated (as the official pipeline does)",
+                stacklevel=3,
+            )
         return [r for r, _ in encoded]
 
     def pad(self, rows: Sequence[Sequence[int]], length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -90,6 +95,7 @@ class Tokenizer:
 
 class ByteTokenizer(Tokenizer):
     """ByT5's scheme: UTF-8 bytes shifted by 3 (0 pad, 1 EOS, 2 unknown); vocab 384 with ByT5's 125 sentinels."""
+
     OFFSET = 3
 
     def __init__(self, max_length: int = DEFAULT_MAX_LENGTH, extra_ids: int = 125):
@@ -115,8 +121,7 @@ class SentencePieceTokenizer(Tokenizer):
         if not os.path.isfile(model_file):
             raise FileNotFoundError(f"sentencepiece model {model_file!r} does not exist")
         self.sp = spm.SentencePieceProcessor(model_file=model_file)
-        got = {"<pad>": self.sp.piece_to_id("<pad>"), "</s>": self.sp.piece_to_id("</s>"),
-               "<unk>": self.sp.unk_id()}
+        got = {"<pad>": self.sp.piece_to_id("<pad>"), "</s>": self.sp.piece_to_id("</s>"), "<unk>": self.sp.unk_id()}
         if got != {"<pad>": PAD_ID, "</s>": EOS_ID, "<unk>": UNK_ID} or self.sp.id_to_piece(PAD_ID) != "<pad>":
             raise ValueError(f"{model_file}: special ids {got}; expected T5's <pad>=0, </s>=1, <unk>=2")
         n = self.sp.get_piece_size()
@@ -142,10 +147,12 @@ def load_tokenizer(source: str | None = "bytes", max_length: int = DEFAULT_MAX_L
     if os.path.isdir(source):
         file = os.path.join(source, "spiece.model")
         if not os.path.isfile(file):
-            raise FileNotFoundError(f"tokenizer: {source!r} has no spiece.model; for a byte-level (ByT5) model "
-                                    "pass tokenizer='bytes'")
+            raise FileNotFoundError(
+                f"tokenizer: {source!r} has no spiece.model; for a byte-level (ByT5) model pass tokenizer='bytes'"
+            )
         return SentencePieceTokenizer(file, max_length)
     if os.path.isfile(source):
         return SentencePieceTokenizer(source, max_length)
-    raise FileNotFoundError(f"tokenizer {source!r}: expected 'bytes', a folder holding spiece.model, "
-                            "or a sentencepiece .model file")
+    raise FileNotFoundError(
+        f"tokenizer {source!r}: expected 'bytes', a folder holding spiece.model, or a sentencepiece .model file"
+    )

@@ -20,6 +20,7 @@ infinity_jax.schedules), or (h, w) pairs; they are static: under jit pass them a
 tuples, e.g. jax.jit(multiscale_quantize, static_argnums=1) or functools.partial(..., schedule=s).
 Bits are uint8 (B, h_k, w_k, d); all quantizer math is float32 whatever the input dtype.
 """
+
 from __future__ import annotations
 
 import functools
@@ -43,6 +44,7 @@ class MultiScaleTokens(NamedTuple):
     z_hat:        (B, h, w, d) float32, the sum of every scale's codes upsampled to (h, w)
     quant_inputs: list of K arrays (B, h_k, w_k, d) float32, the residual quantized at scale k
     """
+
     bits: list
     z_hat: jax.Array
     quant_inputs: list
@@ -51,8 +53,9 @@ class MultiScaleTokens(NamedTuple):
 # ----------------------------------------------------------------------------- schedules
 
 
-def scale_hws(schedule: Sequence[Sequence[int]], latent_hw: tuple[int, int] | None = None
-              ) -> tuple[tuple[int, int], ...]:
+def scale_hws(
+    schedule: Sequence[Sequence[int]], latent_hw: tuple[int, int] | None = None
+) -> tuple[tuple[int, int], ...]:
     """(h_k, w_k) of every scale of `schedule` ((t, h, w) triples with t = 1, or (h, w) pairs).
 
     Raises ValueError for a malformed schedule or one whose last scale is not `latent_hw`.
@@ -191,7 +194,7 @@ def split_scales(x: jax.Array, schedule) -> list[jax.Array]:
         raise ValueError(f"split_scales got shape {tuple(x.shape)}: expected (B, {L}, C) for schedule {hws}")
     out, start = [], 0
     for h, w in hws:
-        out.append(x[:, start:start + h * w].reshape(x.shape[0], h, w, x.shape[-1]))
+        out.append(x[:, start : start + h * w].reshape(x.shape[0], h, w, x.shape[-1]))
         start += h * w
     return out
 
@@ -297,8 +300,9 @@ def flip_strength_levels(strength: float) -> int:
     return int(100 * p + 1)
 
 
-def draw_flip_masks(rng: jax.Array, hws, batch: int, d: int, *, strength: float = 0.3,
-                    num_layers: int = 13) -> tuple[list[jax.Array], jax.Array]:
+def draw_flip_masks(
+    rng: jax.Array, hws, batch: int, d: int, *, strength: float = 0.3, num_layers: int = 13
+) -> tuple[list[jax.Array], jax.Array]:
     """Random flips of the official recipe: (masks, strengths).
 
     For each of the first `num_layers` scales one strength s_k (shared by the batch) is drawn
@@ -320,8 +324,9 @@ def draw_flip_masks(rng: jax.Array, hws, batch: int, d: int, *, strength: float 
     return split_scales(flips.astype(jnp.uint8), hws), strengths
 
 
-def self_correction_with_flips(z: jax.Array, schedule, flip_masks: Sequence[jax.Array | None], *,
-                               requant: bool = True) -> tuple[jax.Array, jax.Array]:
+def self_correction_with_flips(
+    z: jax.Array, schedule, flip_masks: Sequence[jax.Array | None], *, requant: bool = True
+) -> tuple[jax.Array, jax.Array]:
     """Teacher forcing with given bit flips: (x_wo_prefix (B, L - h_1*w_1, d), labels (B, L, d) uint8).
 
     z: (B, h, w, d) raw latent. flip_masks: up to K masks (B, h_k, w_k, d) (None = no flips).
@@ -341,8 +346,9 @@ def self_correction_with_flips(z: jax.Array, schedule, flip_masks: Sequence[jax.
     return x, flatten_scales(bits)
 
 
-def self_correction(z: jax.Array, schedule, rng: jax.Array, *, strength: float = 0.3, num_layers: int = 13,
-                    requant: bool = True) -> tuple[jax.Array, jax.Array, list[jax.Array]]:
+def self_correction(
+    z: jax.Array, schedule, rng: jax.Array, *, strength: float = 0.3, num_layers: int = 13, requant: bool = True
+) -> tuple[jax.Array, jax.Array, list[jax.Array]]:
     """Bitwise self-correction (training inputs with random flips), the official recipe.
 
     z: (B, h, w, d) raw latent; rng: a PRNG key. Returns (x_wo_prefix (B, L - h_1*w_1, d) float32,

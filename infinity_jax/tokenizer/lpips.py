@@ -17,6 +17,7 @@ Param tree: 'features_{i}/kernel|bias' is torchvision's `features.{i}.weight|bia
 index in `features`, HWIO), 'lin_{k}/kernel' (1, 1, C_k, 1) is LPIPS's `lin{k}.model.1.weight`.
 infinity_jax/convert/lpips.py loads both from local files. The params are never trained.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -27,11 +28,13 @@ from flax import linen as nn
 
 # (torchvision `features` index of each conv, width) per block; a 2x2 max-pool starts blocks 2-5,
 # and each block's last ReLU is an LPIPS layer
-VGG16_BLOCKS = (((0, 64), (2, 64)),
-                ((5, 128), (7, 128)),
-                ((10, 256), (12, 256), (14, 256)),
-                ((17, 512), (19, 512), (21, 512)),
-                ((24, 512), (26, 512), (28, 512)))
+VGG16_BLOCKS = (
+    ((0, 64), (2, 64)),
+    ((5, 128), (7, 128)),
+    ((10, 256), (12, 256), (14, 256)),
+    ((17, 512), (19, 512), (21, 512)),
+    ((24, 512), (26, 512), (28, 512)),
+)
 CHANNELS = tuple(block[-1][1] for block in VGG16_BLOCKS)  # (64, 128, 256, 512, 512)
 # the LPIPS ScalingLayer: ImageNet mean/std of [0, 1] pixels, rewritten for pixels in [-1, 1]
 SHIFT = (-0.030, -0.088, -0.188)
@@ -51,13 +54,28 @@ def unit_normalize(f: jax.Array) -> jax.Array:
 
 class LPIPS(nn.Module):
     """(x, y) images (B, H, W, 3) in [-1, 1] -> distance (B,) fp32; H, W >= 16 (four 2x2 pools)."""
+
     dtype: Any = jnp.float32
 
     def setup(self):
-        self.convs = [[nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, param_dtype=jnp.float32,
-                               name=f"features_{index}") for index, width in block] for block in VGG16_BLOCKS]
-        self.lins = [nn.Conv(1, (1, 1), use_bias=False, dtype=jnp.float32, param_dtype=jnp.float32, name=f"lin_{k}")
-                     for k in range(len(VGG16_BLOCKS))]
+        self.convs = [
+            [
+                nn.Conv(
+                    width,
+                    (3, 3),
+                    padding=((1, 1), (1, 1)),
+                    dtype=self.dtype,
+                    param_dtype=jnp.float32,
+                    name=f"features_{index}",
+                )
+                for index, width in block
+            ]
+            for block in VGG16_BLOCKS
+        ]
+        self.lins = [
+            nn.Conv(1, (1, 1), use_bias=False, dtype=jnp.float32, param_dtype=jnp.float32, name=f"lin_{k}")
+            for k in range(len(VGG16_BLOCKS))
+        ]
 
     def features(self, x):
         """x: (B, H, W, 3) in [-1, 1] -> the 5 unit-normalised taps [(B, H/2^k, W/2^k, C_k) fp32]."""

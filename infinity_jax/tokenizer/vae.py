@@ -15,6 +15,7 @@ always fp32; `encode` and `decode` return fp32.
 Shapes: image (B, H, W, 3) in [-1, 1], H and W multiples of `patch_size`;
 latent (B, H/patch_size, W/patch_size, z_channels).
 """
+
 from __future__ import annotations
 
 import math
@@ -23,6 +24,8 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+
+from infinity_jax.tokenizer import bsq
 
 # torch's default conv init (kaiming-uniform with a=sqrt(5)): U(+-1/sqrt(fan_in)).
 _KERNEL_INIT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
@@ -43,6 +46,7 @@ class Conv(nn.Module):
     padding: 'same' (k//2 on every side) or 'down' (one row/column at the bottom/right only,
     the official stride-2 downsample's asymmetric zero pad).
     """
+
     features: int
     kernel_size: int = 3
     stride: int = 1
@@ -53,11 +57,17 @@ class Conv(nn.Module):
     def __call__(self, x):
         k = self.kernel_size
         pad = ((0, 1), (0, 1)) if self.padding == "down" else ((k // 2, k // 2),) * 2
-        return nn.Conv(self.features, (k, k), strides=self.stride, padding=pad, dtype=self.dtype,
-                       param_dtype=jnp.float32,
-                       kernel_init=nn.with_logical_partitioning(_KERNEL_INIT, _CONV_AXES),
-                       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
-                       name="conv")(x)
+        return nn.Conv(
+            self.features,
+            (k, k),
+            strides=self.stride,
+            padding=pad,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=nn.with_logical_partitioning(_KERNEL_INIT, _CONV_AXES),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
+            name="conv",
+        )(x)
 
 
 class GroupNorm(nn.Module):
@@ -65,6 +75,7 @@ class GroupNorm(nn.Module):
 
     x: (B, H, W, C) -> same shape, in x's dtype.
     """
+
     eps: float = 1e-6
 
     @nn.compact
@@ -94,6 +105,7 @@ class ResnetBlock(nn.Module):
 
     x: (B, H, W, C_in) -> (B, H, W, features).
     """
+
     features: int
     dtype: Any = jnp.float32
 
@@ -108,6 +120,7 @@ class ResnetBlock(nn.Module):
 
 class Downsample(nn.Module):
     """Zero pad bottom/right by one, 3x3 conv of stride 2. x: (B, H, W, C) -> (B, H/2, W/2, C)."""
+
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -117,6 +130,7 @@ class Downsample(nn.Module):
 
 class Upsample(nn.Module):
     """Nearest-neighbour x2, then a 3x3 conv. x: (B, H, W, C) -> (B, 2H, 2W, C)."""
+
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -127,6 +141,7 @@ class Upsample(nn.Module):
 
 class _Level(nn.Module):
     """One resolution level: residual blocks `block_i`, then an optional resampler."""
+
     features: int
     num_blocks: int
     resample: str | None  # None, 'down' or 'up'
@@ -145,6 +160,7 @@ class _Level(nn.Module):
 
 class _Mid(nn.Module):
     """The two middle residual blocks (`block_1`, `block_2`, official names)."""
+
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -156,14 +172,17 @@ class _Mid(nn.Module):
 
 def _num_resamples(ch_mult: Sequence[int], patch_size: int) -> int:
     n = int(round(math.log2(patch_size)))
-    if 2 ** n != patch_size or len(ch_mult) <= n:
-        raise ValueError(f"patch_size={patch_size} with ch_mult={tuple(ch_mult)}: expected a power of two "
-                         f"with len(ch_mult) > log2(patch_size) (e.g. 16 with 5 levels, 8 with 4)")
+    if 2**n != patch_size or len(ch_mult) <= n:
+        raise ValueError(
+            f"patch_size={patch_size} with ch_mult={tuple(ch_mult)}: expected a power of two "
+            f"with len(ch_mult) > log2(patch_size) (e.g. 16 with 5 levels, 8 with 4)"
+        )
     return n
 
 
 class Encoder(nn.Module):
     """image (B, H, W, in_channels) -> (B, H/patch_size, W/patch_size, z_channels), compute dtype."""
+
     base_ch: int
     ch_mult: tuple[int, ...]
     num_res_blocks: int
@@ -176,8 +195,13 @@ class Encoder(nn.Module):
         n_down = _num_resamples(self.ch_mult, self.patch_size)
         h = Conv(self.base_ch, dtype=self.dtype, name="conv_in")(x.astype(self.dtype))
         for i, m in enumerate(self.ch_mult):
-            h = _Level(self.base_ch * m, self.num_res_blocks, "down" if i < n_down else None,
-                       dtype=self.dtype, name=f"down_{i}")(h)
+            h = _Level(
+                self.base_ch * m,
+                self.num_res_blocks,
+                "down" if i < n_down else None,
+                dtype=self.dtype,
+                name=f"down_{i}",
+            )(h)
         h = _Mid(dtype=self.dtype, name="mid")(h)
         h = nn.swish(Normalize(name="norm_out")(h))
         return Conv(self.z_channels, dtype=self.dtype, name="conv_out")(h)
@@ -185,6 +209,7 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
     """latent (B, h, w, z_channels) -> (B, h*patch_size, w*patch_size, out_channels), unclamped."""
+
     base_ch: int
     ch_mult: tuple[int, ...]
     num_res_blocks: int
@@ -198,8 +223,13 @@ class Decoder(nn.Module):
         h = Conv(self.base_ch * self.ch_mult[-1], dtype=self.dtype, name="conv_in")(z.astype(self.dtype))
         h = _Mid(dtype=self.dtype, name="mid")(h)
         for i in reversed(range(len(self.ch_mult))):  # coarse to fine; `up_i` keeps the official index
-            h = _Level(self.base_ch * self.ch_mult[i], self.num_res_blocks + 1, "up" if 1 <= i <= n_up else None,
-                       dtype=self.dtype, name=f"up_{i}")(h)
+            h = _Level(
+                self.base_ch * self.ch_mult[i],
+                self.num_res_blocks + 1,
+                "up" if 1 <= i <= n_up else None,
+                dtype=self.dtype,
+                name=f"up_{i}",
+            )(h)
         h = nn.swish(Normalize(name="norm_out")(h))
         return Conv(self.out_channels, dtype=self.dtype, name="conv_out")(h)
 
@@ -214,6 +244,7 @@ class BSQVAE(nn.Module):
       tokenize(image, schedule) -> bits per scale [(B,h_k,w_k,d) uint8], coarse to fine
       decode_bits(bits, schedule) -> image (B,H,W,3)
     """
+
     base_ch: int = 128
     ch_mult: tuple[int, ...] = (1, 2, 4, 4, 4)
     num_res_blocks: int = 2
@@ -224,18 +255,22 @@ class BSQVAE(nn.Module):
     dtype: Any = jnp.float32
 
     def setup(self):
-        self.encoder = Encoder(self.base_ch, tuple(self.ch_mult), self.num_res_blocks, self.z_channels,
-                               self.patch_size, dtype=self.dtype)
-        self.decoder = Decoder(self.base_ch, tuple(self.ch_mult), self.num_res_blocks, self.in_channels,
-                               self.patch_size, dtype=self.dtype)
+        self.encoder = Encoder(
+            self.base_ch, tuple(self.ch_mult), self.num_res_blocks, self.z_channels, self.patch_size, dtype=self.dtype
+        )
+        self.decoder = Decoder(
+            self.base_ch, tuple(self.ch_mult), self.num_res_blocks, self.in_channels, self.patch_size, dtype=self.dtype
+        )
 
     def encode(self, image):
         """image: (B, H, W, C) in [-1, 1] -> latent (B, H/p, W/p, z_channels) fp32."""
         if image.ndim != 4 or image.shape[-1] != self.in_channels:
             raise ValueError(f"encode: image of shape {image.shape}; expected (B, H, W, {self.in_channels}) NHWC")
         if image.shape[1] % self.patch_size or image.shape[2] % self.patch_size:
-            raise ValueError(f"encode: image size {image.shape[1]}x{image.shape[2]} is not a multiple of the "
-                             f"patch size {self.patch_size}")
+            raise ValueError(
+                f"encode: image size {image.shape[1]}x{image.shape[2]} is not a multiple of the "
+                f"patch size {self.patch_size}"
+            )
         return self.encoder(image).astype(jnp.float32)
 
     def decode(self, latent):
@@ -246,20 +281,20 @@ class BSQVAE(nn.Module):
 
     def tokenize(self, image, schedule):
         """image (B,H,W,C) -> bits per scale, coarse to fine: [(B, h_k, w_k, d)], 1 = positive."""
-        from infinity_jax.tokenizer import bsq  # lazy: the quantizer is a separate, param-free module
         self._check_quantizable()
         return list(bsq.multiscale_quantize(self.encode(image), schedule).bits)
 
     def decode_bits(self, bits, schedule):
         """bits per scale [(B, h_k, w_k, d)] -> image (B, H, W, C) in [-1, 1]."""
-        from infinity_jax.tokenizer import bsq
         self._check_quantizable()
         return self.decode(bsq.bits_to_latent(bits, schedule))
 
     def _check_quantizable(self):
         if self.z_channels != self.codebook_dim:
-            raise ValueError(f"z_channels={self.z_channels} != codebook_dim={self.codebook_dim}: the BSQ "
-                             "quantizer here has no projections (none of the released tokenizers does)")
+            raise ValueError(
+                f"z_channels={self.z_channels} != codebook_dim={self.codebook_dim}: the BSQ "
+                "quantizer here has no projections (none of the released tokenizers does)"
+            )
 
     def __call__(self, image):
         return self.decode(self.encode(image))
@@ -267,11 +302,16 @@ class BSQVAE(nn.Module):
 
 def from_config(config, dtype: Any = None) -> BSQVAE:
     """A BSQVAE from a configs/bsq_vae.py ConfigDict (or any object with the same fields)."""
-    return BSQVAE(base_ch=int(config.base_ch), ch_mult=tuple(int(m) for m in config.ch_mult),
-                  num_res_blocks=int(config.num_res_blocks), z_channels=int(config.z_channels),
-                  codebook_dim=int(config.codebook_dim), patch_size=int(config.patch_size),
-                  in_channels=int(config.get("in_channels", 3)),
-                  dtype=jnp.dtype(dtype if dtype is not None else config.get("dtype", "float32")))
+    return BSQVAE(
+        base_ch=int(config.base_ch),
+        ch_mult=tuple(int(m) for m in config.ch_mult),
+        num_res_blocks=int(config.num_res_blocks),
+        z_channels=int(config.z_channels),
+        codebook_dim=int(config.codebook_dim),
+        patch_size=int(config.patch_size),
+        in_channels=int(config.get("in_channels", 3)),
+        dtype=jnp.dtype(dtype if dtype is not None else config.get("dtype", "float32")),
+    )
 
 
 def abstract_params(model: BSQVAE, image_hw: tuple[int, int] | None = None):

@@ -8,6 +8,7 @@
 Every process then feeds its own slice of the global batch (`process_batch_slice`), and
 `global_batch` assembles the sharded global array with make_array_from_process_local_data.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,12 @@ def _cluster_detected() -> bool:
     return len([h for h in hosts.split(",") if h]) > 1 or "MEGASCALE_COORDINATOR_ADDRESS" in env
 
 
-def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None, cpu_collectives: str | None = "gloo") -> bool:
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    cpu_collectives: str | None = "gloo",
+) -> bool:
     """Start jax.distributed if this is a multi-process job; True if it was started (or already was).
 
     cpu_collectives: implementation for cross-process collectives on CPU devices ('gloo'; None to
@@ -50,8 +55,10 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     if not explicit and not _cluster_detected():
         return False
     if explicit and (num_processes is None or process_id is None):
-        raise ValueError(f"coordinator {coordinator_address!r} given but num_processes={num_processes} and "
-                         f"process_id={process_id}: set both (or JAX_NUM_PROCESSES / JAX_PROCESS_ID)")
+        raise ValueError(
+            f"coordinator {coordinator_address!r} given but num_processes={num_processes} and "
+            f"process_id={process_id}: set both (or JAX_NUM_PROCESSES / JAX_PROCESS_ID)"
+        )
     if cpu_collectives:
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
     if explicit:
@@ -76,9 +83,11 @@ def process_batch_slice(global_batch: int) -> tuple[int, int]:
 
 def global_batch(local_batch: Any, mesh: Mesh) -> Any:
     """Global jax.Arrays, leading axis sharded over data x fsdp, from each process's local rows."""
+
     def one(x):
         x = np.asarray(x)
         return jax.make_array_from_process_local_data(parallel.batch_sharding(mesh, x.ndim), x)
+
     return jax.tree.map(one, local_batch)
 
 

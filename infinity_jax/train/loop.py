@@ -38,6 +38,7 @@ What it does, from `config` (configs/train_defaults.py):
   - a NaN/Inf loss raises NonFiniteLossError naming the step; nothing is saved after it.
 Step keys are fold_in(base key, step), so a resumed run repeats the uninterrupted one exactly.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -55,12 +56,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from infinity_jax import parallel
 from infinity_jax.checkpoint import Checkpointer
 from infinity_jax.errors import UsageError
-from infinity_jax.train import distributed, metrics as metrics_lib, optim
+from infinity_jax.train import distributed, optim
+from infinity_jax.train import metrics as metrics_lib
 from infinity_jax.train.state import TrainState, make_step, state_shardings, step_key
 
 log = logging.getLogger(__name__)
@@ -70,8 +73,9 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN/Inf; `step` is the update that produced it (1-based)."""
 
     def __init__(self, step: int, value: float, last_checkpoint: int | None):
-        super().__init__(f"loss is {value} at step {step}; stopped without saving "
-                         f"(last good checkpoint: step {last_checkpoint})")
+        super().__init__(
+            f"loss is {value} at step {step}; stopped without saving (last good checkpoint: step {last_checkpoint})"
+        )
         self.step, self.value, self.last_checkpoint = step, value, last_checkpoint
 
 
@@ -84,6 +88,7 @@ class Hook:
     The next step donates `state`: copy anything the hook wants to keep (writer.workdir is the
     run's folder, for images and such; write files from process 0 only).
     """
+
     fn: Callable[[int, TrainState, metrics_lib.MetricsWriter], Mapping[str, float] | None]
     every: int | None = None
     name: str = "hook"
@@ -92,9 +97,9 @@ class Hook:
 @dataclasses.dataclass
 class TrainResult:
     state: TrainState
-    history: list[dict]         # one dict per step run in this call: {'step': s, 'loss': ..., ...}
-    stopped: str                # 'done' | 'time_limit' | 'until_step' | 'preempted'
-    start_step: int             # the step this call started from (> 0 after a resume)
+    history: list[dict]  # one dict per step run in this call: {'step': s, 'loss': ..., ...}
+    stopped: str  # 'done' | 'time_limit' | 'until_step' | 'preempted'
+    start_step: int  # the step this call started from (> 0 after a resume)
     workdir: str
     # the mean loss of the run's last logging window (its metrics.jsonl row at the last step); a call that had
     # no step left to run reads it from metrics.jsonl (None where that has none, e.g. on processes > 0)
@@ -133,8 +138,10 @@ def _check_batch(local, global_batch: int):
     want = global_batch // jax.process_count()
     for x in jax.tree.leaves(local):
         if np.shape(x)[0] != want:
-            raise ValueError(f"data gave a local batch with leading axis {np.shape(x)[0]}; expected "
-                             f"train.global_batch / process_count = {global_batch} / {jax.process_count()} = {want}")
+            raise ValueError(
+                f"data gave a local batch with leading axis {np.shape(x)[0]}; expected "
+                f"train.global_batch / process_count = {global_batch} / {jax.process_count()} = {want}"
+            )
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
@@ -145,6 +152,7 @@ def validate_config(config, mesh: Mesh | None = None) -> None:
     compiled: a UsageError names the first bad key, its value and what was expected. mesh: the mesh the run
     will use (default: the one config.parallel describes, which must fit the devices); the global batch must
     split over its data x fsdp devices. Counts processes and devices: call it after jax.distributed starts."""
+
     def need(ok, key, value, expected):
         if not ok:
             raise UsageError(f"{key}={value!r}: expected {expected}")
@@ -176,8 +184,10 @@ def validate_config(config, mesh: Mesh | None = None) -> None:
     batch = integer("train", "global_batch", 1)
     accum = integer("train", "grad_accum", 1)
     if batch % (jax.process_count() * accum):
-        raise UsageError(f"train.global_batch={batch}: expected a multiple of process_count ({jax.process_count()}) "
-                         f"x train.grad_accum ({accum})")
+        raise UsageError(
+            f"train.global_batch={batch}: expected a multiple of process_count ({jax.process_count()}) "
+            f"x train.grad_accum ({accum})"
+        )
     dtype = get("train", "compute_dtype")
     need(dtype in COMPUTE_DTYPES, "train.compute_dtype", dtype, f"one of {COMPUTE_DTYPES}")
     integer("train", "log_every", 1)
@@ -209,18 +219,23 @@ def validate_config(config, mesh: Mesh | None = None) -> None:
         n = jax.device_count()
         if data == -1:
             if n % (fsdp * tensor):
-                raise UsageError(f"parallel.fsdp={fsdp} x parallel.tensor={tensor}: expected a divisor of the "
-                                 f"{n} devices")
+                raise UsageError(
+                    f"parallel.fsdp={fsdp} x parallel.tensor={tensor}: expected a divisor of the {n} devices"
+                )
             data = n // (fsdp * tensor)
         elif data * fsdp * tensor != n:
-            raise UsageError(f"parallel.data={data} x fsdp={fsdp} x tensor={tensor} = {data * fsdp * tensor}: "
-                             f"expected the {n} devices (parallel.data=-1 takes what is left)")
+            raise UsageError(
+                f"parallel.data={data} x fsdp={fsdp} x tensor={tensor} = {data * fsdp * tensor}: "
+                f"expected the {n} devices (parallel.data=-1 takes what is left)"
+            )
         shards = data * fsdp
     else:
         shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if batch % shards:
-        raise UsageError(f"train.global_batch={batch}: expected a multiple of the mesh's data x fsdp = {shards} "
-                         f"devices the batch is split over")
+        raise UsageError(
+            f"train.global_batch={batch}: expected a multiple of the mesh's data x fsdp = {shards} "
+            f"devices the batch is split over"
+        )
 
     if get("checkpoint", "enabled", True):
         integer("checkpoint", "every", 0)
@@ -235,6 +250,7 @@ def preflight(config, workdir: str, init_params: Callable[[jax.Array], Any], mes
     if not config.checkpoint.get("enabled", True):
         return None
     from etils import epath
+
     directory = os.path.join(workdir, "checkpoints")
     if not epath.Path(directory).exists():
         return None
@@ -267,18 +283,33 @@ def _check_schedule(config, ckpt: Checkpointer, step: int, workdir: str) -> None
         return
     if not config.train.get("reschedule", False):
         k = changed[0]
-        raise UsageError(f"{k}={now[k]!r}, but the run in {workdir} (checkpoint at step {step}) has {before[k]!r}: its "
-                         f"lr schedule would change mid-run; to continue it with the schedule recomputed for the new "
-                         f"{', '.join(changed)}, add --config.train.reschedule=True (or start a new --workdir)")
-    log.warning("train.reschedule: resuming step %d with the lr schedule recomputed for %s", step,
-                ", ".join(f"{k} {before[k]!r} -> {now[k]!r}" for k in changed))
+        raise UsageError(
+            f"{k}={now[k]!r}, but the run in {workdir} (checkpoint at step {step}) has {before[k]!r}: its "
+            f"lr schedule would change mid-run; to continue it with the schedule recomputed for the new "
+            f"{', '.join(changed)}, add --config.train.reschedule=True (or start a new --workdir)"
+        )
+    log.warning(
+        "train.reschedule: resuming step %d with the lr schedule recomputed for %s",
+        step,
+        ", ".join(f"{k} {before[k]!r} -> {now[k]!r}" for k in changed),
+    )
 
 
-def run_training(config, workdir: str, *, init_params: Callable[[jax.Array], Any], data,
-                 loss_fn: Callable | None = None, step_fn: Callable | None = None,
-                 hooks: Sequence[Hook] = (), mesh: Mesh | None = None,
-                 flops_per_step: float | None = None, tokens_per_example: float | None = None,
-                 until_step: int | None = None, frozen: Any = None) -> TrainResult:
+def run_training(
+    config,
+    workdir: str,
+    *,
+    init_params: Callable[[jax.Array], Any],
+    data,
+    loss_fn: Callable | None = None,
+    step_fn: Callable | None = None,
+    hooks: Sequence[Hook] = (),
+    mesh: Mesh | None = None,
+    flops_per_step: float | None = None,
+    tokens_per_example: float | None = None,
+    until_step: int | None = None,
+    frozen: Any = None,
+) -> TrainResult:
     """Train to config.train.total_steps (resuming from workdir if it holds a checkpoint).
 
     flops_per_step: model FLOPs of one update (forward + backward over the global batch), for MFU;
@@ -300,8 +331,12 @@ def run_training(config, workdir: str, *, init_params: Callable[[jax.Array], Any
     rules = config.parallel.rules
     tx, schedule = optim.make_optimizer(config.optim, t.total_steps, t.global_batch)
     if optim.warmup_steps(config.optim, t.total_steps) < config.optim.warmup_steps:
-        log.warning("optim.warmup_steps=%d does not fit in train.total_steps=%d: warm-up shortened to %d step(s)",
-                    config.optim.warmup_steps, t.total_steps, optim.warmup_steps(config.optim, t.total_steps))
+        log.warning(
+            "optim.warmup_steps=%d does not fit in train.total_steps=%d: warm-up shortened to %d step(s)",
+            config.optim.warmup_steps,
+            t.total_steps,
+            optim.warmup_steps(config.optim, t.total_steps),
+        )
     if step_fn is None:
         dtype = jnp.dtype(t.compute_dtype)
         step_fn = make_step(loss_fn, schedule, t.grad_accum, None if dtype == jnp.float32 else dtype, mesh)
@@ -312,7 +347,9 @@ def run_training(config, workdir: str, *, init_params: Callable[[jax.Array], Any
     abstract = jax.eval_shape(init_state)
     shardings = state_shardings(abstract, logical, mesh, rules)
     saving = ck.get("enabled", True)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=ck.keep, async_save=ck.async_save) if saving else None
+    ckpt = (
+        Checkpointer(os.path.join(workdir, "checkpoints"), keep=ck.keep, async_save=ck.async_save) if saving else None
+    )
     resumed_from = ckpt.latest_step() if saving else None
     if resumed_from is not None:
         _check_schedule(config, ckpt, resumed_from, workdir)
@@ -345,6 +382,7 @@ def run_training(config, workdir: str, *, init_params: Callable[[jax.Array], Any
     bar = None
     if writer.enabled and t.get("progress_bar", True):
         from tqdm import tqdm
+
         bar = tqdm(total=t.total_steps, initial=start, desc="train", dynamic_ncols=True)
 
     compiled, pending, compile_s = None, [], None
@@ -362,8 +400,16 @@ def run_training(config, workdir: str, *, init_params: Callable[[jax.Array], Any
                     batch_sh = jax.tree.map(lambda x: x.sharding, batch)
                     t0 = time.perf_counter()
                     with _sharding_context(mesh, rules):
-                        compiled = jax.jit(wrapped, in_shardings=(shardings, batch_sh), out_shardings=(shardings, rep),
-                                           donate_argnums=0).lower(state, batch).compile()
+                        compiled = (
+                            jax.jit(
+                                wrapped,
+                                in_shardings=(shardings, batch_sh),
+                                out_shardings=(shardings, rep),
+                                donate_argnums=0,
+                            )
+                            .lower(state, batch)
+                            .compile()
+                        )
                     compile_s = time.perf_counter() - t0
                     flops, flops_src = flops_per_step, "model"
                     if flops is None:
@@ -383,8 +429,9 @@ def run_training(config, workdir: str, *, init_params: Callable[[jax.Array], Any
                     elapsed = time.perf_counter() - window_t0  # after the wait: steps run asynchronously
                     pending = []
                     history.extend(rows)
-                    stats = _window_stats(rows, elapsed, t.global_batch, tokens_per_example, flops, flops_src,
-                                          mesh.size, peak)
+                    stats = _window_stats(
+                        rows, elapsed, t.global_batch, tokens_per_example, flops, flops_src, mesh.size, peak
+                    )
                     if compile_s is not None:  # the first row of the call: one row per step, no separate one
                         stats["compile_time_s"], compile_s = compile_s, None
                     train_loss = stats["loss"]
@@ -411,8 +458,13 @@ def run_training(config, workdir: str, *, init_params: Callable[[jax.Array], Any
                     break
                 if late:
                     stopped = "time_limit"
-                    log.warning("train.time_limit_s=%g passed: stopping at step %d of %d (saved in %s)",
-                                time_limit, done, t.total_steps, workdir)
+                    log.warning(
+                        "train.time_limit_s=%g passed: stopping at step %d of %d (saved in %s)",
+                        time_limit,
+                        done,
+                        t.total_steps,
+                        workdir,
+                    )
                     break
                 if log_due:
                     window_t0 = time.perf_counter()
@@ -422,8 +474,9 @@ def run_training(config, workdir: str, *, init_params: Callable[[jax.Array], Any
         if ckpt is not None:
             ckpt.close()
         writer.close()
-    return TrainResult(state=state, history=history, stopped=stopped, start_step=start, workdir=workdir,
-                       train_loss=train_loss)
+    return TrainResult(
+        state=state, history=history, stopped=stopped, start_step=start, workdir=workdir, train_loss=train_loss
+    )
 
 
 def _to_global(x, sharding: NamedSharding) -> jax.Array:
@@ -460,8 +513,7 @@ def _window_stats(rows, elapsed, global_batch, tokens_per_example, flops, flops_
     """Means of the step metrics over a logging window (lr: the last), plus throughput and MFU."""
     stats = {k: float(np.mean([r[k] for r in rows])) for k in rows[-1] if k != "step"}
     stats["lr"] = rows[-1]["lr"]
-    stats.update(metrics_lib.throughput(elapsed / len(rows), global_batch, tokens_per_example, flops,
-                                        n_devices, peak))
+    stats.update(metrics_lib.throughput(elapsed / len(rows), global_batch, tokens_per_example, flops, n_devices, peak))
     if "mfu" in stats:
         stats["mfu_flops_from_model"] = float(flops_src == "model")
     return stats

@@ -8,6 +8,7 @@ global norm, peak lr = base_lr * global_batch / 256, schedule `lin0` (linear war
 `global_batch` here is the number of examples in one optimizer update: all processes and all
 micro-batches of gradient accumulation together (the official `ac * glb_batch_size`).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
@@ -22,9 +23,24 @@ from flax import linen as nn
 # only does with nowd=2. A key matches a path component exactly, or, if it contains '/', a substring
 # of the '/'-joined path.
 NO_DECAY_KEYS: tuple[str, ...] = (
-    "cls_token", "start_token", "task_token", "cfg_uncond", "pos_embed", "pos_1LC", "pos_start",
-    "start_pos", "lvl_embed", "gamma", "beta", "ada_gss", "moe_bias", "scale_mul",
-    "text_proj_for_sos/ca/mat_q", "class_emb", "embedding", "scale",
+    "cls_token",
+    "start_token",
+    "task_token",
+    "cfg_uncond",
+    "pos_embed",
+    "pos_1LC",
+    "pos_start",
+    "start_pos",
+    "lvl_embed",
+    "gamma",
+    "beta",
+    "ada_gss",
+    "moe_bias",
+    "scale_mul",
+    "text_proj_for_sos/ca/mat_q",
+    "class_emb",
+    "embedding",
+    "scale",
 )
 
 SCHEDULES = ("lin0", "lin00", "cos", "const")
@@ -37,8 +53,14 @@ def peak_learning_rate(base_lr: float, global_batch: int) -> float:
     return base_lr * global_batch / 256.0
 
 
-def lr_schedule(peak_lr: float, total_steps: int, warmup_steps: int, kind: str = "lin0",
-                warmup_init: float = 0.005, final_frac: float = 0.3) -> optax.Schedule:
+def lr_schedule(
+    peak_lr: float,
+    total_steps: int,
+    warmup_steps: int,
+    kind: str = "lin0",
+    warmup_init: float = 0.005,
+    final_frac: float = 0.3,
+) -> optax.Schedule:
     """lr(it) for update index it = 0 .. total_steps-1 (jit-safe).
 
     Warm-up (it < warmup_steps): linear from warmup_init*peak towards peak.
@@ -115,10 +137,15 @@ def schedule_settings(config) -> dict[str, Any]:
     """What the lr schedule of a run config (train + optim sections) depends on, by config key (warm-up as
     resolved by warmup_steps()); a resumed run compares its own with its checkpoint's (train/loop.py)."""
     t, o = config.train, config.optim
-    return {"train.total_steps": int(t.total_steps), "train.global_batch": int(t.global_batch),
-            "optim.base_lr": float(o.base_lr), "optim.schedule": str(o.schedule),
-            "optim.warmup_steps": warmup_steps(o, int(t.total_steps)), "optim.warmup_init": float(o.warmup_init),
-            "optim.final_frac": float(o.final_frac)}
+    return {
+        "train.total_steps": int(t.total_steps),
+        "train.global_batch": int(t.global_batch),
+        "optim.base_lr": float(o.base_lr),
+        "optim.schedule": str(o.schedule),
+        "optim.warmup_steps": warmup_steps(o, int(t.total_steps)),
+        "optim.warmup_init": float(o.warmup_init),
+        "optim.final_frac": float(o.final_frac),
+    }
 
 
 def make_optimizer(cfg, total_steps: int, global_batch: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -128,14 +155,28 @@ def make_optimizer(cfg, total_steps: int, global_batch: int) -> tuple[optax.Grad
     total, the official default; at most total_steps - 1, see warmup_steps()), warmup_init, final_frac,
     no_decay_keys (optional). Clipping happens first, on the global norm of the full (accumulated) gradient.
     """
-    schedule = lr_schedule(peak_learning_rate(cfg.base_lr, global_batch), total_steps, warmup_steps(cfg, total_steps),
-                           kind=cfg.schedule, warmup_init=cfg.warmup_init, final_frac=cfg.final_frac)
+    schedule = lr_schedule(
+        peak_learning_rate(cfg.base_lr, global_batch),
+        total_steps,
+        warmup_steps(cfg, total_steps),
+        kind=cfg.schedule,
+        warmup_init=cfg.warmup_init,
+        final_frac=cfg.final_frac,
+    )
     keys = tuple(cfg.get("no_decay_keys", NO_DECAY_KEYS))
     parts = []
     if cfg.grad_clip > 0:
         parts.append(optax.clip_by_global_norm(cfg.grad_clip))
-    parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                             mask=lambda p: decay_mask(p, keys)))
+    parts.append(
+        optax.adamw(
+            schedule,
+            b1=cfg.b1,
+            b2=cfg.b2,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+            mask=lambda p: decay_mask(p, keys),
+        )
+    )
     return optax.chain(*parts), schedule
 
 
@@ -144,8 +185,14 @@ def ema_update(ema_params, params, decay: float | jax.Array):
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p.astype(e.dtype), ema_params, params)
 
 
-def accumulate_gradients(loss_fn: Callable[..., tuple[jax.Array, dict]], params, batch, rng,
-                         num_micro: int, micro_sharding: Callable[[Any], Any] | None = None):
+def accumulate_gradients(
+    loss_fn: Callable[..., tuple[jax.Array, dict]],
+    params,
+    batch,
+    rng,
+    num_micro: int,
+    micro_sharding: Callable[[Any], Any] | None = None,
+):
     """Mean loss, metrics and gradients over `num_micro` micro-batches, one lax.scan.
 
     loss_fn(params, batch, rng) -> (loss, metrics). The batch's leading axis B is split into
@@ -176,8 +223,10 @@ def accumulate_gradients(loss_fn: Callable[..., tuple[jax.Array, dict]], params,
         acc = jax.tree.map(jnp.add, acc, (loss, metrics, grads))
         return acc, None
 
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                         jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), rng)))
+    zeros = jax.tree.map(
+        lambda s: jnp.zeros(s.shape, s.dtype),
+        jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), rng)),
+    )
     (loss, metrics), grads = zeros
     (loss, metrics, grads), _ = jax.lax.scan(body, (loss, metrics, grads), (jnp.arange(num_micro), micro))
     return jax.tree.map(lambda x: x / num_micro, (loss, metrics, grads))

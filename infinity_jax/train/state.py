@@ -7,6 +7,7 @@ update per step), optional cast of the params to a compute dtype (fp32 params an
 state, bf16 compute), global-norm clipping and AdamW (inside `state.tx`), EMA, and the
 metrics `loss`, `grad_norm` (before clipping), `lr` plus whatever the loss returns.
 """
+
 from __future__ import annotations
 
 import functools
@@ -17,7 +18,8 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 from flax import struct
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from infinity_jax import parallel
 from infinity_jax.train import optim
@@ -32,6 +34,7 @@ class TrainState:
     rng: uint32 raw key data, the run's base key (step keys are fold_in(rng, step));
     ema_params: fp32 tree or None; frozen: arrays the loss reads but never trains (e.g. the
     VAE or text encoder), not checkpointed, or None; tx and ema_decay are static."""
+
     step: jax.Array
     params: Any
     opt_state: Any
@@ -48,8 +51,15 @@ class TrainState:
         if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
             rng = jax.random.key_data(rng)
         ema = jax.tree.map(jnp.copy, params) if ema_decay > 0 else None
-        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng,
-                   ema_params=ema, tx=tx, ema_decay=float(ema_decay))
+        return cls(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            rng=rng,
+            ema_params=ema,
+            tx=tx,
+            ema_decay=float(ema_decay),
+        )
 
     def apply_gradients(self, grads) -> "TrainState":
         """One optimizer update (clipping and weight decay live in tx), then EMA, step + 1."""
@@ -70,14 +80,26 @@ def state_shardings(abstract_state: TrainState, param_logical_specs, mesh: Mesh,
     (optax.tree_map_params), the rest replicated."""
     rep = NamedSharding(mesh, P())
     p_sh = parallel.logical_to_mesh_sharding(param_logical_specs, mesh, rules)
-    opt_sh = optax.tree_map_params(abstract_state.tx, lambda _, s: s, abstract_state.opt_state, p_sh,
-                                   transform_non_params=lambda _: rep, is_leaf=lambda x: x is None)
-    return abstract_state.replace(step=rep, params=p_sh, opt_state=opt_sh, rng=rep,
-                                  ema_params=None if abstract_state.ema_params is None else p_sh)
+    opt_sh = optax.tree_map_params(
+        abstract_state.tx,
+        lambda _, s: s,
+        abstract_state.opt_state,
+        p_sh,
+        transform_non_params=lambda _: rep,
+        is_leaf=lambda x: x is None,
+    )
+    return abstract_state.replace(
+        step=rep, params=p_sh, opt_state=opt_sh, rng=rep, ema_params=None if abstract_state.ema_params is None else p_sh
+    )
 
 
-def make_step(loss_fn: LossFn, schedule: optax.Schedule | None = None, grad_accum: int = 1,
-              compute_dtype: Any = None, mesh: Mesh | None = None) -> StepFn:
+def make_step(
+    loss_fn: LossFn,
+    schedule: optax.Schedule | None = None,
+    grad_accum: int = 1,
+    compute_dtype: Any = None,
+    mesh: Mesh | None = None,
+) -> StepFn:
     """A pure `step(state, batch, rng) -> (state, metrics)` from `loss_fn(params, batch, rng)`
     (or `loss_fn(params, batch, rng, frozen)` when the state carries frozen arrays).
 
@@ -87,6 +109,7 @@ def make_step(loss_fn: LossFn, schedule: optax.Schedule | None = None, grad_accu
     schedule: if given, metrics['lr'] is the learning rate used by this update.
     mesh: if given, each micro-batch is constrained to the batch sharding (data x fsdp).
     """
+
     def cast(params):
         if compute_dtype is None:
             return params
@@ -101,9 +124,14 @@ def make_step(loss_fn: LossFn, schedule: optax.Schedule | None = None, grad_accu
         return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, parallel.batch_sharding(mesh, x.ndim)), mb)
 
     def step(state: TrainState, batch, rng):
-        loss, metrics, grads = optim.accumulate_gradients(functools.partial(cast_loss, frozen=state.frozen),
-                                                          state.params, batch, rng, grad_accum,
-                                                          constrain if mesh is not None else None)
+        loss, metrics, grads = optim.accumulate_gradients(
+            functools.partial(cast_loss, frozen=state.frozen),
+            state.params,
+            batch,
+            rng,
+            grad_accum,
+            constrain if mesh is not None else None,
+        )
         metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
         if schedule is not None:
             metrics["lr"] = schedule(state.step)

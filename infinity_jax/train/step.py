@@ -17,6 +17,7 @@
 Frozen encoders are arguments of the step (not closed-over constants, which XLA would embed in
 the program): pass them as `frozen` (TrainState.frozen in the loop).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,10 +34,11 @@ from infinity_jax.tokenizer import bsq
 @dataclasses.dataclass(frozen=True)
 class StepOptions:
     """Loss-side training options (official defaults from the released train script)."""
-    bsc_strength: float = 0.3      # noise_apply_strength: per-scale flip probability drawn up to this
-    bsc_layers: int = 13           # noise_apply_layers: self-correction on the first N scales
-    bsc_requant: bool = True       # noise_apply_requant: continue the residual from the flipped bits
-    cond_drop: float = 0.1         # cond_drop_rate: CFG text dropout
+
+    bsc_strength: float = 0.3  # noise_apply_strength: per-scale flip probability drawn up to this
+    bsc_layers: int = 13  # noise_apply_layers: self-correction on the first N scales
+    bsc_requant: bool = True  # noise_apply_requant: continue the residual from the flipped bits
+    cond_drop: float = 0.1  # cond_drop_rate: CFG text dropout
     reweight_by_scale: bool = True  # reweight_loss_by_scale
     label_smoothing: float = 0.0
 
@@ -45,13 +47,20 @@ class StepOptions:
         cfg = dict(cfg or {})
         unknown = set(cfg) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise ValueError(f"step options {sorted(unknown)} unknown; expected some of "
-                             f"{[f.name for f in dataclasses.fields(cls)]}")
+            raise ValueError(
+                f"step options {sorted(unknown)} unknown; expected some of {[f.name for f in dataclasses.fields(cls)]}"
+            )
         return cls(**cfg)
 
 
-def make_loss_fn(model, schedule: schedules.Schedule, options: StepOptions = StepOptions(), *,
-                 vae=None, text_encoder: Callable | None = None) -> Callable:
+def make_loss_fn(
+    model,
+    schedule: schedules.Schedule,
+    options: StepOptions = StepOptions(),
+    *,
+    vae=None,
+    text_encoder: Callable | None = None,
+) -> Callable:
     """model: an `Infinity` module; schedule: the (static) training schedule of this bucket;
     vae: a `BSQVAE` module (used when batches carry images); text_encoder:
     `(t5_params, ids, mask) -> features (B, Lt, Ct)` (used when batches carry tokens)."""
@@ -63,14 +72,16 @@ def make_loss_fn(model, schedule: schedules.Schedule, options: StepOptions = Ste
         if vae is None or frozen is None or "vae" not in frozen:
             raise ValueError("batch has no 'latent': give a vae module and frozen['vae'] params to encode 'image'")
         from infinity_jax.data.pipeline import to_float  # here: the data pipeline imports grain
+
         return vae.apply({"params": frozen["vae"]}, to_float(batch["image"]), method="encode")
 
     def text(batch, frozen):
         if "text_features" in batch:
             return batch["text_features"], batch["text_mask"]
         if text_encoder is None or frozen is None or "t5" not in frozen:
-            raise ValueError("batch has no 'text_features': give a text_encoder and frozen['t5'] params "
-                             "to encode 'tokens'")
+            raise ValueError(
+                "batch has no 'text_features': give a text_encoder and frozen['t5'] params to encode 'tokens'"
+            )
         return text_encoder(frozen["t5"], batch["tokens"], batch["token_mask"]), batch["token_mask"]
 
     def loss_fn(params, batch, rng, frozen=None):
@@ -78,24 +89,43 @@ def make_loss_fn(model, schedule: schedules.Schedule, options: StepOptions = Ste
         z = jax.lax.stop_gradient(latents(batch, frozen).astype(jnp.float32))
         feats, mask = text(batch, frozen)
         feats = jax.lax.stop_gradient(feats)
-        x, labels, _ = bsq.self_correction(z, schedule, k_flip, strength=options.bsc_strength,
-                                           num_layers=options.bsc_layers, requant=options.bsc_requant)
+        x, labels, _ = bsq.self_correction(
+            z,
+            schedule,
+            k_flip,
+            strength=options.bsc_strength,
+            num_layers=options.bsc_layers,
+            requant=options.bsc_requant,
+        )
         drop = jax.random.bernoulli(k_drop, options.cond_drop, (z.shape[0],)) if options.cond_drop > 0 else None
-        logits = model.apply({"params": params}, feats, mask, x.astype(jnp.float32), schedule, drop=drop,
-                             train=True, rngs={"dropout": k_path})
-        loss = loss_lib.bitwise_loss(logits, labels, schedule, reweight=options.reweight_by_scale,
-                                     label_smoothing=options.label_smoothing)
+        logits = model.apply(
+            {"params": params},
+            feats,
+            mask,
+            x.astype(jnp.float32),
+            schedule,
+            drop=drop,
+            train=True,
+            rngs={"dropout": k_path},
+        )
+        loss = loss_lib.bitwise_loss(
+            logits, labels, schedule, reweight=options.reweight_by_scale, label_smoothing=options.label_smoothing
+        )
         acc = loss_lib.per_scale_accuracy(logits, labels, schedule)
         per_scale = loss_lib.per_scale_loss(logits, labels, schedule)
-        metrics = {"bit_acc": acc.mean(), **{f"bit_acc/s{k:02d}": a for k, a in enumerate(acc)},
-                   **{f"loss/s{k:02d}": v for k, v in enumerate(per_scale)}}
+        metrics = {
+            "bit_acc": acc.mean(),
+            **{f"bit_acc/s{k:02d}": a for k, a in enumerate(acc)},
+            **{f"loss/s{k:02d}": v for k, v in enumerate(per_scale)},
+        }
         return loss, metrics
 
     return loss_fn
 
 
-def train_flops_per_example(param_count: int, schedule: schedules.Schedule, *, depth: int, embed_dim: int,
-                            text_len: int) -> float:
+def train_flops_per_example(
+    param_count: int, schedule: schedules.Schedule, *, depth: int, embed_dim: int, text_len: int
+) -> float:
     """Model FLOPs of forward + backward for one example (for MFU): 6 * N * L for the weights, plus
     the attention products (2 matmuls x 2 FLOPs x C per query-key pair and layer, x3 with backward)
     over the keys each query really sees: its own and earlier scales (block-causal), and the text."""

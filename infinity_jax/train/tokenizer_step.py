@@ -37,6 +37,7 @@ Total loss = recon_weight * recon (l1 or l2 on the unclamped decoder output)
            stop_gradient and the discriminator term sees the reconstruction through stop_gradient,
            so one gradient of the sum is the usual pair of updates.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,24 +63,24 @@ _ENTROPY_EPS = 1e-8  # probabilities are clipped to [eps, 1 - 1e-7] in the codeb
 @dataclasses.dataclass(frozen=True)
 class TokenizerLossOptions:
     """Loss weights and settings (defaults: the official tokenizer's arguments where it has them)."""
-    recon: str = "l1"               # 'l1' (official recon_loss_type) or 'l2'
-    recon_weight: float = 4.0       # official l1_weight
-    quantizer_weight: float = 1.0   # official lfq_weight (the trainer's setting; the inference stub has 0)
-    commit_weight: float = 0.25     # official commitment_loss_weight
-    entropy_weight: float = 0.1     # official entropy_loss_weight
+
+    recon: str = "l1"  # 'l1' (official recon_loss_type) or 'l2'
+    recon_weight: float = 4.0  # official l1_weight
+    quantizer_weight: float = 1.0  # official lfq_weight (the trainer's setting; the inference stub has 0)
+    commit_weight: float = 0.25  # official commitment_loss_weight
+    entropy_weight: float = 0.1  # official entropy_loss_weight
     inv_temperature: float = 100.0  # official inv_temperature
-    gamma0: float = 1.0             # weight of the per-sample entropy
-    gamma: float = 1.0              # weight of the codebook entropy
-    zeta: float = 1.0               # weight of the whole entropy penalty
-    prefix_weight: float = 0.0      # ours: + weight * recon loss of the codes of a random prefix of scales
-    prefix_blur: bool = False       # ours: that prefix reconstructs the image blurred to its last scale's grid
+    gamma0: float = 1.0  # weight of the per-sample entropy
+    gamma: float = 1.0  # weight of the codebook entropy
+    zeta: float = 1.0  # weight of the whole entropy penalty
+    prefix_weight: float = 0.0  # ours: + weight * recon loss of the codes of a random prefix of scales
     perceptual_weight: float = 0.0  # LPIPS (VGG16); needs lpips_weights
-    lpips_weights: str = ""         # local files: 'VGG16.pth,LIN.pth' or our .npz (infinity_jax/convert/lpips.py)
-    gan_weight: float = 0.0         # generator hinge loss weight; 0 = no discriminator
-    disc_start: int = 0             # optimizer step from which the GAN terms are on
-    disc_channels: int = 64         # official base_ch_disc
-    disc_layers: int = 3            # official disc_layers
-    disc_weights: str = ""          # optional initial discriminator params (.npz/.msgpack of ours)
+    lpips_weights: str = ""  # local files: 'VGG16.pth,LIN.pth' or our .npz (infinity_jax/convert/lpips.py)
+    gan_weight: float = 0.0  # generator hinge loss weight; 0 = no discriminator
+    disc_start: int = 0  # optimizer step from which the GAN terms are on
+    disc_channels: int = 64  # official base_ch_disc
+    disc_layers: int = 3  # official disc_layers
+    disc_weights: str = ""  # optional initial discriminator params (.npz/.msgpack of ours)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> "TokenizerLossOptions":
@@ -100,10 +101,12 @@ class TokenizerLossOptions:
             raise ValueError(f"loss.perceptual_weight={self.perceptual_weight}: expected >= 0")
         if self.perceptual_weight > 0:
             if not self.lpips_weights:
-                raise ValueError(f"loss.perceptual_weight={self.perceptual_weight} needs loss.lpips_weights: "
-                                 "'VGG16_FILE,LIN_FILE' (torchvision's VGG16 state dict, the LPIPS lin heads) or "
-                                 "one .npz from `infinity-jax convert-lpips` (local files: nothing is downloaded); "
-                                 "or set loss.perceptual_weight=0")
+                raise ValueError(
+                    f"loss.perceptual_weight={self.perceptual_weight} needs loss.lpips_weights: "
+                    "'VGG16_FILE,LIN_FILE' (torchvision's VGG16 state dict, the LPIPS lin heads) or "
+                    "one .npz from `infinity-jax convert lpips` (local files: nothing is downloaded); "
+                    "or set loss.perceptual_weight=0"
+                )
             try:
                 lpips_convert.parse_spec(self.lpips_weights)
             except ValueError as e:
@@ -193,6 +196,7 @@ class PatchDiscriminator(nn.Module):
     first), one more stride-1 conv, then a 1-channel stride-1 conv; leaky ReLU 0.2. GroupNorm
     instead of BatchNorm keeps it a pure function of params (no batch statistics to carry).
     """
+
     channels: int = 64
     layers: int = 3
     dtype: Any = jnp.float32
@@ -200,13 +204,21 @@ class PatchDiscriminator(nn.Module):
     @nn.compact
     def __call__(self, x):
         def conv(features, stride, name):
-            return nn.Conv(features, (4, 4), strides=stride, padding=((1, 1), (1, 1)), dtype=self.dtype,
-                           param_dtype=jnp.float32,
-                           kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), vae_lib._CONV_AXES),
-                           bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)), name=name)
+            return nn.Conv(
+                features,
+                (4, 4),
+                strides=stride,
+                padding=((1, 1), (1, 1)),
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+                kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), vae_lib._CONV_AXES),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
+                name=name,
+            )
+
         h = nn.leaky_relu(conv(self.channels, 2, "conv_0")(x.astype(self.dtype)), 0.2)
         for i in range(1, self.layers + 1):
-            h = conv(self.channels * min(2 ** i, 8), 2 if i < self.layers else 1, f"conv_{i}")(h)
+            h = conv(self.channels * min(2**i, 8), 2 if i < self.layers else 1, f"conv_{i}")(h)
             h = nn.leaky_relu(vae_lib.GroupNorm(name=f"norm_{i}")(h), 0.2)
         return conv(1, 1, "conv_out")(h).astype(jnp.float32)
 
@@ -234,8 +246,12 @@ def _decode_unclamped(module, latent):
     return module.decoder(latent).astype(jnp.float32)
 
 
-def init_params(vae: vae_lib.BSQVAE, rng: jax.Array, options: TokenizerLossOptions = TokenizerLossOptions(),
-                image_hw: tuple[int, int] = (64, 64)):
+def init_params(
+    vae: vae_lib.BSQVAE,
+    rng: jax.Array,
+    options: TokenizerLossOptions = TokenizerLossOptions(),
+    image_hw: tuple[int, int] = (64, 64),
+):
     """Boxed params {'vae': ..., ['disc': ...]} (logical axis names on every leaf)."""
     k_vae, k_disc = jax.random.split(rng)
     params = {"vae": vae_lib.init_params(vae, k_vae)}
@@ -266,17 +282,20 @@ def make_loss_fn(vae: vae_lib.BSQVAE, schedule, options: TokenizerLossOptions = 
     options = options.checked()
     schedule = schedules.validate(schedule)
     if options.prefix_weight > 0 and len(schedule) < 2:
-        raise ValueError(f"loss.prefix_weight={options.prefix_weight} needs a schedule of at least 2 scales; "
-                         f"got {len(schedule)}")
+        raise ValueError(
+            f"loss.prefix_weight={options.prefix_weight} needs a schedule of at least 2 scales; got {len(schedule)}"
+        )
     disc = make_discriminator(options)
     perceptual = lpips_lib.LPIPS(dtype=vae.dtype) if options.perceptual_weight > 0 else None
     o = options
 
     def loss_fn(params, batch, rng, frozen=None):
         if perceptual is not None and (not frozen or "lpips" not in frozen):
-            raise ValueError(f"loss.perceptual_weight={o.perceptual_weight}: loss_fn needs frozen['lpips'] "
-                             f"(load_frozen(options) reads {o.lpips_weights!r}); got frozen keys "
-                             f"{sorted(frozen or {})}")
+            raise ValueError(
+                f"loss.perceptual_weight={o.perceptual_weight}: loss_fn needs frozen['lpips'] "
+                f"(load_frozen(options) reads {o.lpips_weights!r}); got frozen keys "
+                f"{sorted(frozen or {})}"
+            )
         x = to_float(batch["image"])
         v = {"params": params["vae"]}
         z = vae.apply(v, x, method="encode")
@@ -288,23 +307,18 @@ def make_loss_fn(vae: vae_lib.BSQVAE, schedule, options: TokenizerLossOptions = 
         if o.prefix_weight > 0:  # the first `keep` scales alone must already draw the image
             keep = jax.random.randint(rng, (x.shape[0], 1, 1, 1), 1, len(parts))
             z_p = sum(jnp.where(k < keep, p, 0.0) for k, p in enumerate(parts))
-            target = x
-            if o.prefix_blur:  # scale k-1's grid in pixels: area down, bilinear back up
-                H, W = x.shape[1:3]
-                h, w = z.shape[1:3]
-                for k in range(1, len(parts)):
-                    hk, wk = bits[k - 1].shape[1:3]
-                    blurred = bsq.bilinear_resize(bsq.area_resize(x, (H * hk // h, W * wk // w)), (H, W))
-                    target = jnp.where(keep == k, blurred, target)
-            err_p = vae.apply(v, z_p, method=_decode_unclamped) - target
+            err_p = vae.apply(v, z_p, method=_decode_unclamped) - x
             prefix = jnp.mean(jnp.abs(err_p)) if o.recon == "l1" else jnp.mean(jnp.square(err_p))
             loss = loss + o.prefix_weight * prefix
             terms = {**terms, "prefix_recon": prefix}
         last_bits = bits[-1].astype(jnp.float32)
-        metrics = {"recon_l1": l1, "recon_mse": mse,
-                   "psnr": psnr(jnp.mean(jnp.square(jnp.clip(recon, -1.0, 1.0) - x))),
-                   "bit_balance": jnp.mean(jnp.abs(last_bits.reshape(-1, last_bits.shape[-1]).mean(0) - 0.5)),
-                   **terms}
+        metrics = {
+            "recon_l1": l1,
+            "recon_mse": mse,
+            "psnr": psnr(jnp.mean(jnp.square(jnp.clip(recon, -1.0, 1.0) - x))),
+            "bit_balance": jnp.mean(jnp.abs(last_bits.reshape(-1, last_bits.shape[-1]).mean(0) - 0.5)),
+            **terms,
+        }
         if perceptual is not None:
             d = jnp.mean(perceptual.apply({"params": sg(frozen["lpips"])}, recon, x))
             loss = loss + o.perceptual_weight * d
@@ -318,8 +332,9 @@ def make_loss_fn(vae: vae_lib.BSQVAE, schedule, options: TokenizerLossOptions = 
             logits_fake = disc.apply(d_train, sg(recon))
             d_loss = hinge_d_loss(logits_real, logits_fake)
             loss = loss + on * (o.gan_weight * g_loss + d_loss)
-            metrics.update(g_loss=g_loss, d_loss=d_loss, d_real=jnp.mean(logits_real),
-                           d_fake=jnp.mean(logits_fake), gan_on=on)
+            metrics.update(
+                g_loss=g_loss, d_loss=d_loss, d_real=jnp.mean(logits_real), d_fake=jnp.mean(logits_fake), gan_on=on
+            )
         return loss, metrics
 
     return loss_fn

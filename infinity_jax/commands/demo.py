@@ -25,6 +25,7 @@ moment costs no steps. Each segment gets a time limit (train.time_limit_s: the s
 machine that slows down ends the stage early instead of overrunning the budget. The transformer trains on
 the tokenizer's latents, encoded once -> WORKDIR/latents.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,27 +38,31 @@ import time
 
 import numpy as np
 
-from infinity_jax import config_util
+from infinity_jax import config_util, fileio, generate, plots, run_config
+from infinity_jax.commands import pretrain_text, train_tokenizer
+from infinity_jax.commands.data import categories_arg
+from infinity_jax.data import shapes, sources
+from infinity_jax.data.shapes import SAMPLE_CFG, SAMPLE_TAU, held_out_prompts
+from infinity_jax.errors import UsageError
+from infinity_jax.eval import shapes as shapes_eval
+from infinity_jax.runs import EXIT_PREEMPTED, FINAL_FILE
+from infinity_jax.text import pretrain
+from infinity_jax.text.t5 import T5Config
+from infinity_jax.train import trainer
+from infinity_jax.train.loop import FINISHED
 
 log = logging.getLogger("infinity_jax.demo")
-HELD_OUT_SEED = 9176  # shapes dataset seed of the held-out prompts (training data uses seed 0)
 TOKENIZER_SHARE = 0.35  # of the budget (--tokenizer-share); the transformer gets what is left, less FINISH_S
 FINISH_S = 30.0  # kept back for what follows training: sampling, evaluation, report (8 s measured)
 PLAN_FRACTION = 0.85  # of a stage's budget its planned steps fill at the calibrated rate; the rest: compile,
-# checkpoints and a shared machine's drift (demo 2026-12-01: 169 ms/step calibrated, 185 ms over the run)
+# checkpoints and a shared machine's drift (a run's mean step is slower than its calibration)
 STAGE_TAIL_S = 20.0  # a stage's work past its time limit: the logging window it stops at, the last checkpoint,
-# its held-out evaluation (the limit only acts when the machine slows after calibrating: demo 2026-12-02,
-# 319 ms/step calibrated, 385 over the run, 20.3 of 20 minutes without it)
+# its held-out evaluation (the limit only acts when the machine slows after calibrating)
 CALIBRATION_STEPS = 10  # per timing window (two windows); with 5 the plan was off by 8-10% either way
-REPLAN_AT = 0.2  # of a calibrated stage's planned steps: where it re-plans at the step time measured so far (issue 29:
-# 485 ms/step calibrated on a busy moment, 290 over the run: 889 of ~1,700 affordable steps, 16.5 of 20 minutes);
-# early, while the lr is still near its peak (lin0, final_frac 0.1: about 0.9 of it), so a reschedule barely moves it
+REPLAN_AT = 0.2  # of a calibrated stage's planned steps: where it re-plans at the step time measured so far (a
+# calibration on a busy moment plans too few steps); early, while the lr is still near its peak (lin0,
+# final_frac 0.1: about 0.9 of it), so a reschedule barely moves it
 REPLAN_ROWS = 10  # the recent metrics rows (compile windows excluded) whose median step time the re-plan takes
-# sampling of the held-out prompts, chosen on prompts of another unseen seed (4242, not the held-out one):
-# demo 2026-11-30 (240 prompts): CFG 3 / tau 1 scored 0.37, 1.5 / 0.5 0.42, 1 / 0.3 0.43 (1 is no
-# guidance); four demo runs of 2026-12-01 (480 prompts), tau 0.5 -> 0.2 at CFG 1.5: 0.596 -> 0.627,
-# 0.800 -> 0.804, 0.598 -> 0.675, 0.713 -> 0.765 (tau 0.1 and CFG 2 or 3 no better)
-SAMPLE_CFG, SAMPLE_TAU = "1.5", "0.2"
 # the text stage has a fixed step count, not a share of --minutes: 145 s for 2,400 steps on the slower
 # 2-core development machine (README, "Text encoder"); with a minute for the rest, the least budget to take
 TEXT_SECONDS_PER_STEP, MIN_MINUTES_BESIDE_TEXT = 145 / 2400, 1.0
@@ -73,17 +78,19 @@ def _load_json(path):
         return json.load(f)
 
 
-def _write_json(path, obj):
-    from infinity_jax.convert.common import atomic_write
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
-
-
 def _seconds_per_step(run_fn, cfg, workdir, steps: int) -> float:
     """Median step time of a short throwaway run (compile excluded), from its metrics.jsonl."""
     shutil.rmtree(workdir, ignore_errors=True)
-    cal = config_util.apply_overrides(cfg, [f"train.total_steps={2 * steps}", f"train.log_every={steps}",
-                                            "optim.warmup_steps=1", "checkpoint.enabled=False",
-                                            "train.progress_bar=False"])
+    cal = config_util.apply_overrides(
+        cfg,
+        [
+            f"train.total_steps={2 * steps}",
+            f"train.log_every={steps}",
+            "optim.warmup_steps=1",
+            "checkpoint.enabled=False",
+            "train.progress_bar=False",
+        ],
+    )
     run_fn(cal, workdir)
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     times = [r["step_time_s"] for r in rows if "step_time_s" in r]
@@ -99,13 +106,13 @@ def plan_steps(args, name: str, run_fn, cfg, workdir: str, plan: dict, budget_s)
     fixed = getattr(args, f"{name}_steps", None)
     if fixed:  # given on the command line: no calibration
         plan[name] = {"steps": int(fixed)}
-        _write_json(os.path.join(args.workdir, "plan.json"), plan)
+        fileio.write_json(os.path.join(args.workdir, "plan.json"), plan)
         return int(fixed)
     sec = _seconds_per_step(run_fn, cfg, workdir + ".calibrate", steps=CALIBRATION_STEPS)
     seconds = budget_s()
     steps = int(max(args.min_steps, min(args.max_steps, seconds * PLAN_FRACTION / sec)))
     plan[name] = {"steps": steps, "seconds_per_step": sec, "budget_s": seconds}
-    _write_json(os.path.join(args.workdir, "plan.json"), plan)
+    fileio.write_json(os.path.join(args.workdir, "plan.json"), plan)
     print(f"[demo] {name}: {sec * 1000:.0f} ms/step -> {steps} steps", file=sys.stderr)
     return steps
 
@@ -116,9 +123,13 @@ def with_steps(cfg, steps: int, time_limit_s: float = 0.0, warmup_of: int | None
     tiny test configs save every few steps, to exercise resuming, and log every step, which waits for each
     step's result) and time limit (0: none)."""
     warmup = min(int(cfg.optim.warmup_steps), max(1, (warmup_of or steps) // 10))
-    over = [f"train.total_steps={steps}", f"optim.warmup_steps={warmup}", f"train.time_limit_s={time_limit_s}",
-            f"checkpoint.every={max(int(cfg.checkpoint.every), steps // 4)}",
-            f"train.log_every={max(int(cfg.train.log_every), steps // 200)}"]
+    over = [
+        f"train.total_steps={steps}",
+        f"optim.warmup_steps={warmup}",
+        f"train.time_limit_s={time_limit_s}",
+        f"checkpoint.every={max(int(cfg.checkpoint.every), steps // 4)}",
+        f"train.log_every={max(int(cfg.train.log_every), steps // 200)}",
+    ]
     if cfg.get("sample") and int(cfg.sample.get("every", 0)) > 0:  # about four progress grids a run
         over.append(f"sample.every={max(int(cfg.sample.every), steps // 4)}")
     return config_util.apply_overrides(cfg, over)
@@ -153,8 +164,10 @@ def calibrated_rate(plan: dict, name: str) -> str:
     stage = (plan or {}).get(name, {})
     if "replan" in stage:
         r = stage["replan"]
-        return (f" (planned {stage['steps']} at {stage['seconds_per_step'] * 1000:.0f} ms/step, "
-                f"re-planned to {r['steps']} at {r['seconds_per_step'] * 1000:.0f} ms/step)")
+        return (
+            f" (planned {stage['steps']} at {stage['seconds_per_step'] * 1000:.0f} ms/step, "
+            f"re-planned to {r['steps']} at {r['seconds_per_step'] * 1000:.0f} ms/step)"
+        )
     sec = stage.get("seconds_per_step")
     return f" ({sec * 1000:.0f} ms/step calibrated)" if sec else ""
 
@@ -164,8 +177,7 @@ def measured_seconds_per_step(workdir: str, until: int, default: float) -> float
     follows its compile, left out); `default` when there are none."""
     path = os.path.join(workdir, "metrics.jsonl")
     rows = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
-    times = [r["step_time_s"] for r in rows
-             if "step_time_s" in r and "compile_time_s" not in r and r["step"] <= until]
+    times = [r["step_time_s"] for r in rows if "step_time_s" in r and "compile_time_s" not in r and r["step"] <= until]
     return float(np.median(times[-REPLAN_ROWS:])) if times else default
 
 
@@ -180,10 +192,13 @@ def replan(args, name: str, plan: dict, workdir: str, first: dict, elapsed_s: fl
     setup = max(0.0, elapsed_s - (at - int(first.get("start_step", 0))) * sec)
     steps = int(max(args.min_steps, at + 1, min(args.max_steps, at + (left - setup) * PLAN_FRACTION / sec)))
     stage["replan"] = {"at_step": at, "steps": steps, "seconds_per_step": sec, "budget_s": left, "setup_s": setup}
-    _write_json(os.path.join(args.workdir, "plan.json"), plan)
-    print(f"[demo] {name}: re-planned at step {at}: {sec * 1000:.0f} ms/step -> {steps} steps in the {left:.0f} s "
-          f"left, {setup:.0f} s of them set-up (planned {stage['steps']} at {stage['seconds_per_step'] * 1000:.0f} "
-          "ms/step)", file=sys.stderr)
+    fileio.write_json(os.path.join(args.workdir, "plan.json"), plan)
+    print(
+        f"[demo] {name}: re-planned at step {at}: {sec * 1000:.0f} ms/step -> {steps} steps in the {left:.0f} s "
+        f"left, {setup:.0f} s of them set-up (planned {stage['steps']} at {stage['seconds_per_step'] * 1000:.0f} "
+        "ms/step)",
+        file=sys.stderr,
+    )
 
 
 def train_stage(args, name: str, run_fn, cfg, workdir: str, plan: dict) -> dict:
@@ -195,8 +210,14 @@ def train_stage(args, name: str, run_fn, cfg, workdir: str, plan: dict) -> dict:
     at = int(stage["steps"] * REPLAN_AT)
     if "seconds_per_step" in stage and "replan" not in stage and at > 0:
         t0 = time.perf_counter()
-        first = _train_stage(name, run_fn, with_steps(cfg, stage["steps"], time_limit(plan, name)), workdir,
-                             stage["steps"], until_step=at)
+        first = _train_stage(
+            name,
+            run_fn,
+            with_steps(cfg, stage["steps"], time_limit(plan, name)),
+            workdir,
+            stage["steps"],
+            until_step=at,
+        )
         if first.get("stopped") != "until_step":  # finished (final.json), or cut before the re-plan point
             return first
         replan(args, name, plan, workdir, first, time.perf_counter() - t0)
@@ -207,19 +228,7 @@ def train_stage(args, name: str, run_fn, cfg, workdir: str, plan: dict) -> dict:
     return _train_stage(name, run_fn, cfg, workdir, steps)
 
 
-def held_out_prompts(n: int, size: int, layout: str = "random", categories: tuple[str, ...] | None = None,
-                     seed: int = HELD_OUT_SEED) -> tuple[list[str], list[np.ndarray]]:
-    """n captions and ground-truth images from a dataset seed the models never saw (another unseen seed,
-    such as 4242, checks a run beyond the demo's own held-out prompts: README, "The demo")."""
-    from infinity_jax.data import shapes
-    categories = categories or shapes.CATEGORIES
-    examples = [shapes.render(i, seed, size, categories, layout) for i in range(n)]
-    return [caption for _, caption, _ in examples], [np.asarray(image) for image, _, _ in examples]
-
-
 def run(args) -> dict:
-    from infinity_jax.data import sources
-    from infinity_jax.train import cli as train_cli, tokenizer_cli
     os.makedirs(args.workdir, exist_ok=True)
     plan_path = os.path.join(args.workdir, "plan.json")
     plan = _load_json(plan_path) if os.path.exists(plan_path) else {}
@@ -229,10 +238,17 @@ def run(args) -> dict:
     _stage_header("data")
     data_dir = os.path.join(args.workdir, "data")
     data_over = [f"data.path={data_dir!r}"]
-    tok_cfg = config_util.load_config(f"tokenizer_shapes:{args.tokenizer_arg}", data_over)
+    tok_cfg = run_config.load(f"tokenizer_shapes:{args.tokenizer_arg}", data_over)
     args.image_size = int(tok_cfg.data.image_size)
-    sources.prepare("shapes", data_dir, num_examples=args.num_examples, image_size=args.image_size, seed=0,
-                    layout=args.layout, categories=args.categories)
+    sources.prepare(
+        "shapes",
+        data_dir,
+        num_examples=args.num_examples,
+        image_size=args.image_size,
+        seed=0,
+        layout=args.layout,
+        categories=args.categories,
+    )
 
     # 2. text encoder, pretrained on the training captions and then frozen (as Flan-T5 is)
     text_over, text_report = [], None
@@ -245,23 +261,42 @@ def run(args) -> dict:
     # 3. tokenizer
     tok_dir = os.path.join(args.workdir, "tokenizer")
     _stage_header("tokenizer", args.minutes * args.tokenizer_share)
-    plan_steps(args, "tokenizer", tokenizer_cli.run, tok_cfg, tok_dir, plan,
-               budget_s=lambda: args.minutes * 60 * args.tokenizer_share)
-    tok = train_stage(args, "tokenizer", tokenizer_cli.run, tok_cfg, tok_dir, plan)
+    # train_tokenizer.run: the trainer plus the shapes evaluator
+    plan_steps(
+        args,
+        "tokenizer",
+        train_tokenizer.run,
+        tok_cfg,
+        tok_dir,
+        plan,
+        budget_s=lambda: args.minutes * 60 * args.tokenizer_share,
+    )
+    tok = train_stage(args, "tokenizer", train_tokenizer.run, tok_cfg, tok_dir, plan)
 
     # 4. transformer on the trained tokenizer, from its latents: the frozen encoder runs once per image
     # (data/latent_cache.py), not once per step
     gpt_dir = os.path.join(args.workdir, "transformer")
     latents = os.path.join(args.workdir, "latents")
-    gpt_cfg = config_util.load_config(f"shapes:{args.model_arg}", data_over + text_over + [
-        f"data.latent_cache={latents!r}",
-        f"vae.config={tok['vae_config']!r}", f"vae.params={tok['vae_params']!r}", "vae.overrides=()",
-        f"schedule={tok['config']['schedule']!r}", f"data.image_size={args.image_size}"])
+    gpt_cfg = run_config.load(
+        f"shapes:{args.model_arg}",
+        data_over
+        + text_over
+        + [
+            f"data.latent_cache={latents!r}",
+            f"vae.config={tok['vae_config']!r}",
+            f"vae.params={tok['vae_params']!r}",
+            "vae.overrides=()",
+            f"schedule={tok['config']['schedule']!r}",
+            f"data.image_size={args.image_size}",
+        ],
+    )
+
     def seconds_left():
         return args.minutes * 60 - (time.perf_counter() - t_start) - FINISH_S
+
     _stage_header("transformer", seconds_left() / 60)
-    plan_steps(args, "transformer", train_cli.run, gpt_cfg, gpt_dir, plan, budget_s=seconds_left)
-    gpt = train_stage(args, "transformer", train_cli.run, gpt_cfg, gpt_dir, plan)
+    plan_steps(args, "transformer", trainer.run, gpt_cfg, gpt_dir, plan, budget_s=seconds_left)
+    gpt = train_stage(args, "transformer", trainer.run, gpt_cfg, gpt_dir, plan)
 
     # 5. sample held-out prompts
     _stage_header("sample")
@@ -270,20 +305,21 @@ def run(args) -> dict:
 
     # 6. evaluate and report
     _stage_header("evaluate")
-    from infinity_jax.data import shapes
-    from infinity_jax.eval import shapes as shapes_eval
-    scores = {"samples": shapes_eval.evaluate(images, captions),
-              "ground_truth": shapes_eval.evaluate(np.stack(truth), captions),
-              "tokenizer_reconstructions": tok.get("shapes_eval", {}).get("reconstructions"),
-              "tokenizer_recon": tok.get("recon"),
-              "chance_reference": chance_scores(truth, captions),
-              "text_pretrain": text_report,
-              "tokenizer_steps": tok["step"], "transformer_steps": gpt["step"],
-              "transformer_val_loss": gpt.get("val_loss"),
-              "transformer_val_loss_other_text": gpt.get("val_loss_other_text"),
-              "categories": list(args.categories or shapes.CATEGORIES),
-              "plan": plan,  # steps per stage and, when calibrated, this machine's seconds per step and the re-plan
-              "minutes": (time.perf_counter() - t_start) / 60}
+    scores = {
+        "samples": shapes_eval.evaluate(images, captions),
+        "ground_truth": shapes_eval.evaluate(np.stack(truth), captions),
+        "tokenizer_reconstructions": tok.get("shapes_eval", {}).get("reconstructions"),
+        "tokenizer_recon": tok.get("recon"),
+        "chance_reference": shapes_eval.chance_scores(truth, captions),
+        "text_pretrain": text_report,
+        "tokenizer_steps": tok["step"],
+        "transformer_steps": gpt["step"],
+        "transformer_val_loss": gpt.get("val_loss"),
+        "transformer_val_loss_other_text": gpt.get("val_loss_other_text"),
+        "categories": list(args.categories or shapes.CATEGORIES),
+        "plan": plan,  # steps per stage and, when calibrated, this machine's seconds per step and the re-plan
+        "minutes": (time.perf_counter() - t_start) / 60,
+    }
     report(args, scores, images, captions, tok_dir, gpt_dir)
     return scores
 
@@ -297,61 +333,64 @@ def _train_stage(stage: str, run_fn, cfg, workdir: str, planned: int, until_step
     it), else from run_fn(cfg, workdir[, until_step=]), which trains or resumes (to until_step: then it
     returns with 'stopped': 'until_step'). An interrupted run stops the demo: sampling a half-trained model
     would report a score of a run that did not happen."""
-    from infinity_jax.train.cli import FINAL_FILE
-    from infinity_jax.train.loop import FINISHED
     final_path = os.path.join(workdir, FINAL_FILE)
     if os.path.exists(final_path):
         return _load_json(final_path)
     final = run_fn(cfg, workdir) if until_step is None else run_fn(cfg, workdir, until_step=until_step)
     if final.get("stopped", "done") not in FINISHED + (("until_step",) if until_step else ()):  # 'time_limit': by plan
-        raise StageStopped(f"the {stage} stage stopped at step {final.get('step')} of {planned} "
-                           f"({final.get('stopped')}); its checkpoint is saved: rerun the same command to resume")
+        raise StageStopped(
+            f"the {stage} stage stopped at step {final.get('step')} of {planned} "
+            f"({final.get('stopped')}); its checkpoint is saved: rerun the same command to resume"
+        )
     return final
 
 
 def pretrain_text_encoder(args, data_dir: str, text_dir: str) -> dict:
     """The text stage: the transformer config's T5 (preset, width, text length) pretrained on the
     dataset's captions, saved as a Hugging Face folder; an existing folder is reused (resume)."""
-    from infinity_jax.text import pretrain
-    from infinity_jax.text.t5 import T5Config
     report_path = os.path.join(text_dir, "pretrain.json")
     if os.path.exists(report_path):
         return _load_json(report_path)
     text = config_util.load_config(f"shapes:{args.model_arg}").text
     config = T5Config.preset(str(text.preset), d_model=int(text.d_model))
-    report = pretrain.pretrain_dataset(data_dir, text_dir, config, steps=args.text_steps,
-                                       max_length=int(text.max_length), seed=int(text.seed))
-    print(f"[demo] text encoder: {report['captions']} captions, {args.text_steps} steps, "
-          f"{report['seconds']:.0f} s", file=sys.stderr)
+    report = pretrain_text.pretrain_dataset(
+        data_dir, text_dir, config, steps=args.text_steps, max_length=int(text.max_length), seed=int(text.seed)
+    )
+    print(
+        f"[demo] text encoder: {report['captions']} captions, {args.text_steps} steps, {report['seconds']:.0f} s",
+        file=sys.stderr,
+    )
     return report
 
 
 def sample_prompts(args, gpt_dir: str, captions: list[str]) -> np.ndarray:
-    """Images for `captions` from the trained run (its config brings the VAE, text encoder, schedule)."""
-    from infinity_jax import sample_cli
+    """Images for `captions` from the trained run (its config brings the VAE, text encoder, schedule), sampled
+    into WORKDIR/samples (replaced whole on a rerun), the prompts in WORKDIR/held_out_prompts.txt (for
+    `infinity-jax sample --prompts-file`)."""
     out = os.path.join(args.workdir, "samples")
     prompts_file = os.path.join(args.workdir, "held_out_prompts.txt")
     with open(prompts_file, "w") as f:
         f.write("\n".join(captions) + "\n")
-    sargs = sample_cli._parser().parse_args([
-        "--checkpoint", gpt_dir, "--prompts-file", prompts_file, "--cfg", str(args.cfg), "--tau", str(args.tau),
-        "--top-k", "900", "--top-p", str(args.top_p), "--seed", "0", "--batch-size", str(min(16, len(captions))),
-        "--no-progress", "--out", out])
-    summary = sample_cli.run(sargs)
-    from infinity_jax.eval import shapes as shapes_eval
+    summary = generate.sample_to_folder(
+        generate.SampleOptions(
+            checkpoint=gpt_dir,
+            out=out,
+            prompts_file=prompts_file,
+            cfg=str(args.cfg),
+            tau=str(args.tau),
+            top_k=900,
+            top_p=args.top_p,
+            seed=0,
+            batch_size=min(16, len(captions)),
+            progress=False,
+            overwrite=True,
+        )
+    )
     return np.stack([shapes_eval.load_image(os.path.join(out, r["file"])) for r in summary["samples"]])
-
-
-def chance_scores(truth: list[np.ndarray], captions: list[str]) -> dict:
-    """The evaluator on images of *other* prompts (shuffled ground truth): what no text adherence scores."""
-    from infinity_jax.eval import shapes as shapes_eval
-    rolled = truth[len(truth) // 2:] + truth[:len(truth) // 2]
-    return shapes_eval.evaluate(np.stack(rolled), captions)
 
 
 # ---------------------------------------------------------------- report
 def report(args, scores, images, captions, tok_dir, gpt_dir):
-    from infinity_jax import plots
     folder = os.path.join(args.workdir, "report")
     os.makedirs(folder, exist_ok=True)
     plots.captioned_grid(images, captions).save(os.path.join(folder, "samples.png"))
@@ -365,26 +404,32 @@ def report(args, scores, images, captions, tok_dir, gpt_dir):
             rows = [json.loads(line) for line in open(path)]
             curves[name] = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     plots.line_plots(curves, title="training loss").save(os.path.join(folder, "loss_curves.png"))
-    _write_json(os.path.join(folder, "scores.json"), scores)
+    fileio.write_json(os.path.join(folder, "scores.json"), scores)
     s, plan = scores["samples"], scores.get("plan") or {}
-    lines = [f"infinity-jax demo: {scores['minutes']:.1f} min on {os.cpu_count()} CPU core(s)",
-             "text encoder: " + (f"pretrained {scores['text_pretrain']['steps']} steps on "
-                                 f"{scores['text_pretrain']['captions']} captions, then frozen"
-                                 if scores.get("text_pretrain") else "random, frozen"),
-             f"tokenizer: {steps_run(plan, 'tokenizer', scores['tokenizer_steps'])}"
-             f"{calibrated_rate(plan, 'tokenizer')}; "
-             f"recon {json.dumps(scores['tokenizer_recon'])}",
-             f"tokenizer reconstructions, shapes evaluator overall: "
-             f"{(scores['tokenizer_reconstructions'] or {}).get('overall')}",
-             f"transformer: {steps_run(plan, 'transformer', scores['transformer_steps'])}"
-             f"{calibrated_rate(plan, 'transformer')}; "
-             f"held-out bit loss {scores['transformer_val_loss']:.4f}, "
-             f"with other prompts' captions {scores['transformer_val_loss_other_text']:.4f}",
-             f"held-out prompts ({len(captions)}{', ' + ','.join(args.categories) if args.categories else ''}), "
-             "prompt adherence (GenEval-style):",
-             *[f"  {k:14s} {v:.3f}" for k, v in s.items()],
-             f"chance (images of other prompts) overall: {scores['chance_reference']['overall']:.3f}; "
-             f"ground truth overall: {scores['ground_truth']['overall']:.3f}"]
+    lines = [
+        f"infinity-jax demo: {scores['minutes']:.1f} min on {os.cpu_count()} CPU core(s)",
+        "text encoder: "
+        + (
+            f"pretrained {scores['text_pretrain']['steps']} steps on "
+            f"{scores['text_pretrain']['captions']} captions, then frozen"
+            if scores.get("text_pretrain")
+            else "random, frozen"
+        ),
+        f"tokenizer: {steps_run(plan, 'tokenizer', scores['tokenizer_steps'])}"
+        f"{calibrated_rate(plan, 'tokenizer')}; "
+        f"recon {json.dumps(scores['tokenizer_recon'])}",
+        f"tokenizer reconstructions, shapes evaluator overall: "
+        f"{(scores['tokenizer_reconstructions'] or {}).get('overall')}",
+        f"transformer: {steps_run(plan, 'transformer', scores['transformer_steps'])}"
+        f"{calibrated_rate(plan, 'transformer')}; "
+        f"held-out bit loss {scores['transformer_val_loss']:.4f}, "
+        f"with other prompts' captions {scores['transformer_val_loss_other_text']:.4f}",
+        f"held-out prompts ({len(captions)}{', ' + ','.join(args.categories) if args.categories else ''}), "
+        "prompt adherence (GenEval-style):",
+        *[f"  {k:14s} {v:.3f}" for k, v in s.items()],
+        f"chance (images of other prompts) overall: {scores['chance_reference']['overall']:.3f}; "
+        f"ground truth overall: {scores['ground_truth']['overall']:.3f}",
+    ]
     text = "\n".join(lines) + "\n"
     with open(os.path.join(folder, "summary.txt"), "w") as f:
         f.write(text)
@@ -392,59 +437,83 @@ def report(args, scores, images, captions, tok_dir, gpt_dir):
 
 
 def main(argv: list[str]) -> int:
-    from infinity_jax.data import cli as data_cli, shapes
-    from infinity_jax.text import pretrain
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
-    ap = argparse.ArgumentParser(prog="infinity-jax demo", description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--workdir", default="runs/demo", help="folder of every stage's run, the samples and the "
-                    "report (a rerun resumes what is there)")
+    ap = argparse.ArgumentParser(
+        prog="infinity-jax demo",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ap.add_argument(
+        "--workdir",
+        default="runs/demo",
+        help="folder of every stage's run, the samples and the report (a rerun resumes what is there)",
+    )
     ap.add_argument("--minutes", type=float, default=20.0, help="time budget for the whole demo")
     ap.add_argument("--num-examples", type=int, default=20000, help="shapes training images")
     ap.add_argument("--num-prompts", type=int, default=120, help="held-out prompts to sample and score")
-    ap.add_argument("--layout", default="slots", choices=shapes.LAYOUTS,
-                    help="where the shapes dataset puts objects (data/shapes.py); with 'random' the layout "
-                         "is drawn cell by cell and adherence halves (docs/demo_experiments.md)")
-    ap.add_argument("--categories", type=data_cli.categories_arg, default=None,
-                    help="caption categories of the dataset and the held-out prompts, comma-separated "
-                         f"(default: all of {','.join(shapes.CATEGORIES)})")
-    ap.add_argument("--tokenizer-arg", default="",
-                    help="configs/tokenizer_shapes.py argument (sets the image size), e.g. size=64,stride=8")
+    ap.add_argument(
+        "--layout",
+        default="slots",
+        choices=shapes.LAYOUTS,
+        help="where the shapes dataset puts objects (data/shapes.py); with 'random' the layout "
+        "is drawn cell by cell and adherence halves (docs/demo_experiments.md)",
+    )
+    ap.add_argument(
+        "--categories",
+        type=categories_arg,
+        default=None,
+        help="caption categories of the dataset and the held-out prompts, comma-separated "
+        f"(default: all of {','.join(shapes.CATEGORIES)})",
+    )
+    ap.add_argument(
+        "--tokenizer-arg",
+        default="",
+        help="configs/tokenizer_shapes.py argument (sets the image size), e.g. size=64,stride=8",
+    )
     ap.add_argument("--model-arg", default="", help="configs/shapes.py argument, e.g. layers=4,width=128")
     ap.add_argument("--cfg", default=SAMPLE_CFG, help="CFG scale: a number or one per scale 'a,b,...'")
     ap.add_argument("--tau", default=SAMPLE_TAU, help="sampling temperature: a number or one per scale 'a,b,...'")
     ap.add_argument("--top-p", type=float, default=0.97, help="per-bit top-p of the held-out samples (0: off)")
-    ap.add_argument("--text-steps", type=int, default=pretrain.DEFAULT_STEPS,
-                    help="pretraining steps of the text encoder on the captions; 0: a random frozen T5")
-    ap.add_argument("--tokenizer-share", type=float, default=TOKENIZER_SHARE,
-                    help="fraction of --minutes for training the tokenizer (the transformer gets the rest)")
-    ap.add_argument("--tokenizer-steps", type=int, default=None, help="train the tokenizer this many steps "
-                    "(default: as many as fit its share of --minutes)")
+    ap.add_argument(
+        "--text-steps",
+        type=int,
+        default=pretrain.DEFAULT_STEPS,
+        help="pretraining steps of the text encoder on the captions; 0: a random frozen T5",
+    )
+    ap.add_argument(
+        "--tokenizer-share",
+        type=float,
+        default=TOKENIZER_SHARE,
+        help="fraction of --minutes for training the tokenizer (the transformer gets the rest)",
+    )
+    ap.add_argument(
+        "--tokenizer-steps",
+        type=int,
+        default=None,
+        help="train the tokenizer this many steps (default: as many as fit its share of --minutes)",
+    )
     ap.add_argument("--transformer-steps", type=int, default=None, help="likewise for the transformer")
     ap.add_argument("--min-steps", type=int, default=20, help="fewest steps a calibrated stage is planned for")
     ap.add_argument("--max-steps", type=int, default=20000, help="most steps a calibrated stage is planned for")
     args = ap.parse_args(argv)
     if args.minutes <= 0:
-        ap.error(f"--minutes {args.minutes}: expected a positive budget")
+        raise UsageError(f"--minutes {args.minutes}: expected a positive budget")
     least = max(args.text_steps, 0) * TEXT_SECONDS_PER_STEP / 60 + MIN_MINUTES_BESIDE_TEXT
     if args.minutes < least:
-        ap.error(f"--minutes {args.minutes}: the text stage alone (--text-steps {args.text_steps}) takes about "
-                 f"{args.text_steps * TEXT_SECONDS_PER_STEP / 60:.1f} min on a 2-core CPU; expected at least "
-                 f"{least:.1f}, or fewer --text-steps")
+        raise UsageError(
+            f"--minutes {args.minutes}: the text stage alone (--text-steps {args.text_steps}) takes "
+            f"about {args.text_steps * TEXT_SECONDS_PER_STEP / 60:.1f} min on a 2-core CPU; expected at "
+            f"least {least:.1f}, or fewer --text-steps"
+        )
     if not 0 < args.tokenizer_share < 1:
-        ap.error(f"--tokenizer-share {args.tokenizer_share}: expected a fraction between 0 and 1")
+        raise UsageError(f"--tokenizer-share {args.tokenizer_share}: expected a fraction between 0 and 1")
     for spec in (f"tokenizer_shapes:{args.tokenizer_arg}", f"shapes:{args.model_arg}"):
         config_util.load_config(spec)  # before anything is written: a bad argument raises a ConfigError
     args.workdir = os.path.abspath(args.workdir)  # orbax refuses relative checkpoint paths
     try:
         run(args)
     except StageStopped as e:
-        from infinity_jax.train.cli import EXIT_PREEMPTED
         print(f"infinity-jax demo: {e}", file=sys.stderr)
         return EXIT_PREEMPTED
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
