@@ -7,7 +7,7 @@ ARG: '' (the demo size), 'tiny' (seconds-long CI/test runs), 'layers=N,width=C,h
 Everything is small enough for a 2-core CPU: 32x32 images, the stride-4 VAE of
 configs/tokenizer_shapes.py (8x8 latents, scales 1,2,4,8; random unless `vae.params` names the
 weights `infinity-jax train-tokenizer` wrote), a byte-level
-T5 text encoder (frozen, random unless `text.folder` names a Hugging Face folder), and a
+T5 text encoder (frozen, random unless `text.path` names a Hugging Face folder), and a
 transformer a few layers deep. Data comes from `infinity-jax data prepare --source shapes`
 (the demo builds it with `--layout slots`).
 """
@@ -18,7 +18,7 @@ import ml_collections
 
 from infinity_jax.config_util import int_arg, parse_arg
 from infinity_jax.configs import infinity as infinity_configs
-from infinity_jax.configs import tokenizer_shapes, train_defaults
+from infinity_jax.configs import t5, tokenizer_shapes, train_defaults
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -75,13 +75,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.schedule = tok.schedule  # 'HxW,...' up to the latent grid, or an official budget, e.g. '0.06M'
 
     # text: a frozen byte-level T5 (no files needed)
-    c.text = x = ml_collections.ConfigDict()
-    x.preset = "tiny-byt5"  # infinity_jax.text.t5 PRESETS name, used when folder is ''
-    x.d_model = m.text_channels
-    x.folder = ""  # a local Hugging Face T5 folder (config.json + weights)
-    x.tokenizer = "bytes"
-    x.max_length = m.text_maxlen
-    x.seed = 0
+    # (the configs/t5.py schema: `path` names a local Hugging Face T5 folder, '' = random init from the preset)
+    c.text = x = t5.get_config(f"tiny-byt5,tokenizer=bytes,max_length={m.text_maxlen}")
+    x.model.d_model = m.text_channels
 
     # data: built by `infinity-jax data prepare --source shapes --image-size 32 --out data/shapes`
     c.data = d = ml_collections.ConfigDict()

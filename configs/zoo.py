@@ -14,7 +14,7 @@ usage: infinity-jax train --config zoo:NAME[,vae=D][,pn=P][,mesh=M][,scan][,rema
 
 Files the run reads (put them there or override the keys): the official VAE weights
 weights/infinity_vae_d{D}.pth (vae.params), a Flan-T5-XL Hugging Face folder weights/flan-t5-xl
-(text.folder), and a dataset built by `infinity-jax data prepare` (data.path). Training images are
+(text.path), and a dataset built by `infinity-jax data prepare` (data.path). Training images are
 square crops at the budget's 1:1 size (the trainer runs one schedule). Not covered: the released 8B
 model's d56 spatial-patchify tokenizer (no such VAE config here). The optimizer settings are
 train_defaults' (official code defaults); see DESIGN.md for where the official script differs.
@@ -26,7 +26,7 @@ import ml_collections
 
 from infinity_jax import schedules
 from infinity_jax.config_util import parse_named_arg
-from infinity_jax.configs import bsq_vae, mesh_presets, train_defaults
+from infinity_jax.configs import bsq_vae, mesh_presets, t5, train_defaults
 from infinity_jax.configs import infinity as infinity_configs
 
 MODELS = tuple(n for n in infinity_configs.NAMES if n != "tiny")
@@ -69,14 +69,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     v.params = f"weights/{vcfg.checkpoint}"
     c.schedule = pn
 
-    c.text = x = ml_collections.ConfigDict()
-    x.preset = "flan-t5-xl"
-    x.d_model = 2048  # Flan-T5-XL's width (the released recipe)
-    x.folder = "weights/flan-t5-xl"
-    x.tokenizer = "auto"
-    x.max_length = 512  # official tlen
-    x.seed = 0
-    m.text_channels, m.text_maxlen = x.d_model, x.max_length  # the model reads what this encoder gives
+    c.text = x = t5.get_config("flan-t5-xl,path=weights/flan-t5-xl")  # the configs/t5.py schema
+    x.model.d_model = 2048  # Flan-T5-XL's width (the released recipe)
+    m.text_channels, m.text_maxlen = x.model.d_model, x.max_length  # the model reads what this encoder gives
 
     c.data = d = ml_collections.ConfigDict()
     d.path = "data/infinity"

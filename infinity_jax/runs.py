@@ -27,8 +27,7 @@ from infinity_jax.convert import torch_io
 from infinity_jax.convert import vae as convert_vae
 from infinity_jax.errors import UsageError
 from infinity_jax.model.transformer import abstract_params
-from infinity_jax.text.encoder import TextEncoder
-from infinity_jax.text.t5 import T5Config
+from infinity_jax.text.encoder import build_text_encoder
 from infinity_jax.tokenizer import vae as vae_lib
 
 log = logging.getLogger("infinity_jax.runs")
@@ -81,14 +80,21 @@ def load_vae_config(spec: str, overrides=()):
     return config_util.load_config(spec, overrides)
 
 
+def text_config(section) -> dict:
+    """A run's `text` section in the one text-encoder schema (configs/t5.py: preset, path, model overrides,
+    tokenizer, max_length, seed, ...). Runs saved before that schema named the folder `folder` and the
+    width `d_model`: read as `path` and `model.d_model`."""
+    x = section.to_dict() if hasattr(section, "to_dict") else dict(section)
+    if "folder" in x:
+        x["path"] = x.pop("folder")
+    if "d_model" in x:
+        x["model"] = dict(x.get("model") or {}, d_model=int(x.pop("d_model")))
+    return x
+
+
 def build_text(cfg):
-    """(T5Config, params, tokenizer) of the frozen text encoder."""
-    x = cfg.text
-    if x.get("folder"):
-        enc = TextEncoder.from_pretrained(x.folder, tokenizer=x.tokenizer, max_length=x.max_length)
-    else:
-        t5 = T5Config.preset(x.preset, d_model=int(x.d_model)) if x.get("d_model") else T5Config.preset(x.preset)
-        enc = TextEncoder.from_config(t5, seed=int(x.seed), tokenizer=x.tokenizer, max_length=int(x.max_length))
+    """(T5Config, params, tokenizer) of the frozen text encoder of cfg.text (see text_config)."""
+    enc = build_text_encoder(text_config(cfg.text))
     if enc.config.d_model != cfg.model.text_channels:
         raise ValueError(
             f"text encoder width {enc.config.d_model} does not match model.text_channels={cfg.model.text_channels}"

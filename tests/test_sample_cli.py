@@ -16,11 +16,10 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from infinity_jax import commands, config_util, fileio, generate, runs, sample
+from infinity_jax import commands, config_util, fileio, generate, run_config, runs, sample
 from infinity_jax.checkpoint import Checkpointer
 from infinity_jax.commands import sample as sample_command
 from infinity_jax.convert import import_torch
-from infinity_jax.convert import infinity as conv_gpt
 from infinity_jax.convert import vae as conv_vae
 from infinity_jax.errors import UsageError
 from infinity_jax.model.transformer import InfinityConfig, abstract_params
@@ -58,7 +57,7 @@ def run_dir(tmp_path_factory):
     """A transformer run with steps 3 and 5 (other params, other `sample` sections), its VAE beside it (named
     relative to the folder, as import-torch does), plus the step-5 params and the VAE as .npz files."""
     d = tmp_path_factory.mktemp("runs")
-    cfg = conv_gpt.load_config("tiny")
+    cfg = run_config.load("tiny", module="infinity")
     vcfg = conv_vae.load_config("tiny")
     run = d / "run"
     run.mkdir()

@@ -52,7 +52,7 @@ def check_buildable(cfg) -> T.InfinityConfig:
     data = {k: v for k, v in cfg.data.to_dict().items() if k != "h_div_w"}
     DataConfig.from_dict({**data, "batch_size": 1})
     StepOptions.from_config(cfg.step)
-    assert T5Config.preset(cfg.text.preset, d_model=cfg.text.d_model).d_model == m.text_channels
+    assert T5Config.preset(cfg.text.preset, **cfg.text.model.to_dict()).d_model == m.text_channels
     return m
 
 

@@ -256,7 +256,7 @@ def run(args) -> dict:
         _stage_header("text encoder")
         text_dir = os.path.join(args.workdir, "text_encoder")
         text_report = pretrain_text_encoder(args, data_dir, text_dir)
-        text_over = [f"text.folder={text_dir!r}"]
+        text_over = [f"text.path={text_dir!r}"]
 
     # 3. tokenizer
     tok_dir = os.path.join(args.workdir, "tokenizer")
@@ -352,7 +352,7 @@ def pretrain_text_encoder(args, data_dir: str, text_dir: str) -> dict:
     if os.path.exists(report_path):
         return _load_json(report_path)
     text = config_util.load_config(f"shapes:{args.model_arg}").text
-    config = T5Config.preset(str(text.preset), d_model=int(text.d_model))
+    config = T5Config.preset(str(text.preset), **text.model.to_dict())
     report = pretrain_text.pretrain_dataset(
         data_dir, text_dir, config, steps=args.text_steps, max_length=int(text.max_length), seed=int(text.seed)
     )

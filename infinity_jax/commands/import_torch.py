@@ -107,7 +107,7 @@ def main(argv: list[str]) -> int:
                 f"import-torch: {name}: {d['file']}: {d['keys']} keys, {d['params']:,} params, "
                 f"{'/'.join(d['dtypes'])} -> {'/'.join(d['param_dtypes'])}"
             )
-    text = s["text"] and (s["text"]["folder"] or f"{s['text']['preset']} (random, no weights)")
+    text = s["text"] and (s["text"]["path"] or f"{s['text']['preset']} (random, no weights)")
     print(
         f"import-torch: wrote {s['out']} (step {s['step']}, config {s['config']}, schedule {s['schedule']}, "
         f"vae {'yes' if 'vae' in s else 'no: pass --vae to sample'}, text encoder {text or 'none'})"

@@ -5,7 +5,7 @@
 
 The objective and what it buys: infinity_jax/text/pretrain.py. The heads are thrown away; the encoder is
 saved as a Hugging Face folder (config.json + model.safetensors, and the run's figures in pretrain.json)
-that `text.folder` loads frozen, exactly like a downloaded Flan-T5. Prints the figures as one JSON line.
+that `text.path` loads frozen, exactly like a downloaded Flan-T5. Prints the figures as one JSON line.
 """
 
 from __future__ import annotations

@@ -82,14 +82,10 @@ def text_section(spec: str, model) -> dict:
     t5 = config_util.load_config(f"t5:flan-t5-xl,path={spec}" if os.path.isdir(spec) else f"t5:{spec}")
     if t5.path and not os.path.isdir(t5.path):
         raise FileNotFoundError(f"--text-encoder path {t5.path!r} does not exist: expected a Hugging Face T5 folder")
-    return {
-        "preset": t5.preset,
-        "d_model": int(model.text_channels),
-        "folder": os.path.abspath(t5.path) if t5.path else "",
-        "tokenizer": t5.tokenizer,
-        "max_length": min(int(t5.max_length), int(model.text_maxlen)),
-        "seed": int(t5.seed),
-    }
+    t5.path = os.path.abspath(t5.path) if t5.path else ""
+    t5.model.d_model = int(model.text_channels)
+    t5.max_length = min(int(t5.max_length), int(model.text_maxlen))
+    return t5.to_dict()
 
 
 # ---------------------------------------------------------------- state dicts

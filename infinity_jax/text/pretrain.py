@@ -17,7 +17,7 @@ the distance between the feature-row sets of word-swapped captions ("a red circl
 square" / "a blue circle and a red square", "a triangle left of a circle" / "a circle left of a
 triangle"), over the typical distance between unrelated captions, goes from 0.05-0.07 (random
 init) to 0.17-0.46. The heads are thrown away; the encoder is saved as a Hugging Face folder (config.json +
-model.safetensors) that `text.folder` loads frozen, exactly like a downloaded Flan-T5.
+model.safetensors) that `text.path` loads frozen, exactly like a downloaded Flan-T5.
 """
 
 from __future__ import annotations

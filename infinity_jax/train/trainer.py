@@ -34,7 +34,7 @@ import numpy as np
 from infinity_jax import config_util, fileio, plots, sample, schedules
 from infinity_jax.data import latent_cache, pipeline
 from infinity_jax.model import transformer as T
-from infinity_jax.runs import FINAL_FILE, build_text, build_vae, schedule_from_config
+from infinity_jax.runs import FINAL_FILE, build_text, build_vae, schedule_from_config, text_config
 from infinity_jax.text.encoder import encode_tokens
 from infinity_jax.train import distributed, loop
 from infinity_jax.train import step as step_lib
@@ -91,7 +91,7 @@ def build_cached_data(cfg, vae, vae_cfg, vae_params, tokenizer):
         "text": {
             "tokenizer": str(cfg.text.tokenizer),
             "max_length": int(cfg.text.max_length),
-            "folder": str(cfg.text.get("folder", "")),
+            "path": str(text_config(cfg.text).get("path", "")),
         },
     }
     arrays = latent_cache.ensure(
