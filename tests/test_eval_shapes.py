@@ -172,7 +172,7 @@ def test_float_images_are_refused_and_to_uint8_converts_model_outputs(renders64)
     image, caption, _ = renders64[0]
     with pytest.raises(ValueError, match="expected uint8"):
         ev.score(image.astype(np.float32) / 127.5 - 1.0, caption)
-    assert np.array_equal(ev.to_uint8(image.astype(np.float32) / 127.5 - 1.0), image)
+    assert np.array_equal(ds.to_uint8(image.astype(np.float32) / 127.5 - 1.0), image)
 
 
 def test_overall_is_the_mean_of_category_accuracies_not_of_images():

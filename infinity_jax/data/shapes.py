@@ -270,3 +270,9 @@ def flip_spec(spec: dict) -> dict:
 def dumps(spec: dict) -> str:
     """Compact, key-sorted JSON of a spec (what the datasets store per example)."""
     return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
+def to_uint8(images) -> np.ndarray:
+    """Images in [-1, 1] (the model's convention, any leading shape) -> uint8 0..255, rounded: what the shapes
+    evaluator scores (sample.to_uint8 truncates instead, as the official sampler writes its PNGs)."""
+    return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)

@@ -128,7 +128,7 @@ def prefix_scores(
         seeds = np.arange(start, sl.stop, dtype=np.int64) + seed
         for j in range(K + 1):
             bits = true_bits if j == K else draw(model_cfg, schedule, params, feats, mask, true_bits, j, seeds, sp)
-            images[j].append(shapes_eval.to_uint8(np.asarray(decode(vae_params, bits))))
+            images[j].append(shapes_data.to_uint8(np.asarray(decode(vae_params, bits))))
         background = _background_cells(truth[sl], true_bits[-1].shape[1:3])
         accuracy_rows.append(teacher_forced_accuracy(model_cfg, schedule, params, feats, mask, true_bits, background))
         log(f"[prefixes] {sl.stop}/{num_prompts} prompts, {time.perf_counter() - t0:.0f}s")

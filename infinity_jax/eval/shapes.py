@@ -159,7 +159,7 @@ def blend(image: np.ndarray, max_residual: float = 60.0, other_dist: float = 90.
     if img.dtype != np.uint8:  # a [-1, 1] float image would silently read as all background
         raise ValueError(
             f"image of dtype {img.dtype}: expected uint8 pixels 0..255 "
-            "(convert model outputs in [-1, 1] with `to_uint8`)"
+            "(convert model outputs in [-1, 1] with `data.shapes.to_uint8`)"
         )
     bg = np.asarray(data.BACKGROUND, np.float32)
     cols = np.asarray(list(data.PALETTE.values()), np.float32) - bg  # (K, 3)
@@ -172,11 +172,6 @@ def blend(image: np.ndarray, max_residual: float = 60.0, other_dist: float = 90.
     labels = np.where((a >= 0.5) & (r <= max_residual), k, -1)
     other = (r > max_residual) & (np.linalg.norm(d, axis=-1) > other_dist)
     return np.where(other, len(cols), labels), alpha
-
-
-def to_uint8(images) -> np.ndarray:
-    """Images in [-1, 1] (the model's convention, any leading shape) -> uint8 0..255, rounded."""
-    return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def classify_pixels(image: np.ndarray, max_residual: float = 60.0, other_dist: float = 90.0) -> np.ndarray:

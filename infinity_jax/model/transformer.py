@@ -147,9 +147,6 @@ def init_cache(cfg: InfinityConfig, batch: int, schedule: schedules.Schedule, dt
     return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
 
 
-CACHE_LOGICAL_AXES = ("layers", "batch", "length", None, "kv")  # for sharding a cache like the activations
-
-
 def null_text(params: Mapping[str, Any], text_mask: jax.Array) -> jax.Array:
     """The CFG null text for prompts of the given mask: cfg_uncond[:Lt] where the mask is on, 0 elsewhere.
 

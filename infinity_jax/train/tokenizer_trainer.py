@@ -41,6 +41,7 @@ from infinity_jax import config_util, fileio, plots, schedules
 from infinity_jax.convert import vae as vae_convert
 from infinity_jax.convert.torch_io import load_state_dict
 from infinity_jax.data import pipeline
+from infinity_jax.data import shapes as shapes_data
 from infinity_jax.runs import FINAL_FILE, schedule_from_config
 from infinity_jax.tokenizer import lpips
 from infinity_jax.tokenizer import vae as vae_lib
@@ -156,7 +157,7 @@ def evaluate_reconstructions(
     x = np.asarray(pipeline.to_float(np.concatenate(originals)[:n]))
     r = np.concatenate(recons)[:n]
     mse = float(np.mean((r - x) ** 2))
-    x_u8, r_u8 = _to_uint8(x), _to_uint8(r)
+    x_u8, r_u8 = shapes_data.to_uint8(x), shapes_data.to_uint8(r)
     if grid_path:
         k = min(16, n)
         pairs = np.stack([x_u8[:k], r_u8[:k]], axis=1).reshape(2 * k, *x_u8.shape[1:])
@@ -184,11 +185,6 @@ def evaluate_reconstructions(
         except ValueError as e:  # captions that are not the shapes grammar: no score
             log.warning("shapes evaluator skipped: %s", e)
     return out
-
-
-def _to_uint8(images) -> np.ndarray:
-    """Images in [-1, 1] -> uint8 0..255, rounded (as eval.shapes.to_uint8, which scores them)."""
-    return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def save_vae(workdir: str, vae_params, vae_cfg) -> tuple[str, str]:
