@@ -31,7 +31,7 @@ import time
 import jax
 import numpy as np
 
-from infinity_jax import config_util, fileio, parallel, runs, sample, schedules
+from infinity_jax import fileio, parallel, runs, sample, schedules
 from infinity_jax.convert import infinity as convert_infinity
 from infinity_jax.convert import vae as convert_vae
 from infinity_jax.errors import UsageError
@@ -244,15 +244,7 @@ def _text_encoder(spec: str | None, width: int, ckpt_config=None):
     if spec is None and ckpt_config is not None and "text" in ckpt_config:  # the encoder the model trained with
         config, params, tokenizer = runs.build_text(ckpt_config)
         return TextEncoder(config, params, tokenizer)
-    spec = spec or "flan-t5-xl"
-    if os.path.isdir(spec):
-        spec = f"flan-t5-xl,path={spec}"
-    try:
-        cfg = config_util.load_config(f"t5:{spec}")
-    except (FileNotFoundError, ValueError) as e:
-        raise UsageError(f"--text-encoder {spec!r}: {e}") from e
-    if cfg.path and not os.path.isdir(cfg.path):
-        raise UsageError(f"--text-encoder path {cfg.path!r} does not exist: expected a Hugging Face T5 folder")
+    cfg = runs.text_encoder_config(spec or "flan-t5-xl")
     if not cfg.path:
         print(
             f"[sample] warning: random-initialised text encoder ({cfg.preset}, width {width}); images will not "

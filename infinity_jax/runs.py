@@ -32,10 +32,7 @@ from infinity_jax.tokenizer import vae as vae_lib
 
 log = logging.getLogger("infinity_jax.runs")
 
-
 FINAL_FILE = "final.json"  # a finished run's summary (train and train-tokenizer); absent while unfinished
-
-
 # exit status of a training command stopped by SIGTERM once its checkpoint is saved: sysexits' EX_TEMPFAIL
 # ("try again later"), not 0, so a retry loop or a scheduler can tell it from a finished run
 EXIT_PREEMPTED = 75
@@ -49,8 +46,9 @@ def schedule_from_config(cfg) -> schedules.Schedule:
 
 
 def build_vae(cfg):
-    """(module, params) of the frozen BSQ-VAE: config from cfg.vae.config (+ overrides), params from
-    cfg.vae.params (our npz/msgpack or an official .pth), or random when cfg.vae.params is ''."""
+    """(module, config, params) of the frozen BSQ-VAE: config from cfg.vae.config (+ overrides), params from
+    cfg.vae.params (anything load_weights reads: our .npz/.msgpack, an official state dict), or random when
+    cfg.vae.params is ''."""
     spec = str(cfg.vae.config)
     vcfg = load_vae_config(spec, cfg.vae.get("overrides", ()))
     if int(vcfg.codebook_dim) != int(cfg.model.codebook_dim):
@@ -63,10 +61,8 @@ def build_vae(cfg):
     if not path:
         log.warning("vae.params is empty: using a randomly initialised (untrained) BSQ-VAE")
         params = jax.jit(lambda k: vae_lib.init_params(module, k))(jax.random.key(cfg.seed + 7))
-    elif path.endswith((".pth", ".pt", ".bin")):
-        params = convert_vae.torch_to_params(torch_io.load_state_dict(path), vcfg)
     else:
-        params = fileio.load_params(path)
+        params, _ = load_weights(path, "vae", vcfg)
     return module, vcfg, params
 
 
@@ -92,6 +88,19 @@ def text_config(section) -> dict:
     return x
 
 
+def text_encoder_config(spec: str) -> ml_collections.ConfigDict:
+    """A --text-encoder value -> its configs/t5.py config: a Hugging Face T5 folder (read as
+    'flan-t5-xl,path=DIR') or a configs/t5.py argument ('flan-t5-xl,path=DIR', 'tiny-byt5', ...)."""
+    spec = f"flan-t5-xl,path={spec}" if os.path.isdir(spec) else spec
+    try:
+        cfg = config_util.load_config(f"t5:{spec}")
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"--text-encoder {spec!r}: {e}") from e
+    if cfg.path and not os.path.isdir(cfg.path):
+        raise UsageError(f"--text-encoder path {cfg.path!r} does not exist: expected a Hugging Face T5 folder")
+    return cfg
+
+
 def build_text(cfg):
     """(T5Config, params, tokenizer) of the frozen text encoder of cfg.text (see text_config)."""
     enc = build_text_encoder(text_config(cfg.text))
@@ -102,12 +111,8 @@ def build_text(cfg):
     return enc.config, enc.params, enc.tokenizer
 
 
-PARAMS_FILES = (".npz", ".msgpack")
-
-
-OFFICIAL_FILES = (".pth", ".pt", ".bin", ".safetensors")
-
-
+PARAMS_FILES = fileio.PARAMS_EXTENSIONS  # our params files
+OFFICIAL_FILES = (".pth", ".pt", ".bin", ".safetensors")  # official state dicts, converted on load
 RUN_FOLDERS = "a training run folder (checkpoints/<step>/state), its checkpoints/ folder or one <step>/ folder of it"
 
 
@@ -214,7 +219,7 @@ def load_run(path: str, prefer_ema: bool, step: int | None = None, what: str = "
         raise UsageError(str(e)) from e
     finally:
         ck.close()
-    print(f"[sample] loaded {key} of step {step} from {root}", file=sys.stderr)
+    print(f"[runs] loaded {key} of step {step} from {root}", file=sys.stderr)
     return params, run_relative_paths(ml_collections.ConfigDict(config), run_dir), step
 
 

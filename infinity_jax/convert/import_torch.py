@@ -27,13 +27,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from infinity_jax import config_util, fileio, run_config, schedules
+from infinity_jax import config_util, fileio, run_config, runs, schedules
 from infinity_jax.checkpoint import Checkpointer
 from infinity_jax.convert import infinity as conv_gpt
 from infinity_jax.convert import torch_io
 from infinity_jax.convert import vae as conv_vae
 from infinity_jax.errors import UsageError, one_line
-from infinity_jax.runs import load_vae_config
 
 CHECKPOINTS, VAE_PARAMS, VAE_CONFIG = "checkpoints", "vae_params.npz", "vae_config.json"
 MODEL_FIELDS = ("depth", "embed_dim", "num_heads", "block_chunks", "codebook_dim", "text_channels")
@@ -79,9 +78,7 @@ def vae_config_spec(given: str | None, vae_path: str, cfg) -> str:
 def text_section(spec: str, model) -> dict:
     """--text-encoder (a Hugging Face T5 folder, or a configs/t5.py argument such as
     'flan-t5-xl,path=DIR' or 'tiny-byt5') -> the `text` section that training configs carry."""
-    t5 = config_util.load_config(f"t5:flan-t5-xl,path={spec}" if os.path.isdir(spec) else f"t5:{spec}")
-    if t5.path and not os.path.isdir(t5.path):
-        raise FileNotFoundError(f"--text-encoder path {t5.path!r} does not exist: expected a Hugging Face T5 folder")
+    t5 = runs.text_encoder_config(spec)
     t5.path = os.path.abspath(t5.path) if t5.path else ""
     t5.model.d_model = int(model.text_channels)
     t5.max_length = min(int(t5.max_length), int(model.text_maxlen))
@@ -224,7 +221,7 @@ def import_weights(
         # the config's own VAE (e.g. configs/shapes.py's bsq_vae:shapes) comes with its overrides
         from_cfg = not vae_config and "vae" in cfg and vspec == str(cfg.vae.get("config", ""))
         try:
-            vae_cfg = load_vae_config(vspec, tuple(cfg.vae.get("overrides", ())) if from_cfg else ())
+            vae_cfg = runs.load_vae_config(vspec, tuple(cfg.vae.get("overrides", ())) if from_cfg else ())
         except (FileNotFoundError, ValueError, KeyError) as e:
             raise UsageError(f"--vae-config {vspec!r}: {one_line(e)}") from e
         if int(vae_cfg.codebook_dim) != int(cfg.model.codebook_dim):
