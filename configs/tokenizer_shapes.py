@@ -103,7 +103,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     o.prefix_weight = float(opts.get("prefix", 0.3))
     o.perceptual_weight = 0.0  # > 0: + weight * LPIPS(recon, image) (VGG16; taming's VQGAN uses 1.0)
     # local files (nothing is downloaded): 'vgg16-397923af.pth,vgg.pth' (torchvision's VGG16, then the
-    # lpips package's weights/v0.1/vgg.pth lin heads) or one .npz from `infinity-jax convert-lpips`
+    # lpips package's weights/v0.1/vgg.pth lin heads) or one .npz from `infinity-jax convert lpips`
     o.lpips_weights = ""
     o.gan_weight = 0.0  # > 0: a PatchGAN discriminator trained from scratch (hinge loss)
     o.disc_start = 0

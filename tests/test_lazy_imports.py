@@ -56,7 +56,7 @@ def test_bench_commands_import_no_data_stack_and_no_torch(tmp_path):
 
 def test_sample_command_imports_no_data_stack_and_no_torch(tmp_path):
     """A training run folder (orbax checkpoint and config, the VAE's params in an npz file) and a Hugging
-    Face T5 folder: the checkpoint reader, the VAE and text-encoder builders of train.cli, the T5 loader."""
+    Face T5 folder: the checkpoint reader, the VAE and text-encoder builders of runs, the T5 loader."""
     _run(
         """
         import os

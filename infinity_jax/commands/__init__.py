@@ -82,26 +82,29 @@ def usage(table: Table = COMMANDS, path: tuple[str, ...] = ()) -> str:
     return "\n".join([head, "", "commands:"] + [f"  {name:<{width}}  {help_}" for name, help_ in rows])
 
 
-def resolve(argv: list[str], table: Table = COMMANDS) -> tuple[tuple[str, ...], Entry | None, list[str]]:
-    """(command path, entry or None when the path names a group and nothing more, remaining argv).
-    Raises UsageError for a name the table does not have, naming the choices."""
+class UnknownCommand(UsageError):
+    """A command name its group does not have; `path` is the group it was looked up in."""
+
+    def __init__(self, message: str, path: tuple[str, ...]):
+        super().__init__(message)
+        self.path = path
+
+
+def resolve(argv: list[str], table: Table = COMMANDS) -> tuple[tuple[str, ...], Entry | Table, list[str]]:
+    """(command path, its entry, or its group's table when argv names a group and nothing more (or asks for
+    its help), remaining argv). Raises UnknownCommand for a name the table does not have, naming the choices."""
     path: tuple[str, ...] = ()
     while argv and isinstance(table, dict):
         name = argv[0]
         if name in ("-h", "--help", "help") and path:
-            return path, None, []
+            return path, table, []
         if name not in table:
             where = " ".join((PROG, *path))
-            raise UsageError(f"unknown command {name!r} for `{where}`: expected one of {', '.join(sorted(table))}")
+            raise UnknownCommand(
+                f"unknown command {name!r} for `{where}`: expected one of {', '.join(sorted(table))}", path
+            )
         path, argv, table = path + (name,), argv[1:], table[name]
-    return path, (None if isinstance(table, dict) else table), argv
-
-
-def _group(path: tuple[str, ...]) -> Table:
-    table = COMMANDS
-    for name in path:
-        table = table[name]
-    return table
+    return path, table, argv
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,12 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     try:
         path, entry, rest = resolve(argv)
-    except UsageError as e:
-        print(f"{PROG}: error: {e}\n\n{usage()}", file=sys.stderr)
+    except UnknownCommand as e:  # the help of the group it was looked up in
+        group = resolve(list(e.path))[1] if e.path else COMMANDS
+        print(f"{PROG}: error: {e}\n\n{usage(group, e.path)}", file=sys.stderr)
         return 2
-    if entry is None:  # a group without its subcommand: its help (exit 0 when asked for, else 2)
+    if isinstance(entry, dict):  # a group without its subcommand: its help (exit 0 when asked for, else 2)
         asked = argv[-1] in ("-h", "--help", "help")
-        print(usage(_group(path), path), file=sys.stdout if asked else sys.stderr)
+        print(usage(entry, path), file=sys.stdout if asked else sys.stderr)
         return 0 if asked else 2
     module, func = entry[0].split(":")
     try:
