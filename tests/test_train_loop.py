@@ -384,6 +384,8 @@ def test_throughput_and_mfu_arithmetic():
     assert metrics.peak_flops_per_device("NVIDIA H200") == 989e12
     assert metrics.peak_flops_per_device("NVIDIA A100-SXM4-80GB") == 312e12
     assert metrics.peak_flops_per_device("cpu") is None
+    assert metrics.peak_flops_per_device("NVIDIA H200", "float32") == 67e12  # the sampler bench's f32 rows
+    assert metrics.peak_flops_per_device("NVIDIA H200", "float16") is None
 
 
 def test_single_process_initialize_is_a_no_op(monkeypatch):

@@ -41,31 +41,7 @@ from infinity_jax.convert import infinity as conv_inf
 from infinity_jax.convert import vae as conv_vae
 from infinity_jax.model.transformer import InfinityConfig, abstract_params, init_cache, init_params
 from infinity_jax.tokenizer import vae as vae_lib
-
-# dense peak FLOP/s per device by (device_kind substring, dtype); public spec-sheet figures
-PEAK_FLOPS = {
-    ("H100", "bfloat16"): 989e12,
-    ("H200", "bfloat16"): 989e12,
-    ("A100", "bfloat16"): 312e12,
-    ("H100", "float32"): 67e12,
-    ("H200", "float32"): 67e12,
-    ("A100", "float32"): 19.5e12,
-    ("TPU v4", "bfloat16"): 275e12,
-    ("TPU v5 lite", "bfloat16"): 197e12,
-    ("TPU v5e", "bfloat16"): 197e12,
-    ("TPU v5p", "bfloat16"): 459e12,
-    ("TPU v5", "bfloat16"): 459e12,
-    ("TPU v6", "bfloat16"): 918e12,
-}
-
-
-def device_peak_flops(device, dtype: str) -> float | None:
-    """The dense peak FLOP/s of one device for a compute dtype (PEAK_FLOPS), or None where unknown."""
-    kind = getattr(device, "device_kind", "")
-    for (name, dt), peak in PEAK_FLOPS.items():
-        if name in kind and dt == dtype:
-            return peak
-    return None
+from infinity_jax.train import metrics
 
 
 def _peak_bytes(devices) -> int | None:
@@ -297,7 +273,7 @@ def bench_one(
     med = statistics.median(times)
     devices = jax.devices()
     flops = sample.transformer_flops(model_cfg, schedule, batch, text_len, cfg_batch=sampler.cfg_batch)
-    peak = device_peak_flops(devices[0], model_cfg.dtype)
+    peak = metrics.peak_flops_per_device(devices[0].device_kind, model_cfg.dtype)
     util = flops / med / (peak * len(devices)) if peak else None
     peak_bytes = _peak_bytes(devices)
     mem_src = "device"

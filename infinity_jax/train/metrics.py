@@ -32,12 +32,16 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
     ("h100", 989e12),  # H100 SXM (the PCIe card is slower)
     ("a100", 312e12),
 )
+# Dense float32 peak FLOP/s (no TF32) of the GPUs, matched the same way.
+PEAK_FP32_FLOPS: tuple[tuple[str, float], ...] = (("h200", 67e12), ("h100", 67e12), ("a100", 19.5e12))
 
 
-def peak_flops_per_device(device_kind: str | None = None) -> float | None:
-    """Peak bf16 FLOP/s of one device, or None ('unknown', e.g. CPU)."""
+def peak_flops_per_device(device_kind: str | None = None, dtype: str = "bfloat16") -> float | None:
+    """Peak FLOP/s of one device (the first local one by default) for a compute dtype, or None where unknown
+    (a CPU, a dtype without a row)."""
     kind = (jax.devices()[0].device_kind if device_kind is None else device_kind).lower()
-    for key, flops in PEAK_BF16_FLOPS:
+    table = {"bfloat16": PEAK_BF16_FLOPS, "float32": PEAK_FP32_FLOPS}.get(str(dtype), ())
+    for key, flops in table:
         if key in kind:
             return flops
     return None
