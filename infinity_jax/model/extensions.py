@@ -29,9 +29,6 @@ from flax import linen as nn
 from infinity_jax import schedules
 from infinity_jax.model import layers
 
-# the bool fields of configs saved before `model.extension` (runs and checkpoints of older versions)
-LEGACY_FLAGS = {"abs_pos_embed": "abs_pos_embed"}
-
 
 def cell_centre_features(schedule: schedules.Schedule, num_freqs: int = 6) -> np.ndarray:
     """(L, 4 * num_freqs) float32: sin/cos of every token's cell centre, as a fraction of the image in
@@ -74,12 +71,9 @@ def build(cfg) -> nn.Module | None:
 
 
 def upgrade_legacy(d: Mapping[str, Any]) -> dict[str, Any]:
-    """A model config dict with LEGACY_FLAGS replaced by `extension` (True: that extension; False: dropped)."""
+    """A model config dict of a run saved before `model.extension`, whose flag `abs_pos_embed` becomes
+    extension='abs_pos_embed' (True) or goes (False)."""
     d = dict(d)
-    on = [LEGACY_FLAGS[k] for k in LEGACY_FLAGS if d.pop(k, False)]
-    if on:
-        named = sorted({*on, d.get("extension", "")} - {""})
-        if len(named) > 1:
-            raise ValueError(f"model options name more than one extension: {named}")
-        d["extension"] = on[0]
+    if d.pop("abs_pos_embed", False):
+        d["extension"] = "abs_pos_embed"
     return d

@@ -103,7 +103,7 @@ class InfinityConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "InfinityConfig":
         """From a config section (ml_collections ConfigDict or dict); unknown keys are an error. Older
-        saved configs' flags for an extension (extensions.LEGACY_FLAGS) become `extension`."""
+        a saved config's `abs_pos_embed` flag becomes `extension` (extensions.upgrade_legacy)."""
         d = extensions.upgrade_legacy(d.to_dict() if hasattr(d, "to_dict") else d)
         d.pop("name", None)
         names = {f.name for f in dataclasses.fields(cls)}
