@@ -29,11 +29,13 @@ ROPE_BASE = 10000.0
 ROPE_GRID = 2048 // 16  # the official RoPE table covers 128 x 128 latent positions
 
 
-def _part(init, axes: Sequence[str | None]):
+def partitioned(init, axes: Sequence[str | None]):
+    """An initializer whose params carry logical axis names (parallel.RULES maps them to the mesh)."""
     return nn.with_logical_partitioning(init, tuple(axes))
 
 
-def _normal(std: float):
+def truncated_normal(std: float):
+    """The official models' weight init: a normal truncated at two standard deviations."""
     return nn.initializers.truncated_normal(std)
 
 
@@ -52,8 +54,8 @@ def dense(
         use_bias=use_bias,
         dtype=dtype,
         param_dtype=jnp.float32,
-        kernel_init=_part(_normal(std), axes),
-        bias_init=_part(nn.initializers.zeros, axes[1:]),
+        kernel_init=partitioned(truncated_normal(std), axes),
+        bias_init=partitioned(nn.initializers.zeros, axes[1:]),
         name=name,
     )
 
@@ -91,9 +93,9 @@ class Norm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c = x.shape[-1]
-        y = norm(x, self.eps, self.rms) * self.param("weight", _part(nn.initializers.ones, ("norm",)), (c,))
+        y = norm(x, self.eps, self.rms) * self.param("weight", partitioned(nn.initializers.ones, ("norm",)), (c,))
         if not self.rms:
-            y = y + self.param("bias", _part(nn.initializers.zeros, ("norm",)), (c,))
+            y = y + self.param("bias", partitioned(nn.initializers.zeros, ("norm",)), (c,))
         return y
 
 
@@ -235,9 +237,11 @@ class SelfAttention(nn.Module):
         b, l, c_model = x.shape
         h = self.num_heads
         hd = c_model // h
-        kernel = self.param("mat_qkv", _part(_normal(0.02), ("embed", None, "heads")), (c_model, 3, c_model))
-        q_bias = self.param("q_bias", _part(nn.initializers.zeros, ("heads",)), (c_model,))
-        v_bias = self.param("v_bias", _part(nn.initializers.zeros, ("heads",)), (c_model,))
+        kernel = self.param(
+            "mat_qkv", partitioned(truncated_normal(0.02), ("embed", None, "heads")), (c_model, 3, c_model)
+        )
+        q_bias = self.param("q_bias", partitioned(nn.initializers.zeros, ("heads",)), (c_model,))
+        v_bias = self.param("v_bias", partitioned(nn.initializers.zeros, ("heads",)), (c_model,))
         qkv = jnp.einsum(
             "blc,ctd->bltd", x.astype(self.dtype), kernel.astype(self.dtype), preferred_element_type=jnp.float32
         )
@@ -247,7 +251,9 @@ class SelfAttention(nn.Module):
         v = (qkv[:, :, 2] + v_bias).reshape(b, l, h, hd)
         if self.cos_attn:
             log_mul = self.param(
-                "scale_mul_1H11", _part(nn.initializers.constant(math.log(4.0)), (None, None, None, None)), (1, h, 1, 1)
+                "scale_mul_1H11",
+                partitioned(nn.initializers.constant(math.log(4.0)), (None, None, None, None)),
+                (1, h, 1, 1),
             )
             mul = jnp.exp(jnp.minimum(log_mul.reshape(1, 1, h, 1), LOG_MAX_SCALE_MUL))
             q, k, scale = _l2_normalize(q) * mul, _l2_normalize(k), 1.0
@@ -299,16 +305,20 @@ class CrossAttention(nn.Module):
         hd = c // h
         b, lt, kv_dim = kv.shape
         kernel = self.param(
-            "mat_kv", _part(_normal(0.02), ("text_embed" if self.pool else "embed", None, "heads")), (kv_dim, 2, c)
+            "mat_kv",
+            partitioned(truncated_normal(0.02), ("text_embed" if self.pool else "embed", None, "heads")),
+            (kv_dim, 2, c),
         )
-        v_bias = self.param("v_bias", _part(nn.initializers.zeros, ("heads",)), (c,))
+        v_bias = self.param("v_bias", partitioned(nn.initializers.zeros, ("heads",)), (c,))
         kvp = jnp.einsum(
             "btc,csd->btsd", kv.astype(self.dtype), kernel.astype(self.dtype), preferred_element_type=jnp.float32
         )
         k = kvp[:, :, 0].reshape(b, lt, h, hd).astype(self.dtype)
         v = (kvp[:, :, 1] + v_bias).reshape(b, lt, h, hd).astype(self.dtype)
         if self.pool:
-            mat_q = self.param("mat_q", _part(_normal(math.sqrt(1 / c / 3)), (None, None, None)), (1, h, hd))
+            mat_q = self.param(
+                "mat_q", partitioned(truncated_normal(math.sqrt(1 / c / 3)), (None, None, None)), (1, h, hd)
+            )
             q = jnp.broadcast_to(mat_q[None], (b, 1, h, hd)).astype(self.dtype)
         else:
             q = dense(c, ("embed", "heads"), dtype=self.dtype, name="mat_q")(x).reshape(b, -1, h, hd).astype(self.dtype)

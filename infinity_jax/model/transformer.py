@@ -222,7 +222,7 @@ class Block(nn.Module):
         if c.shared_aln:
             gss = self.param(
                 "ada_gss",
-                layers._part(nn.initializers.normal(1 / math.sqrt(c.embed_dim)), (None, None, None, "adaln")),
+                layers.partitioned(nn.initializers.normal(1 / math.sqrt(c.embed_dim)), (None, None, None, "adaln")),
                 (1, 1, 6, c.embed_dim),
             )
             ada = gss + shared["ada"]
@@ -254,7 +254,9 @@ class Block(nn.Module):
         h = h.astype(jnp.float32)
         if c.cross_attn_layer_scale >= 0:
             h = h * self.param(
-                "ca_gamma", layers._part(nn.initializers.constant(c.cross_attn_layer_scale), ("embed",)), (c.embed_dim,)
+                "ca_gamma",
+                layers.partitioned(nn.initializers.constant(c.cross_attn_layer_scale), ("embed",)),
+                (c.embed_dim,),
             )
         x = x + h
 
@@ -274,7 +276,7 @@ class Infinity(nn.Module):
 
     def setup(self):
         c = self.cfg
-        part = layers._part
+        part = layers.partitioned
         self.cfg_uncond = self.param(
             "cfg_uncond",
             part(
@@ -288,9 +290,11 @@ class Infinity(nn.Module):
         self.text_proj_for_ca_0 = layers.dense(c.embed_dim, ("text_embed", "mlp"))
         self.text_proj_for_ca_2 = layers.dense(c.embed_dim, ("mlp", "embed"))
         std = math.sqrt(1 / c.embed_dim / 3)
-        self.pos_start = self.param("pos_start", part(layers._normal(std), (None, None, "embed")), (1, 1, c.embed_dim))
+        self.pos_start = self.param(
+            "pos_start", part(layers.truncated_normal(std), (None, None, "embed")), (1, 1, c.embed_dim)
+        )
         self.lvl_embed = nn.Embed(
-            NUM_LEVELS, c.embed_dim, embedding_init=part(layers._normal(std), ("scales", "embed"))
+            NUM_LEVELS, c.embed_dim, embedding_init=part(layers.truncated_normal(std), ("scales", "embed"))
         )
         self.word_embed = layers.dense(c.embed_dim, ("bits", "embed"))
         self.extension = extensions.build(c)
