@@ -341,32 +341,11 @@ def run_training(
         dtype = jnp.dtype(t.compute_dtype)
         step_fn = make_step(loss_fn, schedule, t.grad_accum, None if dtype == jnp.float32 else dtype, mesh)
 
-    # ---- state: shapes and shardings first, then a sharded init or a restore
-    init_state, init_key = _state_init(config, init_params, tx)
-    logical = nn.get_partition_spec(jax.eval_shape(init_params, init_key))
-    abstract = jax.eval_shape(init_state)
-    shardings = state_shardings(abstract, logical, mesh, rules)
     saving = ck.get("enabled", True)
     ckpt = (
         Checkpointer(os.path.join(workdir, "checkpoints"), keep=ck.keep, async_save=ck.async_save) if saving else None
     )
-    resumed_from = ckpt.latest_step() if saving else None
-    if resumed_from is not None:
-        _check_schedule(config, ckpt, resumed_from, workdir)
-        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-        state, data_state = ckpt.restore(target, resumed_from)  # a param of another shape: a UsageError naming it
-        data.set_state(data_state)
-        log.info("resumed from %s/checkpoints step %d (of train.total_steps=%d)", workdir, resumed_from, t.total_steps)
-    else:
-        with _sharding_context(mesh, rules):
-            state = jax.jit(init_state, out_shardings=shardings)()
-        log.info("starting at step 0 of train.total_steps=%d in %s", t.total_steps, workdir)
-
-    if frozen is not None:
-        frozen_sh = parallel.logical_to_mesh_sharding(nn.get_partition_spec(frozen), mesh, rules)
-        frozen_arrays = jax.tree.map(_to_global, nn.meta.unbox(frozen), frozen_sh)
-        state = state.replace(frozen=frozen_arrays)
-        shardings = shardings.replace(frozen=frozen_sh)
+    state, shardings = _initial_state(config, workdir, init_params, tx, mesh, ckpt, data, frozen)
 
     start = int(jax.device_get(state.step))
     writer = metrics_lib.MetricsWriter(workdir, tensorboard=t.get("tensorboard", True), start_step=start)
@@ -374,7 +353,6 @@ def run_training(
     history: list[dict] = []
     hooks = [dataclasses.replace(h, every=h.every or t.hook_every) for h in hooks]
     peak = metrics_lib.peak_flops_per_device()
-    rep = NamedSharding(mesh, P())
 
     def wrapped(st, batch):
         return step_fn(st, batch, step_key(st))
@@ -397,19 +375,8 @@ def run_training(
                     _check_batch(local, t.global_batch)
                 batch = distributed.global_batch(local, mesh)
                 if compiled is None:  # compile once, ahead of time: timed, and the FLOPs fallback
-                    batch_sh = jax.tree.map(lambda x: x.sharding, batch)
                     t0 = time.perf_counter()
-                    with _sharding_context(mesh, rules):
-                        compiled = (
-                            jax.jit(
-                                wrapped,
-                                in_shardings=(shardings, batch_sh),
-                                out_shardings=(shardings, rep),
-                                donate_argnums=0,
-                            )
-                            .lower(state, batch)
-                            .compile()
-                        )
+                    compiled = _compile_step(wrapped, state, batch, shardings, mesh, rules)
                     compile_s = time.perf_counter() - t0
                     flops, flops_src = flops_per_step, "model"
                     if flops is None:
@@ -477,6 +444,45 @@ def run_training(
     return TrainResult(
         state=state, history=history, stopped=stopped, start_step=start, workdir=workdir, train_loss=train_loss
     )
+
+
+def _initial_state(config, workdir: str, init_params, tx, mesh: Mesh, ckpt, data, frozen):
+    """(state, its shardings): shapes and shardings first, then the latest checkpoint restored into them (and
+    the data iterator's state) or a sharded init; `frozen` placed beside, on the mesh by its logical names."""
+    rules, total = config.parallel.rules, config.train.total_steps
+    init_state, init_key = _state_init(config, init_params, tx)
+    logical = nn.get_partition_spec(jax.eval_shape(init_params, init_key))
+    abstract = jax.eval_shape(init_state)
+    shardings = state_shardings(abstract, logical, mesh, rules)
+    resumed_from = ckpt.latest_step() if ckpt is not None else None
+    if resumed_from is not None:
+        _check_schedule(config, ckpt, resumed_from, workdir)
+        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+        state, data_state = ckpt.restore(target, resumed_from)  # a param of another shape: a UsageError naming it
+        data.set_state(data_state)
+        log.info("resumed from %s/checkpoints step %d (of train.total_steps=%d)", workdir, resumed_from, total)
+    else:
+        with _sharding_context(mesh, rules):
+            state = jax.jit(init_state, out_shardings=shardings)()
+        log.info("starting at step 0 of train.total_steps=%d in %s", total, workdir)
+    if frozen is not None:
+        frozen_sh = parallel.logical_to_mesh_sharding(nn.get_partition_spec(frozen), mesh, rules)
+        state = state.replace(frozen=jax.tree.map(_to_global, nn.meta.unbox(frozen), frozen_sh))
+        shardings = shardings.replace(frozen=frozen_sh)
+    return state, shardings
+
+
+def _compile_step(step, state, batch, shardings, mesh: Mesh, rules):
+    """The step compiled ahead of time for these shardings (state donated; metrics replicated)."""
+    batch_sh = jax.tree.map(lambda x: x.sharding, batch)
+    with _sharding_context(mesh, rules):
+        jitted = jax.jit(
+            step,
+            in_shardings=(shardings, batch_sh),
+            out_shardings=(shardings, NamedSharding(mesh, P())),
+            donate_argnums=0,
+        )
+        return jitted.lower(state, batch).compile()
 
 
 def _to_global(x, sharding: NamedSharding) -> jax.Array:
