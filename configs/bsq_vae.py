@@ -1,11 +1,15 @@
 """BSQ-VAE (tokenizer) configs: the released Infinity tokenizers' architectures, and a tiny one.
 
-usage: get_config('d32') -> ConfigDict; names: d16, d24, d32, d32reg, d64, tiny, shapes.
+usage: get_config('d32') -> ConfigDict; names: d16, d24, d32, d32reg, d64, d56, tiny, tiny_patchify, shapes.
 
 Every released tokenizer (infinity_vae_d{16,24,32,64}.pth, infinity_vae_d32reg.pth) is the same
 network -- base_ch 128, ch_mult (1, 2, 4, 4, 4), 2 residual blocks per level, patch 16 -- and
 differs only in the latent width d (z_channels = codebook_dim = d bits per token); d32reg is a
 second set of d=32 weights (the one the released 2B model's inference script uses).
+d56 is the released 8B model's tokenizer (infinity_vae_d56_f8_14_patchify.pth, official vae_type 14 with
+apply_spatial_patchify=1): 14 bits per position at patch 8, ch_mult (1, 2, 4, 4); the transformer reads
+2x2 blocks of its grid, 56 bits per token (InfinityConfig.apply_spatial_patchify).
+'tiny_patchify' is the tiny-patchify fixture's (base_ch 32, ch_mult (1, 1, 1, 1), patch 8, d 8).
 'tiny' is the architecture of the test fixtures (base_ch 32, ch_mult all ones, d 32); 'shapes' the
 demo's tokenizer for 32x32 shapes images (stride 4, d 8; configs/tokenizer_shapes.py trains it).
 """
@@ -23,7 +27,9 @@ _RELEASED = {  # name -> (d, official checkpoint file)
     "d32reg": (32, "infinity_vae_d32reg.pth"),
     "d64": (64, "infinity_vae_d64.pth"),
 }
-NAMES = tuple(_RELEASED) + ("tiny", "shapes")
+# released patchify tokenizers (patch 8, ch_mult (1, 2, 4, 4)): name -> (d, official checkpoint file)
+_RELEASED_PATCHIFY = {"d56": (14, "infinity_vae_d56_f8_14_patchify.pth")}
+NAMES = tuple(_RELEASED) + tuple(_RELEASED_PATCHIFY) + ("tiny", "tiny_patchify", "shapes")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -42,6 +48,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if name == "tiny":
         c.base_ch = 32
         c.ch_mult = (1, 1, 1, 1, 1)
+    elif name == "tiny_patchify":
+        c.base_ch, c.ch_mult, c.patch_size = 32, (1, 1, 1, 1), 8
+        c.codebook_dim = c.z_channels = 8
+    elif name in _RELEASED_PATCHIFY:
+        c.ch_mult, c.patch_size = (1, 2, 4, 4), 8
+        c.codebook_dim = c.z_channels = _RELEASED_PATCHIFY[name][0]
+        c.checkpoint = _RELEASED_PATCHIFY[name][1]
     elif name == "shapes":
         c.base_ch, c.ch_mult, c.num_res_blocks, c.patch_size = 32, (1, 1, 2), 1, 4
         c.codebook_dim = c.z_channels = 8

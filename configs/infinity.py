@@ -21,6 +21,9 @@ Parameter counts of the official class built with these arguments (torch, 'meta'
   infinity_2b 2,204,564,032   infinity_8b 8,375,533,728   infinity_20b 19,952,199,784
   layer12 125,185,696   layer16 361,633,792   layer24 940,944,832
   layer32 2,256,694,912   layer40 4,716,421,888   layer48 8,767,198,528
+These are at d = 32. The released 8B checkpoint is the 8B size with official apply_spatial_patchify=1
+and the d56 tokenizer (14 bits at patch 8, 56 per token: codebook_dim=56, apply_spatial_patchify=1):
+8,375,791,824 parameters (only the bit embedding and head grow with d); infinity_8b stays at d = 32.
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ Files the run reads (put them there or override the keys): the official VAE weig
 weights/infinity_vae_d{D}.pth (vae.params), a Flan-T5-XL Hugging Face folder weights/flan-t5-xl
 (text.path), and a dataset built by `infinity-jax data prepare` (data.path). Training images are
 square crops at the budget's 1:1 size (the trainer runs one schedule). Not covered: the released 8B
-model's d56 spatial-patchify tokenizer (no such VAE config here). The optimizer settings are
+recipe (model.apply_spatial_patchify=1, codebook_dim 56, the d56 patch-8 tokenizer of configs/bsq_vae.py);
+the zoo's infinity_8b is the 8B size with a patch-16 tokenizer. The optimizer settings are
 train_defaults' (official code defaults); see DESIGN.md for where the official script differs.
 """
 
@@ -31,7 +32,8 @@ from infinity_jax.configs import infinity as infinity_configs
 
 MODELS = tuple(n for n in infinity_configs.NAMES if n != "tiny")
 ALIASES = {n.removeprefix("infinity_"): n for n in MODELS}
-VAES = tuple(n for n in bsq_vae.NAMES if n not in ("tiny", "shapes"))  # the released tokenizers
+# the released tokenizers at patch 16 (the patch-8 d56 needs model.apply_spatial_patchify: not here yet)
+VAES = tuple(n for n in bsq_vae.NAMES if n not in ("tiny", "tiny_patchify", "shapes", "d56"))
 PIXEL_BUDGETS = tuple(schedules.PIXEL_BUDGETS)
 _OPTIONS = {"vae", "pn", "mesh", "scan", "remat", "dtype", "attention"}
 

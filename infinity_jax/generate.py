@@ -301,7 +301,8 @@ def sample_to_folder(options: SampleOptions) -> dict:
         params, _ = runs.load_weights(options.checkpoint, "transformer", model_cfg)
     runs.check_params_shapes(params, model_cfg, options.checkpoint)
     vae_cfg, vae_params = _vae(options, ckpt_config)
-    H, W = schedules.image_size(schedule, stride=int(vae_cfg.patch_size))
+    patchify = 2 if model_cfg.apply_spatial_patchify else 1  # a token covers 2x2 VAE positions
+    H, W = schedules.image_size(schedule, stride=int(vae_cfg.patch_size) * patchify)
 
     mesh = None
     if jax.device_count() > 1:

@@ -26,7 +26,7 @@ from infinity_jax.convert import infinity as convert_infinity
 from infinity_jax.convert import torch_io
 from infinity_jax.convert import vae as convert_vae
 from infinity_jax.errors import UsageError
-from infinity_jax.model.transformer import abstract_params
+from infinity_jax.model.transformer import InfinityConfig, abstract_params
 from infinity_jax.text.encoder import build_text_encoder
 from infinity_jax.tokenizer import vae as vae_lib
 
@@ -51,11 +51,8 @@ def build_vae(cfg):
     cfg.vae.params is ''."""
     spec = str(cfg.vae.config)
     vcfg = load_vae_config(spec, cfg.vae.get("overrides", ()))
-    if int(vcfg.codebook_dim) != int(cfg.model.codebook_dim):
-        raise ValueError(
-            f"VAE codebook_dim={vcfg.codebook_dim} (from {spec!r}) does not match "
-            f"model.codebook_dim={cfg.model.codebook_dim}"
-        )
+    model = InfinityConfig.from_dict(cfg.model)
+    model.check_tokenizer(vcfg.codebook_dim, vcfg.get("patch_size"), where=f"VAE (from {spec!r})")
     module = vae_lib.from_config(vcfg)
     path = str(cfg.vae.get("params", ""))
     if not path:

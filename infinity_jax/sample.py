@@ -163,8 +163,9 @@ def sample_bits(logits: jax.Array, u: jax.Array, top_k, top_p, greedy, floor=Non
 # ---------------------------------------------------------------- the program
 class SampleOutput(NamedTuple):
     """bits (B, L, d) uint8 (all scales, row-major per scale); summed_codes (B, h, w, d) float32
-    (the decoder input); images (B, H, W, 3) uint8 RGB or None; logits (B, L, 2d) float32 (after
-    temperature and CFG, what the bits were drawn from) or None."""
+    (the decoder input; under spatial patchify (B, 2h, 2w, d/4), the VAE's grid and bits); images
+    (B, H, W, 3) uint8 RGB or None; logits (B, L, 2d) float32 (after temperature and CFG, what the bits
+    were drawn from) or None."""
 
     bits: Any
     summed_codes: Any
@@ -248,7 +249,9 @@ def generate_tokens(
     progress: bool = False,
     mesh: Mesh | None = None,
 ):
-    """The autoregressive loop (pure; call under jit). Returns (bits (B,L,d), summed (B,h,w,d), logits|None).
+    """The autoregressive loop (pure; call under jit). Returns (bits (B,L,d), summed (B,h,w,d), logits|None);
+    under the model's apply_spatial_patchify the bits stay in transformer order (4 x the VAE's bits per token)
+    and summed is on the VAE's doubled grid (B, 2h, 2w, d/4), each scale's bits pixel-shuffled onto it.
 
     params: the transformer's (unboxed) params; text (B, Lt, Ct), text_mask (B, Lt); seeds (B,)
     uint32; sp: SamplingParams; cfg_batch: run the uncond half (needed unless every cfg_k == 1).
@@ -257,6 +260,8 @@ def generate_tokens(
     schedule = schedules.validate(schedule)
     hws = [(h, w) for _, h, w in schedule]
     d, B = model_cfg.codebook_dim, text.shape[0]
+    patchify = model_cfg.apply_spatial_patchify  # the VAE grid is then twice each scale's, with d / 4 bits
+    vae_hw = bsq.scale_hws(bsq.vae_schedule(schedule, patchify))[-1]
     variables = {"params": params}
     if cfg_batch:
         text_all, mask_all = cfg_text(params, text, text_mask, neg_text, neg_mask)
@@ -268,7 +273,7 @@ def generate_tokens(
     if mesh is not None:  # (depth, batch, L, H, c): batch over the data axes, like the activations
         cache = jax.lax.with_sharding_constraint(cache, NamedSharding(mesh, P(None, parallel.BATCH_AXES)))
     keys = jax.vmap(jax.random.key)(seeds)
-    summed = jnp.zeros((B, *hws[-1], d), jnp.float32)
+    summed = jnp.zeros((B, *vae_hw, model_cfg.vae_codebook_dim), jnp.float32)
     x, bits_out, logits_out = None, [], []
     for k, hw in enumerate(hws):
         logits, cache = model.apply(variables, ctx, x, cache, schedule, k, method=Infinity.decode_scale)
@@ -281,11 +286,11 @@ def generate_tokens(
         bits_out.append(bits)
         if return_logits:
             logits_out.append(logits)
-        summed = bsq.accumulate_codes(summed, bits.reshape(B, *hw, d))
+        summed = bsq.accumulate_codes(summed, bsq.from_tokens(bits, hw, patchify))
         if progress:
             jax.debug.callback(functools.partial(_progress, num_scales=len(hws), hw=hw), k, bits[0, 0, 0])
         if k + 1 < len(hws):
-            x = bsq.next_scale_input(summed, hws[k + 1])
+            x = bsq.next_scale_input(summed, hws[k + 1], patchify)
             if cfg_batch:  # the same input for a prompt's cond and uncond rows
                 x = jnp.repeat(x, 2, axis=0)
             x = _constrain_batch(x.astype(jnp.float32), mesh)
@@ -407,11 +412,8 @@ class Sampler:
         self.compute_dtype_kernels = compute_dtype_kernels
         self.schedule = schedules.validate(schedule)
         self.vae = _vae_model(vae)
-        if self.vae is not None and self.vae.codebook_dim != model_cfg.codebook_dim:
-            raise ValueError(
-                f"VAE codebook_dim={self.vae.codebook_dim} does not match the transformer's "
-                f"codebook_dim={model_cfg.codebook_dim}"
-            )
+        if self.vae is not None:
+            model_cfg.check_tokenizer(self.vae.codebook_dim, self.vae.patch_size)
         self.mesh, self.rules = mesh, rules
         self.cfg_batch, self.return_logits, self.progress = cfg_batch, return_logits, progress
         opts = DEFAULT_COMPILER_OPTIONS if compiler_options is None else compiler_options

@@ -17,13 +17,26 @@ import pytest
 
 from infinity_jax import schedules as S
 from infinity_jax.tokenizer import bsq
+from tests.conftest import load_fixture
 
 ATOL = 1e-5
 NEAR_TIE = 1e-5
+# the parity fixtures; tiny-patchify is the official apply_spatial_patchify=1 path (the 8B's): the quantizer
+# runs on the doubled grid, inputs and labels are pixel_unshuffled to 4d bits per transformer token
+PARITY_FIXTURES = ("tiny", "tiny-wide", "tiny-patchify")
 
 
 def _schedule(ref) -> tuple:
     return tuple(tuple(int(v) for v in s) for s in ref["meta/schedule"])
+
+
+def _patchify(ref) -> int:
+    return int(ref.get("meta/patchify", 0))
+
+
+@pytest.fixture(scope="session", params=PARITY_FIXTURES)
+def parity_ref(request):
+    return load_fixture(request.param)
 
 
 def _nhwc(a: np.ndarray) -> np.ndarray:
@@ -40,9 +53,10 @@ def _max_err(a, b) -> float:
 
 
 @pytest.fixture(scope="session")
-def encoded(reference):
+def encoded(parity_ref):
     """Our multi-scale quantization of the reference encoder latent (once per fixture)."""
-    return bsq.multiscale_quantize(jnp.asarray(_nhwc(reference["vae/out/h"])), _schedule(reference))
+    ref = parity_ref
+    return bsq.multiscale_quantize(jnp.asarray(_nhwc(ref["vae/out/h"])), _schedule(ref), _patchify(ref))
 
 
 def _smooth_latent(seed: int, batch: int, hw, d: int, std: float) -> jax.Array:
@@ -68,7 +82,8 @@ def _smooth_latent(seed: int, batch: int, hw, d: int, std: float) -> jax.Array:
 # ----------------------------------------------------------------------------- parity with the fixtures
 
 
-def test_quantizer_reproduces_reference_inputs_and_bits(reference, encoded):
+def test_quantizer_reproduces_reference_inputs_and_bits(parity_ref, encoded):
+    reference = parity_ref
     sched = _schedule(reference)
     compared = 0
     for k in range(len(sched)):
@@ -86,52 +101,74 @@ def test_quantizer_reproduces_reference_inputs_and_bits(reference, encoded):
     assert compared >= 1
 
 
-def test_latent_from_reference_bits_matches_reference_z(reference, encoded):
-    sched = _schedule(reference)
-    z = bsq.bits_to_latent([jnp.asarray(b) for b in _ref_bits(reference, "vae/out/bits")], sched)
+def test_latent_from_reference_bits_matches_reference_z(parity_ref, encoded):
+    reference = parity_ref
+    sched, p = _schedule(reference), _patchify(reference)
+    z = bsq.bits_to_latent([jnp.asarray(b) for b in _ref_bits(reference, "vae/out/bits")], sched, p)
     assert z.dtype == jnp.float32
     assert _max_err(z, _nhwc(reference["vae/out/z"])) < ATOL
     assert _max_err(encoded.z_hat, _nhwc(reference["vae/out/z"])) < ATOL
 
 
-def test_teacher_forcing_inputs_and_labels_match_official_trainer(reference):
-    sched = _schedule(reference)
+def test_teacher_forcing_inputs_and_labels_match_official_trainer(parity_ref):
+    reference = parity_ref
+    sched, p = _schedule(reference), _patchify(reference)
     bits = [jnp.asarray(b) for b in _ref_bits(reference, "vae/out/bits")]
-    x = bsq.teacher_forcing_inputs(bits, sched)
+    x = bsq.teacher_forcing_inputs(bits, sched, p)
     assert x.shape == reference["tf/x_wo_prefix"].shape
     assert _max_err(x, reference["tf/x_wo_prefix"]) < ATOL
-    np.testing.assert_array_equal(np.asarray(bsq.flatten_scales(bits)), reference["tf/labels"])
+    np.testing.assert_array_equal(np.asarray(bsq.flatten_tokens(bits, p)), reference["tf/labels"])
     # the same through self-correction with no flips, straight from the latent
-    x2, labels2 = bsq.self_correction_with_flips(jnp.asarray(_nhwc(reference["vae/out/h"])), sched, [])
+    x2, labels2 = bsq.self_correction_with_flips(jnp.asarray(_nhwc(reference["vae/out/h"])), sched, [], patchify=p)
     assert _max_err(x2, reference["tf/x_wo_prefix"]) < ATOL
     np.testing.assert_array_equal(np.asarray(labels2), reference["tf/labels"])
 
 
-def test_self_correction_with_recorded_flips_matches_reference(reference):
-    sched = _schedule(reference)
+def test_self_correction_with_recorded_flips_matches_reference(parity_ref):
+    reference = parity_ref
+    sched, p = _schedule(reference), _patchify(reference)
     masks = [jnp.asarray(m) for m in _ref_bits(reference, "bsc/flip_mask")]
-    x, labels = bsq.self_correction_with_flips(jnp.asarray(_nhwc(reference["vae/out/h"])), sched, masks)
+    x, labels = bsq.self_correction_with_flips(jnp.asarray(_nhwc(reference["vae/out/h"])), sched, masks, patchify=p)
     assert _max_err(x, reference["bsc/x_wo_prefix"]) < ATOL
     np.testing.assert_array_equal(np.asarray(labels), reference["bsc/labels"])
     # the flips matter: the corrupted inputs are far from the clean ones
     assert _max_err(x, reference["tf/x_wo_prefix"]) > 0.1
 
 
-def test_sampler_inputs_from_sampled_bits_match_reference(reference):
-    """The sampler's step (accumulate_codes, next_scale_input) rebuilds sample/x_wo_prefix."""
-    sched = _schedule(reference)
+def test_sampler_inputs_from_sampled_bits_match_reference(parity_ref):
+    """The sampler's step (accumulate_codes, next_scale_input) rebuilds sample/x_wo_prefix; under patchify
+    the sampled transformer rows are pixel-shuffled onto the VAE grid (sample/bits_k)."""
+    reference = parity_ref
+    sched, p = _schedule(reference), _patchify(reference)
     hws = bsq.scale_hws(sched)
-    bits = bsq.split_scales(jnp.asarray(reference["sample/bits"]), sched)
+    vae_hw = bsq.scale_hws(bsq.vae_schedule(sched, p))[-1]
+    bits = bsq.split_tokens(jnp.asarray(reference["sample/bits"]), sched, p)
     for b, ref_b in zip(bits, _ref_bits(reference, "sample/bits")):
         np.testing.assert_array_equal(np.asarray(b), ref_b)
-    acc = jnp.zeros((bits[0].shape[0], *hws[-1], bits[0].shape[-1]), jnp.float32)
+    np.testing.assert_array_equal(np.asarray(bsq.flatten_tokens(bits, p)), reference["sample/bits"])
+    acc = jnp.zeros((bits[0].shape[0], *vae_hw, bits[0].shape[-1]), jnp.float32)
     xs = []
     for k in range(len(hws) - 1):
         acc = bsq.accumulate_codes(acc, bits[k])
-        xs.append(bsq.next_scale_input(acc, hws[k + 1]))
+        xs.append(bsq.next_scale_input(acc, hws[k + 1], p))
     x = jnp.concatenate(xs, axis=1)
     assert _max_err(x, reference["sample/x_wo_prefix"]) < ATOL
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(bsq.teacher_forcing_inputs(bits, sched)))
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(bsq.teacher_forcing_inputs(bits, sched, p)))
+
+
+def test_pixel_unshuffle_is_torch_order_and_shuffle_inverts_it():
+    """Channel 4c + 2i + j of the unshuffled map is channel c at offset (i, j) of each 2x2 block."""
+    x = np.arange(2 * 4 * 6 * 3).reshape(2, 4, 6, 3)
+    y = np.asarray(bsq.pixel_unshuffle(jnp.asarray(x)))
+    assert y.shape == (2, 2, 3, 12)
+    for c in range(3):
+        for i in range(2):
+            for j in range(2):
+                np.testing.assert_array_equal(y[..., 4 * c + 2 * i + j], x[:, i::2, j::2, c])
+    np.testing.assert_array_equal(np.asarray(bsq.pixel_shuffle(jnp.asarray(y))), x)
+    assert bsq.vae_schedule(((1, 1, 2), (1, 3, 6)), 1) == ((1, 2, 4), (1, 6, 12))
+    with pytest.raises(ValueError, match="even"):
+        bsq.pixel_unshuffle(jnp.zeros((1, 3, 4, 2)))
 
 
 # ----------------------------------------------------------------------------- resizing as PyTorch does it

@@ -77,3 +77,35 @@ def test_params_counts_every_config_users_sweep():
     assert rows["configs/shapes.py:layers=4,width=256,heads=8"][:3] == ["4", "256", "8"]
     assert rows["configs/zoo.py:layer12"][:4] == ["12", "768", "8", "125,185,696"]  # the official layer12
     assert rows["tiny"][3:] == ["272,836", "272,836"]
+
+
+def test_spatial_patchify_model_reads_a_quarter_of_its_bits_from_a_patch_8_tokenizer():
+    """Official apply_spatial_patchify=1 (the released 8B with the d56 tokenizer: 14 bits at patch 8, 56
+    per token); a tokenizer that does not fit is one error naming both sides (runs.build_vae, the sampler)."""
+    import dataclasses
+
+    import ml_collections
+
+    from infinity_jax import runs
+    from infinity_jax.configs import bsq_vae
+
+    m8 = InfinityConfig.from_dict(configs.get_config("infinity_8b").model)
+    m8 = dataclasses.replace(m8, codebook_dim=56, apply_spatial_patchify=1)
+    d56 = bsq_vae.get_config("d56")
+    assert (d56.codebook_dim, d56.patch_size, d56.ch_mult) == (14, 8, (1, 2, 4, 4))
+    assert d56.checkpoint == "infinity_vae_d56_f8_14_patchify.pth" and m8.vae_codebook_dim == 14
+    m8.check_tokenizer(d56.codebook_dim, d56.patch_size)
+    with pytest.raises(ValueError, match=r"codebook_dim=32 does not match model.codebook_dim=56, apply_spatial_pat"):
+        m8.check_tokenizer(32, 8)
+    with pytest.raises(ValueError, match="patch_size=16 does not match .*expected 8"):
+        m8.check_tokenizer(14, 16)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        dataclasses.replace(m8, codebook_dim=30)
+    with pytest.raises(ValueError, match="apply_spatial_patchify=2"):
+        dataclasses.replace(m8, apply_spatial_patchify=2)
+    model = dict(configs.get_config("tiny").model.to_dict(), codebook_dim=32, apply_spatial_patchify=1)
+    cfg = ml_collections.ConfigDict(dict(model=model, vae=dict(config="bsq_vae:tiny", params=""), seed=0))
+    with pytest.raises(ValueError, match=r"VAE \(from 'bsq_vae:tiny'\) codebook_dim=32 does not match"):
+        runs.build_vae(cfg)
+    cfg.vae.config = "bsq_vae:tiny_patchify"
+    assert runs.build_vae(cfg)[1].codebook_dim == 8

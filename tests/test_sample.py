@@ -29,8 +29,14 @@ FAST = FAST_OPTIONS  # LLVM -O0: the same numbers, CPU compiles ~2x faster (XLA'
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
-def _model_cfg(d: int = 32) -> InfinityConfig:
-    return InfinityConfig.from_dict(dict(conv_inf.load_config("tiny").model.to_dict(), codebook_dim=d))
+# tiny-patchify: the official apply_spatial_patchify=1 (the 8B's path): 4d bits per token, the VAE on the
+# doubled grid (sample/bits in transformer order, sample/summed_codes on the VAE grid)
+SAMPLE_FIXTURES = FIXTURES + ("tiny-patchify",)
+
+
+def _model_cfg(d: int = 32, patchify: int = 0) -> InfinityConfig:
+    model = dict(conv_inf.load_config("tiny").model.to_dict(), codebook_dim=d, apply_spatial_patchify=patchify)
+    return InfinityConfig.from_dict(model)
 
 
 class Setup:
@@ -38,12 +44,13 @@ class Setup:
 
     def __init__(self, name: str):
         fix = self.fix = load_fixture(name)
-        self.cfg = _model_cfg(int(fix["meta/d"]))
+        patchify = int(fix["meta"]["settings"].get("patchify", 0))
+        self.cfg = _model_cfg(int(fix["meta/d"]) * (4 if patchify else 1), patchify)
         self.params = conv_inf.torch_to_params(state_dict(fix, "gpt"), self.cfg)
         self.schedule = schedules.validate(fix["meta/schedule"])
         self.vae_cfg = self.vae_params = None
         if "vae/decoder.conv_in.conv.weight" in fix:
-            self.vae_cfg = conv_vae.load_config("tiny")
+            self.vae_cfg = conv_vae.load_config("tiny_patchify" if patchify else "tiny")
             self.vae_params = conv_vae.torch_to_params(state_dict(fix, "vae"), self.vae_cfg)
         self.sampler = sample.Sampler(
             self.cfg, self.schedule, vae=self.vae_cfg, return_logits=True, compiler_options=FAST
@@ -71,7 +78,7 @@ def setups():
     return {}
 
 
-@pytest.fixture(params=FIXTURES)
+@pytest.fixture(params=SAMPLE_FIXTURES)
 def setup(request, setups):
     if request.param not in setups:
         setups[request.param] = Setup(request.param)
@@ -111,6 +118,19 @@ def test_image_uint8_matches_official_sampler(tiny):
     ref = tiny.fix["sample/image_uint8_bgr"][0].astype(int)
     diff = np.abs(ours - ref)
     assert ours.shape == ref.shape == (256, 256, 3)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-2
+
+
+def test_patchify_image_uint8_matches_official_sampler(setups):
+    """The 8B path's decode: the patch-8 VAE on the summed codes of the doubled grid (the fixture keeps the
+    top rows of one image)."""
+    if "tiny-patchify" not in setups:
+        setups["tiny-patchify"] = Setup("tiny-patchify")
+    s = setups["tiny-patchify"]
+    ref = s.fix["sample/image_uint8_bgr"][0].astype(int)
+    ours = np.asarray(s.greedy.images)[0, ..., ::-1].astype(int)
+    assert ours.shape == (176, 352, 3) and ref.shape == (48, 352, 3)
+    diff = np.abs(ours[: ref.shape[0]] - ref)
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-2
 
 

@@ -14,16 +14,17 @@ from infinity_jax.train import step as S
 from tests.conftest import load_fixture, state_dict
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    f = load_fixture("tiny")
+def _load(name):
+    f = load_fixture(name)
     m, s = f["meta"], f["meta"]["settings"]
+    patchify = int(s.get("patchify", 0))  # the 8B's path: 4d bits per token, latents on the doubled grid
     cfg = T.InfinityConfig(
         depth=s["depth"],
         embed_dim=s["embed_dim"],
         num_heads=s["num_heads"],
         block_chunks=s["block_chunks"],
-        codebook_dim=s["d"],
+        codebook_dim=4 * s["d"] if patchify else s["d"],
+        apply_spatial_patchify=patchify,
         text_channels=m["text_channels"],
         text_maxlen=m["text_maxlen"],
     )
@@ -36,8 +37,18 @@ def tiny():
     return f, T.Infinity(cfg), conv.torch_to_params(state_dict(f, "gpt"), cfg), sched, batch
 
 
-def test_without_flips_or_dropout_loss_and_grads_match_official_trainer(tiny):
-    f, model, params, sched, batch = tiny
+@pytest.fixture(scope="module")
+def tiny():
+    return _load("tiny")
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny-patchify"])
+def official(request, tiny):
+    return tiny if request.param == "tiny" else _load(request.param)
+
+
+def test_without_flips_or_dropout_loss_and_grads_match_official_trainer(official):
+    f, model, params, sched, batch = official
     opts = S.StepOptions(bsc_strength=0.0, cond_drop=0.0)
     loss_fn = S.make_loss_fn(model, sched, opts)
     (loss, metrics), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params, batch, jax.random.key(0))
@@ -70,15 +81,17 @@ def test_self_correction_changes_inputs_and_labels_on_the_training_path(tiny):
     assert l_on != l_off
 
 
-def test_training_loss_with_the_official_flips_is_the_official_loss(tiny, monkeypatch):
+def test_training_loss_with_the_official_flips_is_the_official_loss(official, monkeypatch):
     """The training path (train/step.py) fed the official trainer's recorded bit flips instead of
     drawing its own gives the official self-corrected loss (their losses differ by ~0.008 from the
     flip-free one, so only an exact comparison tells the paths apart)."""
-    f, model, params, sched, batch = tiny
+    f, model, params, sched, batch = official
     masks = [jnp.asarray(f[f"bsc/flip_mask_{k}"][:, 0]) for k in range(len(sched))]  # (B, h_k, w_k, d)
 
     def recorded(z, schedule, rng, **kw):
-        x, labels = bsq.self_correction_with_flips(z, schedule, masks, requant=kw.get("requant", True))
+        x, labels = bsq.self_correction_with_flips(
+            z, schedule, masks, requant=kw.get("requant", True), patchify=kw.get("patchify", 0)
+        )
         return x, labels, masks
 
     monkeypatch.setattr(S.bsq, "self_correction", recorded)

@@ -25,17 +25,20 @@ from infinity_jax.model import loss as L
 from infinity_jax.model import transformer as T
 from tests.conftest import load_fixture, state_dict
 
-FIXTURES = ("tiny", "tiny-wide")
+# tiny-patchify: the official apply_spatial_patchify=1 (the 8B's path): 4d bits per token
+FIXTURES = ("tiny", "tiny-wide", "tiny-patchify")
 
 
 def fixture_config(meta, **kw) -> T.InfinityConfig:
     s = meta["settings"]
+    patchify = int(s.get("patchify", 0))
     return T.InfinityConfig(
         depth=s["depth"],
         embed_dim=s["embed_dim"],
         num_heads=s["num_heads"],
         block_chunks=s["block_chunks"],
-        codebook_dim=s["d"],
+        codebook_dim=4 * s["d"] if patchify else s["d"],
+        apply_spatial_patchify=patchify,
         text_channels=meta["text_channels"],
         text_maxlen=meta["text_maxlen"],
         **kw,
@@ -162,7 +165,11 @@ def test_bitwise_loss_matches_official_trainer(case):
     )
 
 
-def test_gradients_match_official(tiny):
+@pytest.mark.parametrize("name", ["tiny", "tiny-patchify"])
+def test_gradients_match_official(name):
+    if name not in _CASES:
+        _CASES[name] = Case(name)
+    tiny = _CASES[name]
     _, _, grads = tiny.once("grads", tiny.loss_and_grads)
     ref = {k[len("grad/") :]: v for k, v in tiny.f.items() if k.startswith("grad/")}
     assert set(ref) == {k for k in grads if not k.endswith("zero_k_bias")}

@@ -62,6 +62,25 @@ def test_decoder_matches_official_reconstruction(tiny):
     assert float(jnp.max(jnp.abs(recon))) <= 1.0  # clamped as the official decode does
 
 
+def test_patch8_tokenizer_of_the_patchify_path_matches_official():
+    """The 8B path's tokenizer architecture (patch 8, 4 levels; tiny-patchify keeps one image and the top
+    48 pixel rows of its reconstruction): encoder atol 5e-5, decoder atol 5e-5."""
+    fix = load_fixture("tiny-patchify")
+    cfg = bsq_vae.get_config("tiny_patchify")
+    model = vae.from_config(cfg)
+    params = convert.torch_to_params(state_dict(fix, "vae"), cfg)
+    h = jax.jit(lambda p, x: model.apply({"params": p}, x, method="encode"))(params, nhwc(fix["in/image"]))
+    ref_h = nhwc(fix["vae/out/h"])[:1]
+    assert h.shape == ref_h.shape == (1, 22, 44, 8)
+    err_h = float(np.abs(np.asarray(h) - ref_h).max())
+    recon = jax.jit(lambda p, z: model.apply({"params": p}, z, method="decode"))(params, nhwc(fix["vae/out/z"])[:1])
+    ref = nhwc(fix["vae/out/recon"])
+    assert recon.shape == (1, 176, 352, 3) and ref.shape == (1, 48, 352, 3)
+    err_r = float(np.abs(np.asarray(recon)[:, : ref.shape[1]] - ref).max())
+    print(f"patch 8: encoder max |dh| = {err_h:.2e}, decoder max |drecon| = {err_r:.2e}")
+    assert err_h < 5e-5 and err_r < 5e-5
+
+
 def test_tokenize_bits_match_official_where_margin_allows(tiny):
     pytest.importorskip("infinity_jax.tokenizer.bsq")
     fix, model, params, schedule = tiny
@@ -125,6 +144,9 @@ def test_group_norm_matches_torch_with_24_groups():
 # built under `with torch.device('meta')` (official modules imported through
 # shared/reference/make_fixtures.official_modules()). Its state_dict() has 270 keys: these
 # parameters plus the int64 mask buffer (d values) twice. 'tiny' is the fixture's meta["params"]["vae"].
+# d56 (the 8B's patchify tokenizer): vae_model(None, 'dynamic', 14, 2**14, patch_size=8,
+# encoder_ch_mult=[1,2,4,4], decoder_ch_mult=[1,2,4,4]) the same way (226 state-dict keys);
+# 'tiny_patchify' is the tiny-patchify fixture's meta["params"]["vae"].
 OFFICIAL_PARAM_COUNTS = {
     "d16": 109_970_579,
     "d24": 110_044_315,
@@ -132,7 +154,10 @@ OFFICIAL_PARAM_COUNTS = {
     "d32reg": 110_118_051,
     "d64": 110_412_995,
     "tiny": 634_467,
+    "d56": 81_624_209,
+    "tiny_patchify": 509_003,
 }
+PATCHIFY_TOKENIZERS = ("d56", "tiny_patchify")  # patch 8, 4 levels
 
 
 @pytest.mark.parametrize("name", sorted(OFFICIAL_PARAM_COUNTS))
@@ -143,9 +168,10 @@ def test_config_param_counts_match_official(name):
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.unbox(abstract)))
     print(f"{name}: {n:,} parameters")
     assert n == OFFICIAL_PARAM_COUNTS[name]
-    assert model.patch_size == 16 and model.z_channels == model.codebook_dim == cfg.codebook_dim
-    if name == "tiny":
-        assert load_fixture("tiny")["meta"]["params"]["vae"] == n
+    assert model.patch_size == (8 if name in PATCHIFY_TOKENIZERS else 16)
+    assert model.z_channels == model.codebook_dim == cfg.codebook_dim
+    if name in ("tiny", "tiny_patchify"):
+        assert load_fixture(name.replace("_", "-"))["meta"]["params"]["vae"] == n
 
 
 def test_every_config_name_builds_and_the_demo_tokenizer_has_stride_4():

@@ -98,8 +98,9 @@ def train_step(
     abstract_state = jax.eval_shape(init)
     shardings = state_shardings(abstract_state, nn.get_partition_spec(logical), mesh, rules)
     _, h, w = sched[-1]
+    f = 2 if mcfg.apply_spatial_patchify else 1  # the tokenizer's grid is twice the last scale's under patchify
     shapes = {
-        "latent": ((batch, h, w, mcfg.codebook_dim), np.float32),
+        "latent": ((batch, f * h, f * w, mcfg.vae_codebook_dim), np.float32),
         "text_features": ((batch, text_len, mcfg.text_channels), np.float32),
         "text_mask": ((batch, text_len), np.bool_),
     }

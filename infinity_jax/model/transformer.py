@@ -59,7 +59,10 @@ class InfinityConfig:
     num_heads: int = 16
     mlp_ratio: float = 4.0
     block_chunks: int = 8  # official grouping of blocks; only changes weight names
-    codebook_dim: int = 32  # d: bits per token
+    codebook_dim: int = 32  # d: bits per token (under spatial patchify: 4x the tokenizer's)
+    # official apply_spatial_patchify (the released 8B): each token holds a 2x2 block of the tokenizer's
+    # grid, which runs the doubled schedule; the tokenizer has codebook_dim / 4 bits and patch size 8
+    apply_spatial_patchify: int = 0
     text_channels: int = 2048  # Ct (flan-t5-xl)
     text_maxlen: int = 512  # rows of cfg_uncond
     norm_eps: float = 1e-6
@@ -89,6 +92,13 @@ class InfinityConfig:
         if self.attention not in attention_lib.IMPLEMENTATIONS:
             raise ValueError(f"attention={self.attention!r}: expected one of {attention_lib.IMPLEMENTATIONS}")
         extensions.check(self.extension)
+        if self.apply_spatial_patchify not in (0, 1):
+            raise ValueError(f"apply_spatial_patchify={self.apply_spatial_patchify!r}: expected 0 or 1")
+        if self.apply_spatial_patchify and self.codebook_dim % 4:
+            raise ValueError(
+                f"codebook_dim={self.codebook_dim} with apply_spatial_patchify=1: expected a multiple of 4 "
+                "(4 x the tokenizer's bits)"
+            )
         if self.text_channels % self.pool_head_dim:
             raise ValueError(
                 f"text_channels={self.text_channels} must be a multiple of the text-pool head "
@@ -111,6 +121,23 @@ class InfinityConfig:
         if bad:
             raise ValueError(f"unknown Infinity model options {bad}; expected some of {sorted(names)}")
         return cls(**d)
+
+    @property
+    def vae_codebook_dim(self) -> int:
+        """Bits per position of the tokenizer this model reads: codebook_dim, or a quarter of it under
+        spatial patchify."""
+        return self.codebook_dim // 4 if self.apply_spatial_patchify else self.codebook_dim
+
+    def check_tokenizer(self, codebook_dim: int, patch_size: int | None = None, where: str = "VAE") -> None:
+        """Raises ValueError unless a tokenizer with these bits (and patch size) feeds this model: codebook_dim
+        equal to the model's, or a quarter of it and patch 8 under apply_spatial_patchify (the official
+        d56 tokenizer, infinity_vae_d56_f8_14_patchify.pth: 14 bits, patch 8, for a 56-bit model)."""
+        want = self.vae_codebook_dim
+        rule = f"model.codebook_dim={self.codebook_dim}, apply_spatial_patchify={self.apply_spatial_patchify}"
+        if int(codebook_dim) != want:
+            raise ValueError(f"{where} codebook_dim={codebook_dim} does not match {rule}: expected {want}")
+        if self.apply_spatial_patchify and patch_size is not None and int(patch_size) != 8:
+            raise ValueError(f"{where} patch_size={patch_size} does not match {rule}: expected 8")
 
     @property
     def head_dim(self) -> int:

@@ -15,6 +15,14 @@ Resizing follows PyTorch exactly: 'area' is adaptive average pooling (windows ov
 sizes do not divide), bilinear is align_corners=False without antialiasing. Both are written as
 a constant (out, in) matrix per axis, which is exact and costs nothing to trace.
 
+Spatial patchify (the official `apply_spatial_patchify=1`, the Infinity-8B recipe): the transformer
+works on 4d bits per token over its schedule (h_k, w_k) while the tokenizer quantizes on the doubled
+grid (2h_k, 2w_k) with d bits; a VAE-grid map (B, 2h, 2w, d) becomes transformer rows by
+`pixel_unshuffle` (B, h, w, 4d) (channel 4c + 2i + j holds channel c of pixel (2y+i, 2x+j), as
+torch's pixel_unshuffle(., 2)), and sampled rows go back by `pixel_shuffle`. Functions that take a
+schedule take the transformer's and `patchify`; the latent, bits and flip masks are then on the
+doubled grid (`vae_schedule`), the inputs and labels in transformer order.
+
 Conventions: schedules are sequences of (t, h, w) triples with t = 1 (see
 infinity_jax.schedules), or (h, w) pairs; they are static: under jit pass them as hashable
 tuples, e.g. jax.jit(multiscale_quantize, static_argnums=1) or functools.partial(..., schedule=s).
@@ -68,6 +76,13 @@ def scale_hws(
     if any(t != 1 for t, _, _ in sched):
         raise ValueError(f"schedule={sched}: the image quantizer expects t = 1 at every scale")
     return tuple((h, w) for _, h, w in sched)
+
+
+def vae_schedule(schedule: Sequence[Sequence[int]], patchify: int = 0) -> tuple[tuple[int, int, int], ...]:
+    """The tokenizer's schedule of a transformer schedule: the same, or (t, 2h, 2w) per scale under spatial
+    patchify (the official sampler's and trainer's vae_scale_schedule)."""
+    triples = [tuple(int(v) for v in s) if len(s) == 3 else (1, *(int(v) for v in s)) for s in schedule]
+    return tuple((t, 2 * h, 2 * w) for t, h, w in triples) if patchify else tuple(triples)
 
 
 def _check_latent(z, name: str = "z") -> None:
@@ -135,6 +150,40 @@ def bilinear_resize(x: jax.Array, hw: tuple[int, int]) -> jax.Array:
     return _resize(x, hw, _linear_matrix)
 
 
+def pixel_unshuffle(x: jax.Array) -> jax.Array:
+    """(B, 2h, 2w, C) -> (B, h, w, 4C), torch's pixel_unshuffle(., 2) channels-last: output channel
+    4c + 2i + j is input channel c at offset (i, j) of its 2x2 block."""
+    b, H, W, c = x.shape
+    if H % 2 or W % 2:
+        raise ValueError(f"pixel_unshuffle of shape {tuple(x.shape)}: expected even (H, W)")
+    x = x.reshape(b, H // 2, 2, W // 2, 2, c).transpose(0, 1, 3, 5, 2, 4)
+    return x.reshape(b, H // 2, W // 2, 4 * c)
+
+
+def pixel_shuffle(x: jax.Array) -> jax.Array:
+    """(B, h, w, 4C) -> (B, 2h, 2w, C): the inverse of `pixel_unshuffle` (torch's pixel_shuffle(., 2))."""
+    b, h, w, c4 = x.shape
+    if c4 % 4:
+        raise ValueError(f"pixel_shuffle of shape {tuple(x.shape)}: expected channels divisible by 4")
+    x = x.reshape(b, h, w, c4 // 4, 2, 2).transpose(0, 1, 4, 2, 5, 3)
+    return x.reshape(b, 2 * h, 2 * w, c4 // 4)
+
+
+def to_tokens(x: jax.Array, patchify: int = 0) -> jax.Array:
+    """One scale's VAE-grid map (B, H, W, C) as transformer rows (B, H*W, C), or (B, H*W/4, 4C) under
+    patchify (pixel_unshuffle first), row-major."""
+    if patchify:
+        x = pixel_unshuffle(x)
+    return x.reshape(x.shape[0], -1, x.shape[-1])
+
+
+def from_tokens(x: jax.Array, hw: tuple[int, int], patchify: int = 0) -> jax.Array:
+    """Transformer rows (B, h*w, C) of a scale of transformer size hw -> its VAE-grid map: (B, h, w, C),
+    or (B, 2h, 2w, C/4) under patchify. The inverse of `to_tokens`."""
+    x = x.reshape(x.shape[0], int(hw[0]), int(hw[1]), x.shape[-1])
+    return pixel_shuffle(x) if patchify else x
+
+
 # ----------------------------------------------------------------------------- one scale
 
 
@@ -166,11 +215,13 @@ def accumulate_codes(accumulated: jax.Array, bits: jax.Array) -> jax.Array:
     return accumulated + bilinear_resize(bits_to_codes(bits), accumulated.shape[1:3])
 
 
-def next_scale_input(accumulated: jax.Array, hw: tuple[int, int]) -> jax.Array:
-    """Transformer input of the next scale: accumulated (B, h, w, d) resized to hw, as (B, h'*w', d)."""
+def next_scale_input(accumulated: jax.Array, hw: tuple[int, int], patchify: int = 0) -> jax.Array:
+    """Transformer input of the next scale, of transformer size hw: accumulated (B, h, w, d) resized to hw,
+    as (B, h'*w', d); under patchify resized to the doubled hw and pixel_unshuffled, (B, h'*w', 4d)."""
     _check_latent(accumulated, "accumulated")
-    x = bilinear_resize(accumulated.astype(jnp.float32), hw)
-    return x.reshape(x.shape[0], -1, x.shape[-1])
+    f = 2 if patchify else 1
+    x = bilinear_resize(accumulated.astype(jnp.float32), (f * int(hw[0]), f * int(hw[1])))
+    return to_tokens(x, patchify)
 
 
 # ----------------------------------------------------------------------------- sequences
@@ -184,6 +235,18 @@ def flatten_scales(xs: Sequence[jax.Array]) -> jax.Array:
         if x.ndim != 4:
             raise ValueError(f"scale {k} has shape {tuple(x.shape)}: expected (B, h_k, w_k, C)")
     return jnp.concatenate([x.reshape(x.shape[0], -1, x.shape[-1]) for x in xs], axis=1)
+
+
+def flatten_tokens(bits_per_scale: Sequence[jax.Array], patchify: int = 0) -> jax.Array:
+    """VAE-grid bits of every scale (B, H_k, W_k, d) -> transformer labels (B, L, d or 4d) (see to_tokens)."""
+    if not patchify:
+        return flatten_scales(bits_per_scale)
+    return jnp.concatenate([to_tokens(b, patchify) for b in bits_per_scale], axis=1)
+
+
+def split_tokens(x: jax.Array, schedule, patchify: int = 0) -> list[jax.Array]:
+    """Transformer rows (B, L, C) of `schedule` -> VAE-grid maps per scale; the inverse of `flatten_tokens`."""
+    return [pixel_shuffle(s) if patchify else s for s in split_scales(x, schedule)]
 
 
 def split_scales(x: jax.Array, schedule) -> list[jax.Array]:
@@ -202,7 +265,7 @@ def split_scales(x: jax.Array, schedule) -> list[jax.Array]:
 # ----------------------------------------------------------------------------- multi-scale
 
 
-def _residual_quantize(z, hws, flip_masks=None, requant: bool = True):
+def _residual_quantize(z, hws, flip_masks=None, requant: bool = True, patchify: int = 0):
     """The one encoder loop: bits, quantizer inputs, final accumulation and next-scale inputs.
 
     flip_masks[k] (or None) flips bits of scale k before they enter the accumulation (when
@@ -221,19 +284,21 @@ def _residual_quantize(z, hws, flip_masks=None, requant: bool = True):
         acc = accumulate_codes(acc, fed)
         bits.append(b)
         inputs.append(r)
-        if k + 1 < len(hws):
-            next_inputs.append(next_scale_input(acc, hws[k + 1]))
+        if k + 1 < len(hws):  # hws are the VAE grid's: the input is resized there, then unshuffled
+            x = bilinear_resize(acc, hws[k + 1])
+            next_inputs.append(to_tokens(x, patchify))
     return bits, inputs, acc, next_inputs
 
 
-def _latent_and_scales(z, schedule):
+def _latent_and_scales(z, schedule, patchify: int = 0):
     _check_latent(z)
-    return scale_hws(schedule, latent_hw=tuple(z.shape[1:3]))
+    return scale_hws(vae_schedule(scale_hws(schedule), patchify), latent_hw=tuple(z.shape[1:3]))
 
 
-def multiscale_quantize(z: jax.Array, schedule) -> MultiScaleTokens:
-    """Quantize a latent z: (B, h, w, d) over `schedule` (last scale (h, w)). See MultiScaleTokens."""
-    hws = _latent_and_scales(z, schedule)
+def multiscale_quantize(z: jax.Array, schedule, patchify: int = 0) -> MultiScaleTokens:
+    """Quantize a latent z: (B, h, w, d) over `schedule` (last scale (h, w); under patchify the transformer
+    schedule, z and the outputs on its doubled grid). See MultiScaleTokens."""
+    hws = _latent_and_scales(z, schedule, patchify)
     bits, inputs, acc, _ = _residual_quantize(z, hws)
     return MultiScaleTokens(bits=bits, z_hat=acc, quant_inputs=inputs)
 
@@ -249,13 +314,14 @@ def _check_bits(bits_per_scale, hws, *, allow_prefix: bool = False):
             raise ValueError(f"bits of scale {k} have shape {tuple(b.shape)}: expected (B, {hw[0]}, {hw[1]}, {d})")
 
 
-def bits_to_latent(bits_per_scale: Sequence[jax.Array], schedule) -> jax.Array:
+def bits_to_latent(bits_per_scale: Sequence[jax.Array], schedule, patchify: int = 0) -> jax.Array:
     """Quantized latent (B, h, w, d): every scale's codes upsampled to the last scale and summed.
 
     bits_per_scale may hold only the first k scales (a coarse reconstruction); shapes must
-    match schedule[:k]; the output is always at the last scale's size.
+    match schedule[:k] (under patchify: its doubled grid, VAE-grid bits); the output is always at
+    the last scale's size.
     """
-    hws = scale_hws(schedule)
+    hws = scale_hws(vae_schedule(scale_hws(schedule), patchify))
     _check_bits(bits_per_scale, hws, allow_prefix=True)
     b0 = bits_per_scale[0]
     acc = jnp.zeros((b0.shape[0], *hws[-1], b0.shape[-1]), jnp.float32)
@@ -264,21 +330,23 @@ def bits_to_latent(bits_per_scale: Sequence[jax.Array], schedule) -> jax.Array:
     return acc
 
 
-def teacher_forcing_inputs(bits_per_scale: Sequence[jax.Array], schedule) -> jax.Array:
+def teacher_forcing_inputs(bits_per_scale: Sequence[jax.Array], schedule, patchify: int = 0) -> jax.Array:
     """Transformer inputs of scales 2..K from the bits of all K scales: (B, L - h_1*w_1, d).
 
-    For scale k+1: the accumulation of scales 1..k resized to (h_{k+1}, w_{k+1}), row-major.
+    For scale k+1: the accumulation of scales 1..k resized to (h_{k+1}, w_{k+1}), row-major. Under
+    patchify: VAE-grid bits of the doubled schedule in, (B, L - h_1*w_1, 4d) out (see next_scale_input).
     """
     hws = scale_hws(schedule)
-    _check_bits(bits_per_scale, hws)
+    vhws = scale_hws(vae_schedule(hws, patchify))
+    _check_bits(bits_per_scale, vhws)
     b0 = bits_per_scale[0]
-    acc = jnp.zeros((b0.shape[0], *hws[-1], b0.shape[-1]), jnp.float32)
+    acc = jnp.zeros((b0.shape[0], *vhws[-1], b0.shape[-1]), jnp.float32)
     xs = []
     for k in range(len(hws) - 1):
         acc = accumulate_codes(acc, bits_per_scale[k])
-        xs.append(next_scale_input(acc, hws[k + 1]))
+        xs.append(next_scale_input(acc, hws[k + 1], patchify))
     if not xs:
-        return jnp.zeros((b0.shape[0], 0, b0.shape[-1]), jnp.float32)
+        return jnp.zeros((b0.shape[0], 0, b0.shape[-1] * (4 if patchify else 1)), jnp.float32)
     return jnp.concatenate(xs, axis=1)
 
 
@@ -325,37 +393,48 @@ def draw_flip_masks(
 
 
 def self_correction_with_flips(
-    z: jax.Array, schedule, flip_masks: Sequence[jax.Array | None], *, requant: bool = True
+    z: jax.Array, schedule, flip_masks: Sequence[jax.Array | None], *, requant: bool = True, patchify: int = 0
 ) -> tuple[jax.Array, jax.Array]:
     """Teacher forcing with given bit flips: (x_wo_prefix (B, L - h_1*w_1, d), labels (B, L, d) uint8).
 
     z: (B, h, w, d) raw latent. flip_masks: up to K masks (B, h_k, w_k, d) (None = no flips).
     With `requant`, scale k's flipped bits enter the accumulation and later residuals (hence
     labels) correct them. Without it the official trainer feeds the unflipped codes, so flips
-    change nothing; this is kept as it is.
+    change nothing; this is kept as it is. Under patchify z and the masks are on the doubled grid
+    of the (transformer) schedule, and x / labels are in transformer order with 4d channels.
     """
-    hws = _latent_and_scales(z, schedule)
+    hws = _latent_and_scales(z, schedule, patchify)
     if len(flip_masks) > len(hws):
         raise ValueError(f"got {len(flip_masks)} flip masks: expected at most {len(hws)} (one per scale)")
     for k, m in enumerate(flip_masks):
         want = (z.shape[0], *hws[k], z.shape[-1])
         if m is not None and tuple(m.shape) != want:
             raise ValueError(f"flip mask of scale {k} has shape {tuple(m.shape)}: expected {want}")
-    bits, _, _, xs = _residual_quantize(z, hws, flip_masks, requant)
-    x = jnp.concatenate(xs, axis=1) if xs else jnp.zeros((z.shape[0], 0, z.shape[-1]), jnp.float32)
-    return x, flatten_scales(bits)
+    bits, _, _, xs = _residual_quantize(z, hws, flip_masks, requant, patchify)
+    c = z.shape[-1] * (4 if patchify else 1)
+    x = jnp.concatenate(xs, axis=1) if xs else jnp.zeros((z.shape[0], 0, c), jnp.float32)
+    return x, flatten_tokens(bits, patchify)
 
 
 def self_correction(
-    z: jax.Array, schedule, rng: jax.Array, *, strength: float = 0.3, num_layers: int = 13, requant: bool = True
+    z: jax.Array,
+    schedule,
+    rng: jax.Array,
+    *,
+    strength: float = 0.3,
+    num_layers: int = 13,
+    requant: bool = True,
+    patchify: int = 0,
 ) -> tuple[jax.Array, jax.Array, list[jax.Array]]:
     """Bitwise self-correction (training inputs with random flips), the official recipe.
 
     z: (B, h, w, d) raw latent; rng: a PRNG key. Returns (x_wo_prefix (B, L - h_1*w_1, d) float32,
     labels (B, L, d) uint8, flip_masks: list of K (B, h_k, w_k, d) uint8). strength and
     num_layers are static Python numbers. strength=0 gives exactly the teacher-forcing inputs.
+    Under patchify (the official trainer's apply_spatial_patchify) z and the flips are on the doubled
+    grid of the transformer schedule; x and labels have 4d channels (see self_correction_with_flips).
     """
-    hws = _latent_and_scales(z, schedule)
+    hws = _latent_and_scales(z, schedule, patchify)
     masks, _ = draw_flip_masks(rng, hws, z.shape[0], z.shape[-1], strength=strength, num_layers=num_layers)
-    x, labels = self_correction_with_flips(z, schedule, masks, requant=requant)
+    x, labels = self_correction_with_flips(z, schedule, masks, requant=requant, patchify=patchify)
     return x, labels, masks

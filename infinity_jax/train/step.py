@@ -9,7 +9,8 @@
      precomputed, else the frozen T5 encoder on `batch['tokens']`/`batch['token_mask']` with
      `frozen['t5']`;
   3. bitwise self-correction (official recipe: strength up to p on the first N scales,
-     re-quantization) -> inputs x (B, L - 1, d) and labels (B, L, d);
+     re-quantization) -> inputs x (B, L - 1, d) and labels (B, L, d); under the model's
+     apply_spatial_patchify the latent is (B, 2h, 2w, d/4) and x / labels pixel-unshuffled from it;
   4. classifier-free-guidance text dropout: each prompt replaced by the null text with p = cond_drop;
   5. teacher-forced logits and the official bit-wise loss with per-scale reweighting;
      metrics (scalars): bit_acc (mean over scales), bit_acc/sKK and loss/sKK per scale.
@@ -65,6 +66,8 @@ def make_loss_fn(
     vae: a `BSQVAE` module (used when batches carry images); text_encoder:
     `(t5_params, ids, mask) -> features (B, Lt, Ct)` (used when batches carry tokens)."""
     schedule = schedules.validate(schedule)
+    # official apply_spatial_patchify (8B): latents on the doubled grid, 4 of their positions per token
+    patchify = model.cfg.apply_spatial_patchify
 
     def latents(batch, frozen):
         if "latent" in batch:
@@ -96,6 +99,7 @@ def make_loss_fn(
             strength=options.bsc_strength,
             num_layers=options.bsc_layers,
             requant=options.bsc_requant,
+            patchify=patchify,
         )
         drop = jax.random.bernoulli(k_drop, options.cond_drop, (z.shape[0],)) if options.cond_drop > 0 else None
         logits = model.apply(

@@ -153,7 +153,8 @@ def run(cfg, workdir: str, until_step: int | None = None) -> dict:
     init_params = functools.partial(T.init_params, mcfg)
     loop.preflight(cfg, workdir, init_params)  # bad settings or a checkpoint it cannot resume: one line, now
     vae, vcfg, vae_params = build_vae(cfg)
-    latent_hw = (int(cfg.data.image_size) // int(vcfg.patch_size),) * 2 if cfg.data.get("image_size") else None
+    stride = int(vcfg.patch_size) * (2 if mcfg.apply_spatial_patchify else 1)  # pixels per transformer token
+    latent_hw = (int(cfg.data.image_size) // stride,) * 2 if cfg.data.get("image_size") else None
     schedules.validate(schedule, latent_hw)
     t5_cfg, t5_params, tokenizer = build_text(cfg)
     options = step_lib.StepOptions.from_config(cfg.step)
