@@ -32,6 +32,16 @@ _RELEASED_PATCHIFY = {"d56": (14, "infinity_vae_d56_f8_14_patchify.pth")}
 NAMES = tuple(_RELEASED) + tuple(_RELEASED_PATCHIFY) + ("tiny", "tiny_patchify", "shapes")
 
 
+def released_for(codebook_dim: int, apply_spatial_patchify: int = 0) -> str | None:
+    """The released tokenizer a transformer with `codebook_dim` bits per token reads (its model config's
+    codebook_dim and apply_spatial_patchify): d{d} at patch 16, else under patchify the patch-8 one with
+    d / 4 bits (d56 for 56); None when no released tokenizer fits."""
+    if apply_spatial_patchify:
+        return next((n for n, (d, _) in _RELEASED_PATCHIFY.items() if 4 * d == int(codebook_dim)), None)
+    name = f"d{int(codebook_dim)}"
+    return name if name in _RELEASED else None
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     name, _ = parse_named_arg(arg, "bsq_vae", names=NAMES, default="d32")
     c = ml_collections.ConfigDict()

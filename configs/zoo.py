@@ -4,8 +4,10 @@ usage: infinity-jax train --config zoo:NAME[,vae=D][,pn=P][,mesh=M][,scan][,rema
            --workdir DIR [--config.data.path=...]
   NAME  infinity_2b | infinity_8b | infinity_20b | infinity_layer{12,16,24,32,40,48}
         (short forms: 2b, 8b, 20b, layer12, ...), sizes from configs/infinity.py
-  vae   tokenizer vocabulary, configs/bsq_vae.py: d16 | d24 | d32 (default) | d32reg | d64
-        (d bits per token: 2^d implicit codes); sets model.codebook_dim to match
+  vae   tokenizer, configs/bsq_vae.py: d16 | d24 | d32 | d32reg | d64 (patch 16, d bits per token:
+        2^d implicit codes; default d32) | d56 (the released 8B's: 14 bits at patch 8, read 2x2 per
+        token; infinity_8b's default and only there); sets model.codebook_dim (d, or 4 x 14 = 56 with
+        model.apply_spatial_patchify=1 for d56) to match
   pn    pixel budget, infinity_jax/schedules.py: 0.06M (default; the official pre-training
         stage) | 0.25M | 0.60M | 1M; square images of 256 / 512 / 768 / 1024 px
   mesh  a configs/mesh_presets.py preset (sharding rules, mesh shape, global batch, remat, bf16),
@@ -13,12 +15,14 @@ usage: infinity-jax train --config zoo:NAME[,vae=D][,pn=P][,mesh=M][,scan][,rema
   scan, remat=, dtype=, attention=  execution options passed to configs/infinity.py
 
 Files the run reads (put them there or override the keys): the official VAE weights
-weights/infinity_vae_d{D}.pth (vae.params), a Flan-T5-XL Hugging Face folder weights/flan-t5-xl
-(text.path), and a dataset built by `infinity-jax data prepare` (data.path). Training images are
-square crops at the budget's 1:1 size (the trainer runs one schedule). Not covered: the released 8B
-recipe (model.apply_spatial_patchify=1, codebook_dim 56, the d56 patch-8 tokenizer of configs/bsq_vae.py);
-the zoo's infinity_8b is the 8B size with a patch-16 tokenizer. The optimizer settings are
-train_defaults' (official code defaults); see DESIGN.md for where the official script differs.
+weights/infinity_vae_d{D}.pth (d56: infinity_vae_d56_f8_14_patchify.pth; vae.params), a Flan-T5-XL
+Hugging Face folder weights/flan-t5-xl (text.path), and a dataset built by `infinity-jax data prepare`
+(data.path). Training images are square crops at the budget's 1:1 size (the trainer runs one
+schedule); a transformer token covers 16 x 16 pixels either way (d56: 2 x 2 positions of stride 8),
+so the image sizes above hold for every tokenizer. infinity_8b is the released 8B (vae=d56,
+apply_spatial_patchify=1); zoo:8b,vae=d32 is the 8B size on a patch-16 tokenizer (no patchify). The
+optimizer settings are train_defaults' (official code defaults); see DESIGN.md for where the official
+script differs.
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ from infinity_jax.configs import infinity as infinity_configs
 
 MODELS = tuple(n for n in infinity_configs.NAMES if n != "tiny")
 ALIASES = {n.removeprefix("infinity_"): n for n in MODELS}
-# the released tokenizers at patch 16 (the patch-8 d56 needs model.apply_spatial_patchify: not here yet)
-VAES = tuple(n for n in bsq_vae.NAMES if n not in ("tiny", "tiny_patchify", "shapes", "d56"))
+# the released tokenizers: patch 16, and the patch-8 ones (d56) that need model.apply_spatial_patchify
+VAES = tuple(n for n in bsq_vae.NAMES if n not in ("tiny", "tiny_patchify", "shapes"))
+PATCHIFY_VAES = ("d56",)  # 4 positions per token: only the model whose released recipe reads them
+PATCHIFY_MODELS = tuple(n for n, (_, patchify) in infinity_configs.RECIPES.items() if patchify)  # infinity_8b
 PIXEL_BUDGETS = tuple(schedules.PIXEL_BUDGETS)
 _OPTIONS = {"vae", "pn", "mesh", "scan", "remat", "dtype", "attention"}
 
@@ -48,9 +54,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     name, opts = parse_named_arg(
         arg, "zoo", names=MODELS, default="infinity_2b", aliases=ALIASES, allowed=_OPTIONS, kind="model"
     )
-    vae_name, pn, mesh = opts.get("vae", "d32"), opts.get("pn", "0.06M"), opts.get("mesh")
+    default_vae = PATCHIFY_VAES[0] if name in PATCHIFY_MODELS else "d32"
+    vae_name, pn, mesh = opts.get("vae", default_vae), opts.get("pn", "0.06M"), opts.get("mesh")
     if vae_name not in VAES:
         raise ValueError(f"zoo vae={vae_name!r}: expected one of {VAES}")
+    if vae_name in PATCHIFY_VAES and name not in PATCHIFY_MODELS:
+        raise ValueError(
+            f"zoo vae={vae_name!r} with {name}: a patch-8 tokenizer read 2x2 per token (apply_spatial_patchify=1), "
+            f"the released recipe of {', '.join(PATCHIFY_MODELS)} only; pick one of "
+            f"{tuple(v for v in VAES if v not in PATCHIFY_VAES)} for {name}"
+        )
     if pn not in PIXEL_BUDGETS:
         raise ValueError(f"zoo pn={pn!r}: expected one of {PIXEL_BUDGETS}")
 
@@ -62,7 +75,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if "dtype" not in opts:
         m.dtype = "bfloat16"
     vcfg = bsq_vae.get_config(vae_name)
-    m.codebook_dim = int(vcfg.codebook_dim)
+    m.apply_spatial_patchify = int(vae_name in PATCHIFY_VAES)
+    m.codebook_dim = int(vcfg.codebook_dim) * (4 if m.apply_spatial_patchify else 1)
     c.model = m
 
     c.vae = v = ml_collections.ConfigDict()

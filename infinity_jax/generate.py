@@ -64,7 +64,7 @@ class SampleOptions:
     config: str | None = None  # transformer config spec; default: the checkpoint's
     step: int | None = None  # of a run folder; default: the latest
     vae: str | None = None  # BSQ-VAE weights; default: the one a training checkpoint's config names
-    vae_config: str = "d32"
+    vae_config: str | None = None  # default: the released tokenizer of the model (d32; d56 for the patchify 8B)
     text_encoder: str | None = None  # configs/t5.py argument or a Hugging Face folder
     negative_prompt: str = ""
     h_div_w: float | None = None
@@ -223,17 +223,29 @@ def _model_config(options: SampleOptions, ckpt_config) -> InfinityConfig:
     return InfinityConfig.from_dict(d)
 
 
-def _vae(options: SampleOptions, ckpt_config):
-    """(VAE config, params): options.vae / vae_config, else what a training checkpoint's config names."""
+def _vae(options: SampleOptions, ckpt_config, model_cfg: InfinityConfig):
+    """(VAE config, params): options.vae / vae_config (default: the released tokenizer the model reads,
+    configs/bsq_vae.py released_for), else what a training checkpoint's config names; checked against the
+    model (d bits, or d / 4 at patch 8 under apply_spatial_patchify)."""
     if options.vae is None:
         if ckpt_config is None or "vae" not in ckpt_config:
             raise UsageError("no VAE: pass --vae PARAMS (and --vae-config) for a params-file checkpoint")
         _, cfg, params = runs.build_vae(ckpt_config)
     else:
+        spec = options.vae_config or convert_vae.released_for(model_cfg.codebook_dim, model_cfg.apply_spatial_patchify)
+        if spec is None:
+            raise UsageError(
+                f"--vae {options.vae!r}: no released tokenizer has {model_cfg.vae_codebook_dim} bits"
+                f"{' at patch 8' if model_cfg.apply_spatial_patchify else ''}: pass --vae-config"
+            )
         try:
-            cfg = convert_vae.load_config(options.vae_config)
+            cfg = convert_vae.load_config(spec)
         except (FileNotFoundError, ValueError) as e:
-            raise UsageError(f"--vae-config {options.vae_config!r}: {e}") from e
+            raise UsageError(f"--vae-config {spec!r}: {e}") from e
+        try:
+            model_cfg.check_tokenizer(cfg.codebook_dim, cfg.get("patch_size"), where=f"--vae-config {spec!r}")
+        except ValueError as e:
+            raise UsageError(str(e)) from e
         params, _ = runs.load_weights(options.vae, "vae", cfg)
     if options.dtype:
         cfg.dtype = options.dtype
@@ -300,7 +312,7 @@ def sample_to_folder(options: SampleOptions) -> dict:
     if params is None:
         params, _ = runs.load_weights(options.checkpoint, "transformer", model_cfg)
     runs.check_params_shapes(params, model_cfg, options.checkpoint)
-    vae_cfg, vae_params = _vae(options, ckpt_config)
+    vae_cfg, vae_params = _vae(options, ckpt_config, model_cfg)
     patchify = 2 if model_cfg.apply_spatial_patchify else 1  # a token covers 2x2 VAE positions
     H, W = schedules.image_size(schedule, stride=int(vae_cfg.patch_size) * patchify)
 

@@ -26,8 +26,12 @@ def test_every_official_size_is_a_named_config():
     for name, (depth, width, heads) in want.items():
         m = InfinityConfig.from_dict(configs.get_config(name).model)
         assert (m.depth, m.embed_dim, m.num_heads) == (depth, width, heads)
-        assert m.codebook_dim == 32 and m.text_channels == 2048 and m.shared_aln and m.cos_attn
+        # the released 8B reads the d56 tokenizer (14 bits at patch 8) 2x2 per token; every other size d 32
+        want_d = (56, 1) if name == "infinity_8b" else (32, 0)
+        assert (m.codebook_dim, m.apply_spatial_patchify) == want_d
+        assert m.text_channels == 2048 and m.shared_aln and m.cos_attn
         assert m.rope2d_normalized_by_hw == 2 and m.lvl_embed_first_block_only
+        assert m.block_chunks == {"infinity_20b": 1, "infinity_2b": 8, "infinity_8b": 8}.get(name, 4)
 
 
 def test_2b_parameter_count_equals_official():
@@ -37,6 +41,22 @@ def test_2b_parameter_count_equals_official():
     # official tree sha256 95d98ef9...198c. Counted from our shapes with jax.eval_shape: nothing is allocated.
     assert count_params(InfinityConfig.from_dict(configs.get_config("infinity_2b").model)) == 2_204_564_032
     assert configs.get_config("infinity_2b").official_params == 2_204_564_032
+
+
+def test_8b_parameter_count_equals_official_at_the_released_recipe():
+    # 8,375,791,824 = sum(p.numel() for p in Infinity(...).parameters()) of the official class (commit 4c27bbb)
+    # built on the 'meta' device with tools/run_infinity.py's infinity_8b arguments (depth 40, width 3584, 28
+    # heads, block_chunks 8) and the released recipe (text 2048 x 512, shared_aln, use_bit_label, rope2d mode 2,
+    # apply_spatial_patchify=1) with a stand-in vae_local of embed_dim 14 (the d56 tokenizer): word_embed
+    # (3584, 56), head (112, 3584). The same build at embed_dim 32 without patchify: 8,375,533,728.
+    m = InfinityConfig.from_dict(configs.get_config("infinity_8b").model)
+    assert (m.codebook_dim, m.apply_spatial_patchify, m.vae_codebook_dim) == (56, 1, 14)
+    assert count_params(m) == configs.OFFICIAL_PARAMS["infinity_8b"] == 8_375_791_824
+    assert configs.get_config("8b").official_params == 8_375_791_824
+    import dataclasses
+
+    d32 = dataclasses.replace(m, codebook_dim=32, apply_spatial_patchify=0)
+    assert count_params(d32) == configs.OFFICIAL_PARAMS_8B_D32 == 8_375_533_728
 
 
 def test_tiny_parameter_count_equals_fixture():
@@ -65,7 +85,14 @@ def test_params_counts_every_config_users_sweep():
         "sys.path[:] = [p for p in sys.path if p not in ('', sys.argv[1])]  # as an installed console script\n"
         "sys.exit(main(sys.argv[2:]))"
     )
-    specs = ["configs/shapes.py", "configs/shapes.py:layers=4,width=256,heads=8", "configs/zoo.py:layer12", "tiny"]
+    specs = [
+        "configs/shapes.py",
+        "configs/shapes.py:layers=4,width=256,heads=8",
+        "configs/zoo.py:layer12",
+        "tiny",
+        "8b",
+        "zoo:8b,vae=d32",
+    ]
     argv = ["params", *(a for s in specs for a in ("--config", s))]
     done = subprocess.run(
         [sys.executable, "-P", "-c", code, repo, *argv], cwd=repo, capture_output=True, text=True, timeout=120
@@ -76,7 +103,12 @@ def test_params_counts_every_config_users_sweep():
     assert rows["configs/shapes.py"][:3] == ["3", "128", "4"]
     assert rows["configs/shapes.py:layers=4,width=256,heads=8"][:3] == ["4", "256", "8"]
     assert rows["configs/zoo.py:layer12"][:4] == ["12", "768", "8", "125,185,696"]  # the official layer12
-    assert rows["tiny"][3:] == ["272,836", "272,836"]
+    assert rows["tiny"][3:5] == ["272,836", "272,836"] and rows["tiny"][5] == "bsq_vae:tiny"
+    # the released 8B beside its tokenizer: 81,624,209 = sum(p.numel() for p in vae.parameters()) of the official
+    # vae_model(codebook_dim=14, patch_size=8, ch_mult [1, 2, 4, 4]) (commit 4c27bbb); d32's: 110,118,051
+    assert rows["8b"][3:] == ["8,375,791,824", "8,375,791,824", "bsq_vae:d56", "81,624,209"]
+    assert rows["zoo:8b,vae=d32"][3:] == ["8,375,533,728", "-", "bsq_vae:d32", "110,118,051"]
+    assert rows["configs/zoo.py:layer12"][5:] == ["bsq_vae:d32", "110,118,051"]
 
 
 def test_spatial_patchify_model_reads_a_quarter_of_its_bits_from_a_patch_8_tokenizer():

@@ -45,8 +45,9 @@ def check_buildable(cfg) -> T.InfinityConfig:
     """Everything `infinity-jax train` derives from a config before touching files, shapes only."""
     m = T.InfinityConfig.from_dict(cfg.model)
     vcfg = config_util.load_config(cfg.vae.config, cfg.vae.overrides)
-    assert vcfg.codebook_dim == m.codebook_dim
-    latent = cfg.data.image_size // vcfg.patch_size
+    m.check_tokenizer(vcfg.codebook_dim, vcfg.patch_size)  # as runs.build_vae: d (or d / 4 at patch 8)
+    # the transformer's last scale: the tokenizer's grid, halved under apply_spatial_patchify
+    latent = cfg.data.image_size // (vcfg.patch_size * (2 if m.apply_spatial_patchify else 1))
     sched = schedules.validate(schedules.official_schedule(cfg.data.h_div_w, cfg.schedule), (latent, latent))
     assert len(sched) == schedules.PIXEL_BUDGETS[cfg.schedule]
     data = {k: v for k, v in cfg.data.to_dict().items() if k != "h_div_w"}
@@ -60,9 +61,10 @@ def check_buildable(cfg) -> T.InfinityConfig:
 def test_every_official_model_is_a_buildable_zoo_config_with_the_official_param_count(name):
     cfg = config_util.load_config(f"zoo:{name}")
     m = check_buildable(cfg)
-    assert n_params(m) == infinity_configs.OFFICIAL_PARAMS[name]  # d = 32, the released recipe
+    assert n_params(m) == infinity_configs.OFFICIAL_PARAMS[name]  # the released recipe (8b: d56, patchify)
     assert (cfg.schedule, cfg.data.image_size, cfg.model.dtype) == ("0.06M", 256, "bfloat16")
-    assert cfg.vae.params == "weights/infinity_vae_d32.pth"
+    vae = "infinity_vae_d56_f8_14_patchify.pth" if name == "infinity_8b" else "infinity_vae_d32.pth"
+    assert cfg.vae.params == f"weights/{vae}"
 
 
 def test_tokenizer_vocabularies_set_the_bit_width_everywhere():
@@ -70,12 +72,34 @@ def test_tokenizer_vocabularies_set_the_bit_width_everywhere():
     base = n_params(base_cfg)
     assert not base_cfg.scan_layers and T.count_params(base_cfg) == base  # the per-block tree: same count
     for vae in zoo.VAES:
+        if vae in zoo.PATCHIFY_VAES:  # the released 8B's only: test_released_8b_reads_the_d56_tokenizer
+            with pytest.raises(ValueError, match=f"vae='{vae}' with infinity_layer12: a patch-8 tokenizer"):
+                zoo.get_config(f"layer12,vae={vae}")
+            continue
         cfg = config_util.load_config(f"zoo:layer12,vae={vae}")
         d = bsq_vae.get_config(vae).codebook_dim
         m = check_buildable(cfg)
         assert m.codebook_dim == d and cfg.vae.config == f"bsq_vae:{vae}"
         # only the bit embedding (d -> C, with bias) and the bit head (C -> 2d, with bias) depend on d
         assert n_params(m) - base == (d - 32) * m.embed_dim + (d - 32) * 2 * (m.embed_dim + 1)
+
+
+def test_released_8b_reads_the_d56_tokenizer_at_every_pixel_budget():
+    """zoo:8b is the released 8B: the d56 tokenizer (14 bits at patch 8) read 2x2 per token, codebook_dim 56;
+    a token still covers 16 px, so 0.25M is 512 px (VAE grid 64, last scale 32) and 1M is 1024 px."""
+    for pn, (scales, side) in {"0.06M": (7, 256), "0.25M": (10, 512), "1M": (13, 1024)}.items():
+        cfg = config_util.load_config(f"zoo:8b,pn={pn}")
+        m = check_buildable(cfg)
+        assert (m.codebook_dim, m.apply_spatial_patchify, cfg.vae.config) == (56, 1, "bsq_vae:d56")
+        assert cfg.vae.params == "weights/infinity_vae_d56_f8_14_patchify.pth"
+        assert (cfg.data.image_size, schedules.PIXEL_BUDGETS[cfg.schedule]) == (side, scales)
+        assert schedules.official_schedule(1.0, pn)[-1][1] * 16 == side  # 2 x 8 px per token
+    assert zoo.get_config("8b").model.to_dict() == zoo.get_config("8b,vae=d56").model.to_dict()
+    d32 = check_buildable(config_util.load_config("zoo:8b,vae=d32"))  # the 8B size on a patch-16 tokenizer
+    assert (d32.codebook_dim, d32.apply_spatial_patchify) == (32, 0)
+    assert n_params(d32) == infinity_configs.OFFICIAL_PARAMS_8B_D32
+    with pytest.raises(ValueError, match="vae='d56' with infinity_2b: .*infinity_8b only"):
+        zoo.get_config("2b,vae=d56")
 
 
 def test_pixel_budgets_set_schedule_and_image_size():

@@ -31,8 +31,19 @@ from infinity_jax.benchmarks import data as data_lib
 from infinity_jax.benchmarks import sampler as sampler_lib
 from infinity_jax.benchmarks import training as training_lib
 from infinity_jax.benchmarks.sampler import MEMORY_FIELDS, gib
+from infinity_jax.convert import infinity as convert_infinity
+from infinity_jax.convert import vae as convert_vae
 from infinity_jax.errors import UsageError
 from infinity_jax.fileio import write_json
+
+
+def _default_vae(config: str) -> str:
+    """The tokenizer a transformer config reads when --vae-config is not given: tiny's for tiny, else the
+    released one of its bits (d32; d56 for the 8B's apply_spatial_patchify)."""
+    if config.split(",")[0] == "tiny":
+        return "tiny"
+    m = convert_infinity.load_config(config).model
+    return convert_vae.released_for(m.get("codebook_dim", 32), m.get("apply_spatial_patchify", 0)) or "d32"
 
 
 def _parser(name: str, module) -> argparse.ArgumentParser:
@@ -268,7 +279,8 @@ def sample(argv: list[str]) -> int:
     p.add_argument(
         "--vae-config",
         default=None,
-        help="configs/bsq_vae.py name; default d32 (tiny for the tiny config); 'none' skips the decode",
+        help="configs/bsq_vae.py name; default: the released tokenizer the model reads (d32; d56 for the 8B's "
+        "apply_spatial_patchify; tiny for the tiny config); 'none' skips the decode",
     )
     p.add_argument("--h-div-w", type=float, default=1.0)
     p.add_argument("--batch", type=int, default=1, help="prompts per call (rounded up to the batch shards)")
@@ -291,7 +303,7 @@ def sample(argv: list[str]) -> int:
     pns = args.pn or (["1M"] if accel else ["0.06M"])
     rows = []
     for c in configs:
-        vae = args.vae_config or ("tiny" if c.split(",")[0] == "tiny" else "d32")
+        vae = args.vae_config or _default_vae(c)
         for pn in [None] if args.schedule else pns:
             common = dict(
                 vae_spec=None if vae == "none" else vae,

@@ -18,6 +18,9 @@ sibling of DIR and renamed at the end; a non-empty DIR is refused unless --overw
 usage:
   infinity-jax import-torch --transformer weights/infinity_2b_reg.pth --vae weights/infinity_vae_d32reg.pth \\
       --config configs/infinity.py:2b --text-encoder weights/flan-t5-xl --out models/infinity_2b
+  infinity-jax import-torch --transformer weights/THE_8B_TRANSFORMER.pth \\
+      --vae weights/infinity_vae_d56_f8_14_patchify.pth --config 8b --text-encoder weights/flan-t5-xl \\
+      --out models/infinity_8b     (the released 8B: d 56 = 4 x 14 bits, apply_spatial_patchify=1)
   infinity-jax sample --checkpoint models/infinity_2b --prompt "a cat on a sofa" --out samples/
 """
 
@@ -52,8 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--vae-config",
         default=None,
-        help="configs/bsq_vae.py name or spec (bsq_vae:d32reg); default: "
-        "the released name in the --vae file name, else the config's, else d<codebook_dim>",
+        help="configs/bsq_vae.py name or spec (bsq_vae:d32reg); default: the released name in the --vae "
+        "file name (infinity_vae_d56_f8_14_patchify.pth: d56), else the config's, else the released tokenizer "
+        "the model reads (d<codebook_dim>; d56 for the 8B's apply_spatial_patchify); checked against the model",
     )
     p.add_argument(
         "--text-encoder",

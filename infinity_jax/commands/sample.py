@@ -69,7 +69,12 @@ def _parser() -> argparse.ArgumentParser:
         help="BSQ-VAE weights: .npz/.msgpack params or an official .pth; "
         "default: the one named by a training checkpoint's config",
     )
-    p.add_argument("--vae-config", default="d32", help="configs/bsq_vae.py name or file.py[:arg] (default d32)")
+    p.add_argument(
+        "--vae-config",
+        default=None,
+        help="configs/bsq_vae.py name or file.py[:arg] (default: the released tokenizer of the model's bits: "
+        "d32, or d56 for the 8B's apply_spatial_patchify)",
+    )
     p.add_argument(
         "--text-encoder",
         default=None,

@@ -33,6 +33,7 @@ from infinity_jax.convert import infinity as conv_gpt
 from infinity_jax.convert import torch_io
 from infinity_jax.convert import vae as conv_vae
 from infinity_jax.errors import UsageError, one_line
+from infinity_jax.model.transformer import InfinityConfig
 
 CHECKPOINTS, VAE_PARAMS, VAE_CONFIG = "checkpoints", "vae_params.npz", "vae_config.json"
 MODEL_FIELDS = ("depth", "embed_dim", "num_heads", "block_chunks", "codebook_dim", "text_channels")
@@ -63,16 +64,19 @@ def load_model_config(spec: str, overrides=()):
 
 
 def vae_config_spec(given: str | None, vae_path: str, cfg) -> str:
-    """--vae-config, else the released name in the file name (infinity_vae_d32reg.pth -> d32reg), else
-    the config's vae.config, else d{model.codebook_dim}; bare names are configs/bsq_vae.py's."""
+    """--vae-config, else the released name in the file name (infinity_vae_d32reg.pth -> d32reg,
+    infinity_vae_d56_f8_14_patchify.pth -> d56), else the config's vae.config, else the released tokenizer
+    the model reads (configs/bsq_vae.py released_for: d{model.codebook_dim}, or d56 for codebook_dim 56 under
+    model.apply_spatial_patchify); bare names are configs/bsq_vae.py's."""
     if given:
         return given if (":" in given or given.endswith((".py", ".json"))) else f"bsq_vae:{given}"
-    m = re.fullmatch(r"infinity_vae_(d\d+(?:_?reg)?)\.\w+", os.path.basename(vae_path))  # also d32_reg
-    if m:
+    m = re.fullmatch(r"infinity_vae_(d\d+(?:_?reg)?)(?:_f\d+_\d+_patchify)?\.\w+", os.path.basename(vae_path))
+    if m:  # also d32_reg
         return f"bsq_vae:{m.group(1).replace('_', '')}"
     if "vae" in cfg and cfg.vae.get("config"):
         return str(cfg.vae.config)
-    return f"bsq_vae:d{int(cfg.model.codebook_dim)}"
+    d, patchify = int(cfg.model.codebook_dim), int(cfg.model.get("apply_spatial_patchify", 0))
+    return f"bsq_vae:{conv_vae.released_for(d, patchify) or f'd{d // 4 if patchify else d}'}"
 
 
 def text_section(spec: str, model) -> dict:
@@ -224,11 +228,12 @@ def import_weights(
             vae_cfg = runs.load_vae_config(vspec, tuple(cfg.vae.get("overrides", ())) if from_cfg else ())
         except (FileNotFoundError, ValueError, KeyError) as e:
             raise UsageError(f"--vae-config {vspec!r}: {one_line(e)}") from e
-        if int(vae_cfg.codebook_dim) != int(cfg.model.codebook_dim):
-            raise UsageError(
-                f"--vae-config {vspec!r} has codebook_dim={vae_cfg.codebook_dim}; the model config "
-                f"{config!r} has codebook_dim={cfg.model.codebook_dim}: they must match"
+        try:  # d bits (or d / 4 at patch 8 under apply_spatial_patchify): one error naming both
+            InfinityConfig.from_dict(cfg.model).check_tokenizer(
+                vae_cfg.codebook_dim, vae_cfg.get("patch_size"), where=f"--vae-config {vspec!r}"
             )
+        except ValueError as e:
+            raise UsageError(f"{one_line(e)} (the model of --config {config!r})") from None
         vsd = _read(vae, "vae", conv_vae.load_official_state_dict)
         try:
             vae_params = conv_vae.torch_to_params(vsd, vae_cfg)

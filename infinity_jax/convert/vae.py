@@ -45,6 +45,12 @@ def load_config(spec: str):
     return config_util.load_config(spec, module="bsq_vae")
 
 
+def released_for(codebook_dim: int, apply_spatial_patchify: int = 0) -> str | None:
+    """The configs/bsq_vae.py name of the released tokenizer a transformer with these model fields reads
+    (d32 for 32 bits; d56 for 56 under apply_spatial_patchify), or None (configs/bsq_vae.py released_for)."""
+    return config_util.load_module("bsq_vae").released_for(int(codebook_dim), int(apply_spatial_patchify))
+
+
 def quantizer_mask(d: int) -> np.ndarray:
     """The official `lfq.mask` buffer: 2**(d-1), ..., 2, 1 as int64 (wrapping like torch at d = 64)."""
     return (np.uint64(1) << np.arange(d - 1, -1, -1, dtype=np.uint64)).view(np.int64)
