@@ -5,14 +5,17 @@
 #
 # On the machine with the GPU, from the project root (wheels for what it lacks: see
 # ../shared/gpu/README.md, `bash ../shared/gpu/fetch_wheels.sh` on a machine with pip):
-#   bash launch/gpu_measure.sh [--dry-run] [OUT_DIR [STAGE ...]]   # OUT_DIR default: $OUT or runs/gpu_measure
+#   bash launch/gpu_measure.sh [--dry-run|--smoke] [OUT_DIR [STAGE ...]]   # OUT_DIR default: $OUT or runs/gpu_measure
 # Writes OUT_DIR/<stage>.log and .json. The stages' timeouts add up to ~24 minutes, more than one
 # call of the device tool (10 min): name the stages to run, in order (default: all), e.g.
 #   bash launch/gpu_measure.sh "$OUT" attention sample_b1 train_2b
-# --dry-run prints the stages only.
+# --dry-run prints the stages only. --smoke runs every stage at tiny sizes (a CPU rehearsal of the
+# device run, from the checkout through PYTHONPATH as there: tests/test_launchers.py).
+# It runs the project from the checkout (PYTHONPATH; infinity_jax maps configs/ itself), no install.
 set -uo pipefail
-DRY=0
+DRY=0 SMOKE=0
 if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; shift; fi
+if [[ "${1:-}" == "--smoke" ]]; then SMOKE=1; shift; fi
 OUT_DIR="${1:-${OUT:-runs/gpu_measure}}"
 shift || true
 ONLY=" $* "
@@ -25,6 +28,14 @@ B="python3 -m infinity_jax bench"
 SAMPLE="--config infinity_2b,dtype=bfloat16,scan --pn 1M"
 TRAIN="--pn 0.06M --batch 16 --rules dp --steps 10"
 TRAIN_2B="infinity:infinity_2b,dtype=bfloat16,scan"
+LAYER12="infinity:infinity_layer12,dtype=bfloat16,scan"
+ATTENTION=""
+if [[ $SMOKE == 1 ]]; then
+  SAMPLE="--config tiny,scan --schedule 1x1,2x2,4x4"
+  TRAIN="--schedule 1x1,2x2,4x4 --batch 2 --rules dp --steps 1"
+  TRAIN_2B="infinity:tiny,scan" LAYER12="infinity:tiny"
+  ATTENTION="--heads 2 --head-dim 16 --train-pn 0.06M --sample-pn 0.06M --text-len 8 --runs 1"
+fi
 
 stage() {  # stage NAME TIMEOUT_S COMMAND...
   local name=$1 limit=$2; shift 2
@@ -33,16 +44,20 @@ stage() {  # stage NAME TIMEOUT_S COMMAND...
   [[ $DRY == 1 ]] && return 0
   local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT_DIR/$name.log" 2>&1
-  echo "   exit $? after $((SECONDS - t0)) s; last lines:"; tail -n 4 "$OUT_DIR/$name.log" | sed 's/^/   /'
+  local rc=$?
+  [[ $rc != 0 ]] && FAILED+=" $name"
+  echo "   exit $rc after $((SECONDS - t0)) s; last lines:"; tail -n 4 "$OUT_DIR/$name.log" | sed 's/^/   /'
 }
+FAILED=
 
-stage attention 150 $B attention --json "$OUT_DIR/attention.json"
+stage attention 150 $B attention $ATTENTION --json "$OUT_DIR/attention.json"
 stage sample_b1 240 $B sample $SAMPLE --batch 1 --runs 5 --json "$OUT_DIR/sample_b1.json"
 stage train_2b 180 $B train --config $TRAIN_2B $TRAIN --json "$OUT_DIR/train_2b.json"
 stage sample_b8 300 $B sample $SAMPLE --batch 8 --runs 3 --json "$OUT_DIR/sample_b8.json"
 stage train_2b_remat 180 $B train --config $TRAIN_2B,remat=save_qkv_attn_mlp $TRAIN \
   --json "$OUT_DIR/train_2b_remat.json"
-stage train_layer12 150 $B train --config infinity:infinity_layer12,dtype=bfloat16,scan $TRAIN \
+stage train_layer12 150 $B train --config $LAYER12 $TRAIN \
   --json "$OUT_DIR/train_layer12.json"
 stage sample_b4 240 $B sample $SAMPLE --batch 4 --runs 3 --json "$OUT_DIR/sample_b4.json"
 echo "logs and JSON in $OUT_DIR"
+if [[ -n $FAILED ]]; then echo "failed:$FAILED" >&2; exit 1; fi

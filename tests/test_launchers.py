@@ -3,9 +3,11 @@ overrides, the coordinator / process environment), and bad command lines exit 2 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -240,3 +242,72 @@ def test_tpu_pod_training_command_keeps_the_trainers_exit_status(tmp_path):
     )
     assert done.returncode == 75, (remote, done.stderr)
     assert (tmp_path / "infinity_jax_train.log").read_text() == "train --config zoo:2b --workdir gs://b/r\n"
+
+
+def _checkout_without_install(tmp_path) -> tuple[str, dict]:
+    """A copy of the sources (package, configs, launchers) and an environment in which the project is not
+    installed, as on the accelerator machine: a sitecustomize drops the editable install's import hook, and
+    python3 is this interpreter."""
+    root = tmp_path / "checkout"
+    for name in ("infinity_jax", "configs", "launch"):
+        shutil.copytree(os.path.join(REPO, name), root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(
+        "import sys\nsys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]\n"
+    )
+    env = {
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", str(tmp_path)),
+    }
+    return str(root), dict(env, PYTHONPATH=str(hide), JAX_PLATFORMS="cpu")
+
+
+def test_a_checkout_on_pythonpath_loads_configs_without_an_install(tmp_path):
+    """The accelerator machine runs the project from the checkout through PYTHONPATH: infinity_jax maps the
+    repository's configs/ to infinity_jax.configs itself (an install does it through pyproject's package-dir)."""
+    root, env = _checkout_without_install(tmp_path)
+    code = (
+        "import sys, infinity_jax.configs\n"
+        "from infinity_jax import config_util as c\n"
+        "from infinity_jax.configs import shapes\n"
+        "assert not any('editable' in repr(f).lower() for f in sys.meta_path)\n"
+        "assert infinity_jax.configs.__file__.startswith(sys.argv[1]) and shapes.__file__.startswith(sys.argv[1])\n"
+        "print(c.load_config('zoo:2b').model.depth, c.load_config('configs/infinity.py:tiny').model.depth)"
+    )
+    env["PYTHONPATH"] = os.pathsep.join([root, env["PYTHONPATH"]])
+    done = subprocess.run(["python3", "-c", code, root], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.split() == ["32", "2"], done.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_gpu_measure_smoke_runs_its_stages_from_a_checkout(tmp_path):
+    """--smoke rehearses the device run on CPU at tiny sizes, the project not installed (PYTHONPATH, as
+    there): each stage exits 0 and writes its JSON row; a failing stage fails the script."""
+    root, env = _checkout_without_install(tmp_path)
+    out = tmp_path / "out"
+    stages = ["attention", "sample_b1", "train_2b"]
+    done = subprocess.run(
+        ["bash", "launch/gpu_measure.sh", "--smoke", str(out), *stages],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    logs = {p.name: p.read_text()[-1500:] for p in out.glob("*.log")}
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-2000:], logs)
+    for stage in stages:
+        assert json.loads((out / f"{stage}.json").read_text()), stage
+    env["PATH"] = str(tmp_path) + os.pathsep + env["PATH"]  # a python3 that fails: the script must say so
+    (tmp_path / "python3").write_text("#!/bin/sh\nexit 3\n")
+    (tmp_path / "python3").chmod(0o755)
+    done = subprocess.run(
+        ["bash", "launch/gpu_measure.sh", "--smoke", str(out), "sample_b1"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and "failed: sample_b1" in done.stderr, (done.stdout, done.stderr)
