@@ -1,8 +1,8 @@
 """The attention entry point (model/attention.py): every path against the dense reference, kernel
 selection, the model's parity with the official fixtures on the chunked path, and memory.
 
-The cuDNN path cannot run on CPU; its call (jax.nn.dot_product_attention with the mask as a
-(B or 1, 1, l, m) boolean and even-padded lengths) is checked here with jax's own 'xla'
+The cuDNN path cannot run on CPU; its calls (jax.nn.dot_product_attention with no bias or mask: one
+per query scale against its key prefix, padding as key lengths) are checked here with jax's own 'xla'
 implementation of the same function, so only the kernel itself is left to the accelerator.
 """
 
@@ -63,15 +63,63 @@ def test_chunked_equals_dense_values_and_gradients(case):
         assert max_abs(a, b) <= 1e-5
 
 
-@pytest.mark.parametrize("case", _cases(), ids=lambda c: c[0])
-def test_the_cudnn_call_has_the_reference_semantics(case):
-    """fused_attention's arguments (even padding, mask broadcast to (., 1, l, m)) through jax.nn's
-    'xla' implementation give the dense reference, odd lengths included."""
+def _cudnn_cases():
+    """The model's three cases plus block-causal with padded keys (both masks at once)."""
+    ids = _ids()
+    valid = np.ones((2, len(ids)), bool)
+    valid[1, 30:] = False
+    return [*_cases(), ("block_causal_padded", len(ids), len(ids), ids, ids, jnp.asarray(valid))]
+
+
+@pytest.mark.parametrize("small_prefix", [0, 21, 10**6], ids=["all_calls", "dense_first", "all_dense"])
+@pytest.mark.parametrize("case", _cudnn_cases(), ids=lambda c: c[0])
+def test_the_cudnn_calls_have_the_reference_semantics(case, small_prefix):
+    """fused_attention's calls (one per query scale against its key prefix, the first scales dense, key
+    lengths for padding) through jax.nn's 'xla' implementation give the dense reference, gradients too."""
     _, l, m, qs, ks, valid = case
     q, k, v = _qkv(l, m)
-    ref = A.dense_attention(q, k, v, 0.7, qs, ks, valid)
-    out = A.fused_attention(q, k, v, 0.7, qs, ks, valid, implementation="xla")
-    assert out.shape == ref.shape and max_abs(out, ref) <= 2e-6
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v)))
+
+    ref = lambda q, k, v: A.dense_attention(q, k, v, 0.7, qs, ks, valid)  # noqa: E731
+    fused = lambda q, k, v: A.fused_attention(  # noqa: E731
+        q, k, v, 0.7, qs, ks, valid, implementation="xla", small_prefix=small_prefix
+    )
+    out = fused(q, k, v)
+    assert out.shape == (2, l, 2, 16) and max_abs(out, ref(q, k, v)) <= 2e-6
+    for a, b in zip(jax.grad(loss(ref), (0, 1, 2))(q, k, v), jax.grad(loss(fused), (0, 1, 2))(q, k, v)):
+        assert max_abs(a, b) <= 1e-5
+
+
+def test_the_cudnn_path_gives_cudnn_no_bias_and_no_mask(monkeypatch):
+    """jax asks cuDNN for a bias's gradient whenever a bias is given, which cuDNN does not compute for a
+    broadcast mask: the path must call it with neither, one call per scale past the dense first ones, each
+    query scale against exactly its key prefix."""
+    calls = []
+    real = jax.nn.dot_product_attention
+
+    def spy(q, k, v, bias=None, mask=None, **kw):
+        calls.append((q.shape[1], k.shape[1], bias, mask, kw.get("key_value_seq_lengths")))
+        return real(q, k, v, bias, mask, **kw)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", spy)
+    (_, l, m, ids, _, _), (_, _, _, _, _, valid) = _cudnn_cases()[0], _cudnn_cases()[3]
+    q, k, v = _qkv(l, m)
+    A.fused_attention(q, k, v, 1.0, ids, ids, valid, implementation="xla", small_prefix=21)
+    assert [(a, b) for a, b, *_ in calls] == [(36, 57), (64, 121)]  # scales 3 and 4; 0-2 (21 keys) dense
+    assert all(bias is None and mask is None for _, _, bias, mask, _ in calls)
+    assert [np.asarray(n).tolist() for *_, n in calls] == [[57, 30], [121, 30]]
+    calls.clear()
+    A.fused_attention(q, k, v, 1.0, implementation="xla")  # the sampler's prefix: one plain call
+    assert [c[:4] for c in calls] == [(l, m, None, None)] and calls[0][4] is None
+
+
+def test_prefix_groups_of_block_causal_ids():
+    assert A.prefix_groups(_ids(), _ids()) == [(0, 1, 1), (1, 5, 5), (5, 21, 21), (21, 57, 57), (57, 121, 121)]
+    assert A.prefix_groups(np.array([1, 1, 2]), np.array([0, 1, 1, 2, 2])) == [(0, 2, 3), (2, 3, 5)]
+    with pytest.raises(ValueError, match="nondecreasing"):
+        A.prefix_groups(np.array([1, 0]), np.array([0, 1]))
 
 
 def test_bf16_chunked_stays_close_to_float32():
@@ -149,6 +197,29 @@ def test_official_parity_holds_on_the_multi_chunk_path(name, small_chunks):
     assert max_abs(tf, f["tf/logits"]) <= 1e-4
     dec = jax.jit(lambda p: decode_all(model, cfg, p, case.text, case.mask, f["tf/x_wo_prefix"], sched))(case.params)
     assert max_abs(dec, tf) <= 1e-5
+
+
+@pytest.mark.parametrize("small_prefix", [0, 21])
+def test_official_parity_holds_on_the_cudnn_calls(small_prefix, monkeypatch):
+    """The model with attention='cudnn' (self-attention per scale against its key prefix, text padding as
+    key lengths, the pooled query of length 1), its calls through jax.nn's 'xla' kernel on CPU: teacher-
+    forced logits as test_transformer's (1e-4), parameter gradients as the dense path's."""
+    real = jax.nn.dot_product_attention
+    monkeypatch.setattr(jax.nn, "dot_product_attention", lambda *a, **kw: real(*a, **dict(kw, implementation="xla")))
+    monkeypatch.setattr(A, "cudnn_supports", lambda dtype, head_dim: True)
+    monkeypatch.setattr(A, "SMALL_PREFIX", small_prefix)
+    case = Case("tiny")
+    sched, f, x = case.sched, case.f, case.f["tf/x_wo_prefix"]
+    models = {name: T.Infinity(dataclasses.replace(case.cfg, attention=name)) for name in ("cudnn", "xla")}
+    tf = jax.jit(lambda p: models["cudnn"].apply({"params": p}, case.text, case.mask, x, sched))(case.params)
+    assert max_abs(tf, f["tf/logits"]) <= 1e-4
+
+    def grads(model):
+        loss = lambda p: jnp.sum(jnp.sin(model.apply({"params": p}, case.text, case.mask, x, sched)))  # noqa: E731
+        return jax.tree.leaves(jax.jit(jax.grad(loss))(case.params))
+
+    for a, b in zip(grads(models["cudnn"]), grads(models["xla"])):
+        assert max_abs(a, b) <= 1e-4 * max(1.0, float(jnp.max(jnp.abs(b))))
 
 
 def schedules_tokens(sched) -> int:

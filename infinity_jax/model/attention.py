@@ -21,7 +21,10 @@ Implementations (`implementation=`, or InfinityConfig.attention):
              attention's) keeps only the output and per-query log-sum-exp and recomputes each
              chunk's probabilities, so training keeps no scores either.
   'cudnn'    cuDNN flash attention (jax.nn.dot_product_attention, implementation='cudnn'):
-             bf16/fp16, head width <= 128 and a multiple of 8. The mask goes in as a bias.
+             bf16/fp16, head width <= 128 and a multiple of 8. No bias (cuDNN's backward cannot
+             give the gradient of a broadcast one): block-causal attention runs as one unmasked
+             call per query scale against its key prefix, padded keys go in as lengths, so
+             kv_valid must be a prefix mask there (padded text is).
   'splash'   Pallas splash attention on TPU (model/attention_tpu.py): the block-causal mask is a
              static block-sparse mask (fully hidden blocks are skipped), padding via segment ids;
              elsewhere it runs in Pallas interpret mode (slow: for tests). Under a mesh each
@@ -326,24 +329,58 @@ def _flash(scale: float, q_ids: np.ndarray, kv_ids: np.ndarray):
     return flash
 
 
-def fused_attention(q, k, v, scale, q_scales=None, kv_scales=None, kv_valid=None, *, implementation="cudnn"):
-    """jax.nn.dot_product_attention with the mask as a (B or 1, 1, l, m) boolean (cuDNN takes it as a
-    bias). Lengths are padded to even numbers (cuDNN's training kernels with a bias need them);
-    padded keys are hidden, padded queries dropped. implementation='xla' runs the same call on CPU
-    (tests)."""
-    b, l, h, c = q.shape
-    m = k.shape[1]
-    le, me = l + l % 2, m + m % 2
-    if me != m:
-        valid = jnp.ones((b, m), bool) if kv_valid is None else kv_valid
-        kv_valid = _pad_to(valid.astype(bool), 1, me, False)
-        if kv_scales is not None:
-            kv_scales = np.pad(kv_scales, (0, 1), constant_values=_HIDDEN_ID)
-    if le != l and q_scales is not None:
-        q_scales = np.pad(q_scales, (0, 1), constant_values=q_scales[-1])
-    q, k, v = _pad_to(q, 1, le), _pad_to(k, 1, me), _pad_to(v, 1, me)
-    mask = _visible(q_scales, kv_scales, kv_valid)
-    if mask is not None:
-        mask = jnp.broadcast_to(mask, (mask.shape[0], 1, le, me))
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=float(scale), implementation=implementation)
-    return out[:, :l].astype(v.dtype)
+SMALL_PREFIX = 128  # cuDNN path: the scales whose keys end within this many go through one dense call
+
+
+def prefix_groups(q_scales: np.ndarray, kv_scales: np.ndarray) -> list[tuple[int, int, int]]:
+    """Block-causal ids as prefix attentions: [(q_start, q_end, kv_end)], one per query scale, whose queries
+    see exactly the keys [0, kv_end). Needs nondecreasing ids (the model's: scales in order)."""
+    q_scales, kv_scales = np.asarray(q_scales), np.asarray(kv_scales)
+    if np.any(np.diff(q_scales) < 0) or np.any(np.diff(kv_scales) < 0):
+        raise ValueError("block-causal ids must be nondecreasing (scales in order) for the cuDNN path")
+    starts = np.flatnonzero(np.r_[True, q_scales[1:] != q_scales[:-1]])
+    ends = np.r_[starts[1:], len(q_scales)]
+    kv_ends = np.searchsorted(kv_scales, q_scales[starts], side="right")
+    return [(int(a), int(b), int(e)) for a, b, e in zip(starts, ends, kv_ends)]
+
+
+def fused_attention(
+    q, k, v, scale, q_scales=None, kv_scales=None, kv_valid=None, *, implementation="cudnn", small_prefix=None
+):
+    """jax.nn.dot_product_attention with no bias and no mask array: jax asks cuDNN's backward for a bias's
+    gradient whenever there is a bias, and cuDNN does not compute it for the broadcast shapes a mask needs
+    ((1, 1, l, m); batch > 1). So block-causal ids become one unmasked call per query scale (its queries
+    against the keys up to its end, which also skips the hidden blocks), with the first scales, whose keys
+    end within `small_prefix`, in one small dense call; kv_valid goes in as key lengths, so on this path it
+    must be a prefix mask (each row's real keys first), as padded text is. implementation='xla' runs the
+    same calls on CPU (tests). small_prefix: default SMALL_PREFIX, read at call time."""
+    small_prefix = SMALL_PREFIX if small_prefix is None else small_prefix
+    lengths = None if kv_valid is None else jnp.sum(kv_valid.astype(jnp.int32), axis=1)
+
+    def call(q_part, kv_end):
+        kv_len = None if lengths is None else jnp.minimum(lengths, kv_end)
+        out = jax.nn.dot_product_attention(
+            q_part,
+            k[:, :kv_end],
+            v[:, :kv_end],
+            scale=float(scale),
+            key_value_seq_lengths=kv_len,
+            implementation=implementation,
+        )
+        return out.astype(v.dtype)
+
+    if q_scales is None:
+        return call(q, k.shape[1])
+    groups = prefix_groups(q_scales, kv_scales)
+    small = [g for g in groups if g[2] <= small_prefix]
+    outs = []
+    if small:
+        q_end, kv_end = small[-1][1], small[-1][2]
+        valid = None if kv_valid is None else kv_valid[:, :kv_end]
+        outs.append(
+            dense_attention(
+                q[:, :q_end], k[:, :kv_end], v[:, :kv_end], scale, q_scales[:q_end], kv_scales[:kv_end], valid
+            )
+        )
+    outs += [call(q[:, a:b], kv_end) for a, b, kv_end in groups[len(small) :]]
+    return jnp.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
