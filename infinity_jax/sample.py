@@ -373,6 +373,18 @@ def kernels_in_compute_dtype(params, model_cfg: InfinityConfig):
     return jax.tree_util.tree_map_with_path(cast, params)
 
 
+def check_padding_at_end(mask: np.ndarray, name: str) -> None:
+    """ValueError unless each row's real tokens come first (padding at the end), as the text encoder gives
+    them: the fused attention kernels take text padding as lengths, as the official code does."""
+    lengths = mask.sum(-1, keepdims=True)
+    bad = np.flatnonzero((mask != (np.arange(mask.shape[-1]) < lengths)).any(-1))
+    if bad.size:
+        raise ValueError(
+            f"{name} row {int(bad[0])} is {mask[bad[0]].astype(int).tolist()}: expected its real tokens first "
+            "and the padding at the end (True ... True False ... False)"
+        )
+
+
 class Sampler:
     """Compiles and runs the whole sampling program for one model, schedule and mesh.
 
@@ -525,6 +537,7 @@ class Sampler:
             )
         if not text_mask.any(1).all():
             raise ValueError("a prompt has no text tokens (empty mask row): every prompt needs at least one token")
+        check_padding_at_end(text_mask, "text_mask")
         seeds = np.asarray(seeds, np.int64).reshape(-1)
         if seeds.size == 1 and B > 1:
             seeds = seeds + np.arange(B)  # one seed for the batch: image i gets seed + i
@@ -538,6 +551,7 @@ class Sampler:
             )
         if neg_text is not None:
             neg_text, neg_mask = np.asarray(neg_text, np.float32), np.asarray(neg_mask, bool)
+            check_padding_at_end(neg_mask, "neg_mask")
             if neg_text.shape[0] == 1 and B > 1:  # one negative prompt for all
                 neg_text = np.repeat(neg_text, B, 0)
                 neg_mask = np.repeat(neg_mask, B, 0)

@@ -288,6 +288,12 @@ def test_negative_prompt_equal_to_the_null_text_changes_nothing(small):
     assert not np.allclose(np.asarray(default.logits), np.asarray(other.logits), atol=1e-3)
     with pytest.raises(ValueError, match="no text tokens"):
         s(params, None, text[:2], np.zeros_like(mask[:2]), 0)
+    holes = np.array(mask[:2])
+    holes[1] = np.arange(holes.shape[1]) == 1  # padding first: the fused kernels take text padding as lengths
+    with pytest.raises(ValueError, match=r"text_mask row 1 is \[0, 1.*real tokens first"):
+        s(params, None, text[:2], holes, 0)
+    with pytest.raises(ValueError, match="neg_mask row 1"):
+        s(params, None, text[:2], mask[:2], 0, neg_text=text[:2], neg_mask=holes)
 
 
 # ---------------------------------------------------------------- CLI and weights
