@@ -46,6 +46,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from infinity_jax import parallel, schedules
+from infinity_jax.model import flops
 from infinity_jax.model.transformer import Infinity, InfinityConfig, abstract_params, init_cache, null_text
 from infinity_jax.tokenizer import bsq
 from infinity_jax.tokenizer import vae as vae_lib
@@ -607,18 +608,6 @@ class Sampler:
 
 # ---------------------------------------------------------------- FLOPs (for utilisation figures)
 def transformer_flops(cfg: InfinityConfig, schedule, batch: int, text_len: int, cfg_batch: bool = True) -> float:
-    """Matmul FLOPs of one sampling call's transformer work (2 per multiply-add), with the KV cache.
-
-    Per scale of l tokens attending to n cached ones: q/k/v/out projections 8 l C^2, the FFN
-    4 l C F, attention 4 l n C, cross-attention 4 l C^2 (q, out) + 4 l Lt C, word embedding and
-    head; plus, per layer, the cross-attention keys/values of the text (4 Lt Ct C). Rows: 2B with CFG.
-    """
-    C, F, D = cfg.embed_dim, cfg.ffn_hidden, cfg.depth
-    rows = batch * (2 if cfg_batch else 1)
-    total, seen = 0.0, 0
-    for l in schedules.scale_lengths(schedules.validate(schedule)):
-        seen += l
-        per_layer = 8 * l * C * C + 4 * l * C * F + 4 * l * seen * C + 4 * l * C * C + 4 * l * text_len * C
-        total += D * per_layer + 2 * l * C * 2 * cfg.codebook_dim + 2 * l * cfg.codebook_dim * C
-    total += D * 4 * text_len * cfg.text_channels * C  # cross-attention k/v of the text, per layer
-    return rows * total
+    """Matmul FLOPs of one sampling call's transformer work (model/flops.py: each scale against the cache
+    is the teacher-forced forward's work, the text's keys/values once per call). Rows: 2B with CFG."""
+    return batch * (2 if cfg_batch else 1) * flops.forward_flops(cfg, schedule, text_len)["total"]

@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from infinity_jax import schedules
 from infinity_jax.convert import infinity as conv
 from infinity_jax.model import transformer as T
 from infinity_jax.tokenizer import bsq
@@ -121,14 +120,6 @@ def test_missing_inputs_raise_clear_errors(tiny):
     loss_fn = S.make_loss_fn(model, sched)
     with pytest.raises(ValueError, match="no 'latent'"):
         loss_fn(params, {"image": jnp.zeros((2, 256, 256, 3))}, jax.random.key(0))
-
-
-def test_flops_count_counts_block_causal_pairs():
-    sched = ((1, 1, 1), (1, 2, 2))
-    # tokens 5; query-key pairs: 1*1 + 4*5 = 21 self + 5*3 text
-    got = S.train_flops_per_example(10, sched, depth=2, embed_dim=4, text_len=3)
-    assert got == 6 * 10 * 5 + 3 * 2 * 4 * 4 * (21 + 15)
-    assert schedules.num_tokens(sched) == 5
 
 
 def test_bench_train_prints_a_row(capsys):

@@ -169,10 +169,7 @@ def train_step(
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t0)
     dt = statistics.median(times)
-    flops = (
-        step_lib.train_flops_per_example(n, sched, depth=mcfg.depth, embed_dim=mcfg.embed_dim, text_len=text_len)
-        * batch
-    )
+    flops = step_lib.train_flops_per_example(mcfg, sched, text_len=text_len) * batch
     t = metrics.throughput(dt, batch, schedules.num_tokens(sched), flops, n_dev, metrics.peak_flops_per_device())
     row.update(
         compile_s=compile_s,

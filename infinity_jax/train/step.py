@@ -28,7 +28,9 @@ import jax
 import jax.numpy as jnp
 
 from infinity_jax import schedules
+from infinity_jax.model import flops
 from infinity_jax.model import loss as loss_lib
+from infinity_jax.model.transformer import InfinityConfig
 from infinity_jax.tokenizer import bsq
 
 
@@ -127,13 +129,7 @@ def make_loss_fn(
     return loss_fn
 
 
-def train_flops_per_example(
-    param_count: int, schedule: schedules.Schedule, *, depth: int, embed_dim: int, text_len: int
-) -> float:
-    """Model FLOPs of forward + backward for one example (for MFU): 6 * N * L for the weights, plus
-    the attention products (2 matmuls x 2 FLOPs x C per query-key pair and layer, x3 with backward)
-    over the keys each query really sees: its own and earlier scales (block-causal), and the text."""
-    L = schedules.num_tokens(schedule)
-    ends = schedules.scale_offsets(schedule)[1:]
-    pairs = sum(n * end for n, end in zip(schedules.scale_lengths(schedule), ends)) + L * text_len
-    return 6.0 * param_count * L + 3.0 * depth * 4 * embed_dim * pairs
+def train_flops_per_example(cfg: InfinityConfig, schedule: schedules.Schedule, *, text_len: int) -> float:
+    """Model FLOPs of forward + backward for one example (for MFU): 3 x the forward's (model/flops.py: each
+    weight for the rows it multiplies, attention over the pairs each query sees), recomputation not counted."""
+    return 3.0 * flops.forward_flops(cfg, schedule, text_len)["total"]

@@ -163,9 +163,7 @@ def run(cfg, workdir: str, until_step: int | None = None) -> dict:
     )
     frozen = {"vae": vae_params, "t5": t5_params}
     n_params = T.count_params(mcfg)
-    flops_example = step_lib.train_flops_per_example(
-        n_params, schedule, depth=mcfg.depth, embed_dim=mcfg.embed_dim, text_len=int(cfg.text.max_length)
-    )
+    flops_example = step_lib.train_flops_per_example(mcfg, schedule, text_len=int(cfg.text.max_length))
     if cfg.data.get("latent_cache"):
         data = build_cached_data(cfg, vae, vcfg, vae_params, tokenizer)
     else:
