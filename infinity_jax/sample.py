@@ -45,7 +45,7 @@ from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from infinity_jax import parallel, schedules
+from infinity_jax import parallel, schedules, targets
 from infinity_jax.model import flops
 from infinity_jax.model.transformer import Infinity, InfinityConfig, abstract_params, init_cache, null_text
 from infinity_jax.tokenizer import bsq
@@ -421,7 +421,7 @@ class Sampler:
     ):
         self.model_cfg = model_cfg
         if compute_dtype_kernels is None:
-            compute_dtype_kernels = jax.default_backend() != "cpu"
+            compute_dtype_kernels = targets.platform() != "cpu"
         self.compute_dtype_kernels = compute_dtype_kernels
         self.schedule = schedules.validate(schedule)
         self.vae = _vae_model(vae)

@@ -1,7 +1,7 @@
 """The package's import graph keeps its one-way layers, read from the source (no imports run).
 
 Layers, each importing only itself and those before it:
-  0 foundations   errors, fileio, schedules, parallel, config_util, checkpoint; convert/torch_io (state-dict
+  0 foundations   errors, fileio, schedules, parallel, targets, config_util, checkpoint; convert/torch_io (state-dict
                   files) and convert/common (array layouts), which know no model
   1 components    tokenizer/, model/, text/, data/, plots; convert/t5 (Hugging Face T5 folders, for text/)
   2 conversion    convert/ (the model converters)
@@ -24,7 +24,17 @@ PACKAGE = ROOT / "infinity_jax"
 CONFIGS = ROOT / "configs"
 
 LAYERS = (
-    ("errors", "fileio", "schedules", "parallel", "config_util", "checkpoint", "convert.torch_io", "convert.common"),
+    (
+        "errors",
+        "fileio",
+        "schedules",
+        "parallel",
+        "targets",
+        "config_util",
+        "checkpoint",
+        "convert.torch_io",
+        "convert.common",
+    ),
     ("tokenizer", "model", "text", "data", "plots", "convert.t5"),
     ("convert",),
     (

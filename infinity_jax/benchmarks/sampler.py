@@ -36,7 +36,7 @@ import jax
 import numpy as np
 from flax import linen as nn
 
-from infinity_jax import parallel, sample, schedules
+from infinity_jax import parallel, sample, schedules, targets
 from infinity_jax.convert import infinity as conv_inf
 from infinity_jax.convert import vae as conv_vae
 from infinity_jax.model.transformer import InfinityConfig, abstract_params, init_cache, init_params
@@ -69,16 +69,24 @@ def _program_bytes(sampler) -> int | None:
 MEMORY_FIELDS = ("argument", "output", "temp", "alias", "generated_code")
 
 
-def bench_mesh(rules: str = "dp", *, tensor: int = 1, fsdp: int | None = None):
-    """The benchmarks' mesh over all devices (None for one device): the batch split over data x fsdp;
-    fsdp (default: every device but `tensor` under the 'fsdp'/'fsdp_tp' rules, 1 under 'dp') is the
-    axis the params are split over, so the 'fsdp' rules shard them."""
-    n = jax.device_count()
-    if n == 1 and tensor == 1 and not fsdp:
+def bench_mesh(rules: str = "dp", *, tensor: int = 1, fsdp: int | None = None, devices=None):
+    """The benchmarks' mesh over all devices, or the given ones (None for this machine's one device): the
+    batch split over data x fsdp; fsdp (default: every device but `tensor` under the 'fsdp'/'fsdp_tp'
+    rules, 1 under 'dp') is the axis the params are split over, so the 'fsdp' rules shard them."""
+    n = jax.device_count() if devices is None else len(devices)
+    if n == 1 and tensor == 1 and not fsdp and devices is None:
         return None
     if fsdp is None:
         fsdp = n // tensor if str(rules).startswith("fsdp") and n % tensor == 0 else 1
-    return parallel.make_mesh(fsdp=fsdp, tensor=tensor)
+    return parallel.make_mesh(fsdp=fsdp, tensor=tensor, devices=devices)
+
+
+def target(topology: str | None) -> tuple[list | None, str | None]:
+    """(devices, platform) a benchmark compiles for: this machine's (None, None), or a TPU topology's devices
+    and 'tpu' (for targets.compiling_for, which picks the kernels)."""
+    if topology is None:
+        return None, None
+    return targets.topology_devices(topology), "tpu"
 
 
 def memory_figures(compiled) -> dict:
@@ -142,9 +150,11 @@ def sampler_memory(
     tensor: int = 1,
     fsdp: int | None = None,
     compiler_options: dict | None = None,
+    topology: str | None = None,
 ) -> dict:
     """XLA's memory analysis of the whole sampling program (see the module docstring), compiled from
-    abstract inputs: nothing runs and no params are allocated.
+    abstract inputs: nothing runs and no params are allocated. `topology`: compile for that TPU slice
+    (targets.topology_devices; needs libtpu) instead of this machine's devices.
 
     Returns the `memory_figures` (bytes per device) plus kv_cache_bytes (k and v for all rows and
     the whole schedule, as transformer.init_cache makes it), kv_cache_bytes_per_device (split over
@@ -155,16 +165,18 @@ def sampler_memory(
     model_cfg, schedule, vae_cfg = _setup(
         config_spec, pn, vae_spec=vae_spec, h_div_w=h_div_w, schedule_spec=schedule_spec
     )
-    mesh = bench_mesh(rules, tensor=tensor, fsdp=fsdp)
-    sampler = sample.Sampler(
-        model_cfg,
-        schedule,
-        vae=vae_cfg,
-        mesh=mesh,
-        rules=rules,
-        cfg_batch=cfg != 1.0,
-        compiler_options=compiler_options,
-    )
+    devices, platform = target(topology)
+    mesh = bench_mesh(rules, tensor=tensor, fsdp=fsdp, devices=devices)
+    with targets.compiling_for(platform):
+        sampler = sample.Sampler(
+            model_cfg,
+            schedule,
+            vae=vae_cfg,
+            mesh=mesh,
+            rules=rules,
+            cfg_batch=cfg != 1.0,
+            compiler_options=compiler_options,
+        )
     params = abstract_like(nn.unbox(abstract_params(model_cfg)), sampler._param_shardings)
     vae_params = None
     if sampler.vae is not None:
@@ -187,7 +199,8 @@ def sampler_memory(
             for v in sample.sampling_params(len(schedule), cfg=cfg)
         )
     )
-    exe, compile_s = sampler.compile(params, vae_params, text, mask, seeds, sp)
+    with targets.compiling_for(platform):
+        exe, compile_s = sampler.compile(params, vae_params, text, mask, seeds, sp)
     out = memory_figures(exe)
     n_rows = batch * (2 if sampler.cfg_batch else 1)
     cache = jax.eval_shape(lambda: init_cache(model_cfg, n_rows, schedule))
@@ -213,8 +226,8 @@ def sampler_memory(
         kv_cache_bytes_per_device=kv_dev,
         temp_over_kv_cache=out["temp_bytes"] / kv_dev if kv_dev else None,
         compile_s=compile_s,
-        device=jax.devices()[0].device_kind,
-        num_devices=jax.device_count(),
+        device=(devices or jax.devices())[0].device_kind,
+        num_devices=len(devices or jax.devices()),
     )
     return out
 

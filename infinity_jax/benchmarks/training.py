@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from infinity_jax import config_util, parallel, schedules
-from infinity_jax.benchmarks.sampler import abstract_like, bench_mesh, memory_figures, nbytes_per_device
+from infinity_jax import config_util, parallel, schedules, targets
+from infinity_jax.benchmarks.sampler import abstract_like, bench_mesh, memory_figures, nbytes_per_device, target
 from infinity_jax.convert import vae as conv_vae
 from infinity_jax.errors import UsageError
 from infinity_jax.model import transformer as T
@@ -71,20 +71,25 @@ def train_step(
     ema: float = 0.0,
     steps: int = 5,
     memory: bool = False,
+    topology: str | None = None,
 ) -> dict:
     """One row: the run's description (config, pn, image, batch, tokens, params, dtype, remat, scan,
     rules, mesh, ema, device, num_devices) plus either the timing (compile_s, step_s = the median of
     `steps` steps after one warm-up, min_step_s, tflop_per_step, loss, images_per_s, tokens_per_s and
     mfu where the device's peak is known) or, with `memory`, XLA's memory analysis (`memory_figures`:
-    bytes per device), compile_s, state_bytes_per_device and batch_bytes_per_device. A mesh that the
-    devices or a batch that the batch shards do not divide raises UsageError."""
+    bytes per device), compile_s, state_bytes_per_device and batch_bytes_per_device. `topology` (with
+    `memory`): compile for that TPU slice (targets.topology_devices; needs libtpu) instead of this machine's
+    devices. A mesh that the devices or a batch that the batch shards do not divide raises UsageError."""
+    if topology and not memory:
+        raise UsageError(f"topology {topology!r}: a TPU topology can only be compiled for (--memory), not run")
+    devices, platform = target(topology)
     cfg = config_util.load_config(config_spec)
     mcfg = T.InfinityConfig.from_dict(cfg.model)
     sched, stride, label = schedule_and_stride(cfg, schedule_spec, pn)
-    n_dev = jax.device_count()
+    n_dev = jax.device_count() if devices is None else len(devices)
     if n_dev % tensor or (fsdp and n_dev % (fsdp * tensor)):
         raise UsageError(f"tensor {tensor} x fsdp {fsdp or 1}: the mesh does not divide the {n_dev} devices")
-    mesh = bench_mesh(rules, tensor=tensor, fsdp=fsdp) or parallel.make_mesh()
+    mesh = bench_mesh(rules, tensor=tensor, fsdp=fsdp, devices=devices) or parallel.make_mesh()
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if batch % shards:
         raise UsageError(f"batch {batch}: expected a multiple of the {shards} batch shards of the {n_dev}-device mesh")
@@ -126,7 +131,7 @@ def train_step(
         "rules": rules,
         "mesh": dict(mesh.shape),
         "ema": ema,
-        "device": jax.devices()[0].device_kind,
+        "device": (devices or jax.devices())[0].device_kind,
         "num_devices": n_dev,
     }
 
@@ -136,7 +141,7 @@ def train_step(
             k: jax.ShapeDtypeStruct(s, dt, sharding=parallel.batch_sharding(mesh, len(s)))
             for k, (s, dt) in shapes.items()
         }
-        with jax.set_mesh(mesh), nn.logical_axis_rules(axis_rules):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(axis_rules), targets.compiling_for(platform):
             t0 = time.perf_counter()
             compiled = jitted.lower(state_in, batch_in).compile()
             compile_s = time.perf_counter() - t0

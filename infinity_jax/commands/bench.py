@@ -36,6 +36,11 @@ from infinity_jax.convert import vae as convert_vae
 from infinity_jax.errors import UsageError
 from infinity_jax.fileio import write_json
 
+TOPOLOGY_HELP = (
+    "with --memory: compile for this TPU slice (e.g. v5e:2x2, v5p:2x2x2) instead of this machine's devices; "
+    "needs libtpu (pip install 'jax[tpu]'), not a TPU"
+)
+
 
 def _default_vae(config: str) -> str:
     """The tokenizer a transformer config reads when --vae-config is not given: tiny's for tiny, else the
@@ -296,8 +301,11 @@ def sample(argv: list[str]) -> int:
         help="compile only, from abstract inputs, and print XLA's "
         "memory analysis per device (see the description); runs and allocates nothing",
     )
+    p.add_argument("--topology", default=None, help=TOPOLOGY_HELP)
     p.add_argument("--json", default=None, help="also write the rows to this file")
     args = p.parse_args(argv)
+    if args.topology and not args.memory:
+        raise UsageError(f"--topology {args.topology}: a TPU topology can only be compiled for (--memory), not run")
     accel = args.memory or jax.default_backend() != "cpu"
     configs = args.config or (["infinity_2b,dtype=bfloat16"] if accel else ["tiny"])
     pns = args.pn or (["1M"] if accel else ["0.06M"])
@@ -316,7 +324,7 @@ def sample(argv: list[str]) -> int:
                 tensor=args.tensor,
             )
             if args.memory:
-                r = sampler_lib.sampler_memory(c, pn or "", **common)
+                r = sampler_lib.sampler_memory(c, pn or "", topology=args.topology, **common)
                 print(
                     f"[bench sample] {c} {r['pn']}: compile {r['compile_s']:.1f}s, "
                     f"{gib(r['total_bytes'])} GiB per device",
@@ -408,6 +416,7 @@ def train(argv: list[str]) -> int:
         help="compile only, from the abstract state, and print XLA's "
         "memory analysis per device (see the description); runs and allocates nothing",
     )
+    ap.add_argument("--topology", default=None, help=TOPOLOGY_HELP)
     ap.add_argument("--json", default=None, help="also write the row to this file")
     a = ap.parse_args(argv)
     row = training_lib.train_step(
@@ -422,6 +431,7 @@ def train(argv: list[str]) -> int:
         ema=a.ema,
         steps=a.steps,
         memory=a.memory,
+        topology=a.topology,
     )
     print(format_train_memory_table(row) if a.memory else format_train_table(row), flush=True)
     if a.json:

@@ -31,7 +31,8 @@ Implementations (`implementation=`, or InfinityConfig.attention):
              device runs the kernel on its shard (shard_map: batch over data axes, heads over
              'tensor').
   'auto'     cudnn on GPU where its dtype and head width allow, splash on TPU, chunked elsewhere
-             (CPU). `select_implementation` says which one a call gets.
+             (CPU), for the platform the program is built for (targets.platform(): the default
+             backend, or a TPU topology being compiled for). `select_implementation` says which.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infinity_jax import parallel
+from infinity_jax import parallel, targets
 
 IMPLEMENTATIONS = ("auto", "xla", "chunked", "cudnn", "splash")
 Q_CHUNK, KV_CHUNK = 512, 1024  # the chunked path's default blocks: 2 MiB of f32 logits per row and head
@@ -57,7 +58,7 @@ def select_implementation(requested: str, dtype, head_dim: int, backend: str | N
         raise ValueError(f"attention implementation {requested!r}: expected one of {IMPLEMENTATIONS}")
     if requested != "auto":
         return requested
-    backend = backend or jax.default_backend()
+    backend = backend or targets.platform()
     if backend == "gpu" and cudnn_supports(dtype, head_dim):
         return "cudnn"
     if backend == "tpu":
@@ -127,7 +128,7 @@ def attention(
         scale=scale,
         q_scales=q_scales,
         kv_scales=kv_scales,
-        interpret=jax.default_backend() != "tpu",
+        interpret=targets.platform() != "tpu",
     )
     return _per_shard(lambda q, k, v, valid: kernel(q, k, v, kv_valid=valid), q, k, v, kv_valid).astype(v.dtype)
 

@@ -173,10 +173,37 @@ def splash_attention(
     vh = _pad_to(v.transpose(0, 2, 1, 3), 2, mp)
 
     if kv_valid is None:
-        out = jax.vmap(kernel)(qh, kh, vh)
+        out = _mxu_precision(lambda q, k, v: jax.vmap(kernel)(q, k, v), dtype)(qh, kh, vh)
     else:
         seg_kv = _pad_to(kv_valid.astype(jnp.int32), 1, mp, 0)  # 1 = real key, 0 = padding
         seg_q = jnp.ones((b, lp), jnp.int32)
         segments = splash.SegmentIds(q=seg_q, kv=seg_kv)
-        out = jax.vmap(lambda q1, k1, v1, s1: kernel(q1, k1, v1, segment_ids=s1))(qh, kh, vh, segments)
+        with_segments = lambda q, k, v, s: jax.vmap(lambda q1, k1, v1, s1: kernel(q1, k1, v1, segment_ids=s1))(  # noqa: E731
+            q, k, v, s
+        )
+        out = _mxu_precision(with_segments, dtype)(qh, kh, vh, segments)
     return out[:, :, :l].transpose(0, 2, 1, 3).astype(dtype)
+
+
+def _mxu_precision(fn, dtype):
+    """fn with its kernels' matmuls at the default precision, forward and backward, for 16-bit inputs: the
+    TPU multiplies bf16 with float32 accumulation, and Mosaic refuses a bf16 matmul asked for float32
+    precision (what jax_default_matmul_precision='highest', set for parity checks, would ask)."""
+    if jnp.dtype(dtype).itemsize > 2:
+        return fn
+
+    @jax.custom_vjp
+    def run(*args):
+        with jax.default_matmul_precision("default"):
+            return fn(*args)
+
+    def run_fwd(*args):
+        with jax.default_matmul_precision("default"):
+            return jax.vjp(fn, *args)
+
+    def run_bwd(vjp, g):
+        with jax.default_matmul_precision("default"):
+            return vjp(g)
+
+    run.defvjp(run_fwd, run_bwd)
+    return run
