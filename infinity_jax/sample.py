@@ -270,14 +270,25 @@ def generate_tokens(
         text_all, mask_all = text, text_mask
     ctx = model.apply(variables, _constrain_batch(text_all, mesh), mask_all, method=Infinity.encode_text)
     rows = 2 * B if cfg_batch else B
-    cache = init_cache(model_cfg, rows, schedule)
-    if mesh is not None:  # (depth, batch, L, H, c): batch over the data axes, like the activations
-        cache = jax.lax.with_sharding_constraint(cache, NamedSharding(mesh, P(None, parallel.BATCH_AXES)))
+
+    def new_cache(sched):  # (depth, batch, L, H, c): batch over the data axes, like the activations
+        cache = init_cache(model_cfg, rows, sched)
+        if mesh is not None:
+            cache = jax.lax.with_sharding_constraint(cache, NamedSharding(mesh, P(None, parallel.BATCH_AXES)))
+        return cache
+
+    # The first scale (one token) runs on a cache of its own, copied into the whole schedule's after it: where
+    # the big cache meets a one-token scale the TPU compiler gives it another layout there, and a copy of
+    # all of it (measured: XLA's TPU memory analysis, docs/performance.md).
+    cache = new_cache(schedule[:1])
     keys = jax.vmap(jax.random.key)(seeds)
     summed = jnp.zeros((B, *vae_hw, model_cfg.vae_codebook_dim), jnp.float32)
     x, bits_out, logits_out = None, [], []
     for k, hw in enumerate(hws):
         logits, cache = model.apply(variables, ctx, x, cache, schedule, k, method=Infinity.decode_scale)
+        if k == 0 and len(hws) > 1:
+            first, cache = cache, new_cache(schedule)
+            cache = jax.tree.map(lambda c, f: jax.lax.dynamic_update_slice_in_dim(c, f, 0, axis=2), cache, first)
         logits = logits * sp.inv_tau[k]
         if cfg_batch:
             logits = guide(logits, sp.cond_w[k], sp.uncond_w[k])
