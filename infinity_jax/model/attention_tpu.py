@@ -34,8 +34,9 @@ and the same static mask, transposed for dKV); the q scaling and the padding are
 `interpret=True` runs the very same pallas_calls in Pallas interpret mode (pallas_call(...,
 interpret=True), passed down by make_splash_mha), which works on CPU: the tests check the forward
 and the gradients that way. (A `jax.experimental.pallas.tpu.InterpretParams()` in place of True also
-passes through and runs, in the slower TPU-faithful interpreter.) Not yet run on TPU hardware: the
-Mosaic lowering of these shapes (head widths 64/96 in particular) is for the first TPU run to confirm.
+passes through and runs, in the slower TPU-faithful interpreter.) Not yet run on TPU hardware; Mosaic
+compiles these kernels for TPU (forward, dQ, dKV; head widths 32, 96 and 128) when the training step and
+the sampler are compiled for a TPU slice through libtpu (`bench ... --memory --topology`, tests/test_targets.py).
 The batch is a vmap over the kernel.
 
 Sharding: the kernel is one pallas_call per device; under jit with sharded activations it must be
@@ -178,9 +179,10 @@ def splash_attention(
         seg_kv = _pad_to(kv_valid.astype(jnp.int32), 1, mp, 0)  # 1 = real key, 0 = padding
         seg_q = jnp.ones((b, lp), jnp.int32)
         segments = splash.SegmentIds(q=seg_q, kv=seg_kv)
-        with_segments = lambda q, k, v, s: jax.vmap(lambda q1, k1, v1, s1: kernel(q1, k1, v1, segment_ids=s1))(  # noqa: E731
-            q, k, v, s
-        )
+
+        def with_segments(q, k, v, s):
+            return jax.vmap(lambda q1, k1, v1, s1: kernel(q1, k1, v1, segment_ids=s1))(q, k, v, s)
+
         out = _mxu_precision(with_segments, dtype)(qh, kh, vh, segments)
     return out[:, :, :l].transpose(0, 2, 1, 3).astype(dtype)
 
