@@ -187,9 +187,7 @@ def run_shape(config: str, overrides: tuple[str, ...]) -> tuple[int, float]:
         )
     n = T.count_params(mcfg)
     text_len = int(cfg.text.max_length) if "text" in cfg else int(mcfg.text_maxlen)
-    per_example = step_lib.train_flops_per_example(
-        n, schedule_from_config(cfg), depth=mcfg.depth, embed_dim=mcfg.embed_dim, text_len=text_len
-    )
+    per_example = step_lib.train_flops_per_example(mcfg, schedule_from_config(cfg), text_len=text_len)
     return n, per_example * int(cfg.train.global_batch)
 
 
