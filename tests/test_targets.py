@@ -1,10 +1,10 @@
 """Compiling for a platform this machine does not have (infinity_jax/targets.py): kernels follow the target,
 the training step lowers for TPU with the Pallas kernels as Mosaic calls (checked on CPU without libtpu),
-and, where libtpu is installed, `bench train|sample --memory --topology` compile for a TPU slice."""
+and `bench train|sample --memory --topology` compile over a topology's devices. The compile itself by
+libtpu's TPU compiler is not a test (CI has no libtpu): docs/performance.md has its figures and command."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import jax
@@ -18,7 +18,6 @@ from infinity_jax.model import attention as A
 from infinity_jax.model import transformer as T
 from infinity_jax.train import step as step_lib
 
-HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
 needs8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
 
 
@@ -69,11 +68,18 @@ def test_the_train_step_lowers_for_tpu_with_mosaic_kernels():
     assert "tpu_custom_call" not in _tpu_lowering_of_the_train_gradient(None)
 
 
-@pytest.mark.skipif(HAS_LIBTPU, reason="libtpu is installed here")
-def test_a_topology_without_libtpu_is_a_usage_error(capsys):
+def test_a_topology_that_cannot_be_had_is_a_usage_error(capsys, monkeypatch):
+    """No libtpu (jax's own error) or a name libtpu does not know: one line naming the topology and the fix."""
+    from jax.experimental import topologies
+
+    def no_libtpu(**kwargs):
+        raise RuntimeError("JAX TPU support not installed; cannot generate TPU topology.")
+
+    monkeypatch.setattr(topologies, "get_topology_desc", no_libtpu)
     assert commands.main(["bench", "train", "--memory", "--topology", "v5e:2x2", "--config", "infinity:tiny"]) == 2
     err = capsys.readouterr().err
-    assert "TPU topology 'v5e:2x2'" in err and "needs libtpu" in err and len(err.strip().splitlines()) == 1
+    assert "TPU topology 'v5e:2x2': JAX TPU support not installed" in err and "needs libtpu" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_a_topology_is_only_compiled_for(capsys):
@@ -82,28 +88,21 @@ def test_a_topology_is_only_compiled_for(capsys):
         assert "can only be compiled for (--memory)" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not HAS_LIBTPU, reason="needs libtpu (pip install 'jax[tpu]'): compiles for a TPU slice")
+@needs8
 @pytest.mark.parametrize("what", ["train", "sample"])
-def test_bench_memory_compiles_for_a_tpu_topology(what, tmp_path, capsys):
+def test_bench_memory_compiles_over_the_topology_devices(what, tmp_path, monkeypatch):
+    """--topology's plumbing: the mesh is built over the topology's devices (here 4 of the host devices
+    stand in for a v5e:2x2, whose compiler this machine may not have), traced while compiling for TPU
+    (here recorded, not applied: the CPU compiler cannot build TPU kernels), and the row names them."""
+    seen = []
+    monkeypatch.setattr(targets, "topology_devices", lambda name: jax.devices()[:4])
+    real = targets.compiling_for
+    monkeypatch.setattr(targets, "compiling_for", lambda name: seen.append(name) or real(None))
     out = tmp_path / "row.json"
     args = {
-        "train": ["--config", "infinity:tiny,dtype=bfloat16,scan", "--schedule", "1x1,2x2,4x4,8x8", "--batch", "8"],
-        "sample": ["--config", "tiny,scan", "--schedule", "1x1,2x2,4x4", "--batch", "4"],
+        "train": ["--config", "infinity:tiny", "--schedule", "1x1,2x2,4x4", "--batch", "8"],
+        "sample": ["--config", "tiny", "--schedule", "1x1,2x2", "--batch", "4", "--vae-config", "none"],
     }[what]
     assert commands.main(["bench", what, "--memory", "--topology", "v5e:2x2", *args, "--json", str(out)]) == 0
     (row,) = json.loads(out.read_text())
-    assert row["device"].startswith("TPU v5") and row["num_devices"] == 4
-    assert row["total_bytes"] == row["argument_bytes"] + row["output_bytes"] + row["temp_bytes"] - row["alias_bytes"]
-    assert np.prod(list(row["mesh"].values())) == 4
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not HAS_LIBTPU, reason="needs libtpu (pip install 'jax[tpu]'): compiles for a TPU slice")
-def test_the_tpu_sampler_keeps_one_kv_cache():
-    """XLA's TPU memory analysis of the layer-12 sampler at 1M, batch 4 on v5e:2x2 (one image per chip):
-    temporaries within twice the KV cache. Before the first scale got a cache of its own, the TPU compiler
-    laid the cache out tokens-major for that one-token scale and copied all of it (4.1x the cache)."""
-    from infinity_jax.benchmarks import sampler as sampler_lib
-
-    r = sampler_lib.sampler_memory("infinity_layer12,dtype=bfloat16,scan", "1M", 4, topology="v5e:2x2")
-    assert r["device"].startswith("TPU v5") and r["temp_over_kv_cache"] <= 2.0, r
+    assert row["num_devices"] == 4 and np.prod(list(row["mesh"].values())) == 4 and "tpu" in seen

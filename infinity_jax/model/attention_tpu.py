@@ -36,7 +36,7 @@ interpret=True), passed down by make_splash_mha), which works on CPU: the tests 
 and the gradients that way. (A `jax.experimental.pallas.tpu.InterpretParams()` in place of True also
 passes through and runs, in the slower TPU-faithful interpreter.) Not yet run on TPU hardware; Mosaic
 compiles these kernels for TPU (forward, dQ, dKV; head widths 32, 96 and 128) when the training step and
-the sampler are compiled for a TPU slice through libtpu (`bench ... --memory --topology`, tests/test_targets.py).
+the sampler are compiled for a TPU slice through libtpu (`bench ... --memory --topology`, docs/performance.md).
 The batch is a vmap over the kernel.
 
 Sharding: the kernel is one pallas_call per device; under jit with sharded activations it must be
