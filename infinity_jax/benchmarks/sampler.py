@@ -167,6 +167,7 @@ def sampler_memory(
     )
     devices, platform = target(topology)
     mesh = bench_mesh(rules, tensor=tensor, fsdp=fsdp, devices=devices)
+    # the Sampler picks its weights' dtype and the compile its kernels for the target platform
     with targets.compiling_for(platform):
         sampler = sample.Sampler(
             model_cfg,
@@ -177,29 +178,28 @@ def sampler_memory(
             cfg_batch=cfg != 1.0,
             compiler_options=compiler_options,
         )
-    params = abstract_like(nn.unbox(abstract_params(model_cfg)), sampler._param_shardings)
-    vae_params = None
-    if sampler.vae is not None:
-        vae_params = abstract_like(nn.unbox(vae_lib.abstract_params(sampler.vae)), sampler._vae_shardings)
-    shards = sampler.batch_multiple
-    batch = -(-batch // shards) * shards
+        params = abstract_like(nn.unbox(abstract_params(model_cfg)), sampler._param_shardings)
+        vae_params = None
+        if sampler.vae is not None:
+            vae_params = abstract_like(nn.unbox(vae_lib.abstract_params(sampler.vae)), sampler._vae_shardings)
+        shards = sampler.batch_multiple
+        batch = -(-batch // shards) * shards
 
-    def rows(shape, dtype):
-        return jax.ShapeDtypeStruct(
-            shape, dtype, sharding=None if mesh is None else parallel.batch_sharding(mesh, len(shape))
-        )
+        def rows(shape, dtype):
+            return jax.ShapeDtypeStruct(
+                shape, dtype, sharding=None if mesh is None else parallel.batch_sharding(mesh, len(shape))
+            )
 
-    text = rows((batch, text_len, model_cfg.text_channels), np.float32)
-    mask = rows((batch, text_len), np.bool_)
-    seeds = rows((batch,), np.uint32)
-    rep = None if mesh is None else parallel.replicated(mesh)
-    sp = sample.SamplingParams(
-        *(
-            jax.ShapeDtypeStruct(np.shape(v), jax.dtypes.canonicalize_dtype(np.asarray(v).dtype), sharding=rep)
-            for v in sample.sampling_params(len(schedule), cfg=cfg)
+        text = rows((batch, text_len, model_cfg.text_channels), np.float32)
+        mask = rows((batch, text_len), np.bool_)
+        seeds = rows((batch,), np.uint32)
+        rep = None if mesh is None else parallel.replicated(mesh)
+        sp = sample.SamplingParams(
+            *(
+                jax.ShapeDtypeStruct(np.shape(v), jax.dtypes.canonicalize_dtype(np.asarray(v).dtype), sharding=rep)
+                for v in sample.sampling_params(len(schedule), cfg=cfg)
+            )
         )
-    )
-    with targets.compiling_for(platform):
         exe, compile_s = sampler.compile(params, vae_params, text, mask, seeds, sp)
     out = memory_figures(exe)
     n_rows = batch * (2 if sampler.cfg_batch else 1)

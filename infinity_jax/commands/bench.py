@@ -36,10 +36,21 @@ from infinity_jax.convert import vae as convert_vae
 from infinity_jax.errors import UsageError
 from infinity_jax.fileio import write_json
 
-TOPOLOGY_HELP = (
-    "with --memory: compile for this TPU slice (e.g. v5e:2x2, v5p:2x2x2) instead of this machine's devices; "
-    "needs libtpu (pip install 'jax[tpu]'), not a TPU"
-)
+
+def _add_compile_only_args(p: argparse.ArgumentParser, inputs: str) -> None:
+    """--memory and --topology of `bench sample` and `bench train`."""
+    p.add_argument(
+        "--memory",
+        action="store_true",
+        help=f"compile only, from {inputs}, and print XLA's memory analysis per device (see the description); "
+        "runs and allocates nothing",
+    )
+    p.add_argument(
+        "--topology",
+        default=None,
+        help="with --memory: compile for this TPU slice (e.g. v5e:2x2, v5p:2x2x2) instead of this machine's "
+        "devices; needs libtpu (pip install 'jax[tpu]'), not a TPU",
+    )
 
 
 def _default_vae(config: str) -> str:
@@ -295,13 +306,7 @@ def sample(argv: list[str]) -> int:
     p.add_argument("--cfg", type=float, default=3.0, help="1 runs without the uncond half")
     p.add_argument("--rules", default="dp", choices=("dp", "fsdp", "fsdp_tp"), help="sharding preset over all devices")
     p.add_argument("--tensor", type=int, default=1, help="tensor-parallel mesh size (with --rules fsdp_tp)")
-    p.add_argument(
-        "--memory",
-        action="store_true",
-        help="compile only, from abstract inputs, and print XLA's "
-        "memory analysis per device (see the description); runs and allocates nothing",
-    )
-    p.add_argument("--topology", default=None, help=TOPOLOGY_HELP)
+    _add_compile_only_args(p, "abstract inputs")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     args = p.parse_args(argv)
     if args.topology and not args.memory:
@@ -410,13 +415,7 @@ def train(argv: list[str]) -> int:
     ap.add_argument("--fsdp", type=int, default=None, help="fsdp mesh size (default: see the description)")
     ap.add_argument("--ema", type=float, default=0.0, help="EMA decay (> 0 keeps an EMA copy of the params)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up)")
-    ap.add_argument(
-        "--memory",
-        action="store_true",
-        help="compile only, from the abstract state, and print XLA's "
-        "memory analysis per device (see the description); runs and allocates nothing",
-    )
-    ap.add_argument("--topology", default=None, help=TOPOLOGY_HELP)
+    _add_compile_only_args(ap, "the abstract state")
     ap.add_argument("--json", default=None, help="also write the row to this file")
     a = ap.parse_args(argv)
     row = training_lib.train_step(
