@@ -248,6 +248,7 @@ def shapes_data(tmp_path_factory):
     return str(out)
 
 
+@pytest.mark.slow  # ~30 s: keeps the suite inside its 10 minutes; CI runs it with -m slow
 def test_four_point_sweep_of_tiny_models_with_the_real_trainer(shapes_data, tmp_path, capsys, monkeypatch):
     """configs/sweeps/shapes_tiny.py: 2 sizes x 1 vocabulary x 2 budgets, each run a real
     `infinity-jax train` process (sharing one XLA cache); then collect, fit and plot; a rerun

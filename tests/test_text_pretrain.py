@@ -44,6 +44,7 @@ def order_sensitivity(params, captions) -> float:
     return float(swapped / unrelated)
 
 
+@pytest.mark.slow  # ~30 s: keeps the suite inside its 10 minutes; CI runs it with -m slow
 def test_context_pretraining_makes_features_depend_on_word_order():
     captions = list(dict.fromkeys(shapes.render(i, 0, 32)[1] for i in range(300)))
     random = nn.unbox(init_params(CONFIG, jax.random.key(0)))
