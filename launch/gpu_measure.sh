@@ -6,7 +6,8 @@
 # On the machine with the GPU, from the project root (wheels for what it lacks: see
 # ../shared/gpu/README.md, `bash ../shared/gpu/fetch_wheels.sh` on a machine with pip):
 #   bash launch/gpu_measure.sh [--dry-run|--smoke] [OUT_DIR [STAGE ...]]   # OUT_DIR default: $OUT or runs/gpu_measure
-# Writes OUT_DIR/<stage>.log and .json. The stages' timeouts add up to ~24 minutes, more than one
+# Writes OUT_DIR/<stage>.log and .json (sample_b1 and train_2b with their profile's summary: where the
+# device time went, per op kind and model scope, and how busy the device was). The stages' timeouts add up to ~24 minutes, more than one
 # call of the device tool (10 min): name the stages to run, in order (default: all), e.g.
 #   bash launch/gpu_measure.sh "$OUT" attention sample_b1 train_2b
 # --dry-run prints the stages only. --smoke runs every stage at tiny sizes (a CPU rehearsal of the
@@ -30,6 +31,7 @@ TRAIN="--pn 0.06M --batch 16 --rules dp --steps 10"
 TRAIN_2B="infinity:infinity_2b,dtype=bfloat16,scan"
 LAYER12="infinity:infinity_layer12,dtype=bfloat16,scan"
 ATTENTION=""
+PROFILES=${PROFILES:-/tmp/infinity_profiles}  # the traces stay there (too many files to come back); the JSON has their summary
 if [[ $SMOKE == 1 ]]; then
   SAMPLE="--config tiny,scan --schedule 1x1,2x2,4x4"
   TRAIN="--schedule 1x1,2x2,4x4 --batch 2 --rules dp --steps 1"
@@ -51,8 +53,9 @@ stage() {  # stage NAME TIMEOUT_S COMMAND...
 FAILED=
 
 stage attention 150 $B attention $ATTENTION --json "$OUT_DIR/attention.json"
-stage sample_b1 240 $B sample $SAMPLE --batch 1 --runs 5 --json "$OUT_DIR/sample_b1.json"
-stage train_2b 180 $B train --config $TRAIN_2B $TRAIN --json "$OUT_DIR/train_2b.json"
+stage sample_b1 240 $B sample $SAMPLE --batch 1 --runs 5 --profile "$PROFILES/sample_b1" \
+  --json "$OUT_DIR/sample_b1.json"
+stage train_2b 180 $B train --config $TRAIN_2B $TRAIN --profile "$PROFILES/train_2b" --json "$OUT_DIR/train_2b.json"
 stage sample_b8 300 $B sample $SAMPLE --batch 8 --runs 3 --json "$OUT_DIR/sample_b8.json"
 stage train_2b_remat 180 $B train --config $TRAIN_2B,remat=save_qkv_attn_mlp $TRAIN \
   --json "$OUT_DIR/train_2b_remat.json"

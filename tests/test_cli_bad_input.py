@@ -28,6 +28,7 @@ CASES = [
     # bench: a bad value of a benchmark's option (an unknown benchmark: test_version_and_help_list_what_runs)
     (["bench", "data", "--workers", "0,x"], "--workers '0,x': expected comma-separated integers"),
     (["bench", "train", "--tensor", "3"], "tensor 3 x fsdp 1: the mesh does not divide the"),
+    (["bench", "train", "--memory", "--profile", "{tmp}/p"], "--profile records running steps; --memory runs none"),
     # config specs and overrides, as every command loads them (config: the launchers' local check)
     (["config", "shapes:tiny", "--config.model.dept=4"], "no field 'dept' in model"),
     (["config", "shapes:tiny", "--config.model.depth='deep'"], "model.depth is int"),

@@ -290,7 +290,7 @@ def test_gpu_measure_smoke_runs_its_stages_from_a_checkout(tmp_path):
     done = subprocess.run(
         ["bash", "launch/gpu_measure.sh", "--smoke", str(out), *stages],
         cwd=root,
-        env=env,
+        env=dict(env, PROFILES=str(tmp_path / "profiles")),
         capture_output=True,
         text=True,
         timeout=400,
@@ -299,6 +299,9 @@ def test_gpu_measure_smoke_runs_its_stages_from_a_checkout(tmp_path):
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-2000:], logs)
     for stage in stages:
         assert json.loads((out / f"{stage}.json").read_text()), stage
+    for stage in ("sample_b1", "train_2b"):  # with the summary of a profile, not its error
+        (row,) = json.loads((out / f"{stage}.json").read_text())
+        assert row["profile"]["by_kind"]["matmul"]["seconds"] > 0, (stage, row["profile"])
     env["PATH"] = str(tmp_path) + os.pathsep + env["PATH"]  # a python3 that fails: the script must say so
     (tmp_path / "python3").write_text("#!/bin/sh\nexit 3\n")
     (tmp_path / "python3").chmod(0o755)

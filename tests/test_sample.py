@@ -441,7 +441,7 @@ def test_load_weights_from_an_orbax_training_checkpoint(tmp_path):
     assert config.model.depth == 2
 
 
-def test_bench_sample_prints_a_row(monkeypatch, capsys):
+def test_bench_sample_prints_a_row_and_its_profile(monkeypatch, capsys, tmp_path):
     from infinity_jax import commands
 
     monkeypatch.setattr(sample, "DEFAULT_COMPILER_OPTIONS", FAST)
@@ -462,9 +462,19 @@ def test_bench_sample_prints_a_row(monkeypatch, capsys):
                 "0",
                 "--text-len",
                 "4",
+                "--profile",
+                str(tmp_path),
+                "--json",
+                str(tmp_path / "rows.json"),
             ]
         )
         == 0
     )
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:3] == ["config", "pn", "image"] and table[1].split()[:3] == ["tiny", "1x1,2x2", "32x32"]
+    assert table[2].startswith("tiny: profile, per call (2 recorded):")
+    (row,) = json.load(open(tmp_path / "rows.json"))
+    profile = row["profile"]  # the two calls' trace, per call: the transformer's matmuls, a busy device
+    assert profile["by_kind"]["matmul"]["seconds"] > 0 and 0 < profile["busy_fraction"] <= 1
+    assert sum(k["share"] for k in profile["by_kind"].values()) == pytest.approx(1)
+    assert any(s["scope"] == "Infinity._blocks/blocks/sa" for s in profile["by_scope"])

@@ -122,7 +122,7 @@ def test_missing_inputs_raise_clear_errors(tiny):
         loss_fn(params, {"image": jnp.zeros((2, 256, 256, 3))}, jax.random.key(0))
 
 
-def test_bench_train_prints_a_row(capsys):
+def test_bench_train_prints_a_row_and_its_profile(capsys, tmp_path):
     from infinity_jax import commands
 
     assert (
@@ -142,10 +142,24 @@ def test_bench_train_prints_a_row(capsys):
                 "4",
                 "--rules",
                 "dp",
+                "--profile",
+                str(tmp_path),
             ]
         )
         == 0
     )
-    header, row = capsys.readouterr().out.strip().splitlines()[-2:]
+    out = capsys.readouterr().out.strip().splitlines()
+    header, row = out[:2]
     assert "img/s" in header and "MFU" in header
     assert row.split()[1] == "64x64" and float(row.split()[5]) > 0  # step seconds
+    # the profile of two more steps (a real CPU trace): the blocks' matmuls forward and backward
+    assert out[2].startswith("infinity:tiny: profile, per call (2 recorded):")
+    table = out[
+        out.index("  kind          ms/call   share   ops/call") + 1 : next(
+            i for i, ln in enumerate(out) if ln.startswith("  scope")
+        )
+    ]
+    kinds = {ln.split()[0]: float(ln.split()[1]) for ln in table}
+    assert kinds["matmul"] > 0 and kinds["fusion"] > 0
+    scopes = " ".join(out)
+    assert "bwd Infinity._blocks/blocks/sa" in scopes and "Infinity._blocks/blocks/ffn" in scopes

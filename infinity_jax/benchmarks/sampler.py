@@ -37,6 +37,7 @@ import numpy as np
 from flax import linen as nn
 
 from infinity_jax import parallel, sample, schedules, targets
+from infinity_jax.benchmarks import profile as profile_lib
 from infinity_jax.convert import infinity as conv_inf
 from infinity_jax.convert import vae as conv_vae
 from infinity_jax.model.transformer import InfinityConfig, abstract_params, init_cache, init_params
@@ -246,9 +247,12 @@ def bench_one(
     schedule_spec: str | None = None,
     rules: str = "dp",
     tensor: int = 1,
+    profile_dir: str | None = None,
+    profile_calls: int = 2,
 ) -> dict:
     """Times the whole sampling program on random weights and text features (see the module docstring):
-    one row, with the figures the module docstring lists."""
+    one row, with the figures the module docstring lists. `profile_dir`: then records `profile_calls`
+    more calls with the profiler there and adds their summary (benchmarks.profile) as row['profile']."""
     model_cfg, schedule, vae_cfg = _setup(
         config_spec, pn, vae_spec=vae_spec, h_div_w=h_div_w, schedule_spec=schedule_spec
     )
@@ -284,6 +288,10 @@ def bench_one(
         call(100 + i)
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
+    profile = None
+    if profile_dir:
+        hlo = lambda: [exe.as_text() for exe in sampler._executables.values()]  # noqa: E731
+        profile = profile_lib.record(profile_dir, lambda: call(200), profile_calls, hlo)
     devices = jax.devices()
     flops = sample.transformer_flops(model_cfg, schedule, batch, text_len, cfg_batch=sampler.cfg_batch)
     peak = metrics.peak_flops_per_device(devices[0].device_kind, model_cfg.dtype)
@@ -314,4 +322,5 @@ def bench_one(
         "device": devices[0].device_kind,
         "num_devices": len(devices),
         "runs": runs,
+        **({"profile": profile} if profile else {}),
     }

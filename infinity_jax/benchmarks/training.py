@@ -31,6 +31,7 @@ import numpy as np
 from flax import linen as nn
 
 from infinity_jax import config_util, parallel, schedules, targets
+from infinity_jax.benchmarks import profile as profile_lib
 from infinity_jax.benchmarks.sampler import abstract_like, bench_mesh, memory_figures, nbytes_per_device, target
 from infinity_jax.convert import vae as conv_vae
 from infinity_jax.errors import UsageError
@@ -72,6 +73,8 @@ def train_step(
     steps: int = 5,
     memory: bool = False,
     topology: str | None = None,
+    profile_dir: str | None = None,
+    profile_calls: int = 2,
 ) -> dict:
     """One row: the run's description (config, pn, image, batch, tokens, params, dtype, remat, scan,
     rules, mesh, ema, device, num_devices) plus either the timing (compile_s, step_s = the median of
@@ -79,7 +82,9 @@ def train_step(
     mfu where the device's peak is known) or, with `memory`, XLA's memory analysis (`memory_figures`:
     bytes per device), compile_s, state_bytes_per_device and batch_bytes_per_device. `topology` (with
     `memory`): compile for that TPU slice (targets.topology_devices; needs libtpu) instead of this machine's
-    devices. A mesh that the devices or a batch that the batch shards do not divide raises UsageError."""
+    devices. `profile_dir`: then records `profile_calls` more steps with the profiler there and adds their
+    summary (benchmarks.profile) as row['profile']. A mesh that the devices or a batch that the batch
+    shards do not divide raises UsageError."""
     if topology and not memory:
         raise UsageError(f"topology {topology!r}: a TPU topology can only be compiled for (--memory), not run")
     devices, platform = target(topology)
@@ -174,6 +179,14 @@ def train_step(
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t0)
     dt = statistics.median(times)
+    if profile_dir:
+
+        def run():
+            nonlocal state
+            state, m = fn(state, data)
+            jax.block_until_ready(m)
+
+        row["profile"] = profile_lib.record(profile_dir, run, profile_calls, lambda: [fn.as_text()])
     flops = step_lib.train_flops_per_example(mcfg, sched, text_len=text_len) * batch
     t = metrics.throughput(dt, batch, schedules.num_tokens(sched), flops, n_dev, metrics.peak_flops_per_device())
     row.update(

@@ -28,6 +28,7 @@ import jax
 
 from infinity_jax.benchmarks import attention as attention_lib
 from infinity_jax.benchmarks import data as data_lib
+from infinity_jax.benchmarks import profile as profile_lib
 from infinity_jax.benchmarks import sampler as sampler_lib
 from infinity_jax.benchmarks import training as training_lib
 from infinity_jax.benchmarks.sampler import MEMORY_FIELDS, gib
@@ -51,6 +52,21 @@ def _add_compile_only_args(p: argparse.ArgumentParser, inputs: str) -> None:
         help="with --memory: compile for this TPU slice (e.g. v5e:2x2, v5p:2x2x2) instead of this machine's "
         "devices; needs libtpu (pip install 'jax[tpu]'), not a TPU",
     )
+
+
+def _add_profile_arg(p: argparse.ArgumentParser, calls: str) -> None:
+    p.add_argument(
+        "--profile",
+        default=None,
+        metavar="DIR",
+        help=f"after timing, record two more {calls} with jax.profiler into DIR (Perfetto and xprof files) "
+        "and print where the device time went (infinity_jax.benchmarks.profile)",
+    )
+
+
+def _print_profile(row: dict) -> None:
+    if "profile" in row:
+        print(f"{row['config']}: {profile_lib.format_summary(row['profile'])}", flush=True)
 
 
 def _default_vae(config: str) -> str:
@@ -307,10 +323,13 @@ def sample(argv: list[str]) -> int:
     p.add_argument("--rules", default="dp", choices=("dp", "fsdp", "fsdp_tp"), help="sharding preset over all devices")
     p.add_argument("--tensor", type=int, default=1, help="tensor-parallel mesh size (with --rules fsdp_tp)")
     _add_compile_only_args(p, "abstract inputs")
+    _add_profile_arg(p, "calls")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     args = p.parse_args(argv)
     if args.topology and not args.memory:
         raise UsageError(f"--topology {args.topology}: a TPU topology can only be compiled for (--memory), not run")
+    if args.profile and args.memory:
+        raise UsageError("--profile records running calls; --memory runs none")
     accel = args.memory or jax.default_backend() != "cpu"
     configs = args.config or (["infinity_2b,dtype=bfloat16"] if accel else ["tiny"])
     pns = args.pn or (["1M"] if accel else ["0.06M"])
@@ -337,7 +356,10 @@ def sample(argv: list[str]) -> int:
                     flush=True,
                 )
             else:
-                r = sampler_lib.bench_one(c, pn or "", runs=args.runs, warmup=args.warmup, **common)
+                profile = args.profile and os.path.join(args.profile, f"{len(rows)}")
+                r = sampler_lib.bench_one(
+                    c, pn or "", runs=args.runs, warmup=args.warmup, profile_dir=profile, **common
+                )
                 print(
                     f"[bench sample] {c} {r['pn']}: compile {r['compile_s']:.1f}s, median {r['median_s']:.3f}s",
                     file=sys.stderr,
@@ -345,6 +367,8 @@ def sample(argv: list[str]) -> int:
                 )
             rows.append(r)
     print(format_sample_memory_table(rows) if args.memory else format_sample_table(rows), flush=True)
+    for r in rows:
+        _print_profile(r)
     if args.json:
         write_json(args.json, rows)
     return 0
@@ -416,8 +440,11 @@ def train(argv: list[str]) -> int:
     ap.add_argument("--ema", type=float, default=0.0, help="EMA decay (> 0 keeps an EMA copy of the params)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up)")
     _add_compile_only_args(ap, "the abstract state")
+    _add_profile_arg(ap, "steps")
     ap.add_argument("--json", default=None, help="also write the row to this file")
     a = ap.parse_args(argv)
+    if a.profile and a.memory:
+        raise UsageError("--profile records running steps; --memory runs none")
     row = training_lib.train_step(
         a.config,
         pn=a.pn,
@@ -431,8 +458,10 @@ def train(argv: list[str]) -> int:
         steps=a.steps,
         memory=a.memory,
         topology=a.topology,
+        profile_dir=a.profile,
     )
     print(format_train_memory_table(row) if a.memory else format_train_table(row), flush=True)
+    _print_profile(row)
     if a.json:
         write_json(a.json, [row])
     return 0
