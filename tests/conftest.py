@@ -9,6 +9,9 @@ import os
 from tests.train_helpers import xla_flags
 
 os.environ["XLA_FLAGS"] = xla_flags(os.environ.get("XLA_FLAGS", ""))  # before jax starts its backend
+# commands run in-process and in subprocesses write no compilation cache into the home folder (its
+# tests set their own: test_compile_cache.py, train_helpers.compile_cache)
+os.environ.setdefault("INFINITY_JAX_COMPILE_CACHE", "off")
 
 import jax  # noqa: E402
 import numpy as np

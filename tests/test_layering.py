@@ -1,8 +1,8 @@
 """The package's import graph keeps its one-way layers, read from the source (no imports run).
 
 Layers, each importing only itself and those before it:
-  0 foundations   errors, fileio, schedules, parallel, targets, config_util, checkpoint; convert/torch_io (state-dict
-                  files) and convert/common (array layouts), which know no model
+  0 foundations   errors, fileio, schedules, parallel, targets, compile_cache, config_util, checkpoint;
+                  convert/torch_io (state-dict files) and convert/common (array layouts), which know no model
   1 components    tokenizer/, model/, text/, data/, plots; convert/t5 (Hugging Face T5 folders, for text/)
   2 conversion    convert/ (the model converters)
   3 runs and jobs runs, sample, generate, run_config, train/, eval/, benchmarks/; convert/import_torch and
@@ -30,6 +30,7 @@ LAYERS = (
         "schedules",
         "parallel",
         "targets",
+        "compile_cache",
         "config_util",
         "checkpoint",
         "convert.torch_io",

@@ -348,3 +348,63 @@ def _error(capsys) -> str:
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("infinity-jax sample: error:")]
     assert len(lines) == 1, lines
     return lines[0]
+
+
+# ---------------------------------------------------------------- compilation cache
+CACHED_SAMPLE = """
+import sys
+from jax._src import monitoring
+from infinity_jax import commands
+events = []
+monitoring.register_event_listener(lambda event, **kw: events.append(event))
+assert commands.main(["sample", "--checkpoint", sys.argv[1], "--prompt", "a red cube", "--no-progress",
+                      "--out", sys.argv[2]]) == 0
+print("cache hits:", events.count("/jax/compilation_cache/cache_hits"))
+"""
+
+
+def test_a_second_sample_run_loads_its_program_from_the_compilation_cache(run_dir, tmp_path):
+    """The command keeps its compiled program in $INFINITY_JAX_COMPILE_CACHE (infinity_jax.compile_cache):
+    a fresh process sampling the same run loads it (a cache hit) instead of compiling it again."""
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    env = dict(os.environ, INFINITY_JAX_COMPILE_CACHE=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    hits = []
+    for i in range(2):
+        done = subprocess.run(
+            [sys.executable, "-c", CACHED_SAMPLE, str(run_dir), str(tmp_path / f"out{i}")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        hits.append(int(done.stdout.split("cache hits:")[1]))
+        assert any(cache.iterdir())
+    assert hits[0] == 0 and hits[1] >= 1, hits
+
+
+def test_the_compilation_cache_setting(tmp_path, monkeypatch):
+    from jax._src import compilation_cache as jax_cache
+
+    from infinity_jax import compile_cache
+
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        monkeypatch.setenv(compile_cache.ENV, "off")
+        assert compile_cache.configure() is None and jax.config.jax_compilation_cache_dir is None
+        monkeypatch.delenv(compile_cache.ENV)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        assert compile_cache.configure() == str(tmp_path / "xdg" / "infinity_jax" / "xla")
+        # a directory jax already has (set by the caller, or $JAX_COMPILATION_CACHE_DIR) is kept
+        assert compile_cache.configure(str(tmp_path / "other")) == str(tmp_path / "xdg" / "infinity_jax" / "xla")
+        jax.config.update("jax_compilation_cache_dir", None)
+        (tmp_path / "file").write_text("")
+        with pytest.raises(UsageError, match="INFINITY_JAX_COMPILE_CACHE='.*file': expected a directory"):
+            compile_cache.configure(str(tmp_path / "file"))
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+        jax_cache.reset_cache()
