@@ -242,10 +242,11 @@ class SelfAttention(nn.Module):
         )
         q_bias = self.param("q_bias", partitioned(nn.initializers.zeros, ("heads",)), (c_model,))
         v_bias = self.param("v_bias", partitioned(nn.initializers.zeros, ("heads",)), (c_model,))
-        qkv = jnp.einsum(
-            "blc,ctd->bltd", x.astype(self.dtype), kernel.astype(self.dtype), preferred_element_type=jnp.float32
-        )
-        qkv = checkpoint_name(qkv, "qkv")
+        # out in the compute dtype (the matmul still accumulates in float32), so that the backward pass's two
+        # matmuls take a bf16 cotangent: a float32 one makes both float32 GEMMs (13.6% of the 2B's training
+        # FLOPs). The bias, norm and RoPE run in float32.
+        qkv = jnp.einsum("blc,ctd->bltd", x.astype(self.dtype), kernel.astype(self.dtype))
+        qkv = checkpoint_name(qkv, "qkv").astype(jnp.float32)
         q = (qkv[:, :, 0] + q_bias).reshape(b, l, h, hd)
         k = qkv[:, :, 1].reshape(b, l, h, hd)
         v = (qkv[:, :, 2] + v_bias).reshape(b, l, h, hd)
@@ -310,9 +311,7 @@ class CrossAttention(nn.Module):
             (kv_dim, 2, c),
         )
         v_bias = self.param("v_bias", partitioned(nn.initializers.zeros, ("heads",)), (c,))
-        kvp = jnp.einsum(
-            "btc,csd->btsd", kv.astype(self.dtype), kernel.astype(self.dtype), preferred_element_type=jnp.float32
-        )
+        kvp = jnp.einsum("btc,csd->btsd", kv.astype(self.dtype), kernel.astype(self.dtype)).astype(jnp.float32)
         k = kvp[:, :, 0].reshape(b, lt, h, hd).astype(self.dtype)
         v = (kvp[:, :, 1] + v_bias).reshape(b, lt, h, hd).astype(self.dtype)
         if self.pool:
