@@ -14,9 +14,8 @@ jax/XLA versions, so a stale one is never loaded; delete the folder to reclaim i
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-
-import jax
 
 from infinity_jax.errors import UsageError
 
@@ -30,8 +29,11 @@ def default_dir() -> Path:
 
 def configure(where: str | None = None) -> str | None:
     """Turns the persistent cache on in `where` (default: $INFINITY_JAX_COMPILE_CACHE, else `default_dir()`)
-    unless it is 'off' or jax already has a cache directory; returns the directory in use (None: off)."""
-    current = jax.config.jax_compilation_cache_dir
+    unless it is 'off' or jax already has a cache directory; returns the directory in use (None: off).
+    Before jax is imported it sets $JAX_COMPILATION_CACHE_DIR, which jax reads then, so a command's
+    `--help` still imports no jax."""
+    jax = sys.modules.get("jax")
+    current = jax.config.jax_compilation_cache_dir if jax else os.environ.get("JAX_COMPILATION_CACHE_DIR")
     if current:
         return current
     where = where if where is not None else os.environ.get(ENV)
@@ -40,5 +42,8 @@ def configure(where: str | None = None) -> str | None:
     path = Path(where).expanduser() if where else default_dir()
     if path.exists() and not path.is_dir():
         raise UsageError(f"{ENV}={str(path)!r}: expected a directory for the compile cache (or 'off'); it is a file")
-    jax.config.update("jax_compilation_cache_dir", str(path))
+    if jax:
+        jax.config.update("jax_compilation_cache_dir", str(path))
+    else:
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = str(path)
     return str(path)

@@ -93,23 +93,6 @@ def test_text_weights_count_per_text_token_not_per_image_token():
     assert 1.05 < six_n_l / f["weights"] < 1.2
 
 
-def _dots(jaxpr, stack=""):
-    """(name stack, lhs dtype, rhs dtype, FLOPs) of every dot_general, sub-jaxprs included (once each)."""
-    for eqn in jaxpr.eqns:
-        here = f"{stack}/{eqn.source_info.name_stack}"
-        if eqn.primitive.name == "dot_general":
-            (contract, _), _ = eqn.params["dimension_numbers"]
-            lhs, rhs = (v.aval for v in eqn.invars)
-            n = 2 * math.prod(lhs.shape[i] for i in contract) * math.prod(eqn.outvars[0].aval.shape)
-            yield here, lhs.dtype, rhs.dtype, n
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, (tuple, list)) else (value,):
-                if isinstance(sub, jax.extend.core.ClosedJaxpr):
-                    yield from _dots(sub.jaxpr, here)
-                elif isinstance(sub, jax.extend.core.Jaxpr):
-                    yield from _dots(sub, here)
-
-
 def test_every_projection_of_the_blocks_in_a_bf16_training_step_takes_bf16_operands():
     """A float32 operand makes XLA run the product as a float32 GEMM (at best half the bf16 rate on a GPU):
     the backward pass of a projection whose output was float32 did that for 13.6% of the 2B's FLOPs. (The
@@ -125,7 +108,7 @@ def test_every_projection_of_the_blocks_in_a_bf16_training_step_takes_bf16_opera
         "text_features": jax.ShapeDtypeStruct((2, TEXT_LEN, cfg.text_channels), jnp.float32),
         "text_mask": jax.ShapeDtypeStruct((2, TEXT_LEN), jnp.bool_),
     }
-    dots = list(_dots(jax.make_jaxpr(lambda s, b: step(s, b, jax.random.key(1)))(state, batch).jaxpr))
+    dots = list(flops.dot_products(jax.make_jaxpr(lambda s, b: step(s, b, jax.random.key(1)))(state, batch).jaxpr))
     scores = ("bhlm", "bhqk")  # the attention kernels' query-key scores
     projections = [d for d in dots if "_blocks" in d[0] and not any(s in d[0] for s in scores)]
     assert len(projections) >= 24  # 8 projections per block: forward, backward (2 each), rematerialised

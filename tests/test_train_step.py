@@ -152,8 +152,9 @@ def test_bench_train_prints_a_row_and_its_profile(capsys, tmp_path):
     header, row = out[:2]
     assert "img/s" in header and "MFU" in header
     assert row.split()[1] == "64x64" and float(row.split()[5]) > 0  # step seconds
+    assert out[2].startswith("matmul FLOPs by operand dtypes: float32 x float32 100.0%")  # an fp32 model
     # the profile of two more steps (a real CPU trace): the blocks' matmuls forward and backward
-    assert out[2].startswith("infinity:tiny: profile, per call (2 recorded):")
+    assert out[3].startswith("infinity:tiny: profile, per call (2 recorded):")
     table = out[
         out.index("  kind          ms/call   share   ops/call") + 1 : next(
             i for i, ln in enumerate(out) if ln.startswith("  scope")

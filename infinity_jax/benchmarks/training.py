@@ -35,6 +35,7 @@ from infinity_jax.benchmarks import profile as profile_lib
 from infinity_jax.benchmarks.sampler import abstract_like, bench_mesh, memory_figures, nbytes_per_device, target
 from infinity_jax.convert import vae as conv_vae
 from infinity_jax.errors import UsageError
+from infinity_jax.model import flops as flops_lib
 from infinity_jax.model import transformer as T
 from infinity_jax.runs import schedule_from_config
 from infinity_jax.train import metrics, optim
@@ -77,9 +78,10 @@ def train_step(
     profile_calls: int = 2,
 ) -> dict:
     """One row: the run's description (config, pn, image, batch, tokens, params, dtype, remat, scan,
-    rules, mesh, ema, device, num_devices) plus either the timing (compile_s, step_s = the median of
-    `steps` steps after one warm-up, min_step_s, tflop_per_step, loss, images_per_s, tokens_per_s and
-    mfu where the device's peak is known) or, with `memory`, XLA's memory analysis (`memory_figures`:
+    rules, mesh, ema, device, num_devices), matmul_flops_by_dtypes (model.flops.flops_by_operand_dtypes of
+    the traced step: float32 operands in a bf16 step are float32 GEMMs), plus either the timing (compile_s,
+    step_s = the median of `steps` steps after one warm-up, min_step_s, tflop_per_step, loss, images_per_s,
+    tokens_per_s and mfu where the device's peak is known) or, with `memory`, XLA's memory analysis (`memory_figures`:
     bytes per device), compile_s, state_bytes_per_device and batch_bytes_per_device. `topology` (with
     `memory`): compile for that TPU slice (targets.topology_devices; needs libtpu) instead of this machine's
     devices. `profile_dir`: then records `profile_calls` more steps with the profiler there and adds their
@@ -140,12 +142,15 @@ def train_step(
         "num_devices": n_dev,
     }
 
+    state_in = abstract_like(abstract_state, shardings)
+    batch_in = {
+        k: jax.ShapeDtypeStruct(s, dt, sharding=parallel.batch_sharding(mesh, len(s))) for k, (s, dt) in shapes.items()
+    }
+    with jax.set_mesh(mesh), nn.logical_axis_rules(axis_rules), targets.compiling_for(platform):
+        jaxpr = jax.make_jaxpr(lambda s, b: step(s, b, jax.random.key(1)))(state_in, batch_in)
+    row["matmul_flops_by_dtypes"] = flops_lib.flops_by_operand_dtypes(jaxpr.jaxpr)
+
     if memory:
-        state_in = abstract_like(abstract_state, shardings)
-        batch_in = {
-            k: jax.ShapeDtypeStruct(s, dt, sharding=parallel.batch_sharding(mesh, len(s)))
-            for k, (s, dt) in shapes.items()
-        }
         with jax.set_mesh(mesh), nn.logical_axis_rules(axis_rules), targets.compiling_for(platform):
             t0 = time.perf_counter()
             compiled = jitted.lower(state_in, batch_in).compile()

@@ -64,6 +64,11 @@ def _add_profile_arg(p: argparse.ArgumentParser, calls: str) -> None:
     )
 
 
+def _print_matmul_dtypes(row: dict) -> None:
+    shares = ", ".join(f"{k} {100 * v:.1f}%" for k, v in row["matmul_flops_by_dtypes"].items())
+    print(f"matmul FLOPs by operand dtypes: {shares}", flush=True)
+
+
 def _print_profile(row: dict) -> None:
     if "profile" in row:
         print(f"{row['config']}: {profile_lib.format_summary(row['profile'])}", flush=True)
@@ -461,6 +466,7 @@ def train(argv: list[str]) -> int:
         profile_dir=a.profile,
     )
     print(format_train_memory_table(row) if a.memory else format_train_table(row), flush=True)
+    _print_matmul_dtypes(row)
     _print_profile(row)
     if a.json:
         write_json(a.json, [row])

@@ -67,3 +67,36 @@ def forward_flops(cfg: InfinityConfig, schedule, text_len: int) -> dict[str, flo
     }
     out["total"] = sum(out.values())
     return out
+
+
+def dot_products(jaxpr, stack: str = "", times: int = 1):
+    """(name stack, lhs dtype, rhs dtype, FLOPs) of every dot_general of a jaxpr, its sub-jaxprs included
+    (a scan's body times its length; a while loop's, whose trip count is not static, once)."""
+    import jax
+
+    for eqn in jaxpr.eqns:
+        here = f"{stack}/{eqn.source_info.name_stack}"
+        if eqn.primitive.name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            lhs, rhs = (v.aval for v in eqn.invars)
+            n = 2 * int(np.prod([lhs.shape[i] for i in contract])) * int(np.prod(eqn.outvars[0].aval.shape))
+            yield here, lhs.dtype, rhs.dtype, n * times
+        inner = times * (eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    yield from dot_products(sub.jaxpr, here, inner)
+                elif isinstance(sub, jax.extend.core.Jaxpr):
+                    yield from dot_products(sub, here, inner)
+
+
+def flops_by_operand_dtypes(jaxpr) -> dict[str, float]:
+    """The share of a program's matmul FLOPs (`dot_products`) per operand dtypes, largest first, e.g.
+    {'bfloat16 x bfloat16': 0.999, 'float32 x float32': 0.001}: float32 operands in a bf16 program are
+    float32 GEMMs on the accelerator."""
+    by: dict[str, float] = {}
+    for _, lhs, rhs, n in dot_products(jaxpr):
+        key = f"{lhs.name} x {rhs.name}"
+        by[key] = by.get(key, 0) + n
+    total = sum(by.values()) or 1
+    return {k: v / total for k, v in sorted(by.items(), key=lambda kv: -kv[1])}
