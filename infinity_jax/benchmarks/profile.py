@@ -121,7 +121,18 @@ def op_kinds(hlo_text: str) -> dict[str, tuple[str, str]]:
     return out
 
 
-_DERIVED_LINES = ("XLA Modules", "Steps", "Framework", "Source code", "Launch Stats", "TensorFlow")
+_DERIVED_LINES = (  # xprof's lines that span programs, steps or scopes, or repeat the ops' own events
+    "XLA Modules",
+    "Async XLA Ops",
+    "Steps",
+    "Framework",
+    "TensorFlow",
+    "Source code",
+    "Launch Stats",
+    "Host Offload",
+    "Sparse Core",
+    "_counters_",
+)
 
 
 def scope(jax_op: str) -> str:
