@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import numbers
@@ -59,7 +60,7 @@ from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from infinity_jax import parallel
+from infinity_jax import config_util, parallel
 from infinity_jax.checkpoint import Checkpointer
 from infinity_jax.errors import UsageError
 from infinity_jax.train import distributed, optim
@@ -104,6 +105,16 @@ class TrainResult:
     # the mean loss of the run's last logging window (its metrics.jsonl row at the last step); a call that had
     # no step left to run reads it from metrics.jsonl (None where that has none, e.g. on processes > 0)
     train_loss: float | None = None
+
+    def summary(self, config) -> dict:
+        """What a trainer's final.json starts with: step, start_step, stopped, train_loss and the config."""
+        return {
+            "step": int(jax.device_get(self.state.step)),
+            "start_step": self.start_step,
+            "stopped": self.stopped,
+            "train_loss": self.train_loss,
+            "config": json.loads(config_util.to_json(config)),
+        }
 
 
 FINISHED = ("done", "time_limit")  # TrainResult.stopped of a run to evaluate and report (not to resume)

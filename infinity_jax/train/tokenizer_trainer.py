@@ -25,7 +25,6 @@ When the run completes, process 0 writes (atomically):
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -220,14 +219,7 @@ def run(cfg, workdir: str, until_step: int | None = None, mesh=None, score_image
         mesh=mesh,
         frozen=frozen,
     )
-    step = int(jax.device_get(result.state.step))
-    final = {
-        "step": step,
-        "stopped": result.stopped,
-        "start_step": result.start_step,
-        "train_loss": result.train_loss,
-        "config": json.loads(config_util.to_json(cfg)),
-    }
+    final = result.summary(cfg)
     if result.stopped not in loop.FINISHED:
         return final
     params = result.state.ema_params if result.state.ema_params is not None else result.state.params

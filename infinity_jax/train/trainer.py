@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
 import logging
 import os
 
@@ -185,17 +184,13 @@ def run(cfg, workdir: str, until_step: int | None = None) -> dict:
         mesh=mesh,
         until_step=until_step,
     )
-    step = int(jax.device_get(result.state.step))
-    final = {
-        "step": step,
-        "start_step": result.start_step,
-        "stopped": result.stopped,
-        "train_loss": result.train_loss,
-        "params": n_params,
-        "flops_total": flops_example * cfg.train.global_batch * step,
-        "tokens_total": schedules.num_tokens(schedule) * cfg.train.global_batch * step,
-        "config": json.loads(config_util.to_json(cfg)),
-    }
+    final = result.summary(cfg)
+    step = final["step"]
+    final.update(
+        params=n_params,
+        flops_total=flops_example * cfg.train.global_batch * step,
+        tokens_total=schedules.num_tokens(schedule) * cfg.train.global_batch * step,
+    )
     if result.stopped not in loop.FINISHED:
         return final
     val_fn = step_lib.make_loss_fn(
