@@ -6,7 +6,7 @@
 # On the machine with the GPU, from the project root (wheels for what it lacks: see
 # ../shared/gpu/README.md, `bash ../shared/gpu/fetch_wheels.sh` on a machine with pip):
 #   bash launch/gpu_measure.sh [--dry-run|--smoke] [OUT_DIR [STAGE ...]]   # OUT_DIR default: $OUT or runs/gpu_measure
-# Writes OUT_DIR/<stage>.log and .json (sample_b1 and train_2b with their profile's summary: where the
+# Writes OUT_DIR/<stage>.log and .json, and prints every figure last (launch/measure_summary.py) (sample_b1 and train_2b with their profile's summary: where the
 # device time went, per op kind and model scope, and how busy the device was). The stages' timeouts add up to ~24 minutes, more than one
 # call of the device tool (10 min): name the stages to run, in order (default: all), e.g.
 #   bash launch/gpu_measure.sh "$OUT" attention sample_b1 train_2b
@@ -63,4 +63,5 @@ stage train_layer12 150 $B train --config $LAYER12 $TRAIN \
   --json "$OUT_DIR/train_layer12.json"
 stage sample_b4 240 $B sample $SAMPLE --batch 4 --runs 3 --json "$OUT_DIR/sample_b4.json"
 echo "logs and JSON in $OUT_DIR"
+[[ $DRY == 0 ]] && python3 launch/measure_summary.py "$OUT_DIR"  # every figure, last: what a remote call sees
 if [[ -n $FAILED ]]; then echo "failed:$FAILED" >&2; exit 1; fi

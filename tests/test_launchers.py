@@ -302,6 +302,11 @@ def test_gpu_measure_smoke_runs_its_stages_from_a_checkout(tmp_path):
     for stage in ("sample_b1", "train_2b"):  # with the summary of a profile, not its error
         (row,) = json.loads((out / f"{stage}.json").read_text())
         assert row["profile"]["by_kind"]["matmul"]["seconds"] > 0, (stage, row["profile"])
+    figures = done.stdout[done.stdout.index("== figures") :].splitlines()  # the last lines: every figure
+    assert any(ln.startswith("attention: train ") and " err " in ln for ln in figures), figures
+    assert any(ln.startswith("sample_b1: tiny,scan") and "median" in ln for ln in figures), figures
+    assert any(ln.startswith("train_2b: infinity:tiny,scan") and "MFU" in ln for ln in figures), figures
+    assert sum(ln.startswith("    profile: busy") for ln in figures) == 2, figures
     env["PATH"] = str(tmp_path) + os.pathsep + env["PATH"]  # a python3 that fails: the script must say so
     (tmp_path / "python3").write_text("#!/bin/sh\nexit 3\n")
     (tmp_path / "python3").chmod(0o755)
