@@ -63,7 +63,7 @@ HLO = HLO.replace("META", "metadata={op_name").replace("FWD", "jit(step)/jvp(Inf
 HLO = HLO.replace("BWD", "jit(step)/transpose(jvp(Infinity))/Infinity._blocks/blocks_3")
 
 
-def _trace(path, device_lines: dict[str, list[tuple[str, float, float]]], process="/device:GPU:0"):
+def _trace(path, device_lines: dict[str, list[tuple[str, float, float]]], process="/device:GPU:0", args=True):
     """A Perfetto-style trace: one device process, a thread per line, 'X' events (hlo op, start, duration)."""
     events = [{"ph": "M", "pid": 7, "name": "process_name", "args": {"name": process}}]
     events.append({"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/host:CPU"}})
@@ -71,7 +71,8 @@ def _trace(path, device_lines: dict[str, list[tuple[str, float, float]]], proces
     for tid, (line, ops) in enumerate(device_lines.items(), 10):
         events.append({"ph": "M", "pid": 7, "tid": tid, "name": "thread_name", "args": {"name": line}})
         for op, ts, dur in ops:
-            events.append({"ph": "X", "pid": 7, "tid": tid, "ts": ts, "dur": dur, "name": op, "args": {"hlo_op": op}})
+            e = {"ph": "X", "pid": 7, "tid": tid, "ts": ts, "dur": dur, "name": op}
+            events.append(dict(e, args={"hlo_op": op}) if args else e)
     with gzip.open(path, "wt") as f:
         json.dump({"traceEvents": events}, f)
     return path
@@ -107,6 +108,9 @@ def test_summary_of_a_gpu_trace_counts_kernels_not_the_lines_that_span_programs(
     # a derived per-op line, where the profiler made one, is read instead of the streams (no double count)
     path = _trace(tmp_path / "u.json.gz", {"Stream #7(Compute)": KERNELS, "XLA Ops": KERNELS[:3]})
     assert P.summarize(path, [HLO])["ops"] == 3
+    # a kernel that carries no op name is matched by its own, which XLA makes from the op's ('.' -> '_')
+    path = _trace(tmp_path / "w.json.gz", {"Stream #7": [("cudnn-call_2", 0, 5)]}, args=False)
+    assert set(P.summarize(path, [HLO])["by_kind"]) == {"attention"}
     # ops the HLO does not name fall back to the kernel's name
     path = _trace(tmp_path / "v.json.gz", {"Stream #7": [("sm90_xmma_gemm_bf16", 0, 5), ("MemcpyD2D", 5, 5)]})
     assert set(P.summarize(path)["by_kind"]) == {"matmul", "copy"}

@@ -213,7 +213,9 @@ def summarize(trace_path: str | Path, hlo_texts: list[str] = (), *, calls: int =
         raise ValueError(f"{trace_path}: no device ops in the trace")
     kinds: dict[str, tuple[str, str]] = {}
     for text in hlo_texts:
-        kinds.update(op_kinds(text))
+        for name, kind in op_kinds(text).items():
+            kinds[name] = kind
+            kinds.setdefault(name.replace(".", "_"), kind)  # a GPU kernel's own name: 'fusion.3' -> 'fusion_3'
     self_t = _self_times(ops)
     window, busy = _busy(ops)
     per_op: dict[str, list] = {}
