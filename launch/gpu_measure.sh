@@ -6,10 +6,15 @@
 # On the machine with the GPU, from the project root (wheels for what it lacks: see
 # ../shared/gpu/README.md, `bash ../shared/gpu/fetch_wheels.sh` on a machine with pip):
 #   bash launch/gpu_measure.sh [--dry-run|--smoke] [OUT_DIR [STAGE ...]]   # OUT_DIR default: $OUT or runs/gpu_measure
-# Writes OUT_DIR/<stage>.log and .json, and prints every figure last (launch/measure_summary.py) (sample_b1 and train_2b with their profile's summary: where the
-# device time went, per op kind and model scope, and how busy the device was). The stages' timeouts add up to ~24 minutes, more than one
-# call of the device tool (10 min): name the stages to run, in order (default: all), e.g.
+# Writes OUT_DIR/<stage>.log and .json (sample_b1 and train_2b with their profile's summary: where the
+# device time went, per op kind and model scope, and how busy the device was) and prints every figure
+# last (launch/measure_summary.py). The stages' timeouts add up to ~24 minutes, more than one call of
+# the device tool (10 min): name the stages to run, in order (default: all), e.g.
 #   bash launch/gpu_measure.sh "$OUT" attention sample_b1 train_2b
+# BUDGET_S=S caps the whole run at S seconds (a stage's timeout is cut to what is left, less 20 s for the
+# summary; a stage with under MIN_STAGE_S=60 left is skipped and named), so one device call of limit L
+# run with BUDGET_S a little under L always ends with the summary of what it measured:
+#   BUDGET_S=560 bash launch/gpu_measure.sh "$OUT" attention sample_b1 train_2b sample_b8
 # --dry-run prints the stages only. --smoke runs every stage at tiny sizes (a CPU rehearsal of the
 # device run, from the checkout through PYTHONPATH as there: tests/test_launchers.py).
 # It runs the project from the checkout (PYTHONPATH; infinity_jax maps configs/ itself), no install.
@@ -42,6 +47,13 @@ fi
 stage() {  # stage NAME TIMEOUT_S COMMAND...
   local name=$1 limit=$2; shift 2
   [[ "$ONLY" != "  " && "$ONLY" != *" $name "* ]] && return 0
+  if (( BUDGET_S > 0 && DRY == 0 )); then  # a stage gets what is left of the budget, less the summary's margin
+    local left=$((BUDGET_S - SECONDS - 20))
+    if (( left < MIN_STAGE_S )); then
+      echo "== $name skipped: ${left}s of BUDGET_S=$BUDGET_S left"; SKIPPED+=" $name"; return 0
+    fi
+    (( limit > left )) && limit=$left
+  fi
   echo "== $name (timeout ${limit}s): $*"
   [[ $DRY == 1 ]] && return 0
   local t0=$SECONDS
@@ -50,7 +62,8 @@ stage() {  # stage NAME TIMEOUT_S COMMAND...
   [[ $rc != 0 ]] && FAILED+=" $name"
   echo "   exit $rc after $((SECONDS - t0)) s; last lines:"; tail -n 4 "$OUT_DIR/$name.log" | sed 's/^/   /'
 }
-FAILED=
+FAILED= SKIPPED=
+BUDGET_S=${BUDGET_S:-0} MIN_STAGE_S=${MIN_STAGE_S:-60}
 
 stage attention 150 $B attention $ATTENTION --json "$OUT_DIR/attention.json"
 stage sample_b1 240 $B sample $SAMPLE --batch 1 --runs 5 --profile "$PROFILES/sample_b1" \
@@ -64,4 +77,5 @@ stage train_layer12 150 $B train --config $LAYER12 $TRAIN \
 stage sample_b4 240 $B sample $SAMPLE --batch 4 --runs 3 --json "$OUT_DIR/sample_b4.json"
 echo "logs and JSON in $OUT_DIR"
 [[ $DRY == 0 ]] && python3 launch/measure_summary.py "$OUT_DIR"  # every figure, last: what a remote call sees
+if [[ -n $SKIPPED ]]; then echo "skipped (budget):$SKIPPED" >&2; fi
 if [[ -n $FAILED ]]; then echo "failed:$FAILED" >&2; exit 1; fi

@@ -244,6 +244,23 @@ def test_tpu_pod_training_command_keeps_the_trainers_exit_status(tmp_path):
     assert (tmp_path / "infinity_jax_train.log").read_text() == "train --config zoo:2b --workdir gs://b/r\n"
 
 
+def test_gpu_measure_budget_skips_the_stages_it_cannot_fit_and_still_prints_the_summary(tmp_path):
+    """BUDGET_S: a stage with less than MIN_STAGE_S left is skipped and named (here all of them: nothing
+    runs), and the run still ends with the summary, which reads the JSON the run left."""
+    (tmp_path / "train_2b.json").write_text(
+        '[{"config": "c", "image": "64x64", "batch": 2, "step_s": 0.5, "min_step_s": 0.4, "mfu": 0.41, '
+        '"tflop_per_step": 1.0, "compile_s": 3.0, "matmul_flops_by_dtypes": {"bfloat16 x bfloat16": 1.0}}]'
+    )
+    result = _run("gpu_measure.sh", str(tmp_path), "attention", "train_2b", BUDGET_S="50", MIN_STAGE_S="60")
+    out = _lines(result)
+    assert [ln.split()[1] for ln in out if ln.startswith("== ") and "skipped" in ln] == ["attention", "train_2b"]
+    assert "skipped (budget): attention train_2b" in result.stderr
+    assert out[out.index("== figures") + 1] == (
+        "train_2b: c 64x64 batch 2: step 0.500 s (min 0.400), MFU 41.0%, 1.00 TFLOP/step, compile 3.0 s, "
+        "matmuls bfloat16 x bfloat16 100.0%"
+    )
+
+
 def _checkout_without_install(tmp_path) -> tuple[str, dict]:
     """A copy of the sources (package, configs, launchers) and an environment in which the project is not
     installed, as on the accelerator machine: a sitecustomize drops the editable install's import hook, and
