@@ -57,7 +57,8 @@ def stage_lines(name: str, rows: list[dict]) -> list[str]:
                 + _profile(r.get("profile"))
             )
         elif "step_s" in r:  # bench train
-            dtypes = ", ".join(f"{k} {100 * v:.1f}%" for k, v in r.get("matmul_flops_by_dtypes", {}).items())
+            by = r.get("matmul_flops_by_dtypes", {})
+            dtypes = by["error"][:100] if "error" in by else ", ".join(f"{k} {100 * v:.1f}%" for k, v in by.items())
             out.append(
                 f"{name}: {r['config']} {r['image']} batch {r['batch']}: step {r['step_s']:.3f} s (min "
                 f"{r['min_step_s']:.3f}), MFU {_pct(r.get('mfu'))}, {r['tflop_per_step']:.2f} TFLOP/step, compile "

@@ -65,7 +65,8 @@ def _add_profile_arg(p: argparse.ArgumentParser, calls: str) -> None:
 
 
 def _print_matmul_dtypes(row: dict) -> None:
-    shares = ", ".join(f"{k} {100 * v:.1f}%" for k, v in row["matmul_flops_by_dtypes"].items())
+    by = row["matmul_flops_by_dtypes"]
+    shares = by["error"] if "error" in by else ", ".join(f"{k} {100 * v:.1f}%" for k, v in by.items())
     print(f"matmul FLOPs by operand dtypes: {shares}", flush=True)
 
 

@@ -72,8 +72,6 @@ def forward_flops(cfg: InfinityConfig, schedule, text_len: int) -> dict[str, flo
 def dot_products(jaxpr, stack: str = "", times: int = 1):
     """(name stack, lhs dtype, rhs dtype, FLOPs) of every dot_general of a jaxpr, its sub-jaxprs included
     (a scan's body times its length; a while loop's, whose trip count is not static, once)."""
-    import jax
-
     for eqn in jaxpr.eqns:
         here = f"{stack}/{eqn.source_info.name_stack}"
         if eqn.primitive.name == "dot_general":
@@ -84,9 +82,8 @@ def dot_products(jaxpr, stack: str = "", times: int = 1):
         inner = times * (eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1)
         for value in eqn.params.values():
             for sub in value if isinstance(value, (tuple, list)) else (value,):
-                if isinstance(sub, jax.extend.core.ClosedJaxpr):
-                    yield from dot_products(sub.jaxpr, here, inner)
-                elif isinstance(sub, jax.extend.core.Jaxpr):
+                sub = getattr(sub, "jaxpr", sub)  # a closed jaxpr's own
+                if hasattr(sub, "eqns"):
                     yield from dot_products(sub, here, inner)
 
 
