@@ -70,6 +70,7 @@ stage sample_b1 240 $B sample $SAMPLE --batch 1 --runs 5 --profile "$PROFILES/sa
   --json "$OUT_DIR/sample_b1.json"
 stage train_2b 180 $B train --config $TRAIN_2B $TRAIN --profile "$PROFILES/train_2b" --json "$OUT_DIR/train_2b.json"
 stage sample_b8 300 $B sample $SAMPLE --batch 8 --runs 3 --json "$OUT_DIR/sample_b8.json"
+stage train_2b_noscan 240 $B train --config ${TRAIN_2B%,scan} $TRAIN --json "$OUT_DIR/train_2b_noscan.json"
 stage train_2b_remat 180 $B train --config $TRAIN_2B,remat=save_qkv_attn_mlp $TRAIN \
   --json "$OUT_DIR/train_2b_remat.json"
 stage train_layer12 150 $B train --config $LAYER12 $TRAIN \

@@ -162,6 +162,7 @@ def test_gpu_measure_dry_run_lists_stages_of_registered_benchmarks(tmp_path):
         "sample_b1",
         "train_2b",
         "sample_b8",
+        "train_2b_noscan",
         "train_2b_remat",
         "train_layer12",
         "sample_b4",
