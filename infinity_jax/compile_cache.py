@@ -13,6 +13,7 @@ jax/XLA versions, so a stale one is never loaded; delete the folder to reclaim i
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -42,6 +43,11 @@ def configure(where: str | None = None) -> str | None:
     path = Path(where).expanduser() if where else default_dir()
     if path.exists() and not path.is_dir():
         raise UsageError(f"{ENV}={str(path)!r}: expected a directory for the compile cache (or 'off'); it is a file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a read-only home (some cluster images): compile as without a cache
+        logging.getLogger(__name__).warning("no compilation cache: cannot create %s (%s)", path, e)
+        return None
     if jax:
         jax.config.update("jax_compilation_cache_dir", str(path))
     else:

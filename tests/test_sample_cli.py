@@ -402,6 +402,8 @@ def test_the_compilation_cache_setting(tmp_path, monkeypatch):
         (tmp_path / "file").write_text("")
         with pytest.raises(UsageError, match="INFINITY_JAX_COMPILE_CACHE='.*file': expected a directory"):
             compile_cache.configure(str(tmp_path / "file"))
+        assert compile_cache.configure(str(tmp_path / "file" / "below")) is None  # cannot be made: no cache
+        assert jax.config.jax_compilation_cache_dir is None
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
         jax_cache.reset_cache()
