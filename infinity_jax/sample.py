@@ -285,27 +285,29 @@ def generate_tokens(
     summed = jnp.zeros((B, *vae_hw, model_cfg.vae_codebook_dim), jnp.float32)
     x, bits_out, logits_out = None, [], []
     for k, hw in enumerate(hws):
-        logits, cache = model.apply(variables, ctx, x, cache, schedule, k, method=Infinity.decode_scale)
-        if k == 0 and len(hws) > 1:
-            first, cache = cache, new_cache(schedule)
-            cache = jax.tree.map(lambda c, f: jax.lax.dynamic_update_slice_in_dim(c, f, 0, axis=2), cache, first)
-        logits = logits * sp.inv_tau[k]
-        if cfg_batch:
-            logits = guide(logits, sp.cond_w[k], sp.uncond_w[k])
-        logits = _constrain_batch(logits, mesh)
-        u = scale_uniforms(keys, k, hw[0] * hw[1], d)
-        bits = sample_bits(logits.reshape(B, -1, d, 2), u, sp.top_k, sp.top_p, sp.greedy, sp.top_p_floor)
-        bits_out.append(bits)
-        if return_logits:
-            logits_out.append(logits)
-        summed = bsq.accumulate_codes(summed, bsq.from_tokens(bits, hw, patchify))
-        if progress:
-            jax.debug.callback(functools.partial(_progress, num_scales=len(hws), hw=hw), k, bits[0, 0, 0])
-        if k + 1 < len(hws):
-            x = bsq.next_scale_input(summed, hws[k + 1], patchify)
-            if cfg_batch:  # the same input for a prompt's cond and uncond rows
-                x = jnp.repeat(x, 2, axis=0)
-            x = _constrain_batch(x.astype(jnp.float32), mesh)
+        # the scope names each scale's ops (HLO metadata only), so a profile splits the time per scale
+        with jax.named_scope(f"scale{k:02d}_{hw[0]}x{hw[1]}"):
+            logits, cache = model.apply(variables, ctx, x, cache, schedule, k, method=Infinity.decode_scale)
+            if k == 0 and len(hws) > 1:
+                first, cache = cache, new_cache(schedule)
+                cache = jax.tree.map(lambda c, f: jax.lax.dynamic_update_slice_in_dim(c, f, 0, axis=2), cache, first)
+            logits = logits * sp.inv_tau[k]
+            if cfg_batch:
+                logits = guide(logits, sp.cond_w[k], sp.uncond_w[k])
+            logits = _constrain_batch(logits, mesh)
+            u = scale_uniforms(keys, k, hw[0] * hw[1], d)
+            bits = sample_bits(logits.reshape(B, -1, d, 2), u, sp.top_k, sp.top_p, sp.greedy, sp.top_p_floor)
+            bits_out.append(bits)
+            if return_logits:
+                logits_out.append(logits)
+            summed = bsq.accumulate_codes(summed, bsq.from_tokens(bits, hw, patchify))
+            if progress:
+                jax.debug.callback(functools.partial(_progress, num_scales=len(hws), hw=hw), k, bits[0, 0, 0])
+            if k + 1 < len(hws):
+                x = bsq.next_scale_input(summed, hws[k + 1], patchify)
+                if cfg_batch:  # the same input for a prompt's cond and uncond rows
+                    x = jnp.repeat(x, 2, axis=0)
+                x = _constrain_batch(x.astype(jnp.float32), mesh)
     bits = jnp.concatenate(bits_out, axis=1)
     return bits, summed, (jnp.concatenate(logits_out, axis=1) if return_logits else None)
 

@@ -99,6 +99,7 @@ def test_summary_of_a_gpu_trace_counts_kernels_not_the_lines_that_span_programs(
     assert s["ops"] == 3 and s["by_kind"]["matmul"]["share"] == pytest.approx(0.5)
     assert s["busy_s"] == pytest.approx(60e-6) and s["window_s"] == pytest.approx(550e-6)
     assert [r["op"] for r in s["top"]] == ["gemm_fusion", "cudnn-call.2", "loop_add_fusion"]
+    assert s["by_scale"] == []  # no sampler scales in this program
     scopes = {r["scope"]: round(r["share"], 6) for r in s["by_scope"]}
     assert scopes == {
         "Infinity._blocks/blocks/ffn": 0.5,

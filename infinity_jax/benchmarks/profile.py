@@ -29,6 +29,7 @@ _INSTR = re.compile(r"^\s+(?:ROOT )?%?([\w.\-]+) = (.*)$")
 _OPCODE = re.compile(r"(?<![\w.%\-])([a-z][a-z0-9\-]*)\(")
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$")
 _TRANSFORM = re.compile(r"^[\w.]*\(.*\)$")  # jvp(Infinity), transpose(jvp(...)), vmap(), jit(_uniform)
+_SCALE = re.compile(r"^scale\d+_(\d+x\d+)$")  # the sampler's per-scale scopes (sample.generate_tokens)
 _PLUMBING = {"while", "body", "cond", "closed_call", "checkpoint", "rematted_computation", "branch"}
 
 
@@ -204,8 +205,9 @@ def _busy(events: list[dict]) -> tuple[float, float]:
 def summarize(trace_path: str | Path, hlo_texts: list[str] = (), *, calls: int = 1, top: int = 12) -> dict:
     """The device time of a recorded trace (see the module docstring), per call of the program: {calls,
     ops, window_s, busy_s, busy_fraction, by_kind: {kind: {seconds, share, count}}, by_scope: [{scope,
-    seconds, share}], top: [{op, kind, jax_op, count, seconds}]}; times are divided by `calls`, the
-    program's calls in the trace."""
+    seconds, share}], by_scale: [{scale, seconds}] (the sampler's scales in order, then 'other'; empty
+    for programs without them), top: [{op, kind, jax_op, count, seconds}]}; times are divided by `calls`,
+    the program's calls in the trace."""
     with gzip.open(trace_path, "rt") as f:
         events = json.load(f)["traceEvents"]
     ops = _device_events(events)
@@ -227,8 +229,11 @@ def summarize(trace_path: str | Path, hlo_texts: list[str] = (), *, calls: int =
         row[3] += t
     total = sum(r[3] for r in per_op.values()) or 1.0
     scopes: dict[str, float] = collections.defaultdict(float)
+    scales: dict[str, float] = collections.defaultdict(float)
     for _, jax_op, _, t in per_op.values():
         scopes[scope(jax_op) or "(top level: optimizer, loss, sampling)"] += t
+        scales[next((p for p in jax_op.split("/") if _SCALE.match(p)), "other")] += t
+    scale_order = sorted(scales, key=lambda k: (k == "other", k)) if set(scales) - {"other"} else []
     by_kind = {k: {"seconds": 0.0, "share": 0.0, "count": 0} for k in KINDS}
     for kind, _, count, t in per_op.values():
         by_kind[kind]["seconds"] += t / 1e6 / calls
@@ -245,6 +250,11 @@ def summarize(trace_path: str | Path, hlo_texts: list[str] = (), *, calls: int =
         "by_scope": [
             {"scope": k, "seconds": t / 1e6 / calls, "share": t / total}
             for k, t in sorted(scopes.items(), key=lambda kv: -kv[1])[:top]
+        ],
+        # the sampler's time per scale (its named scopes), in schedule order, then what no scale holds (VAE)
+        "by_scale": [
+            {"scale": m.group(1) if (m := _SCALE.match(k)) else k, "seconds": scales[k] / 1e6 / calls}
+            for k in scale_order
         ],
         "top": [
             {"op": n, "kind": k, "jax_op": j, "count": c // calls, "seconds": t / 1e6 / calls}
@@ -264,6 +274,9 @@ def format_summary(s: dict) -> str:
     ]
     for k, v in sorted(s["by_kind"].items(), key=lambda kv: -kv[1]["seconds"]):
         lines.append(f"  {k:<12} {1e3 * v['seconds']:>8.2f} {100 * v['share']:>6.1f}%  {v['count']:>9}")
+    if s.get("by_scale"):
+        per = ", ".join(f"{r['scale']} {1e3 * r['seconds']:.2f}" for r in s["by_scale"])
+        lines.append(f"  per scale, ms/call: {per}")
     lines.append("  scope                                         ms/call   share")
     for r in s["by_scope"]:
         lines.append(f"  {r['scope'][:44]:<44} {1e3 * r['seconds']:>8.2f} {100 * r['share']:>6.1f}%")
