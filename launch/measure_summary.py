@@ -54,8 +54,8 @@ def stage_lines(name: str, rows: list[dict]) -> list[str]:
             out.append(
                 f"{name}: {r['config']} {r['pn']} batch {r['batch']}: median {r['median_s']:.3f} s (min "
                 f"{r['min_s']:.3f}), {r['images_per_s']:.2f} img/s, compile {r['compile_s']:.1f} s, peak "
-                f"{_gib(r['peak_bytes'])} ({r['mem_source']}), utilisation {_pct(r['utilisation'])}"
-                + _profile(r.get("profile"))
+                f"{_gib(r['peak_bytes'])} ({r['mem_source']}; program {_gib(r.get('program_bytes'))}), utilisation "
+                f"{_pct(r['utilisation'])}" + _profile(r.get("profile"))
             )
         elif "step_s" in r:  # bench train
             by = r.get("matmul_flops_by_dtypes", {})

@@ -6,8 +6,10 @@ CFG, then the VAE decode to uint8), `runs` timed calls after `warmup`, each endi
 are on the host (`bench_one`).
 
 A row's figures: compile s (trace + XLA compile, once per shape), median / min latency, images/s
-(batch / median), peak memory (the device's peak_bytes_in_use where it reports one, else XLA's
-memory analysis of the program: arguments + outputs + temporaries), transformer TFLOP per call
+(batch / median), peak memory (the device's peak_bytes_in_use where it reports one, which also counts
+the params' float32 init before they are stored for sampling, else XLA's memory analysis of the
+program: arguments + outputs + temporaries; that one is also the row's program_bytes), transformer
+TFLOP per call
 (matmuls, with the KV cache; sample.transformer_flops) and utilisation = achieved FLOP/s / the
 devices' dense peak for the compute dtype, where that peak is known (else None).
 
@@ -296,10 +298,10 @@ def bench_one(
     flops = sample.transformer_flops(model_cfg, schedule, batch, text_len, cfg_batch=sampler.cfg_batch)
     peak = metrics.peak_flops_per_device(devices[0].device_kind, model_cfg.dtype)
     util = flops / med / (peak * len(devices)) if peak else None
-    peak_bytes = _peak_bytes(devices)
+    peak_bytes, program_bytes = _peak_bytes(devices), _program_bytes(sampler)
     mem_src = "device"
     if peak_bytes is None:
-        peak_bytes, mem_src = _program_bytes(sampler), "xla"
+        peak_bytes, mem_src = program_bytes, "xla"
     H, W = schedules.image_size(schedule)
     return {
         "config": config_spec,
@@ -317,6 +319,7 @@ def bench_one(
         "images_per_s": batch / med,
         "peak_bytes": peak_bytes,
         "mem_source": mem_src,
+        "program_bytes": program_bytes,
         "tflop_per_call": flops / 1e12,
         "utilisation": util,
         "device": devices[0].device_kind,
