@@ -624,3 +624,10 @@ def transformer_flops(cfg: InfinityConfig, schedule, batch: int, text_len: int, 
     """Matmul FLOPs of one sampling call's transformer work (model/flops.py: each scale against the cache
     is the teacher-forced forward's work, the text's keys/values once per call). Rows: 2B with CFG."""
     return batch * (2 if cfg_batch else 1) * flops.forward_flops(cfg, schedule, text_len)["total"]
+
+
+def scale_flops(cfg: InfinityConfig, schedule, batch: int, text_len: int, cfg_batch: bool = True) -> list[float]:
+    """transformer_flops split per scale (each scale's tokens against the cache; the text's and the
+    per-example work with the first), summing to it."""
+    totals = [transformer_flops(cfg, schedule[: k + 1], batch, text_len, cfg_batch) for k in range(len(schedule))]
+    return [t - (totals[k - 1] if k else 0.0) for k, t in enumerate(totals)]

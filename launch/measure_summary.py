@@ -31,10 +31,13 @@ def _profile(p: dict | None) -> str:
         f"{k} {100 * v['share']:.0f}%" for k, v in sorted(p["by_kind"].items(), key=lambda kv: -kv[1]["share"])
     )
     scopes = ", ".join(f"{s['scope'] or '-'} {100 * s['share']:.0f}%" for s in p["by_scope"][:4])
-    scales = ", ".join(f"{r['scale']} {1e3 * r['seconds']:.1f}" for r in p.get("by_scale", []))
+    scales = ", ".join(
+        f"{r['scale']} {1e3 * r['seconds']:.1f}" + (f" ({_pct(r['utilisation'])})" if r.get("utilisation") else "")
+        for r in p.get("by_scale", [])
+    )
     return (
         f"\n    profile: busy {100 * p['busy_fraction']:.0f}% of {1e3 * p['window_s']:.1f} ms, {p['ops']} ops; {kinds}"
-        f"\n    scopes: {scopes}" + (f"\n    per scale, ms: {scales}" if scales else "")
+        f"\n    scopes: {scopes}" + (f"\n    per scale, ms (utilisation): {scales}" if scales else "")
     )
 
 

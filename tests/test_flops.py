@@ -79,6 +79,8 @@ def test_training_and_sampler_counts_use_the_forward_count():
     assert step_lib.train_flops_per_example(BASE, SCHEDULE, text_len=TEXT_LEN) == 3 * f
     assert sample.transformer_flops(BASE, SCHEDULE, 4, TEXT_LEN) == 2 * 4 * f
     assert sample.transformer_flops(BASE, SCHEDULE, 4, TEXT_LEN, cfg_batch=False) == 4 * f
+    per = sample.scale_flops(BASE, SCHEDULE, 4, TEXT_LEN)  # the profile's per-scale utilisation
+    assert len(per) == 3 and per[0] < per[1] < per[2] and sum(per) == pytest.approx(2 * 4 * f)
 
 
 def test_text_weights_count_per_text_token_not_per_image_token():

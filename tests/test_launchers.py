@@ -252,14 +252,35 @@ def test_gpu_measure_budget_skips_the_stages_it_cannot_fit_and_still_prints_the_
         '[{"config": "c", "image": "64x64", "batch": 2, "step_s": 0.5, "min_step_s": 0.4, "mfu": 0.41, '
         '"tflop_per_step": 1.0, "compile_s": 3.0, "matmul_flops_by_dtypes": {"bfloat16 x bfloat16": 1.0}}]'
     )
+    profile = {
+        "busy_fraction": 0.5,
+        "window_s": 0.4,
+        "ops": 9,
+        "by_kind": {"matmul": {"share": 0.75}, "attention": {"share": 0.25}},
+        "by_scope": [{"scope": "Infinity._blocks/blocks/sa", "share": 0.6}],
+        "by_scale": [{"scale": "1x1", "seconds": 0.001, "utilisation": 0.02}, {"scale": "other", "seconds": 0.1}],
+    }
+    row = {"config": "c", "pn": "1M", "batch": 1, "median_s": 0.3, "min_s": 0.29, "images_per_s": 3.3}
+    row.update(compile_s=50.0, peak_bytes=2**34, mem_source="device", utilisation=0.4, profile=profile)
+    (tmp_path / "sample_b1.json").write_text(json.dumps([row]))
     result = _run("gpu_measure.sh", str(tmp_path), "attention", "train_2b", BUDGET_S="50", MIN_STAGE_S="60")
     out = _lines(result)
     assert [ln.split()[1] for ln in out if ln.startswith("== ") and "skipped" in ln] == ["attention", "train_2b"]
     assert "skipped (budget): attention train_2b" in result.stderr
-    assert out[out.index("== figures") + 1] == (
+    figures = out[out.index("== figures") + 1 :]
+    first = next(i for i, ln in enumerate(figures) if ln.startswith("sample_b1"))
+    assert figures[first : first + 4] == [
+        "sample_b1: c 1M batch 1: median 0.300 s (min 0.290), 3.30 img/s, compile 50.0 s, peak 16.0 GiB (device; "
+        "program -), utilisation 40.0%",
+        "    profile: busy 50% of 400.0 ms, 9 ops; matmul 75%, attention 25%",
+        "    scopes: Infinity._blocks/blocks/sa 60%",
+        "    per scale, ms (utilisation): 1x1 1.0 (2.0%), other 100.0",
+    ]
+    assert (
         "train_2b: c 64x64 batch 2: step 0.500 s (min 0.400), MFU 41.0%, 1.00 TFLOP/step, compile 3.0 s, "
         "matmuls bfloat16 x bfloat16 100.0%"
-    )
+    ) in figures
+    assert len(figures) == 5
 
 
 def _checkout_without_install(tmp_path) -> tuple[str, dict]:

@@ -263,6 +263,11 @@ def summarize(trace_path: str | Path, hlo_texts: list[str] = (), *, calls: int =
     }
 
 
+def _util(row: dict) -> str:
+    u = row.get("utilisation")
+    return "" if u is None else f" ({100 * u:.0f}%)"
+
+
 def format_summary(s: dict) -> str:
     """The summary as the benchmarks print it."""
     if "error" in s:
@@ -275,8 +280,8 @@ def format_summary(s: dict) -> str:
     for k, v in sorted(s["by_kind"].items(), key=lambda kv: -kv[1]["seconds"]):
         lines.append(f"  {k:<12} {1e3 * v['seconds']:>8.2f} {100 * v['share']:>6.1f}%  {v['count']:>9}")
     if s.get("by_scale"):
-        per = ", ".join(f"{r['scale']} {1e3 * r['seconds']:.2f}" for r in s["by_scale"])
-        lines.append(f"  per scale, ms/call: {per}")
+        per = ", ".join(f"{r['scale']} {1e3 * r['seconds']:.2f}{_util(r)}" for r in s["by_scale"])
+        lines.append(f"  per scale, ms/call (utilisation): {per}")
     lines.append("  scope                                         ms/call   share")
     for r in s["by_scope"]:
         lines.append(f"  {r['scope'][:44]:<44} {1e3 * r['seconds']:>8.2f} {100 * r['share']:>6.1f}%")

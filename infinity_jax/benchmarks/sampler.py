@@ -298,6 +298,11 @@ def bench_one(
     flops = sample.transformer_flops(model_cfg, schedule, batch, text_len, cfg_batch=sampler.cfg_batch)
     peak = metrics.peak_flops_per_device(devices[0].device_kind, model_cfg.dtype)
     util = flops / med / (peak * len(devices)) if peak else None
+    if profile and len(profile.get("by_scale", [])) > len(schedule):  # the scales in order, then 'other'
+        per = sample.scale_flops(model_cfg, schedule, batch, text_len, cfg_batch=sampler.cfg_batch)
+        for row, f in zip(profile["by_scale"], per):
+            row["tflop"] = f / 1e12
+            row["utilisation"] = f / row["seconds"] / (peak * len(devices)) if peak and row["seconds"] else None
     peak_bytes, program_bytes = _peak_bytes(devices), _program_bytes(sampler)
     mem_src = "device"
     if peak_bytes is None:
