@@ -243,8 +243,8 @@ class SelfAttention(nn.Module):
         q_bias = self.param("q_bias", partitioned(nn.initializers.zeros, ("heads",)), (c_model,))
         v_bias = self.param("v_bias", partitioned(nn.initializers.zeros, ("heads",)), (c_model,))
         # out in the compute dtype (the matmul still accumulates in float32), so that the backward pass's two
-        # matmuls take a bf16 cotangent: a float32 one makes both float32 GEMMs (13.6% of the 2B's training
-        # FLOPs). The bias, norm and RoPE run in float32.
+        # matmuls take a bf16 cotangent: a float32 one would make both float32 GEMMs (docs/performance.md).
+        # The bias, norm and RoPE run in float32.
         qkv = jnp.einsum("blc,ctd->bltd", x.astype(self.dtype), kernel.astype(self.dtype))
         qkv = checkpoint_name(qkv, "qkv").astype(jnp.float32)
         q = (qkv[:, :, 0] + q_bias).reshape(b, l, h, hd)
