@@ -297,12 +297,16 @@ def bench_one(
     devices = jax.devices()
     flops = sample.transformer_flops(model_cfg, schedule, batch, text_len, cfg_batch=sampler.cfg_batch)
     peak = metrics.peak_flops_per_device(devices[0].device_kind, model_cfg.dtype)
-    util = flops / med / (peak * len(devices)) if peak else None
-    if profile and len(profile.get("by_scale", [])) > len(schedule):  # the scales in order, then 'other'
+
+    def utilisation(f, seconds):  # achieved FLOP/s over the devices' peak
+        return f / seconds / (peak * len(devices)) if peak and seconds else None
+
+    util = utilisation(flops, med)
+    scales = [r for r in (profile or {}).get("by_scale", []) if r["scale"] != "other"]
+    if len(scales) == len(schedule):  # the profile's time per scale, in schedule order
         per = sample.scale_flops(model_cfg, schedule, batch, text_len, cfg_batch=sampler.cfg_batch)
-        for row, f in zip(profile["by_scale"], per):
-            row["tflop"] = f / 1e12
-            row["utilisation"] = f / row["seconds"] / (peak * len(devices)) if peak and row["seconds"] else None
+        for row, f in zip(scales, per):
+            row.update(tflop=f / 1e12, utilisation=utilisation(f, row["seconds"]))
     peak_bytes, program_bytes = _peak_bytes(devices), _program_bytes(sampler)
     mem_src = "device"
     if peak_bytes is None:

@@ -60,6 +60,15 @@ def schedule_and_stride(cfg, schedule_spec: str | None, pn: str | None):
     return sched, stride, label
 
 
+def _matmul_dtypes(traced) -> dict:
+    """flops_by_operand_dtypes of the traced step, or {'error': why}: an analysis beside the measurement,
+    which must never cost the timing (an accelerator's lease)."""
+    try:
+        return flops_lib.flops_by_operand_dtypes(traced.jaxpr.jaxpr)
+    except Exception as e:  # noqa: BLE001
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
 def train_step(
     config_spec: str = "infinity:tiny",
     *,
@@ -142,24 +151,20 @@ def train_step(
         "num_devices": n_dev,
     }
 
-    state_in = abstract_like(abstract_state, shardings)
-    batch_in = {
-        k: jax.ShapeDtypeStruct(s, dt, sharding=parallel.batch_sharding(mesh, len(s))) for k, (s, dt) in shapes.items()
-    }
-    try:  # an analysis beside the measurement: a failure must not cost the timing (an accelerator's lease)
-        with jax.set_mesh(mesh), nn.logical_axis_rules(axis_rules), targets.compiling_for(platform):
-            jaxpr = jax.make_jaxpr(lambda s, b: step(s, b, jax.random.key(1)))(state_in, batch_in)
-        row["matmul_flops_by_dtypes"] = flops_lib.flops_by_operand_dtypes(jaxpr.jaxpr)
-    except Exception as e:  # noqa: BLE001
-        row["matmul_flops_by_dtypes"] = {"error": f"{type(e).__name__}: {e}"}
-
     if memory:
+        state_in = abstract_like(abstract_state, shardings)
+        batch_in = {
+            k: jax.ShapeDtypeStruct(s, dt, sharding=parallel.batch_sharding(mesh, len(s)))
+            for k, (s, dt) in shapes.items()
+        }
         with jax.set_mesh(mesh), nn.logical_axis_rules(axis_rules), targets.compiling_for(platform):
             t0 = time.perf_counter()
-            compiled = jitted.lower(state_in, batch_in).compile()
+            traced = jitted.trace(state_in, batch_in)
+            compiled = traced.lower().compile()
             compile_s = time.perf_counter() - t0
         row.update(
             memory_figures(compiled),
+            matmul_flops_by_dtypes=_matmul_dtypes(traced),
             compile_s=compile_s,
             state_bytes_per_device=nbytes_per_device(state_in),
             batch_bytes_per_device=nbytes_per_device(batch_in),
@@ -176,8 +181,10 @@ def train_step(
     with jax.set_mesh(mesh), nn.logical_axis_rules(axis_rules):
         state = jax.jit(init, out_shardings=shardings)()
         t0 = time.perf_counter()
-        fn = jitted.lower(state, data).compile()
+        traced = jitted.trace(state, data)
+        fn = traced.lower().compile()
         compile_s = time.perf_counter() - t0
+    row["matmul_flops_by_dtypes"] = _matmul_dtypes(traced)
     state, m = fn(state, data)
     jax.block_until_ready(m)
     times = []
