@@ -16,7 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 )
 def test_default_output_folders_are_ignored_and_sources_are_not():
     # data/: the configs' data.path defaults (data/shapes, data/infinity) that `data prepare --out` builds
-    ignored = ["data/shapes/image_folder/1.0.0/dataset_info.json", "runs/demo/final.json"]
+    ignored = ["data/shapes/image_folder/1.0.0/dataset_info.json", "runs/demo/final.json", ".gpu-compiler/x.py"]
     kept = ["infinity_jax/data/sources.py", "configs/shapes.py", "tests/test_gitignore.py"]
     done = subprocess.run(
         ["git", "check-ignore", "--no-index", *ignored, *kept], cwd=REPO, capture_output=True, text=True, timeout=30

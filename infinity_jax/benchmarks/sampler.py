@@ -20,9 +20,11 @@ figures are XLA's memory analysis of it, in bytes per device: arguments (params,
 code, and the total = arguments + outputs + temporaries - aliased, the program's peak on one device;
 then the KV cache (k and v: depth x rows x tokens x heads x head_dim x itemsize, rows = 2 x batch
 with CFG, per device: split over the batch shards) and temporaries / KV cache (1 + what the program
-keeps beside the cache). It needs no accelerator: a laptop compiles for a mesh of simulated devices
+keeps beside the cache), and the custom calls the compiled program kept (`custom_calls`: its fused
+kernels). It needs no accelerator: a laptop compiles for a mesh of simulated devices
 (XLA_FLAGS=--xla_force_host_platform_device_count=8), though an accelerator's compiler may lay out
-its temporaries differently.
+its temporaries differently; `topology` compiles with that accelerator's compiler instead (a TPU slice
+through libtpu, NVIDIA GPUs through jax's CUDA plugin: targets.topology_devices).
 
 Meshes (`bench_mesh`, shared with the training benchmark): one device, no mesh; more, a mesh over
 all of them with the batch split over every device, and the params sharded by `rules`: 'fsdp' /
@@ -31,6 +33,8 @@ all of them with the batch split over every device, and the params sharded by `r
 
 from __future__ import annotations
 
+import collections
+import re
 import statistics
 import time
 
@@ -84,12 +88,12 @@ def bench_mesh(rules: str = "dp", *, tensor: int = 1, fsdp: int | None = None, d
     return parallel.make_mesh(fsdp=fsdp, tensor=tensor, devices=devices)
 
 
-def target(topology: str | None) -> tuple[list | None, str | None]:
-    """(devices, platform) a benchmark compiles for: this machine's (None, None), or a TPU topology's devices
-    and 'tpu' (for targets.compiling_for, which picks the kernels)."""
+def target(topology: str | None) -> targets.CompileTarget:
+    """What a benchmark compiles for: this machine (devices and platform None: its own), or the compile-only
+    devices of a TPU slice or NVIDIA GPUs (the platform is for targets.compiling_for, which picks kernels)."""
     if topology is None:
-        return None, None
-    return targets.topology_devices(topology), "tpu"
+        return targets.CompileTarget(None, None, {})
+    return targets.topology_devices(topology)
 
 
 def memory_figures(compiled) -> dict:
@@ -102,6 +106,13 @@ def memory_figures(compiled) -> dict:
     out = {f"{k}_bytes": int(getattr(m, f"{k}_size_in_bytes")) for k in MEMORY_FIELDS}
     out["total_bytes"] = out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"] - out["alias_bytes"]
     return out
+
+
+def custom_calls(compiled) -> dict[str, int]:
+    """The custom-call targets of a compiled program and how often each appears in its HLO text (a call in a
+    scanned block's loop body counts once): the fused kernels the compiler kept, e.g. cuDNN's
+    '__cudnn$fmhaSoftmax' / '...Backward' on GPU, Mosaic's 'tpu_custom_call' on TPU."""
+    return dict(sorted(collections.Counter(re.findall(r'custom_call_target="([^"]+)"', compiled.as_text())).items()))
 
 
 def abstract_like(tree, shardings=None):
@@ -156,8 +167,8 @@ def sampler_memory(
     topology: str | None = None,
 ) -> dict:
     """XLA's memory analysis of the whole sampling program (see the module docstring), compiled from
-    abstract inputs: nothing runs and no params are allocated. `topology`: compile for that TPU slice
-    (targets.topology_devices; needs libtpu) instead of this machine's devices.
+    abstract inputs: nothing runs and no params are allocated. `topology`: compile for that TPU slice or
+    those GPUs (targets.topology_devices; needs libtpu or jax's CUDA plugin) instead of this machine's devices.
 
     Returns the `memory_figures` (bytes per device) plus kv_cache_bytes (k and v for all rows and
     the whole schedule, as transformer.init_cache makes it), kv_cache_bytes_per_device (split over
@@ -168,7 +179,10 @@ def sampler_memory(
     model_cfg, schedule, vae_cfg = _setup(
         config_spec, pn, vae_spec=vae_spec, h_div_w=h_div_w, schedule_spec=schedule_spec
     )
-    devices, platform = target(topology)
+    tgt = target(topology)
+    devices, platform = tgt.devices, tgt.platform
+    if tgt.compiler_options:
+        compiler_options = {**(compiler_options or {}), **tgt.compiler_options}
     mesh = bench_mesh(rules, tensor=tensor, fsdp=fsdp, devices=devices)
     # the Sampler picks its weights' dtype and the compile its kernels for the target platform
     with targets.compiling_for(platform):
@@ -205,6 +219,7 @@ def sampler_memory(
         )
         exe, compile_s = sampler.compile(params, vae_params, text, mask, seeds, sp)
     out = memory_figures(exe)
+    out["custom_calls"] = custom_calls(exe)
     n_rows = batch * (2 if sampler.cfg_batch else 1)
     cache = jax.eval_shape(lambda: init_cache(model_cfg, n_rows, schedule))
     kv = int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache)))

@@ -32,7 +32,14 @@ from flax import linen as nn
 
 from infinity_jax import config_util, parallel, schedules, targets
 from infinity_jax.benchmarks import profile as profile_lib
-from infinity_jax.benchmarks.sampler import abstract_like, bench_mesh, memory_figures, nbytes_per_device, target
+from infinity_jax.benchmarks.sampler import (
+    abstract_like,
+    bench_mesh,
+    custom_calls,
+    memory_figures,
+    nbytes_per_device,
+    target,
+)
 from infinity_jax.convert import vae as conv_vae
 from infinity_jax.errors import UsageError
 from infinity_jax.model import flops as flops_lib
@@ -91,14 +98,16 @@ def train_step(
     the traced step: float32 operands in a bf16 step are float32 GEMMs), plus either the timing (compile_s,
     step_s = the median of `steps` steps after one warm-up, min_step_s, tflop_per_step, loss, images_per_s,
     tokens_per_s and mfu where the device's peak is known) or, with `memory`, XLA's memory analysis (`memory_figures`:
-    bytes per device), compile_s, state_bytes_per_device and batch_bytes_per_device. `topology` (with
-    `memory`): compile for that TPU slice (targets.topology_devices; needs libtpu) instead of this machine's
-    devices. `profile_dir`: then records `profile_calls` more steps with the profiler there and adds their
-    summary (benchmarks.profile) as row['profile']. A mesh that the devices or a batch that the batch
-    shards do not divide raises UsageError."""
+    bytes per device), custom_calls (the compiled step's fused kernels), compile_s, state_bytes_per_device and
+    batch_bytes_per_device. `topology` (with `memory`): compile for that TPU slice or those GPUs
+    (targets.topology_devices; needs libtpu or jax's CUDA plugin) instead of this machine's devices.
+    `profile_dir`: then records `profile_calls` more steps with the profiler there and adds their summary
+    (benchmarks.profile) as row['profile']. A mesh that the devices or a batch that the batch shards do not
+    divide raises UsageError."""
     if topology and not memory:
-        raise UsageError(f"topology {topology!r}: a TPU topology can only be compiled for (--memory), not run")
-    devices, platform = target(topology)
+        raise UsageError(f"topology {topology!r}: a topology can only be compiled for (--memory), not run")
+    tgt = target(topology)
+    devices, platform = tgt.devices, tgt.platform
     cfg = config_util.load_config(config_spec)
     mcfg = T.InfinityConfig.from_dict(cfg.model)
     sched, stride, label = schedule_and_stride(cfg, schedule_spec, pn)
@@ -160,10 +169,11 @@ def train_step(
         with jax.set_mesh(mesh), nn.logical_axis_rules(axis_rules), targets.compiling_for(platform):
             t0 = time.perf_counter()
             traced = jitted.trace(state_in, batch_in)
-            compiled = traced.lower().compile()
+            compiled = traced.lower().compile(tgt.compiler_options or None)
             compile_s = time.perf_counter() - t0
         row.update(
             memory_figures(compiled),
+            custom_calls=custom_calls(compiled),
             matmul_flops_by_dtypes=_matmul_dtypes(traced),
             compile_s=compile_s,
             state_bytes_per_device=nbytes_per_device(state_in),

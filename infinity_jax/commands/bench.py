@@ -49,8 +49,9 @@ def _add_compile_only_args(p: argparse.ArgumentParser, inputs: str) -> None:
     p.add_argument(
         "--topology",
         default=None,
-        help="with --memory: compile for this TPU slice (e.g. v5e:2x2, v5p:2x2x2) instead of this machine's "
-        "devices; needs libtpu (pip install 'jax[tpu]'), not a TPU",
+        help="with --memory: compile for this TPU slice (e.g. v5e:2x2, v5p:2x2x2; needs libtpu: pip install "
+        "'jax[tpu]') or these NVIDIA GPUs (h100, h200, h100:8 = 8 in a host, h100:2x8 = 2 hosts of 8; needs jax's "
+        "CUDA plugin: pip install 'jax[cuda12]') instead of this machine's devices; no TPU or GPU needed",
     )
 
 
@@ -62,6 +63,13 @@ def _add_profile_arg(p: argparse.ArgumentParser, calls: str) -> None:
         help=f"after timing, record two more {calls} with jax.profiler into DIR (Perfetto and xprof files) "
         "and print where the device time went (infinity_jax.benchmarks.profile)",
     )
+
+
+def _print_custom_calls(row: dict) -> None:
+    calls = row.get("custom_calls")
+    if calls is not None:
+        listed = ", ".join(f"{k} x{v}" for k, v in calls.items()) or "none"
+        print(f"custom calls in the compiled program (fused kernels; a loop body's count once): {listed}", flush=True)
 
 
 def _print_matmul_dtypes(row: dict) -> None:
@@ -333,7 +341,7 @@ def sample(argv: list[str]) -> int:
     p.add_argument("--json", default=None, help="also write the rows to this file")
     args = p.parse_args(argv)
     if args.topology and not args.memory:
-        raise UsageError(f"--topology {args.topology}: a TPU topology can only be compiled for (--memory), not run")
+        raise UsageError(f"--topology {args.topology}: a topology can only be compiled for (--memory), not run")
     if args.profile and args.memory:
         raise UsageError("--profile records running calls; --memory runs none")
     accel = args.memory or jax.default_backend() != "cpu"
@@ -374,6 +382,7 @@ def sample(argv: list[str]) -> int:
             rows.append(r)
     print(format_sample_memory_table(rows) if args.memory else format_sample_table(rows), flush=True)
     for r in rows:
+        _print_custom_calls(r)
         _print_profile(r)
     if args.json:
         write_json(args.json, rows)
@@ -467,6 +476,7 @@ def train(argv: list[str]) -> int:
         profile_dir=a.profile,
     )
     print(format_train_memory_table(row) if a.memory else format_train_table(row), flush=True)
+    _print_custom_calls(row)
     _print_matmul_dtypes(row)
     _print_profile(row)
     if a.json:

@@ -24,7 +24,9 @@ Implementations (`implementation=`, or InfinityConfig.attention):
              bf16/fp16, head width <= 128 and a multiple of 8. No bias (cuDNN's backward cannot
              give the gradient of a broadcast one): block-causal attention runs as one unmasked
              call per query scale against its key prefix, padded keys go in as lengths, so
-             kv_valid must be a prefix mask there (padded text is).
+             kv_valid must be a prefix mask there (padded text is); odd lengths are padded to
+             even ones, which jax's wrapper needs when differentiated. Under a mesh each device
+             runs the calls on its shard, as splash does.
   'splash'   Pallas splash attention on TPU (model/attention_tpu.py): the block-causal mask is a
              static block-sparse mask (fully hidden blocks are skipped), padding via segment ids;
              elsewhere it runs in Pallas interpret mode (slow: for tests). Under a mesh each
@@ -32,7 +34,7 @@ Implementations (`implementation=`, or InfinityConfig.attention):
              'tensor').
   'auto'     cudnn on GPU where its dtype and head width allow, splash on TPU, chunked elsewhere
              (CPU), for the platform the program is built for (targets.platform(): the default
-             backend, or a TPU topology being compiled for). `select_implementation` says which.
+             backend, or the TPU / GPU target being compiled for). `select_implementation` says which.
 """
 
 from __future__ import annotations
@@ -120,7 +122,14 @@ def attention(
                 f"attention implementation 'cudnn' needs bfloat16/float16 and a head width <= 128 that "
                 f"is a multiple of 8; got {jnp.dtype(v.dtype).name}, head width {q.shape[-1]}"
             )
-        return fused_attention(q, k, v, scale, q_scales, kv_scales, kv_valid, implementation="cudnn")
+        # per shard: jax's partitioning of the cuDNN call refuses q, k, v sharded differently (FSDP training)
+        return _per_shard(
+            lambda q, k, v, valid: fused_attention(q, k, v, scale, q_scales, kv_scales, valid, implementation="cudnn"),
+            q,
+            k,
+            v,
+            kv_valid,
+        )
     from infinity_jax.model import attention_tpu
 
     kernel = functools.partial(
@@ -134,8 +143,9 @@ def attention(
 
 
 def _per_shard(fn, q, k, v, kv_valid):
-    """Runs a one-device kernel (a pallas_call, which XLA cannot partition) on each device's shard:
-    batch over the mesh's data axes and heads over 'tensor', where a mesh is set and they divide."""
+    """Runs a one-device kernel (a pallas_call, which XLA cannot partition, or the cuDNN calls) on each
+    device's shard: batch over the mesh's data axes and heads over 'tensor', where a mesh is set and they
+    divide."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return fn(q, k, v, kv_valid)
@@ -345,6 +355,11 @@ def prefix_groups(q_scales: np.ndarray, kv_scales: np.ndarray) -> list[tuple[int
     return [(int(a), int(b), int(e)) for a, b, e in zip(starts, ends, kv_ends)]
 
 
+def _pad_to_even(x):
+    """x (B, n, H, c) with one zero row appended along n where n is odd."""
+    return jnp.pad(x, ((0, 0), (0, x.shape[1] % 2), (0, 0), (0, 0))) if x.shape[1] % 2 else x
+
+
 def fused_attention(
     q, k, v, scale, q_scales=None, kv_scales=None, kv_valid=None, *, implementation="cudnn", small_prefix=None
 ):
@@ -360,15 +375,21 @@ def fused_attention(
 
     def call(q_part, kv_end):
         kv_len = None if lengths is None else jnp.minimum(lengths, kv_end)
+        k_part, v_part = k[:, :kv_end], v[:, :kv_end]
+        # Even lengths: differentiated, jax's cuDNN wrapper refuses odd ones (it checks them as if a bias were
+        # given). A padded key is hidden by the key lengths; a padded query's row is dropped.
+        if kv_end % 2:
+            k_part, v_part = _pad_to_even(k_part), _pad_to_even(v_part)
+            kv_len = jnp.full((k.shape[0],), kv_end, jnp.int32) if kv_len is None else kv_len
         out = jax.nn.dot_product_attention(
-            q_part,
-            k[:, :kv_end],
-            v[:, :kv_end],
+            _pad_to_even(q_part),
+            k_part,
+            v_part,
             scale=float(scale),
             key_value_seq_lengths=kv_len,
             implementation=implementation,
         )
-        return out.astype(v.dtype)
+        return out[:, : q_part.shape[1]].astype(v.dtype)
 
     if q_scales is None:
         return call(q, k.shape[1])

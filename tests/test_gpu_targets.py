@@ -1,0 +1,98 @@
+"""Compiling for NVIDIA GPUs without one (infinity_jax/targets.py): XLA's GPU compiler from jax's CUDA plugin,
+for a device description of ours, with cuDNN building the fused attention kernels. The compiles run in a
+subprocess with the plugin on its path (launch/install_gpu_compiler.sh puts it in .gpu-compiler/, which CI
+does), so that the jax of the rest of the suite stays a CPU jax."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from infinity_jax import commands, targets
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPILER_DIR = os.environ.get("INFINITY_JAX_GPU_COMPILER", os.path.join(REPO, ".gpu-compiler"))
+
+
+def test_gpu_target_names():
+    h100, h200 = targets.GPU_MODELS["h100"], targets.GPU_MODELS["h200"]
+    assert targets.parse_gpu_target("h100") == (h100, 1, 1)
+    assert targets.parse_gpu_target("H200:8") == (h200, 1, 8)
+    assert targets.parse_gpu_target("h100:2x8") == (h100, 2, 8)
+    assert targets.parse_gpu_target("v5e:2x2") is None and targets.parse_gpu_target("a100") is None
+    with pytest.raises(commands.UsageError, match="GPU target 'h100:0': expected MODEL"):
+        targets.parse_gpu_target("h100:0")
+
+
+def test_the_target_config_describes_the_device():
+    text = targets.GPU_MODELS["h200"].target_config((9, 8, 0))
+    assert "device_memory_size: 141000000000\n" in text and "core_count: 132\n" in text
+    assert "cuda_compute_capability { major: 9 minor: 0 }" in text
+    assert "dnn_version_info { major: 9 minor: 8 patch: 0 }" in text and 'platform_name: "CUDA"' in text
+    assert text.count("{") == text.count("}") == 3
+
+
+def test_a_gpu_target_without_the_cuda_plugin_is_a_usage_error(capsys, monkeypatch):
+    monkeypatch.setattr(targets, "_cudnn_version", lambda: (_ for _ in ()).throw(RuntimeError("no plugin")))
+    assert commands.main(["bench", "sample", "--memory", "--topology", "h100", "--config", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "GPU target 'h100': no plugin; compiling for NVIDIA GPUs needs jax's CUDA plugin" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def _gpu_compiler_env() -> dict:
+    """The environment of a process that compiles for GPUs: the plugin importable, jax's backend the CPU."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    if importlib.util.find_spec("jax_plugins") is None or importlib.util.find_spec("jax_plugins.xla_cuda12") is None:
+        if not os.path.isdir(COMPILER_DIR):
+            pytest.skip("no GPU compiler: bash launch/install_gpu_compiler.sh (or pip install 'jax[cuda12]')")
+        env["PYTHONPATH"] = os.pathsep.join([COMPILER_DIR, REPO, env.get("PYTHONPATH", "")])
+    return env
+
+
+def _bench_memory(what: str, args: list[str], tmp_path) -> dict:
+    out = tmp_path / f"{what}.json"
+    argv = [sys.executable, "-m", "infinity_jax", "bench", what, "--memory", *args, "--json", str(out)]
+    p = subprocess.run(argv, cwd=REPO, env=_gpu_compiler_env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (row,) = json.loads(out.read_text())
+    return row
+
+
+# Scales past the dense first ones (keys beyond SMALL_PREFIX = 128) with odd lengths: 144 queries against
+# 229 keys, the shape of the 2B step's 'Q 144, KV 265' that jax's cuDNN wrapper refused.
+TRAIN_SCHEDULE = "1x1,2x2,4x4,8x8,12x12"
+
+
+def test_the_training_step_compiles_for_h100s_under_fsdp_with_cudnn_attention(tmp_path):
+    """The bf16 training step (self-attention block-causal, cross-attention to padded text) compiles for two
+    H100s under FSDP with cuDNN flash attention forward and backward, each device on its shard."""
+    row = _bench_memory(
+        "train",
+        ["--topology", "h100:2", "--config", "infinity:tiny,dtype=bfloat16", "--schedule", TRAIN_SCHEDULE]
+        + ["--batch", "4", "--rules", "fsdp"],
+        tmp_path,
+    )
+    assert row["device"] == "NVIDIA H100 80GB HBM3" and row["num_devices"] == 2 and row["mesh"]["fsdp"] == 2
+    calls = row["custom_calls"]
+    assert calls.get("__cudnn$fmhaSoftmax", 0) >= 1 and calls.get("__cudnn$fmhaSoftmaxBackward", 0) >= 1, calls
+    assert 0 < row["total_bytes"] < 2**30
+
+
+def test_the_sampler_compiles_for_an_h200_with_cudnn_attention(tmp_path):
+    """The whole sampling program (bf16, CFG, no VAE) for one H200: cuDNN attention against the cache, and
+    the GPU compiler's memory analysis with the KV cache among the temporaries."""
+    row = _bench_memory(
+        "sample",
+        ["--topology", "h200", "--config", "tiny,dtype=bfloat16", "--schedule", TRAIN_SCHEDULE]
+        + ["--batch", "2", "--vae-config", "none"],
+        tmp_path,
+    )
+    assert row["device"] == "NVIDIA H200" and row["num_devices"] == 1
+    assert row["custom_calls"].get("__cudnn$fmhaSoftmax", 0) >= 1, row["custom_calls"]
+    assert row["temp_bytes"] >= row["kv_cache_bytes_per_device"] > 0
