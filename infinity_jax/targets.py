@@ -2,15 +2,15 @@
 
 Kernel choices (attention's 'auto', the Pallas interpret flag, bf16 weight storage in the sampler) follow
 `platform()`: the default backend, or the platform set by `compiling_for` while a program for other
-devices is traced. `topology_devices(name)` gives the compile-only devices of hardware that is not there,
+devices is traced. `compile_target(name)` gives the compile-only devices of hardware that is not there,
 so a CPU machine can compile the training step or the sampler for it ahead of time and read that
 compiler's memory analysis (`bench train|sample --memory --topology ...`):
   'v5e:2x2', 'v5p:2x2x2', ...  a TPU slice, compiled by libtpu (`pip install 'jax[tpu]'`);
   'h100', 'h200:8', 'h100:2x8' NVIDIA GPUs (one, 8 in a host, 2 hosts of 8), compiled by XLA's GPU compiler
                                from jax's CUDA plugin (`pip install 'jax[cuda12]'`, no GPU or driver needed)
                                for the device description in `GPU_MODELS`. XLA's GEMM autotuning needs the
-                               device, so GEMM kernels are the compiler's defaults (memory and the
-                               attention kernels are the device's; timing is not).
+                               device, so these compiles use cuBLAS for every GEMM (the device's autotuner
+                               also tries Triton): memory and kernel choice are the GPU compiler's, no timing.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ class CompileTarget:
 GPU_COMPILE_ONLY_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
 
 
-def topology_devices(name: str) -> CompileTarget:
+def compile_target(name: str) -> CompileTarget:
     """The CompileTarget of `name`: NVIDIA GPUs ('h100', 'h200:8', 'h100:2x8') or a TPU slice ('v5e:2x2',
     'v5p:2x2x2'), for compiling without them (see the module docstring)."""
     from jax.experimental import topologies  # loads libtpu / the CUDA plugin: only when a target is asked for
@@ -161,8 +161,9 @@ def topology_devices(name: str) -> CompileTarget:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         if gpu is not None:
             raise UsageError(
-                f"GPU target {name!r}: {why}; compiling for NVIDIA GPUs needs jax's CUDA plugin with cuDNN "
-                "(pip install 'jax[cuda12]'; no GPU needed)"
+                f"GPU target {name!r}: {why}; compiling for NVIDIA GPUs needs jax's CUDA plugin with cuDNN on "
+                "the path (bash launch/install_gpu_compiler.sh, then PYTHONPATH=.gpu-compiler JAX_PLATFORMS=cpu; "
+                "or pip install 'jax[cuda12]'); no GPU needed"
             ) from e
         raise UsageError(
             f"TPU topology {name!r}: {why}; compiling for a TPU topology needs libtpu (pip install 'jax[tpu]') "

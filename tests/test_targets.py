@@ -95,7 +95,7 @@ def test_bench_memory_compiles_over_the_topology_devices(what, tmp_path, monkeyp
     stand in for a v5e:2x2, whose compiler this machine may not have), traced while compiling for TPU
     (here recorded, not applied: the CPU compiler cannot build TPU kernels), and the row names them."""
     seen = []
-    monkeypatch.setattr(targets, "topology_devices", lambda name: targets.CompileTarget(jax.devices()[:4], "tpu", {}))
+    monkeypatch.setattr(targets, "compile_target", lambda name: targets.CompileTarget(jax.devices()[:4], "tpu", {}))
     real = targets.compiling_for
     monkeypatch.setattr(targets, "compiling_for", lambda name: seen.append(name) or real(None))
     out = tmp_path / "row.json"

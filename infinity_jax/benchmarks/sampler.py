@@ -24,7 +24,7 @@ keeps beside the cache), and the custom calls the compiled program kept (`custom
 kernels). It needs no accelerator: a laptop compiles for a mesh of simulated devices
 (XLA_FLAGS=--xla_force_host_platform_device_count=8), though an accelerator's compiler may lay out
 its temporaries differently; `topology` compiles with that accelerator's compiler instead (a TPU slice
-through libtpu, NVIDIA GPUs through jax's CUDA plugin: targets.topology_devices).
+through libtpu, NVIDIA GPUs through jax's CUDA plugin: targets.compile_target).
 
 Meshes (`bench_mesh`, shared with the training benchmark): one device, no mesh; more, a mesh over
 all of them with the batch split over every device, and the params sharded by `rules`: 'fsdp' /
@@ -93,7 +93,7 @@ def target(topology: str | None) -> targets.CompileTarget:
     devices of a TPU slice or NVIDIA GPUs (the platform is for targets.compiling_for, which picks kernels)."""
     if topology is None:
         return targets.CompileTarget(None, None, {})
-    return targets.topology_devices(topology)
+    return targets.compile_target(topology)
 
 
 def memory_figures(compiled) -> dict:
@@ -168,7 +168,7 @@ def sampler_memory(
 ) -> dict:
     """XLA's memory analysis of the whole sampling program (see the module docstring), compiled from
     abstract inputs: nothing runs and no params are allocated. `topology`: compile for that TPU slice or
-    those GPUs (targets.topology_devices; needs libtpu or jax's CUDA plugin) instead of this machine's devices.
+    those GPUs (targets.compile_target; needs libtpu or jax's CUDA plugin) instead of this machine's devices.
 
     Returns the `memory_figures` (bytes per device) plus kv_cache_bytes (k and v for all rows and
     the whole schedule, as transformer.init_cache makes it), kv_cache_bytes_per_device (split over

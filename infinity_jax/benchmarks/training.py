@@ -100,7 +100,7 @@ def train_step(
     tokens_per_s and mfu where the device's peak is known) or, with `memory`, XLA's memory analysis (`memory_figures`:
     bytes per device), custom_calls (the compiled step's fused kernels), compile_s, state_bytes_per_device and
     batch_bytes_per_device. `topology` (with `memory`): compile for that TPU slice or those GPUs
-    (targets.topology_devices; needs libtpu or jax's CUDA plugin) instead of this machine's devices.
+    (targets.compile_target; needs libtpu or jax's CUDA plugin) instead of this machine's devices.
     `profile_dir`: then records `profile_calls` more steps with the profiler there and adds their summary
     (benchmarks.profile) as row['profile']. A mesh that the devices or a batch that the batch shards do not
     divide raises UsageError."""
