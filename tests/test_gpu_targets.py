@@ -82,6 +82,7 @@ def test_the_training_step_compiles_for_8_h100s_under_fsdp_with_cudnn_attention(
     assert 0 < row["total_bytes"] < 2**30
 
 
+@pytest.mark.slow
 def test_the_sampler_compiles_for_an_h200_with_cudnn_attention(tmp_path):
     """The whole sampling program (bf16, CFG, no VAE) for one H200: cuDNN attention against the cache, and
     the GPU compiler's memory analysis with the KV cache among the temporaries."""
