@@ -88,6 +88,14 @@ KERNELS = [  # two calls of the program: 100 us window each, 60 us busy, an idle
 ]
 
 
+def test_custom_calls_of_a_gpu_program():
+    assert P.custom_calls(HLO) == {"__cudnn$fmhaSoftmax": 1}
+    assert P.custom_calls(HLO.replace("%all-reduce.7", '%c = f32[] custom-call(), custom_call_target="x"\n  %r')) == {
+        "__cudnn$fmhaSoftmax": 1,
+        "x": 1,
+    }
+
+
 def test_summary_of_a_gpu_trace_counts_kernels_not_the_lines_that_span_programs(tmp_path):
     path = _trace(
         tmp_path / "t.json.gz",

@@ -29,6 +29,7 @@ _INSTR = re.compile(r"^\s+(?:ROOT )?%?([\w.\-]+) = (.*)$")
 _OPCODE = re.compile(r"(?<![\w.%\-])([a-z][a-z0-9\-]*)\(")
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$")
 _TRANSFORM = re.compile(r"^[\w.]*\(.*\)$")  # jvp(Infinity), transpose(jvp(...)), vmap(), jit(_uniform)
+_CUSTOM_CALL = re.compile(r'custom_call_target="([^"]+)"')
 _SCALE = re.compile(r"^scale\d+_(\d+x\d+)$")  # the sampler's per-scale scopes (sample.generate_tokens)
 _PLUMBING = {"while", "body", "cond", "closed_call", "checkpoint", "rematted_computation", "branch"}
 
@@ -94,7 +95,7 @@ def op_kinds(hlo_text: str) -> dict[str, tuple[str, str]]:
         opcode = op.group(1) if op else ""
         contents[current].add(opcode)
         calls = re.search(r"calls=%?([\w.\-]+)", rest)
-        target = re.search(r'custom_call_target="([^"]+)"', rest)
+        target = _CUSTOM_CALL.search(rest)
         jax_op = re.search(r'op_name="([^"]*)"', rest)
         instrs[name] = (opcode, calls and calls.group(1), target and target.group(1), jax_op and jax_op.group(1), rest)
     out = {}
@@ -120,6 +121,13 @@ def op_kinds(hlo_text: str) -> dict[str, tuple[str, str]]:
             kind = "other"
         out[name] = (kind, jax_op or "")
     return out
+
+
+def custom_calls(hlo_text: str) -> dict[str, int]:
+    """The custom-call targets of a compiled program's HLO text and how often each appears (a call in a
+    scanned block's loop body counts once): the fused kernels the compiler kept, e.g. cuDNN's
+    '__cudnn$fmhaSoftmax' / '...Backward' on GPU, Mosaic's 'tpu_custom_call' on TPU."""
+    return dict(sorted(collections.Counter(_CUSTOM_CALL.findall(hlo_text)).items()))
 
 
 _DERIVED_LINES = (  # xprof's lines that span programs, steps or scopes, or repeat the ops' own events

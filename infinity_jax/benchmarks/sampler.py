@@ -20,7 +20,7 @@ figures are XLA's memory analysis of it, in bytes per device: arguments (params,
 code, and the total = arguments + outputs + temporaries - aliased, the program's peak on one device;
 then the KV cache (k and v: depth x rows x tokens x heads x head_dim x itemsize, rows = 2 x batch
 with CFG, per device: split over the batch shards) and temporaries / KV cache (1 + what the program
-keeps beside the cache), and the custom calls the compiled program kept (`custom_calls`: its fused
+keeps beside the cache), and the custom calls the compiled program kept (`profile.custom_calls`: its fused
 kernels). It needs no accelerator: a laptop compiles for a mesh of simulated devices
 (XLA_FLAGS=--xla_force_host_platform_device_count=8), though an accelerator's compiler may lay out
 its temporaries differently; `topology` compiles with that accelerator's compiler instead (a TPU slice
@@ -33,8 +33,6 @@ all of them with the batch split over every device, and the params sharded by `r
 
 from __future__ import annotations
 
-import collections
-import re
 import statistics
 import time
 
@@ -106,13 +104,6 @@ def memory_figures(compiled) -> dict:
     out = {f"{k}_bytes": int(getattr(m, f"{k}_size_in_bytes")) for k in MEMORY_FIELDS}
     out["total_bytes"] = out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"] - out["alias_bytes"]
     return out
-
-
-def custom_calls(compiled) -> dict[str, int]:
-    """The custom-call targets of a compiled program and how often each appears in its HLO text (a call in a
-    scanned block's loop body counts once): the fused kernels the compiler kept, e.g. cuDNN's
-    '__cudnn$fmhaSoftmax' / '...Backward' on GPU, Mosaic's 'tpu_custom_call' on TPU."""
-    return dict(sorted(collections.Counter(re.findall(r'custom_call_target="([^"]+)"', compiled.as_text())).items()))
 
 
 def abstract_like(tree, shardings=None):
@@ -219,7 +210,7 @@ def sampler_memory(
         )
         exe, compile_s = sampler.compile(params, vae_params, text, mask, seeds, sp)
     out = memory_figures(exe)
-    out["custom_calls"] = custom_calls(exe)
+    out["custom_calls"] = profile_lib.custom_calls(exe.as_text())
     n_rows = batch * (2 if sampler.cfg_batch else 1)
     cache = jax.eval_shape(lambda: init_cache(model_cfg, n_rows, schedule))
     kv = int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache)))

@@ -35,7 +35,6 @@ from infinity_jax.benchmarks import profile as profile_lib
 from infinity_jax.benchmarks.sampler import (
     abstract_like,
     bench_mesh,
-    custom_calls,
     memory_figures,
     nbytes_per_device,
     target,
@@ -173,7 +172,7 @@ def train_step(
             compile_s = time.perf_counter() - t0
         row.update(
             memory_figures(compiled),
-            custom_calls=custom_calls(compiled),
+            custom_calls=profile_lib.custom_calls(compiled.as_text()),
             matmul_flops_by_dtypes=_matmul_dtypes(traced),
             compile_s=compile_s,
             state_bytes_per_device=nbytes_per_device(state_in),
