@@ -269,6 +269,7 @@ def generate_tokens(
     else:
         text_all, mask_all = text, text_mask
     ctx = model.apply(variables, _constrain_batch(text_all, mesh), mask_all, method=Infinity.encode_text)
+    ctx = model.apply(variables, ctx, method=Infinity.decode_context)  # the text's keys/values, once
     rows = 2 * B if cfg_batch else B
 
     def new_cache(sched):  # (depth, batch, L, H, c): batch over the data axes, like the activations
@@ -356,22 +357,24 @@ def _unbox(tree):
     return None if tree is None else nn.unbox(tree)
 
 
-# the blocks' matmul kernels, which every use casts to the compute dtype (model/layers.py)
+# the blocks' matmul kernels and their Dense layers' biases, which every use casts to the compute dtype
+# (model/layers.py; flax's Dense casts its bias to its dtype before the add)
 _COMPUTE_DTYPE_KERNELS = {
     ("sa", "mat_qkv"),
-    ("sa", "proj", "kernel"),
     ("ca", "mat_kv"),
-    ("ca", "mat_q", "kernel"),
-    ("ca", "proj", "kernel"),
-    ("ffn", "fc1", "kernel"),
-    ("ffn", "fc2", "kernel"),
+    *(
+        (*layer, p)
+        for layer in (("sa", "proj"), ("ca", "mat_q"), ("ca", "proj"), ("ffn", "fc1"), ("ffn", "fc2"))
+        for p in ("kernel", "bias")
+    ),
 }
 
 
 def kernels_in_compute_dtype(params, model_cfg: InfinityConfig):
-    """The params with the blocks' matmul kernels stored in the compute dtype (arrays or
-    ShapeDtypeStructs). Each use casts them to it anyway, so outputs are bit-identical; a bf16
-    model's params take about half the memory and no scale of the program casts 2B weights again."""
+    """The params with the blocks' matmul kernels (and their Dense biases) stored in the compute dtype
+    (arrays or ShapeDtypeStructs). Each use casts them to it anyway, so outputs are bit-identical; a bf16
+    model's params take about half the memory and no scale of the program casts 2B weights (or launches a
+    kernel per bias and layer to cast the biases) again."""
     dtype = model_cfg.compute_dtype
     if dtype == jnp.float32:
         return params

@@ -25,7 +25,8 @@ Implementations (`implementation=`, or InfinityConfig.attention):
              give the gradient of a broadcast one): block-causal attention runs as one unmasked
              call per query scale against its key prefix, padded keys go in as lengths, so
              kv_valid must be a prefix mask there (padded text is); odd lengths are padded to
-             even ones, which jax's wrapper needs when differentiated. Under a mesh each device
+             even ones, which jax's wrapper needs when differentiated (even_lengths=False: a call
+             that is never differentiated, the sampler's, skips that copy). Under a mesh each device
              runs the calls on its shard, as splash does.
   'splash'   Pallas splash attention on TPU (model/attention_tpu.py): the block-causal mask is a
              static block-sparse mask (fully hidden blocks are skipped), padding via segment ids;
@@ -103,9 +104,11 @@ def attention(
     implementation: str = "auto",
     q_chunk: int | None = None,
     kv_chunk: int | None = None,
+    even_lengths: bool = True,
 ) -> jax.Array:
     """Softmax(scale * q k^T + mask) v. See the module docstring for shapes, masks and kernels.
-    q_chunk / kv_chunk: the chunked path's blocks (default Q_CHUNK / KV_CHUNK, read at call time)."""
+    q_chunk / kv_chunk: the chunked path's blocks (default Q_CHUNK / KV_CHUNK, read at call time).
+    even_lengths=False: the cuDNN path keeps odd lengths, for calls that are never differentiated."""
     check_inputs(q, k, v, q_scales, kv_scales, kv_valid)
     impl = select_implementation(implementation, v.dtype, q.shape[-1])
     if q_scales is not None:
@@ -124,7 +127,9 @@ def attention(
             )
         # per shard: jax's partitioning of the cuDNN call refuses q, k, v sharded differently (FSDP training)
         return _per_shard(
-            lambda q, k, v, valid: fused_attention(q, k, v, scale, q_scales, kv_scales, valid, implementation="cudnn"),
+            lambda q, k, v, valid: fused_attention(
+                q, k, v, scale, q_scales, kv_scales, valid, implementation="cudnn", even_lengths=even_lengths
+            ),
             q,
             k,
             v,
@@ -361,7 +366,17 @@ def _pad_to_even(x):
 
 
 def fused_attention(
-    q, k, v, scale, q_scales=None, kv_scales=None, kv_valid=None, *, implementation="cudnn", small_prefix=None
+    q,
+    k,
+    v,
+    scale,
+    q_scales=None,
+    kv_scales=None,
+    kv_valid=None,
+    *,
+    implementation="cudnn",
+    small_prefix=None,
+    even_lengths=True,
 ):
     """jax.nn.dot_product_attention with no bias and no mask array: jax asks cuDNN's backward for a bias's
     gradient whenever there is a bias, and cuDNN does not compute it for the broadcast shapes a mask needs
@@ -369,20 +384,21 @@ def fused_attention(
     against the keys up to its end, which also skips the hidden blocks), with the first scales, whose keys
     end within `small_prefix`, in one small dense call; kv_valid goes in as key lengths, so on this path it
     must be a prefix mask (each row's real keys first), as padded text is. implementation='xla' runs the
-    same calls on CPU (tests). small_prefix: default SMALL_PREFIX, read at call time."""
+    same calls on CPU (tests). small_prefix: default SMALL_PREFIX, read at call time. even_lengths=False:
+    odd lengths stay odd (jax's wrapper refuses them only under differentiation: the sampler's calls)."""
     small_prefix = SMALL_PREFIX if small_prefix is None else small_prefix
     lengths = None if kv_valid is None else jnp.sum(kv_valid.astype(jnp.int32), axis=1)
 
     def call(q_part, kv_end):
-        kv_len = None if lengths is None else jnp.minimum(lengths, kv_end)
+        kv_len = lengths if lengths is None or kv_end >= k.shape[1] else jnp.minimum(lengths, kv_end)
         k_part, v_part = k[:, :kv_end], v[:, :kv_end]
         # Even lengths: differentiated, jax's cuDNN wrapper refuses odd ones (it checks them as if a bias were
         # given). A padded key is hidden by the key lengths; a padded query's row is dropped.
-        if kv_end % 2:
+        if kv_end % 2 and even_lengths:
             k_part, v_part = _pad_to_even(k_part), _pad_to_even(v_part)
             kv_len = jnp.full((k.shape[0],), kv_end, jnp.int32) if kv_len is None else kv_len
         out = jax.nn.dot_product_attention(
-            _pad_to_even(q_part),
+            _pad_to_even(q_part) if even_lengths else q_part,
             k_part,
             v_part,
             scale=float(scale),

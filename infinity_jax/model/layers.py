@@ -278,11 +278,30 @@ class SelfAttention(nn.Module):
             k = jax.lax.dynamic_slice(ck, (start[0], zero, zero, zero, zero), size)[0].astype(self.dtype)
             v = jax.lax.dynamic_slice(cv, (start[0], zero, zero, zero, zero), size)[0].astype(self.dtype)
             cache = LayerCache(ck, cv, cache.layer)
+        # the cached calls (sampling) are never differentiated: no even-length padding (attention.py)
         out = attention_lib.attention(
-            q, k, v, scale=scale, q_scales=ids, kv_scales=ids, implementation=self.implementation
+            q,
+            k,
+            v,
+            scale=scale,
+            q_scales=ids,
+            kv_scales=ids,
+            implementation=self.implementation,
+            even_lengths=cache is None,
         )
         out = checkpoint_name(out.reshape(b, l, c_model), "attn_out")
         return dense(c_model, ("heads", "embed"), dtype=self.dtype, name="proj")(out), cache
+
+
+def text_keys_values(kv, mat_kv, v_bias, num_heads: int, dtype):
+    """Cross-attention keys and values of padded text: kv (B, Lt, kv_dim), mat_kv (kv_dim, 2, C),
+    v_bias (C,) -> k, v (B, Lt, H, C / H) in `dtype` (projected in it, bias added in float32)."""
+    b, lt, _ = kv.shape
+    c = mat_kv.shape[-1]
+    kvp = jnp.einsum("btc,csd->btsd", kv.astype(dtype), mat_kv.astype(dtype)).astype(jnp.float32)
+    k = kvp[:, :, 0].reshape(b, lt, num_heads, c // num_heads).astype(dtype)
+    v = (kvp[:, :, 1] + v_bias).reshape(b, lt, num_heads, c // num_heads).astype(dtype)
+    return k, v
 
 
 class CrossAttention(nn.Module):
@@ -301,19 +320,22 @@ class CrossAttention(nn.Module):
     implementation: str = "auto"
 
     @nn.compact
-    def __call__(self, x, kv, kv_mask):
+    def __call__(self, x, kv, kv_mask, text_kv=None, differentiated=True):
+        """text_kv: (k, v) that `text_keys_values` already made from this layer's params (the sampler
+        makes them once for all scales); kv is then unused. differentiated=False (sampling): the
+        cuDNN path need not pad odd lengths."""
         c, h = self.embed_dim, self.num_heads
         hd = c // h
-        b, lt, kv_dim = kv.shape
-        kernel = self.param(
-            "mat_kv",
-            partitioned(truncated_normal(0.02), ("text_embed" if self.pool else "embed", None, "heads")),
-            (kv_dim, 2, c),
-        )
-        v_bias = self.param("v_bias", partitioned(nn.initializers.zeros, ("heads",)), (c,))
-        kvp = jnp.einsum("btc,csd->btsd", kv.astype(self.dtype), kernel.astype(self.dtype)).astype(jnp.float32)
-        k = kvp[:, :, 0].reshape(b, lt, h, hd).astype(self.dtype)
-        v = (kvp[:, :, 1] + v_bias).reshape(b, lt, h, hd).astype(self.dtype)
+        if text_kv is None:
+            kernel = self.param(
+                "mat_kv",
+                partitioned(truncated_normal(0.02), ("text_embed" if self.pool else "embed", None, "heads")),
+                (kv.shape[-1], 2, c),
+            )
+            v_bias = self.param("v_bias", partitioned(nn.initializers.zeros, ("heads",)), (c,))
+            text_kv = text_keys_values(kv, kernel, v_bias, h, self.dtype)
+        k, v = text_kv
+        b = k.shape[0]
         if self.pool:
             mat_q = self.param(
                 "mat_q", partitioned(truncated_normal(math.sqrt(1 / c / 3)), (None, None, None)), (1, h, hd)
@@ -322,7 +344,13 @@ class CrossAttention(nn.Module):
         else:
             q = dense(c, ("embed", "heads"), dtype=self.dtype, name="mat_q")(x).reshape(b, -1, h, hd).astype(self.dtype)
         out = attention_lib.attention(
-            q, k, v, scale=1.0 / math.sqrt(hd), kv_valid=kv_mask, implementation=self.implementation
+            q,
+            k,
+            v,
+            scale=1.0 / math.sqrt(hd),
+            kv_valid=kv_mask,
+            implementation=self.implementation,
+            even_lengths=differentiated,
         )
         return dense(c, ("heads", "embed"), dtype=self.dtype, name="proj")(out.reshape(b, -1, c))
 

@@ -19,6 +19,7 @@ no official state dict).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Mapping
 
@@ -275,8 +276,9 @@ class Block(nn.Module):
         x = x + self._drop_path(h.astype(jnp.float32) * gamma1, xs)
 
         h = layers.Norm(c.norm_eps, c.rms_norm, name="ca_norm")(x)
+        text_kv = (xs["ca_k"], xs["ca_v"]) if "ca_k" in xs else None
         h = layers.CrossAttention(c.embed_dim, c.num_heads, dtype=dt, implementation=c.attention, name="ca")(
-            h, shared["ca_kv"], shared["ca_mask"]
+            h, shared["ca_kv"], shared["ca_mask"], text_kv, differentiated=cache is None
         )
         h = h.astype(jnp.float32)
         if c.cross_attn_layer_scale >= 0:
@@ -358,6 +360,22 @@ class Infinity(nn.Module):
             out["ada"] = self.shared_ada_lin(nn.silu(cond)).reshape(-1, 1, 6, c.embed_dim)
         return out
 
+    def decode_context(self, ctx: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """encode_text's output plus every block's cross-attention keys and values of the text, 'ca_k'
+        and 'ca_v' (depth, B, Lt, H, c) in the compute dtype: they are the same at every scale, so the
+        sampler makes them once (decode_scale uses them where ctx has them) instead of once per scale."""
+        c = self.cfg
+        params = self.variables["params"]
+        if c.scan_layers:
+            ca = params["blocks"]["ca"]
+            mat_kv, v_bias = ca["mat_kv"], ca["v_bias"]
+        else:
+            mat_kv = jnp.stack([params[f"blocks_{i}"]["ca"]["mat_kv"] for i in range(c.depth)])
+            v_bias = jnp.stack([params[f"blocks_{i}"]["ca"]["v_bias"] for i in range(c.depth)])
+        project = functools.partial(layers.text_keys_values, num_heads=c.num_heads, dtype=c.compute_dtype)
+        k, v = jax.vmap(lambda w, b: project(ctx["ca_kv"], w, b))(mat_kv, v_bias)
+        return {**ctx, "ca_k": k, "ca_v": v}
+
     # -------------------------------------------------- shared pieces
     def _sos(self, ctx):
         return ctx["cond"][:, None, :] + self.pos_start
@@ -412,6 +430,7 @@ class Infinity(nn.Module):
                 xs["drop"] = jnp.asarray(drop)
             if decoding:
                 xs["layer"] = jnp.arange(c.depth, dtype=jnp.int32)
+                xs.update({k: ctx[k] for k in ("ca_k", "ca_v") if k in ctx})
             scanned = nn.scan(
                 block_cls,
                 variable_axes={"params": 0},
@@ -428,6 +447,7 @@ class Infinity(nn.Module):
                     xs["drop"] = jnp.float32(drop[i])
                 if decoding:
                     xs["layer"] = i
+                    xs.update({k: ctx[k][i] for k in ("ca_k", "ca_v") if k in ctx})
                 carry, _ = block_cls(c, name=f"blocks_{i}", **kw)(carry, xs, shared)
         return carry["x"], ({"k": carry["k"], "v": carry["v"]} if decoding else None)
 
