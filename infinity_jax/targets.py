@@ -132,6 +132,7 @@ class CompileTarget:
     devices: list
     platform: str
     compiler_options: dict
+    gpu: GpuModel | None = None  # the GPU's description (bandwidth for benchmarks.hlo_cost), for GPU targets
 
 
 # Without the device XLA cannot autotune GEMM tiles, and its untuned Triton tiles fail on some of the
@@ -154,7 +155,7 @@ def compile_target(name: str) -> CompileTarget:
                 target_config=model.target_config(_cudnn_version()),
                 topology=f"1x{hosts}x{per_host}",
             )
-            return CompileTarget(list(desc.devices), "gpu", dict(GPU_COMPILE_ONLY_OPTIONS))
+            return CompileTarget(list(desc.devices), "gpu", dict(GPU_COMPILE_ONLY_OPTIONS), model)
         desc = topologies.get_topology_desc(platform="tpu", topology_name=name)
         return CompileTarget(list(desc.devices), "tpu", {})
     except Exception as e:  # no plugin / libtpu, or a name it does not know: both are the user's to fix

@@ -118,6 +118,12 @@ def test_the_cudnn_path_gives_cudnn_no_bias_no_mask_and_even_lengths(monkeypatch
     calls.clear()
     A.fused_attention(q[:, :64], k[:, :120], v[:, :120], 1.0, implementation="xla")  # even: as it is
     assert [c[:4] for c in calls] == [(64, 120, None, None)] and calls[0][4] is None
+    calls.clear()
+    # never differentiated (the sampler's calls): odd lengths as they are, no padded copy, same values
+    odd = A.fused_attention(q[:, :63], k, v, 1.0, implementation="xla", even_lengths=False)
+    assert [c[:4] for c in calls] == [(63, 121, None, None)] and calls[0][4] is None
+    padded = A.fused_attention(q[:, :63], k, v, 1.0, implementation="xla")
+    np.testing.assert_allclose(np.asarray(odd), np.asarray(padded), rtol=1e-6, atol=1e-6)
 
 
 def test_prefix_groups_of_block_causal_ids():

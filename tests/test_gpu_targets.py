@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from infinity_jax import commands, targets
+from infinity_jax.benchmarks import hlo_cost
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPILER_DIR = os.environ.get("INFINITY_JAX_GPU_COMPILER", os.path.join(REPO, ".gpu-compiler"))
@@ -80,6 +81,32 @@ def test_the_training_step_compiles_for_8_h100s_under_fsdp_with_cudnn_attention(
     calls = row["custom_calls"]
     assert calls.get("__cudnn$fmhaSoftmax", 0) >= 1 and calls.get("__cudnn$fmhaSoftmaxBackward", 0) >= 1, calls
     assert 0 < row["total_bytes"] < 2**30
+
+
+def test_the_samplers_gpu_program_projects_the_text_once_and_pads_nothing(tmp_path):
+    """The scanned bf16 sampler compiled for an H200 (XLA's optimized HLO, dumped): the text's cross-attention
+    keys/values are one matmul before the scales (decode_context), not one per block and scale; the cuDNN
+    calls against the cache keep their odd lengths (no padded copy: they are never differentiated); and the
+    row carries hlo_cost's count of the program's kernels."""
+    dump = tmp_path / "hlo"
+    env = _gpu_compiler_env()
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_dump_to={dump} --xla_dump_hlo_as_text".strip()
+    out = tmp_path / "sample.json"
+    argv = [sys.executable, "-m", "infinity_jax", "bench", "sample", "--memory", "--topology", "h200"]
+    argv += ["--config", "tiny,dtype=bfloat16,scan", "--schedule", "1x1,2x2,4x4,8x8,12x12", "--batch", "2"]
+    argv += ["--vae-config", "none", "--json", str(out)]
+    p = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (program,) = dump.glob("*jit__program*gpu_after_optimizations.txt")
+    rows = hlo_cost.kernels(program.read_text())
+    matmuls = {r["op"]: r["launches"] for r in rows if r["kind"] == "matmul"}
+    assert [op for op in matmuls if "_blocks" in op and op.endswith("btc,csd->btsd/dot_general")] == []
+    assert matmuls["Infinity.decode_context/vmap(btc,csd->btsd)/dot_general"] == 1
+    assert sum(n for op, n in matmuls.items() if op.endswith("blocks/ffn/fc1/dot_general")) == 5 * 2  # scales x depth
+    assert not [r["op"] for r in rows if "pad" in r["op"]]
+    (row,) = json.loads(out.read_text())
+    assert row["hlo_cost"]["kernels"] == sum(r["launches"] for r in rows)
+    assert row["hlo_cost"]["by_kind"]["attention"]["kernels"] == 5 * 2 * 2  # scales x depth x (self, cross)
 
 
 @pytest.mark.slow

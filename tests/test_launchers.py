@@ -178,7 +178,7 @@ def test_gpu_measure_dry_run_lists_stages_of_registered_benchmarks(tmp_path):
 @pytest.mark.parametrize("mib, remat", [("81559", True), ("143771", False), (None, False)])
 def test_gpu_measure_fits_the_2b_training_stages_to_the_gpus_memory(tmp_path, mib, remat):
     """The 2B step without remat needs ~100 GiB (XLA's GPU compiler): on an 80 GB H100 the 2B training
-    stages take remat=save_qkv_attn_mlp, on an H200 (or where nvidia-smi says nothing) they keep none."""
+    stages take remat=dots (48.5 GiB there), on an H200 (or where nvidia-smi says nothing) they keep none."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     if mib is not None:
@@ -187,7 +187,7 @@ def test_gpu_measure_fits_the_2b_training_stages_to_the_gpus_memory(tmp_path, mi
     path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
     out = _lines(_run("gpu_measure.sh", "--dry-run", str(tmp_path / "out"), PATH=path))
     cmds = {ln.split()[1]: ln for ln in out if ln.startswith("== ")}
-    fit = ",remat=save_qkv_attn_mlp "
+    fit = ",remat=dots "
     assert (fit in cmds["train_2b"]) == remat and (fit in cmds["train_2b_noscan"]) == remat
     assert cmds["train_2b_remat"].count("remat=") == 1 and "remat" not in cmds["train_layer12"]
 

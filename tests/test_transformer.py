@@ -101,9 +101,12 @@ class Case:
         return self.once("decoded", run)
 
 
-def decode_all(model, cfg, params, text, mask, x_wo_prefix, sched):
-    """Runs the scales one by one through a preallocated KV cache: (B, L, 2d)."""
+def decode_all(model, cfg, params, text, mask, x_wo_prefix, sched, text_kv_once=False):
+    """Runs the scales one by one through a preallocated KV cache: (B, L, 2d). text_kv_once: the text's
+    cross-attention keys/values made once (decode_context), as the sampler does."""
     ctx = model.apply({"params": params}, text, mask, method=T.Infinity.encode_text)
+    if text_kv_once:
+        ctx = model.apply({"params": params}, ctx, method=T.Infinity.decode_context)
     cache = T.init_cache(cfg, text.shape[0], sched)
     offs, lens = schedules.scale_offsets(sched), schedules.scale_lengths(sched)
     outs = []
@@ -192,6 +195,27 @@ def test_cfg_decode_reproduces_official_sampler_logits(case):
     cfg, tau = float(f["meta/cfg"]), float(f["meta/tau"])
     guided = cfg * case.decoded[:b] / tau + (1 - cfg) * case.decoded[b : 2 * b] / tau
     assert max_abs(guided, f["sample/logits"]) <= 2e-4
+
+
+@pytest.mark.parametrize("scan,dtype", [(False, "float32"), (True, "float32"), (True, "bfloat16")])
+def test_text_keys_values_made_once_decode_the_same_logits(tiny, scan, dtype):
+    """decode_context makes every block's text keys/values once for all scales (the sampler's path): the
+    logits are those of projecting them in each block at each scale, to the bit."""
+    cfg = dataclasses.replace(tiny.cfg, scan_layers=scan, dtype=dtype)
+    params = conv.torch_to_params(state_dict(tiny.f, "gpt"), cfg)
+    model = T.Infinity(cfg)
+    ctx = model.apply({"params": params}, tiny.text, tiny.mask, method=T.Infinity.encode_text)
+    full = model.apply({"params": params}, ctx, method=T.Infinity.decode_context)
+    assert full["ca_k"].shape == (cfg.depth, *tiny.mask.shape, cfg.num_heads, cfg.head_dim)
+    assert full["ca_k"].dtype == full["ca_v"].dtype == jnp.dtype(dtype)
+
+    def run(once):
+        fn = jax.jit(
+            lambda p: decode_all(model, cfg, p, tiny.text, tiny.mask, tiny.f["tf/x_wo_prefix"], tiny.sched, once)
+        )
+        return np.asarray(fn(params))
+
+    np.testing.assert_array_equal(run(True), run(False))
 
 
 @pytest.mark.parametrize(

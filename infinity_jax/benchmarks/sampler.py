@@ -41,6 +41,7 @@ import numpy as np
 from flax import linen as nn
 
 from infinity_jax import parallel, sample, schedules, targets
+from infinity_jax.benchmarks import hlo_cost
 from infinity_jax.benchmarks import profile as profile_lib
 from infinity_jax.convert import infinity as conv_inf
 from infinity_jax.convert import vae as conv_vae
@@ -104,6 +105,16 @@ def memory_figures(compiled) -> dict:
     out = {f"{k}_bytes": int(getattr(m, f"{k}_size_in_bytes")) for k in MEMORY_FIELDS}
     out["total_bytes"] = out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"] - out["alias_bytes"]
     return out
+
+
+def gpu_program_cost(tgt: targets.CompileTarget, compiled) -> dict:
+    """{'hlo_cost': benchmarks.hlo_cost.summarize of the compiled program} for a GPU target, else {}."""
+    if tgt.gpu is None:
+        return {}
+    peak = metrics.peak_flops_per_device(tgt.gpu.description)
+    return {
+        "hlo_cost": hlo_cost.summarize(compiled.as_text(), bandwidth=tgt.gpu.bandwidth_bytes_per_s, peak_flops=peak)
+    }
 
 
 def abstract_like(tree, shardings=None):
@@ -211,6 +222,7 @@ def sampler_memory(
         exe, compile_s = sampler.compile(params, vae_params, text, mask, seeds, sp)
     out = memory_figures(exe)
     out["custom_calls"] = profile_lib.custom_calls(exe.as_text())
+    out.update(gpu_program_cost(tgt, exe))
     n_rows = batch * (2 if sampler.cfg_batch else 1)
     cache = jax.eval_shape(lambda: init_cache(model_cfg, n_rows, schedule))
     kv = int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache)))

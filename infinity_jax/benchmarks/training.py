@@ -35,6 +35,7 @@ from infinity_jax.benchmarks import profile as profile_lib
 from infinity_jax.benchmarks.sampler import (
     abstract_like,
     bench_mesh,
+    gpu_program_cost,
     memory_figures,
     nbytes_per_device,
     target,
@@ -173,6 +174,7 @@ def train_step(
         row.update(
             memory_figures(compiled),
             custom_calls=profile_lib.custom_calls(compiled.as_text()),
+            **gpu_program_cost(tgt, compiled),
             matmul_flops_by_dtypes=_matmul_dtypes(traced),
             compile_s=compile_s,
             state_bytes_per_device=nbytes_per_device(state_in),

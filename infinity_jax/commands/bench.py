@@ -28,6 +28,7 @@ import jax
 
 from infinity_jax.benchmarks import attention as attention_lib
 from infinity_jax.benchmarks import data as data_lib
+from infinity_jax.benchmarks import hlo_cost
 from infinity_jax.benchmarks import profile as profile_lib
 from infinity_jax.benchmarks import sampler as sampler_lib
 from infinity_jax.benchmarks import training as training_lib
@@ -70,6 +71,11 @@ def _print_custom_calls(row: dict) -> None:
     if calls is not None:
         listed = ", ".join(f"{k} x{v}" for k, v in calls.items()) or "none"
         print(f"custom calls in the compiled program (fused kernels; a loop body's count once): {listed}", flush=True)
+
+
+def _print_hlo_cost(row: dict) -> None:
+    if "hlo_cost" in row:
+        print(f"{row['config']}: {hlo_cost.format_summary(row['hlo_cost'])}", flush=True)
 
 
 def _print_matmul_dtypes(row: dict) -> None:
@@ -383,6 +389,7 @@ def sample(argv: list[str]) -> int:
     print(format_sample_memory_table(rows) if args.memory else format_sample_table(rows), flush=True)
     for r in rows:
         _print_custom_calls(r)
+        _print_hlo_cost(r)
         _print_profile(r)
     if args.json:
         write_json(args.json, rows)
@@ -477,6 +484,7 @@ def train(argv: list[str]) -> int:
     )
     print(format_train_memory_table(row) if a.memory else format_train_table(row), flush=True)
     _print_custom_calls(row)
+    _print_hlo_cost(row)
     _print_matmul_dtypes(row)
     _print_profile(row)
     if a.json:
