@@ -12,7 +12,7 @@ from infinity_jax.benchmarks import hlo_cost
 
 # A GPU-shaped program (fixtures/toy_gpu_program.hlo.txt): a loop of 4 trips copies one layer's weight
 # out of a stack (a dynamic-slice fusion), multiplies by it with cuBLAS and writes the result into a stack
-# in place; then cuDNN attention.
+# in place; then cuDNN attention and a fusion that reads half of q.
 HLO = (Path(__file__).parent / "fixtures" / "toy_gpu_program.hlo.txt").read_text()
 
 
@@ -30,6 +30,8 @@ def test_a_loop_body_counts_its_trips_and_slices_count_what_they_move():
     assert (sliced["kind"], sliced["launches"], sliced["bytes"]) == ("slice", 4, 4 * (2 * 64 * 32 * 2 + 4))
     # the in-place update reads its bf16 rows and writes them as f32, never the whole stack
     assert (update["kind"], update["bytes"]) == ("update", 4 * (8 * 32 * 2 + 8 * 32 * 4 + 4))
+    # a fusion that reads half of q through a static slice reads that half
+    assert (rows["neg"]["kind"], rows["neg"]["bytes"]) == ("fusion", 2 * (2 * 3 * 4 * 16 * 2))
     attn = rows["attention"]
     assert (attn["kind"], attn["launches"], attn["flops"]) == ("attention", 1, 4 * 2 * 4 * 6 * 10 * 16)
 
@@ -37,11 +39,11 @@ def test_a_loop_body_counts_its_trips_and_slices_count_what_they_move():
 def test_the_summary_adds_up_and_takes_each_kernel_at_its_roofline():
     s = hlo_cost.summarize(HLO, bandwidth=1e9, peak_flops=1e9)
     rows = hlo_cost.kernels(HLO)
-    assert s["kernels"] == sum(r["launches"] for r in rows) == 13
+    assert s["kernels"] == sum(r["launches"] for r in rows) == 14
     assert s["estimate_s"] == pytest.approx(sum(max(r["bytes"], r["flops"]) / 1e9 for r in rows))
-    assert set(s["by_kind"]) == {"matmul", "slice", "update", "attention"}
+    assert set(s["by_kind"]) == {"matmul", "slice", "update", "attention", "fusion"}
     assert s["by_kind"]["matmul"]["flops"] == 4 * 2 * 8 * 64 * 32
-    assert "13 kernel launches" in hlo_cost.format_summary(s)
+    assert "14 kernel launches" in hlo_cost.format_summary(s)
 
 
 def test_the_flops_of_a_compiled_scan_of_matmuls_are_counted_per_trip():

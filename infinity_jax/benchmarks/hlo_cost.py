@@ -7,8 +7,8 @@ and for the costliest JAX ops, so a change to a hot path can be judged on a mach
 Every kernel is an instruction of the entry computation or of a loop body, which runs its known trip
 count times (nested loops multiply): a fusion, a custom call (cuBLAS GEMM, cuDNN attention or
 convolution), a copy. Its HBM traffic is its operands plus its outputs, except what XLA addresses in
-place: an operand a fusion only dynamic-slices is read for the slice only, and a dynamic-update-slice
-writes its update only. FLOPs: 2 per multiply-add of each GEMM and convolution; cuDNN flash attention
+place: an operand a fusion only slices is read for its slices only, and a dynamic-update-slice writes
+its update only. FLOPs: 2 per multiply-add of each GEMM and convolution; cuDNN flash attention
 4 * B * H * l * m * c forward, 2.5 times that backward. Kinds: those of `profile.op_kinds`, with two of
 the fusions told apart, 'slice' (a copy of a dynamic slice: a scanned layer's weights or cache) and
 'update' (a dynamic-update-slice in place: a scan's stacked outputs, the KV cache).
@@ -101,26 +101,39 @@ def _computations(hlo_text: str) -> tuple[dict[str, list[_Instr]], str | None]:
 
 
 def _fusion_traffic(body: list[_Instr], out_shape: str, operand_shapes: list[str]) -> tuple[int, str | None]:
-    """(bytes a fusion moves, 'slice' | 'update' | None): operands it only dynamic-slices count for their
-    slices, an in-place dynamic-update-slice for its update."""
+    """(bytes a fusion moves, 'slice' | 'update' | None): an operand it only slices (statically or
+    dynamically) counts for its slices, the target of an in-place dynamic-update-slice for nothing and
+    the update for its bytes."""
     param_of = {}
     for ins in body:
         if ins.opcode == "parameter":
             param_of[ins.name] = int(re.match(r"\s*(\d+)", ins.line.split("parameter(", 1)[1]).group(1))
-    read = {}  # parameter index -> bytes read where less than all of it
+    sliced: dict[int, int] = collections.defaultdict(int)  # parameter index -> bytes of its slices
+    whole: set[int] = set()  # parameters read in full
+    in_place: set[int] = set()  # targets of a dynamic-update-slice: written where updated, not read
     shapes = {ins.name: ins.shape for ins in body}
     out = shape_bytes(out_shape)
-    opcodes = {ins.opcode for ins in body}
     for ins in body:
-        src = ins.operands[0] if ins.operands else None
-        if ins.opcode in ("bitcast", "reshape") and src in param_of:
-            param_of[ins.name] = param_of[src]
-        elif ins.opcode == "dynamic-slice" and src in param_of:
-            read[param_of[src]] = read.get(param_of[src], 0) + shape_bytes(ins.shape)
-        elif ins.opcode == "dynamic-update-slice" and src in param_of:
-            read[param_of[src]] = 0
-            out += shape_bytes(shapes.get(ins.operands[1], "")) - shape_bytes(ins.shape)
-    total = out + sum(read.get(i, shape_bytes(s)) for i, s in enumerate(operand_shapes))
+        for pos, src in enumerate(ins.operands):
+            if src not in param_of:
+                continue
+            if pos == 0 and ins.opcode in ("bitcast", "reshape"):
+                param_of[ins.name] = param_of[src]
+            elif pos == 0 and ins.opcode in ("slice", "dynamic-slice"):
+                sliced[param_of[src]] += shape_bytes(ins.shape)
+            elif pos == 0 and ins.opcode == "dynamic-update-slice":
+                in_place.add(param_of[src])
+                out += shape_bytes(shapes.get(ins.operands[1], "")) - shape_bytes(ins.shape)
+            else:
+                whole.add(param_of[src])
+    total = out
+    for i, s in enumerate(operand_shapes):
+        full = shape_bytes(s)
+        if i in whole or (i not in sliced and i not in in_place):
+            total += full
+        elif i in sliced:
+            total += min(sliced[i], full)
+    opcodes = {ins.opcode for ins in body}
     kind = None
     if "dynamic-slice" in opcodes and opcodes <= _INDEXING | {"dynamic-slice"}:
         kind = "slice"
