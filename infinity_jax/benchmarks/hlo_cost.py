@@ -6,9 +6,9 @@ and for the costliest JAX ops, so a change to a hot path can be judged on a mach
 
 Every kernel is an instruction of the entry computation or of a loop body, which runs its known trip
 count times (nested loops multiply): a fusion, a custom call (cuBLAS GEMM, cuDNN attention or
-convolution), a copy. Its HBM traffic is its operands plus its outputs, except what XLA addresses in
-place: an operand a fusion only slices is read for its slices only, and a dynamic-update-slice writes
-its update only. FLOPs: 2 per multiply-add of each GEMM and convolution; cuDNN flash attention
+convolution), a copy. Its HBM traffic is what it writes plus what it reads: a fusion reads of each
+operand only the elements its outputs need (a slice of it, say), and a dynamic-update-slice writes its
+update in place. FLOPs: 2 per multiply-add of each GEMM and convolution; cuDNN flash attention
 4 * B * H * l * m * c forward, 2.5 times that backward. Kinds: those of `profile.op_kinds`, with two of
 the fusions told apart, 'slice' (a copy of a dynamic slice: a scanned layer's weights or cache) and
 'update' (a dynamic-update-slice in place: a scan's stacked outputs, the KV cache).
@@ -100,46 +100,61 @@ def _computations(hlo_text: str) -> tuple[dict[str, list[_Instr]], str | None]:
     return comps, entry
 
 
-def _fusion_traffic(body: list[_Instr], out_shape: str, operand_shapes: list[str]) -> tuple[int, str | None]:
-    """(bytes a fusion moves, 'slice' | 'update' | None): an operand it only slices (statically or
-    dynamically) counts for its slices, the target of an in-place dynamic-update-slice for nothing and
-    the update for its bytes."""
-    param_of = {}
+def _elements(shape: str) -> int:
+    return sum(math.prod(int(d) for d in dims.split(",") if d) for _, dims in _ARRAY.findall(shape))
+
+
+def _fusion_traffic(body: list[_Instr], out_shape: str, operand_shapes: list[str]) -> tuple[float, str | None]:
+    """(bytes a fusion moves, 'slice' | 'update' | None). A fusion computes only the elements it writes, so
+    each parameter counts for the share of its elements that the outputs need, followed back through the
+    fused ops: elementwise ops need the same share of their operands, a slice its part, a
+    dynamic-update-slice nothing of its target (written in place, for the update's bytes), anything else
+    (broadcasts, reductions, dots) all of them."""
+    by_name = {ins.name: ins for ins in body}
+    need: dict[str, float] = collections.defaultdict(float)  # share of an instruction's elements needed
+    written = 0.0
+    root = body[-1] if body else None
+    for ins in body:
+        if "ROOT " in ins.line.split("=", 1)[0]:
+            root = ins
+    outputs = [by_name[o] for o in root.operands] if root is not None and root.opcode == "tuple" else [root]
+    for out in outputs:
+        if out is None:
+            continue
+        need[out.name] = 1.0
+        update = out.opcode == "dynamic-update-slice" and len(out.operands) > 1
+        written += shape_bytes(by_name[out.operands[1]].shape) if update else shape_bytes(out.shape)
+    for ins in reversed(body):
+        share = need.get(ins.name, 0.0)
+        if share == 0.0 or ins.opcode in ("parameter", "constant"):
+            continue
+        n_out = _elements(ins.shape)
+        for pos, src in enumerate(ins.operands):
+            operand = by_name.get(src)
+            if operand is None:
+                continue
+            n_in = _elements(operand.shape)
+            if ins.opcode in ("slice", "dynamic-slice") and pos == 0:
+                want = share * n_out / max(n_in, 1)
+            elif ins.opcode == "dynamic-update-slice":
+                want = 0.0 if pos == 0 else 1.0
+            elif ins.opcode == "tuple" or (n_in == n_out and ins.opcode not in ("reduce", "dot", "convolution")):
+                want = share
+            else:
+                want = 1.0
+            need[src] = min(1.0, max(need[src], want))
+    params = {}
     for ins in body:
         if ins.opcode == "parameter":
-            param_of[ins.name] = int(re.match(r"\s*(\d+)", ins.line.split("parameter(", 1)[1]).group(1))
-    sliced: dict[int, int] = collections.defaultdict(int)  # parameter index -> bytes of its slices
-    whole: set[int] = set()  # parameters read in full
-    in_place: set[int] = set()  # targets of a dynamic-update-slice: written where updated, not read
-    shapes = {ins.name: ins.shape for ins in body}
-    out = shape_bytes(out_shape)
-    for ins in body:
-        for pos, src in enumerate(ins.operands):
-            if src not in param_of:
-                continue
-            if pos == 0 and ins.opcode in ("bitcast", "reshape"):
-                param_of[ins.name] = param_of[src]
-            elif pos == 0 and ins.opcode in ("slice", "dynamic-slice"):
-                sliced[param_of[src]] += shape_bytes(ins.shape)
-            elif pos == 0 and ins.opcode == "dynamic-update-slice":
-                in_place.add(param_of[src])
-                out += shape_bytes(shapes.get(ins.operands[1], "")) - shape_bytes(ins.shape)
-            else:
-                whole.add(param_of[src])
-    total = out
-    for i, s in enumerate(operand_shapes):
-        full = shape_bytes(s)
-        if i in whole or (i not in sliced and i not in in_place):
-            total += full
-        elif i in sliced:
-            total += min(sliced[i], full)
+            params[int(re.match(r"\s*(\d+)", ins.line.split("parameter(", 1)[1]).group(1))] = ins.name
+    total = written + sum(need.get(params.get(i, ""), 0.0) * shape_bytes(s) for i, s in enumerate(operand_shapes))
     opcodes = {ins.opcode for ins in body}
     kind = None
     if "dynamic-slice" in opcodes and opcodes <= _INDEXING | {"dynamic-slice"}:
         kind = "slice"
     elif "dynamic-update-slice" in opcodes and opcodes <= _INDEXING | {"dynamic-update-slice", "dynamic-slice"}:
         kind = "update"
-    return max(total, 0), kind
+    return total, kind
 
 
 def _dot_flops(out_shape: str, lhs_shape: str, contracting: list[int]) -> float:
