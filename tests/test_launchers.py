@@ -163,7 +163,7 @@ def test_gpu_measure_dry_run_lists_stages_of_registered_benchmarks(tmp_path):
         "train_2b",
         "sample_b8",
         "train_2b_noscan",
-        "train_2b_remat",
+        "train_2b_noremat",
         "train_layer12",
         "sample_b4",
     ]
@@ -175,10 +175,13 @@ def test_gpu_measure_dry_run_lists_stages_of_registered_benchmarks(tmp_path):
     assert [ln.split()[1] for ln in some if ln.startswith("== ")] == ["attention", "train_2b"]
 
 
-@pytest.mark.parametrize("mib, remat", [("81559", True), ("143771", False), (None, False)])
-def test_gpu_measure_fits_the_2b_training_stages_to_the_gpus_memory(tmp_path, mib, remat):
-    """The 2B step without remat needs ~100 GiB (XLA's GPU compiler): on an 80 GB H100 the 2B training
-    stages take remat=dots (48.5 GiB there), on an H200 (or where nvidia-smi says nothing) they keep none."""
+@pytest.mark.parametrize("mib, noremat", [("81559", False), ("143771", True), (None, True)])
+def test_gpu_measure_runs_the_2b_training_stages_with_remat_dots_and_the_noremat_row_where_it_fits(
+    tmp_path, mib, noremat
+):
+    """The 2B training stages keep the matmuls' outputs (remat=dots: 48.6 GiB by XLA's GPU compiler, and a
+    roofline over 45% MFU where no remat's is under it); the issue's row without remat needs ~100 GiB, so
+    train_2b_noremat runs on an H200 (or where nvidia-smi says nothing) and is skipped on an 80 GB H100."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     if mib is not None:
@@ -187,9 +190,11 @@ def test_gpu_measure_fits_the_2b_training_stages_to_the_gpus_memory(tmp_path, mi
     path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
     out = _lines(_run("gpu_measure.sh", "--dry-run", str(tmp_path / "out"), PATH=path))
     cmds = {ln.split()[1]: ln for ln in out if ln.startswith("== ")}
-    fit = ",remat=dots "
-    assert (fit in cmds["train_2b"]) == remat and (fit in cmds["train_2b_noscan"]) == remat
-    assert cmds["train_2b_remat"].count("remat=") == 1 and "remat" not in cmds["train_layer12"]
+    assert ",remat=dots " in cmds["train_2b"] and ",remat=dots " in cmds["train_2b_noscan"]
+    assert ("train_2b_noremat" in cmds) == noremat and ("train_2b_noremat skipped" in "\n".join(out)) != noremat
+    if noremat:
+        assert "remat=" not in cmds["train_2b_noremat"]
+    assert "remat=" not in cmds["train_layer12"]
 
 
 BAD_MESH = "configs/zoo.py:2b,mesh=nosuch"
