@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import math
 import re
+from typing import NamedTuple
 
 from infinity_jax.benchmarks import profile
 
@@ -32,8 +33,9 @@ _DTYPE_BYTES.update({"s64": 8, "u64": 8, "f64": 8, "f8e4m3fn": 1, "f8e5m2": 1, "
 _ARRAY = re.compile(r"\b([a-z]+\d*[a-z0-9]*)\[([\d,]*)\]")
 _HEADER = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) \(.*\) -> .*\{\s*$")
 _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all", "partition-id", "replica-id"}
-_INDEXING = {"parameter", "constant", "bitcast", "add", "subtract", "multiply", "compare", "select", "clamp"}
-_INDEXING |= {"convert", "reshape", "tuple", "copy"}
+# what else a fusion that only moves a dynamic slice (or update) holds: its index arithmetic, casts, copies
+_MOVING = {"parameter", "constant", "bitcast", "add", "subtract", "multiply", "compare", "select", "clamp"}
+_MOVING |= {"convert", "reshape", "tuple", "copy"}
 
 
 def shape_bytes(shape: str) -> int:
@@ -50,11 +52,12 @@ def _dims(shape: str) -> list[int]:
     return [int(d) for d in m.group(2).split(",") if d] if m else []
 
 
-class _Instr:
-    __slots__ = ("name", "shape", "opcode", "operands", "line")
-
-    def __init__(self, name, shape, opcode, operands, line):
-        self.name, self.shape, self.opcode, self.operands, self.line = name, shape, opcode, operands, line
+class _Instr(NamedTuple):
+    name: str
+    shape: str  # an array's or a tuple's, layout included
+    opcode: str
+    operands: list[str]
+    line: str
 
 
 def _parse_instr(line: str) -> _Instr | None:
@@ -150,9 +153,9 @@ def _fusion_traffic(body: list[_Instr], out_shape: str, operand_shapes: list[str
     total = written + sum(need.get(params.get(i, ""), 0.0) * shape_bytes(s) for i, s in enumerate(operand_shapes))
     opcodes = {ins.opcode for ins in body}
     kind = None
-    if "dynamic-slice" in opcodes and opcodes <= _INDEXING | {"dynamic-slice"}:
+    if "dynamic-slice" in opcodes and opcodes <= _MOVING | {"dynamic-slice"}:
         kind = "slice"
-    elif "dynamic-update-slice" in opcodes and opcodes <= _INDEXING | {"dynamic-update-slice", "dynamic-slice"}:
+    elif "dynamic-update-slice" in opcodes and opcodes <= _MOVING | {"dynamic-update-slice", "dynamic-slice"}:
         kind = "update"
     return total, kind
 
@@ -206,11 +209,11 @@ def _scope(line: str) -> str:
     return "/".join(parts)
 
 
-def kernels(hlo_text: str) -> list[dict]:
-    """Every kernel of the program, aggregated by (kind, JAX op): launches per call, bytes, flops."""
+def _launches(hlo_text: str) -> list[tuple[str, str, int, float, float]]:
+    """(kind, JAX op, launches per call, bytes, flops) of every kernel instruction of the program."""
     comps, entry = _computations(hlo_text)
     kinds = profile.op_kinds(hlo_text)
-    rows: dict[tuple[str, str], list[float]] = collections.defaultdict(lambda: [0, 0.0, 0.0])
+    out = []
 
     def walk(comp: str, times: int) -> None:
         shapes = {ins.name: ins.shape for ins in comps.get(comp, [])}
@@ -230,31 +233,37 @@ def kernels(hlo_text: str) -> list[dict]:
             operand_shapes = [shapes.get(o, "") for o in ins.operands]
             if ins.opcode == "fusion":
                 called = re.search(r"calls=%?([\w.\-]+)", ins.line)
-                nbytes, sliced = _fusion_traffic(
-                    comps.get(called.group(1), []) if called else [], ins.shape, operand_shapes
-                )
-                kind = sliced or kind
+                body = comps.get(called.group(1), []) if called else []
+                nbytes, moving = _fusion_traffic(body, ins.shape, operand_shapes)
+                kind = moving or kind
             else:
                 nbytes = shape_bytes(ins.shape) + sum(shape_bytes(s) for s in operand_shapes)
-            row = rows[(kind, _scope(ins.line))]
-            row[0] += times
-            row[1] += times * nbytes
-            row[2] += times * _flops(ins, shapes, comps)
+            out.append((kind, _scope(ins.line), times, nbytes, _flops(ins, shapes, comps)))
 
     if entry is not None:
         walk(entry, 1)
-    return [
-        {"kind": k, "op": op, "launches": int(n), "bytes": b, "flops": f}
-        for (k, op), (n, b, f) in sorted(rows.items(), key=lambda kv: -kv[1][1])
-    ]
+    return out
+
+
+def kernels(hlo_text: str, *, bandwidth: float | None = None, peak_flops: float | None = None) -> list[dict]:
+    """Every kernel of the program, aggregated by (kind, JAX op): launches, bytes and flops per call, and
+    with `bandwidth` and `peak_flops` its roofline estimate_s (each kernel's, summed). Costliest first."""
+    rows: dict[tuple[str, str], dict] = {}
+    for kind, op, times, nbytes, flops in _launches(hlo_text):
+        r = rows.setdefault((kind, op), {"kind": kind, "op": op, "launches": 0, "bytes": 0.0, "flops": 0.0})
+        r["launches"] += times
+        r["bytes"] += times * nbytes
+        r["flops"] += times * flops
+        if bandwidth and peak_flops:
+            r["estimate_s"] = r.get("estimate_s", 0.0) + times * max(nbytes / bandwidth, flops / peak_flops)
+    order = "estimate_s" if bandwidth and peak_flops else "bytes"
+    return sorted(rows.values(), key=lambda r: -r[order])
 
 
 def summarize(hlo_text: str, *, bandwidth: float, peak_flops: float, top: int = 8) -> dict:
     """Per call: kernels (launches), hbm_bytes, flops, estimate_s (the roofline sum), by_kind {kind: {kernels,
     bytes, flops, estimate_s}} and the `top` costliest JAX ops by their estimate."""
-    rows = kernels(hlo_text)
-    for r in rows:
-        r["estimate_s"] = max(r["bytes"] / bandwidth, r["flops"] / peak_flops)
+    rows = kernels(hlo_text, bandwidth=bandwidth, peak_flops=peak_flops)
     by_kind: dict[str, dict] = {}
     for r in rows:
         k = by_kind.setdefault(r["kind"], {"kernels": 0, "bytes": 0.0, "flops": 0.0, "estimate_s": 0.0})
@@ -270,7 +279,7 @@ def summarize(hlo_text: str, *, bandwidth: float, peak_flops: float, top: int = 
         "bandwidth": bandwidth,
         "peak_flops": peak_flops,
         "by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1]["estimate_s"])),
-        "top": sorted(rows, key=lambda r: -r["estimate_s"])[:top],
+        "top": rows[:top],
     }
 
 
