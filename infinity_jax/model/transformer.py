@@ -365,13 +365,12 @@ class Infinity(nn.Module):
         and 'ca_v' (depth, B, Lt, H, c) in the compute dtype: they are the same at every scale, so the
         sampler makes them once (decode_scale uses them where ctx has them) instead of once per scale."""
         c = self.cfg
-        params = self.variables["params"]
+        params = nn.unbox(self.variables["params"])  # the caller's params may be boxed with their axis names
         if c.scan_layers:
-            ca = params["blocks"]["ca"]
-            mat_kv, v_bias = ca["mat_kv"], ca["v_bias"]
+            mat_kv, v_bias = params["blocks"]["ca"]["mat_kv"], params["blocks"]["ca"]["v_bias"]
         else:
-            mat_kv = jnp.stack([params[f"blocks_{i}"]["ca"]["mat_kv"] for i in range(c.depth)])
-            v_bias = jnp.stack([params[f"blocks_{i}"]["ca"]["v_bias"] for i in range(c.depth)])
+            per_block = [params[f"blocks_{i}"]["ca"] for i in range(c.depth)]
+            mat_kv, v_bias = (jnp.stack([ca[name] for ca in per_block]) for name in ("mat_kv", "v_bias"))
         project = functools.partial(layers.text_keys_values, num_heads=c.num_heads, dtype=c.compute_dtype)
         k, v = jax.vmap(lambda w, b: project(ctx["ca_kv"], w, b))(mat_kv, v_bias)
         return {**ctx, "ca_k": k, "ca_v": v}
