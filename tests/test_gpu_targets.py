@@ -66,6 +66,7 @@ def _bench_memory(what: str, args: list[str], tmp_path) -> dict:
     return row
 
 
+@pytest.mark.slow  # ~18 s: keeps the suite inside its 10 minutes; CI runs it with -m slow
 def test_the_training_step_compiles_for_8_h100s_under_fsdp_with_cudnn_attention(tmp_path):
     """The bf16 training step of layer12 at 256² (block-causal self-attention, cross-attention to padded
     text) compiles for 8 H100s under FSDP with cuDNN flash attention forward and backward. It holds two

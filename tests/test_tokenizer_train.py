@@ -234,6 +234,7 @@ def tokenizer_run(tmp_path_factory, compile_cache):
     return cfg, workdir, first, second, [r for r in rows if "recon_l1" in r]
 
 
+@pytest.mark.slow  # shares a ~36 s training run: keeps the suite inside its 10 minutes; CI runs it with -m slow
 def test_short_cpu_run_reduces_reconstruction_loss_and_resumes(tokenizer_run):
     _, workdir, first, second, rows = tokenizer_run
     assert first["stopped"] == "until_step" and first["step"] == 15 and "recon" not in first
@@ -250,6 +251,7 @@ def test_short_cpu_run_reduces_reconstruction_loss_and_resumes(tokenizer_run):
     assert Image.open(workdir / "reconstructions.png").size[0] == 8 * (32 * 2 + 6)  # 8 tiles a row
 
 
+@pytest.mark.slow  # shares a ~36 s training run: keeps the suite inside its 10 minutes; CI runs it with -m slow
 def test_saved_vae_loads_into_the_transformer_trainer(tokenizer_run):
     cfg, workdir, _, second, _ = tokenizer_run
     tcfg = config_util.load_config(
