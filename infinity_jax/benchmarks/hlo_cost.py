@@ -14,7 +14,8 @@ the fusions told apart, 'slice' (a copy of a dynamic slice: a scanned layer's we
 'update' (a dynamic-update-slice in place: a scan's stacked outputs, the KV cache).
 
 The estimate is each kernel's max(bytes / bandwidth, FLOPs / peak), summed: no launch cost, no overlap
-between kernels, peak efficiency within them. It is not a measurement; it ranks what to change (the
+between kernels, peak efficiency within them, and collectives at HBM bandwidth (the interconnect is
+slower: on several GPUs read their bytes, not their time). It is not a measurement; it ranks what to change (the
 residuals a remat policy writes, the weights a scan copies, the kernels a scale launches) before a
 device is at hand.
 """
