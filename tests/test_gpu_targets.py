@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
 import subprocess
 import sys
 
@@ -88,9 +87,8 @@ def test_the_training_step_compiles_for_8_h100s_under_fsdp_with_cudnn_attention(
 def test_the_samplers_gpu_program_projects_the_text_once_and_pads_nothing(tmp_path):
     """The scanned bf16 sampler compiled for an H200 (XLA's optimized HLO, dumped): the text's cross-attention
     keys/values are one matmul before the scales (decode_context), not one per block and scale; the cuDNN
-    calls against the cache keep their odd lengths (no padded copy: they are never differentiated); q and k
-    go from the qkv matmul to bf16 without a float32 copy of them in between (RoPE before the l2 norm); and
-    the row carries hlo_cost's count of the program's kernels."""
+    calls against the cache keep their odd lengths (no padded copy: they are never differentiated); and the
+    row carries hlo_cost's count of the program's kernels."""
     dump = tmp_path / "hlo"
     env = _gpu_compiler_env()
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_dump_to={dump} --xla_dump_hlo_as_text".strip()
@@ -107,11 +105,6 @@ def test_the_samplers_gpu_program_projects_the_text_once_and_pads_nothing(tmp_pa
     assert matmuls["Infinity.decode_context/vmap(btc,csd->btsd)/dot_general"] == 1
     assert sum(n for op, n in matmuls.items() if op.endswith("blocks/ffn/fc1/dot_general")) == 5 * 2  # scales x depth
     assert not [r["op"] for r in rows if "pad" in r["op"]]
-    head_dim = 32  # tiny: 64 channels, 2 heads
-    sa_outputs = [
-        ln.split(" fusion(")[0] for ln in program.read_text().splitlines() if " fusion(" in ln and "blocks/sa/" in ln
-    ]
-    assert sa_outputs and not [s for s in sa_outputs if re.search(rf"f32\[\d+,\d+,\d+,{head_dim}\]", s)], sa_outputs
     (row,) = json.loads(out.read_text())
     assert row["hlo_cost"]["kernels"] == sum(r["launches"] for r in rows)
     assert row["hlo_cost"]["by_kind"]["attention"]["kernels"] == 5 * 2 * 2  # scales x depth x (self, cross)

@@ -183,11 +183,10 @@ def apply_rope(x: jax.Array, table: jax.Array) -> jax.Array:
     x: (B, l, H, c); table: (2, l, c // 2) cos/sin.
     """
     x = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)
-    cos, sin = table[0][None, :, None, :, None], table[1][None, :, None, :, None]
-    # (a, b) -> (a cos - b sin, b cos + a sin) as elementwise ops on the pairs (a reversal, no concatenate),
-    # which XLA fuses with the l2 norm before and the cast after; the same float32 operations as written out
-    turned = x[..., ::-1] * jnp.array([-1.0, 1.0], jnp.float32)
-    return (x * cos + turned * sin).reshape(*x.shape[:-2], -1)
+    cos, sin = table[0][None, :, None], table[1][None, :, None]
+    a, b = x[..., 0], x[..., 1]
+    y = jnp.stack([cos * a - sin * b, sin * a + cos * b], -1)
+    return y.reshape(*y.shape[:-2], -1)
 
 
 # ---------------------------------------------------------------- attention
@@ -251,11 +250,6 @@ class SelfAttention(nn.Module):
         q = (qkv[:, :, 0] + q_bias).reshape(b, l, h, hd)
         k = qkv[:, :, 1].reshape(b, l, h, hd)
         v = (qkv[:, :, 2] + v_bias).reshape(b, l, h, hd)
-        # RoPE first, then the l2 norm (a rotation keeps each head's norm, so the official order norm-then-RoPE
-        # gives the same vectors to float rounding): XLA then makes each of q and k one fusion from the qkv
-        # GEMM's output to its bf16 result, instead of writing a float32 normalised copy for RoPE to read
-        if rope is not None:
-            q, k = apply_rope(q, rope), apply_rope(k, rope)
         if self.cos_attn:
             log_mul = self.param(
                 "scale_mul_1H11",
@@ -266,6 +260,8 @@ class SelfAttention(nn.Module):
             q, k, scale = _l2_normalize(q) * mul, _l2_normalize(k), 1.0
         else:
             scale = 1.0 / math.sqrt(hd) / self.tau
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = (nn.with_logical_constraint(t.astype(self.dtype), QKV_AXES) for t in (q, k, v))
         ids = None
         if self.scale_lengths is not None and cache is None:
