@@ -34,7 +34,7 @@ B="python3 -m infinity_jax bench"
 SAMPLE="--config infinity_2b,dtype=bfloat16,scan --pn 1M"
 TRAIN="--pn 0.06M --batch 16 --rules dp --steps 10"
 TRAIN_2B="infinity:infinity_2b,dtype=bfloat16,scan"
-REMAT_2B=",remat=dots"  # no matmul recomputed, 48.6 GiB (fits an H100); see below
+REMAT_2B=",remat=dots"  # no matmul recomputed, 48.5 GiB on an H100; see below
 LAYER12="infinity:infinity_layer12,dtype=bfloat16,scan"
 ATTENTION=""
 PROFILES=${PROFILES:-/tmp/infinity_profiles}  # the traces stay there (too many files to come back); the JSON has their summary
@@ -47,7 +47,7 @@ fi
 
 # The 2B training stages keep only the matmuls' outputs for the backward pass (remat=dots): by XLA's GPU
 # compiler (docs/performance.md) the issue's step without remat needs 100 GiB and, even at its roofline
-# (benchmarks/hlo_cost.py), moves enough bytes to stay under 45% MFU; remat=dots needs 48.6 GiB and its
+# (benchmarks/hlo_cost.py), moves enough bytes to stay under 45% MFU; remat=dots needs 48.5 GiB and its
 # roofline is 51%. train_2b_noremat measures the issue's row as written, on a GPU with the memory for it.
 NOREMAT_OK=1
 GPU_MIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -n 1 | tr -d ' ')

@@ -179,7 +179,7 @@ def test_gpu_measure_dry_run_lists_stages_of_registered_benchmarks(tmp_path):
 def test_gpu_measure_runs_the_2b_training_stages_with_remat_dots_and_the_noremat_row_where_it_fits(
     tmp_path, mib, noremat
 ):
-    """The 2B training stages keep the matmuls' outputs (remat=dots: 48.6 GiB by XLA's GPU compiler, and a
+    """The 2B training stages keep the matmuls' outputs (remat=dots: 48.5 GiB by XLA's GPU compiler, and a
     roofline over 45% MFU where no remat's is under it); the issue's row without remat needs ~100 GiB, so
     train_2b_noremat runs on an H200 (or where nvidia-smi says nothing) and is skipped on an 80 GB H100."""
     bin_dir = tmp_path / "bin"
