@@ -41,7 +41,7 @@ PROFILES=${PROFILES:-/tmp/infinity_profiles}  # the traces stay there (too many 
 if [[ $SMOKE == 1 ]]; then
   SAMPLE="--config tiny,scan --schedule 1x1,2x2,4x4"
   TRAIN="--schedule 1x1,2x2,4x4 --batch 2 --rules dp --steps 1"
-  TRAIN_2B="infinity:tiny,scan" LAYER12="infinity:tiny" REMAT_2B=",remat=dots"
+  TRAIN_2B="infinity:tiny,scan" LAYER12="infinity:tiny"
   ATTENTION="--heads 2 --head-dim 16 --train-pn 0.06M --sample-pn 0.06M --text-len 8 --runs 1"
 fi
 

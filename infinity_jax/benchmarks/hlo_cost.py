@@ -32,7 +32,6 @@ from infinity_jax.benchmarks import profile
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4}
 _DTYPE_BYTES.update({"s64": 8, "u64": 8, "f64": 8, "f8e4m3fn": 1, "f8e5m2": 1, "c64": 8})
 _ARRAY = re.compile(r"\b([a-z]+\d*[a-z0-9]*)\[([\d,]*)\]")
-_HEADER = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) \(.*\) -> .*\{\s*$")
 _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all", "partition-id", "replica-id"}
 # what else a fusion that only moves a dynamic slice (or update) holds: its index arithmetic, casts, copies
 _MOVING = {"parameter", "constant", "bitcast", "add", "subtract", "multiply", "compare", "select", "clamp"}
@@ -91,7 +90,7 @@ def _parse_instr(line: str) -> _Instr | None:
 def _computations(hlo_text: str) -> tuple[dict[str, list[_Instr]], str | None]:
     comps, current, entry = {}, None, None
     for line in hlo_text.splitlines():
-        m = _HEADER.match(line)
+        m = profile._COMPUTATION.match(line)
         if m:
             current = m.group(1)
             comps[current] = []
@@ -102,6 +101,12 @@ def _computations(hlo_text: str) -> tuple[dict[str, list[_Instr]], str | None]:
             if ins is not None:
                 comps[current].append(ins)
     return comps, entry
+
+
+def _called(line: str) -> str | None:
+    """The computation a fusion (or call) instruction runs."""
+    m = re.search(r"calls=%?([\w.\-]+)", line)
+    return m.group(1) if m else None
 
 
 def _elements(shape: str) -> int:
@@ -194,8 +199,7 @@ def _flops(ins: _Instr, shapes: dict[str, str], comps: dict) -> float:
         m = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", line)
         return _dot_flops(ins.shape, shapes.get(ins.operands[0], ""), [int(c) for c in m.group(1).split(",") if c])
     if ins.opcode == "fusion":
-        called = re.search(r"calls=%?([\w.\-]+)", line)
-        body = comps.get(called.group(1), []) if called else []
+        body = comps.get(_called(line), [])
         inner = {i.name: i.shape for i in body}
         return sum(_flops(i, inner, comps) for i in body if i.opcode == "dot")
     return 0.0
@@ -233,8 +237,7 @@ def _launches(hlo_text: str) -> list[tuple[str, str, int, float, float]]:
             kind = kinds.get(ins.name, ("other", ""))[0]
             operand_shapes = [shapes.get(o, "") for o in ins.operands]
             if ins.opcode == "fusion":
-                called = re.search(r"calls=%?([\w.\-]+)", ins.line)
-                body = comps.get(called.group(1), []) if called else []
+                body = comps.get(_called(ins.line), [])
                 nbytes, moving = _fusion_traffic(body, ins.shape, operand_shapes)
                 kind = moving or kind
             else:
