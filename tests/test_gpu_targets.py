@@ -84,6 +84,25 @@ def test_the_training_step_compiles_for_8_h100s_under_fsdp_with_cudnn_attention(
     assert 0 < row["total_bytes"] < 2**30
 
 
+def test_the_training_steps_gpu_program_has_no_loop_copies_unscanned_and_its_roofline_mfu(tmp_path):
+    """The bf16 step compiled for an H200, blocks scanned and unscanned: only the scanned program copies each
+    layer's weights and saved activations out of and into stacked buffers (hlo_cost's 'slice' and 'update'
+    kernels, the loop's cost that makes the unscanned step the GPU recipe: docs/performance.md); each row has
+    the model TFLOP of the step and the MFU its roofline estimate implies."""
+    args = ["--topology", "h200", "--schedule", "1x1,2x2,4x4,8x8", "--batch", "2", "--rules", "dp"]
+    rows = {
+        scan: _bench_memory("train", ["--config", f"infinity:tiny,dtype=bfloat16{scan}", *args], tmp_path)
+        for scan in ("", ",scan")
+    }
+    kinds = {scan: set(row["hlo_cost"]["by_kind"]) for scan, row in rows.items()}
+    assert {"slice", "update"} <= kinds[",scan"] and not {"slice", "update"} & kinds[""], kinds
+    for row in rows.values():
+        cost = row["hlo_cost"]
+        assert row["tflop_per_step"] > 0 and cost["peak_flops"] == 989e12
+        want = row["tflop_per_step"] * 1e12 / (cost["estimate_s"] * cost["peak_flops"])
+        assert row["roofline_mfu"] == pytest.approx(want, rel=1e-9) and 0 < row["roofline_mfu"] < 1
+
+
 def test_the_samplers_gpu_program_projects_the_text_once_and_pads_nothing(tmp_path):
     """The scanned bf16 sampler compiled for an H200 (XLA's optimized HLO, dumped): the text's cross-attention
     keys/values are one matmul before the scales (decode_context), not one per block and scale; the cuDNN

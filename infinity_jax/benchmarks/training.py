@@ -15,7 +15,9 @@ abstract batch, and the row holds XLA's memory analysis of it, in bytes per devi
 and batch), outputs (the new state, metrics), temporaries (activations kept for the backward pass,
 gradients, ...), aliased bytes (the donated state written in place), generated code, and the total =
 arguments + outputs + temporaries - aliased, the step's peak on one device; plus the state's own
-bytes per device (fp32 params + AdamW moments [+ EMA], split by the rules). A laptop gives the
+bytes per device (fp32 params + AdamW moments [+ EMA], split by the rules), the model TFLOP of the step
+and, for a GPU target, roofline_mfu: the MFU the step would reach at its roofline estimate
+(benchmarks.hlo_cost), a bound on what the device can measure. A laptop gives the
 per-device figure of a pod by simulating its devices (XLA_FLAGS=--xla_force_host_platform_device_count=8);
 an accelerator's compiler may lay out its temporaries differently: measure there when you can.
 """
@@ -142,6 +144,7 @@ def train_step(
         donate_argnums=0,
     )
     n = T.count_params(mcfg)
+    model_flops = step_lib.train_flops_per_example(mcfg, sched, text_len=text_len) * batch  # MFU's numerator
     H, W = schedules.image_size(sched, stride)
     row = {
         "config": config_spec,
@@ -179,7 +182,11 @@ def train_step(
             compile_s=compile_s,
             state_bytes_per_device=nbytes_per_device(state_in),
             batch_bytes_per_device=nbytes_per_device(batch_in),
+            tflop_per_step=model_flops / 1e12,
         )
+        if "hlo_cost" in row:  # the MFU a step at its roofline estimate would reach (an upper bound, not a time)
+            cost = row["hlo_cost"]
+            row["roofline_mfu"] = model_flops / (cost["estimate_s"] * cost["peak_flops"] * n_dev)
         return row
 
     rng = np.random.default_rng(0)
@@ -213,13 +220,12 @@ def train_step(
             jax.block_until_ready(m)
 
         row["profile"] = profile_lib.record(profile_dir, run, profile_calls, lambda: [fn.as_text()])
-    flops = step_lib.train_flops_per_example(mcfg, sched, text_len=text_len) * batch
-    t = metrics.throughput(dt, batch, schedules.num_tokens(sched), flops, n_dev, metrics.peak_flops_per_device())
+    t = metrics.throughput(dt, batch, schedules.num_tokens(sched), model_flops, n_dev, metrics.peak_flops_per_device())
     row.update(
         compile_s=compile_s,
         step_s=dt,
         min_step_s=min(times),
-        tflop_per_step=flops / 1e12,
+        tflop_per_step=model_flops / 1e12,
         loss=float(m["loss"]),
         **{k: t[k] for k in ("images_per_s", "tokens_per_s", "mfu") if k in t},
     )

@@ -485,6 +485,12 @@ def train(argv: list[str]) -> int:
     print(format_train_memory_table(row) if a.memory else format_train_table(row), flush=True)
     _print_custom_calls(row)
     _print_hlo_cost(row)
+    if "roofline_mfu" in row:
+        print(
+            f"MFU at the roofline estimate: {100 * row['roofline_mfu']:.1f}% ({row['tflop_per_step']:.1f} model TFLOP "
+            "per step; an upper bound from the compiled program, not a measurement)",
+            flush=True,
+        )
     _print_matmul_dtypes(row)
     _print_profile(row)
     if a.json:
