@@ -126,6 +126,43 @@ def test_the_cudnn_path_gives_cudnn_no_bias_no_mask_and_even_lengths(monkeypatch
     np.testing.assert_allclose(np.asarray(odd), np.asarray(padded), rtol=1e-6, atol=1e-6)
 
 
+def test_the_cudnn_path_leaves_trailing_hidden_keys_in_place(monkeypatch):
+    """A sequence evened by a padding token after the last scale (its key hidden from every query, as
+    Infinity.__call__ adds for cuDNN): every call has even lengths without a padded copy (an odd prefix takes
+    the next key, hidden by the key lengths; the last call gets k whole), the real rows and their gradients
+    are the dense reference's on the real tokens, and the padding's rows are zero."""
+    calls = []
+    real = jax.nn.dot_product_attention
+
+    def spy(q, k, v, bias=None, mask=None, **kw):
+        calls.append((q.shape[1], k.shape[1], kw.get("key_value_seq_lengths")))
+        return real(q, k, v, bias, mask, **kw)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", spy)
+    ids = _ids()
+    n = len(ids)
+    q_ids, kv_ids = np.r_[ids, ids[-1]], np.r_[ids, A.HIDDEN_ID]
+    q, k, v = _qkv(n + 1, n + 1)
+
+    def fused(q, k, v):
+        return A.fused_attention(q, k, v, 0.7, q_ids, kv_ids, implementation="xla", small_prefix=21)
+
+    def ref(q, k, v):
+        return A.dense_attention(q[:, :n], k[:, :n], v[:, :n], 0.7, ids, ids)
+
+    out = fused(q, k, v)
+    assert [(a, b) for a, b, _ in calls] == [(36, 58), (64, 122)]  # 57 and 121 keys: 58 and all 122, no pad
+    assert [np.asarray(lengths).tolist() for *_, lengths in calls] == [[57, 57], [121, 121]]
+    assert max_abs(out[:, :n], ref(q, k, v)) <= 2e-6 and not np.any(np.asarray(out[:, n:]))
+    loss = lambda fn: lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v)[:, :n]))  # noqa: E731
+    for a, b in zip(jax.grad(loss(fused), (0, 1, 2))(q, k, v), jax.grad(loss(ref), (0, 1, 2))(q, k, v)):
+        assert max_abs(a, b) <= 1e-5  # as the unpadded calls' (test_the_cudnn_calls_have_the_reference_semantics)
+    with pytest.raises(ValueError, match="hidden keys must trail"):
+        A.fused_attention(
+            q, k, v, 0.7, q_ids, np.where(np.arange(n + 1) == 5, A.HIDDEN_ID, kv_ids), implementation="xla"
+        )
+
+
 def test_prefix_groups_of_block_causal_ids():
     assert A.prefix_groups(_ids(), _ids()) == [(0, 1, 1), (1, 5, 5), (5, 21, 21), (21, 57, 57), (57, 121, 121)]
     assert A.prefix_groups(np.array([1, 1, 2]), np.array([0, 1, 1, 2, 2])) == [(0, 2, 3), (2, 3, 5)]
@@ -213,10 +250,12 @@ def test_official_parity_holds_on_the_multi_chunk_path(name, small_chunks):
 @pytest.mark.parametrize("small_prefix", [0, 21])
 def test_official_parity_holds_on_the_cudnn_calls(small_prefix, monkeypatch):
     """The model with attention='cudnn' (self-attention per scale against its key prefix, text padding as
-    key lengths, the pooled query of length 1), its calls through jax.nn's 'xla' kernel on CPU: teacher-
-    forced logits as test_transformer's (1e-4), parameter gradients as the dense path's."""
-    real = jax.nn.dot_product_attention
+    key lengths, the pooled query of length 1, the odd sequence evened by one padding token), its calls
+    through jax.nn's 'xla' kernel on CPU: teacher-forced logits as test_transformer's (1e-4), parameter
+    gradients as the dense path's."""
+    real, pad, padded = jax.nn.dot_product_attention, A._pad_to_even, []
     monkeypatch.setattr(jax.nn, "dot_product_attention", lambda *a, **kw: real(*a, **dict(kw, implementation="xla")))
+    monkeypatch.setattr(A, "_pad_to_even", lambda x: padded.append(x.shape[1]) or pad(x))
     monkeypatch.setattr(A, "cudnn_supports", lambda dtype, head_dim: True)
     monkeypatch.setattr(A, "SMALL_PREFIX", small_prefix)
     case = Case("tiny")
@@ -224,6 +263,9 @@ def test_official_parity_holds_on_the_cudnn_calls(small_prefix, monkeypatch):
     models = {name: T.Infinity(dataclasses.replace(case.cfg, attention=name)) for name in ("cudnn", "xla")}
     tf = jax.jit(lambda p: models["cudnn"].apply({"params": p}, case.text, case.mask, x, sched))(case.params)
     assert max_abs(tf, f["tf/logits"]) <= 1e-4
+    # tiny's 521 tokens run as 522 (one padding token): no call pads an odd sequence or key prefix of them
+    # (only a single query and the text's keys are padded)
+    assert schedules_tokens(sched) == 521 and {n for n in padded if n % 2} <= {1, case.text.shape[1]}, padded
 
     def grads(model):
         loss = lambda p: jnp.sum(jnp.sin(model.apply({"params": p}, case.text, case.mask, x, sched)))  # noqa: E731

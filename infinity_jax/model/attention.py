@@ -52,7 +52,7 @@ from infinity_jax import parallel, targets
 IMPLEMENTATIONS = ("auto", "xla", "chunked", "cudnn", "splash")
 Q_CHUNK, KV_CHUNK = 512, 1024  # the chunked path's default blocks: 2 MiB of f32 logits per row and head
 _MASKED = -1e30  # finite, so a chunk whose keys are all hidden gives no inf - inf
-_HIDDEN_ID = np.iinfo(np.int32).max  # the scale id of padded keys: no query sees them
+HIDDEN_ID = np.iinfo(np.int32).max  # the scale id of padded keys: no query sees them
 
 
 def select_implementation(requested: str, dtype, head_dim: int, backend: str | None = None) -> str:
@@ -218,7 +218,7 @@ def chunked_attention(
     q_ids = np.zeros(l, np.int32) if q_scales is None else q_scales
     kv_ids = np.zeros(m, np.int32) if kv_scales is None else kv_scales
     q_ids = np.pad(q_ids, (0, nq * qc - l)).reshape(nq, qc)
-    kv_ids = np.pad(kv_ids, (0, nk * kc - m), constant_values=_HIDDEN_ID).reshape(nk, kc)
+    kv_ids = np.pad(kv_ids, (0, nk * kc - m), constant_values=HIDDEN_ID).reshape(nk, kc)
     valid = jnp.ones((b, m), bool) if kv_valid is None else kv_valid.astype(bool)
     valid = _pad_to(valid, 1, nk * kc, False).reshape(b, nk, kc).swapaxes(0, 1)  # (nk, B, kc)
     fn = _flash(float(scale), q_ids, kv_ids)
@@ -391,12 +391,14 @@ def fused_attention(
 
     def call(q_part, kv_end):
         kv_len = lengths if lengths is None or kv_end >= k.shape[1] else jnp.minimum(lengths, kv_end)
-        k_part, v_part = k[:, :kv_end], v[:, :kv_end]
         # Even lengths: differentiated, jax's cuDNN wrapper refuses odd ones (it checks them as if a bias were
-        # given). A padded key is hidden by the key lengths; a padded query's row is dropped.
-        if kv_end % 2 and even_lengths:
+        # given). An odd prefix takes one key more where k has it (no copy beyond the slice), else a zero key;
+        # the key lengths hide it. A padded query's row is dropped.
+        k_end = kv_end + kv_end % 2 if even_lengths else kv_end
+        k_part, v_part = k[:, : min(k_end, k.shape[1])], v[:, : min(k_end, k.shape[1])]
+        if k_end != kv_end:
             k_part, v_part = _pad_to_even(k_part), _pad_to_even(v_part)
-            kv_len = jnp.full((k.shape[0],), kv_end, jnp.int32) if kv_len is None else kv_len
+            kv_len = jnp.full((k.shape[0],), kv_end, jnp.int32) if kv_len is None else jnp.minimum(kv_len, kv_end)
         out = jax.nn.dot_product_attention(
             _pad_to_even(q_part) if even_lengths else q_part,
             k_part,
@@ -409,6 +411,13 @@ def fused_attention(
 
     if q_scales is None:
         return call(q, k.shape[1])
+    # trailing keys no query sees (the hidden id: a padding token that evens the sequence, Infinity.__call__)
+    # stay in k, hidden by the key lengths; their queries get zero rows
+    real = len(kv_scales) - int(np.argmax(kv_scales[::-1] != HIDDEN_ID)) if kv_scales[-1] == HIDDEN_ID else None
+    if real is not None:
+        if not 0 < real <= len(q_scales) or np.any(kv_scales[:real] == HIDDEN_ID):
+            raise ValueError("fused_attention: hidden keys must trail the sequence, after at least one visible key")
+        q_scales, kv_scales = q_scales[:real], kv_scales[:real]
     groups = prefix_groups(q_scales, kv_scales)
     small = [g for g in groups if g[2] <= small_prefix]
     outs = []
@@ -421,4 +430,6 @@ def fused_attention(
             )
         )
     outs += [call(q[:, a:b], kv_end) for a, b, kv_end in groups[len(small) :]]
+    if real is not None and real < q.shape[1]:
+        outs.append(jnp.zeros((q.shape[0], q.shape[1] - real, *q.shape[2:]), v.dtype))
     return jnp.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]

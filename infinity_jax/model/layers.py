@@ -218,7 +218,8 @@ class SelfAttention(nn.Module):
 
     __call__(x (B, l, C), rope (2, l, c/2), cache=None)
       training: attends over its own l tokens, block-causal over scales when `scale_lengths`
-        (the static token count of each scale) is set.
+        (the static token count of each scale) is set; the last `pad_tokens` of them are padding
+        (their keys hidden from every query, their outputs unused).
       cache: a LayerCache, with `cache_offset` set: writes this call's keys and values at
         [cache_offset, cache_offset + l) of its layer and attends over everything before that end.
     Returns (y (B, l, C), updated LayerCache or None).
@@ -230,6 +231,7 @@ class SelfAttention(nn.Module):
     dtype: Dtype = jnp.float32
     cache_offset: int | None = None
     scale_lengths: tuple[int, ...] | None = None
+    pad_tokens: int = 0
     implementation: str = "auto"
 
     @nn.compact
@@ -263,9 +265,12 @@ class SelfAttention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = (nn.with_logical_constraint(t.astype(self.dtype), QKV_AXES) for t in (q, k, v))
-        ids = None
+        q_ids = kv_ids = None
         if self.scale_lengths is not None and cache is None:
-            ids = np.repeat(np.arange(len(self.scale_lengths), dtype=np.int32), self.scale_lengths)
+            q_ids = kv_ids = np.repeat(np.arange(len(self.scale_lengths), dtype=np.int32), self.scale_lengths)
+            if self.pad_tokens:  # padding after the last scale: its queries see the keys, no query sees its keys
+                q_ids = np.r_[q_ids, np.full(self.pad_tokens, q_ids[-1], np.int32)]
+                kv_ids = np.r_[kv_ids, np.full(self.pad_tokens, attention_lib.HIDDEN_ID, np.int32)]
         if cache is not None:
             if self.cache_offset is None:
                 raise ValueError("SelfAttention: a cache was given but cache_offset is None")
@@ -284,8 +289,8 @@ class SelfAttention(nn.Module):
             k,
             v,
             scale=scale,
-            q_scales=ids,
-            kv_scales=ids,
+            q_scales=q_ids,
+            kv_scales=kv_ids,
             implementation=self.implementation,
             even_lengths=cache is None,
         )
