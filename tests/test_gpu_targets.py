@@ -84,6 +84,7 @@ def test_the_training_step_compiles_for_8_h100s_under_fsdp_with_cudnn_attention(
     assert 0 < row["total_bytes"] < 2**30
 
 
+@pytest.mark.slow  # ~24 s (two compiles): keeps the suite inside its 10 minutes; CI runs it with -m slow
 def test_the_training_steps_gpu_program_has_no_loop_copies_unscanned_and_its_roofline_mfu(tmp_path):
     """The bf16 step compiled for an H200, blocks scanned and unscanned: only the scanned program copies each
     layer's weights and saved activations out of and into stacked buffers (hlo_cost's 'slice' and 'update'
