@@ -46,8 +46,8 @@ if [[ $SMOKE == 1 ]]; then
 fi
 
 # The training programs, chosen with XLA's GPU compiler and benchmarks/hlo_cost.py's roofline (docs/performance.md):
-# the 2B step at 256², batch 16, with its blocks unscanned and no remat needs 62.7-63.9 GiB and its roofline is
-# 63% MFU on an H200 (54% on an H100); scanned, the loop's stacked residuals, weight copies and transposed
+# the 2B step at 256², batch 16, with its blocks unscanned and no remat needs 62-64 GiB and its roofline is
+# 64% MFU on an H200 (55% on an H100); scanned, the loop's stacked residuals, weight copies and transposed
 # layouts take it to 100 GiB and 41%. train_2b measures the unscanned step; train_2b_scan the row as
 # written, where the GPU has the memory (an H200); train_2b_dots the unscanned step with remat=dots (44 GiB).
 SCAN_NOREMAT_OK=1

@@ -398,7 +398,7 @@ def fused_attention(
         k_part, v_part = k[:, : min(k_end, k.shape[1])], v[:, : min(k_end, k.shape[1])]
         if k_end != kv_end:
             k_part, v_part = _pad_to_even(k_part), _pad_to_even(v_part)
-            kv_len = jnp.full((k.shape[0],), kv_end, jnp.int32) if kv_len is None else jnp.minimum(kv_len, kv_end)
+            kv_len = jnp.full((k.shape[0],), kv_end, jnp.int32) if kv_len is None else kv_len
         out = jax.nn.dot_product_attention(
             _pad_to_even(q_part) if even_lengths else q_part,
             k_part,
