@@ -218,7 +218,7 @@ class SelfAttention(nn.Module):
 
     __call__(x (B, l, C), rope (2, l, c/2), cache=None)
       training: attends over its own l tokens, block-causal over scales when `scale_lengths`
-        (the static token count of each scale) is set; the last `pad_tokens` of them are padding
+        (the static token count of each scale) is set; tokens past the scales' total are padding
         (their keys hidden from every query, their outputs unused).
       cache: a LayerCache, with `cache_offset` set: writes this call's keys and values at
         [cache_offset, cache_offset + l) of its layer and attends over everything before that end.
@@ -231,7 +231,6 @@ class SelfAttention(nn.Module):
     dtype: Dtype = jnp.float32
     cache_offset: int | None = None
     scale_lengths: tuple[int, ...] | None = None
-    pad_tokens: int = 0
     implementation: str = "auto"
 
     @nn.compact
@@ -268,9 +267,12 @@ class SelfAttention(nn.Module):
         q_ids = kv_ids = None
         if self.scale_lengths is not None and cache is None:
             q_ids = kv_ids = np.repeat(np.arange(len(self.scale_lengths), dtype=np.int32), self.scale_lengths)
-            if self.pad_tokens:  # padding after the last scale: its queries see the keys, no query sees its keys
-                q_ids = np.r_[q_ids, np.full(self.pad_tokens, q_ids[-1], np.int32)]
-                kv_ids = np.r_[kv_ids, np.full(self.pad_tokens, attention_lib.HIDDEN_ID, np.int32)]
+            pad = l - len(q_ids)
+            if pad < 0:
+                raise ValueError(f"SelfAttention: {l} tokens, fewer than the scales' {len(q_ids)}")
+            if pad:  # padding after the last scale: its queries see the keys, no query sees its keys
+                q_ids = np.r_[q_ids, np.full(pad, q_ids[-1], np.int32)]
+                kv_ids = np.r_[kv_ids, np.full(pad, attention_lib.HIDDEN_ID, np.int32)]
         if cache is not None:
             if self.cache_offset is None:
                 raise ValueError("SelfAttention: a cache was given but cache_offset is None")

@@ -224,14 +224,13 @@ class Block(nn.Module):
       shared: 'ada' (B, 1, 6, C) shared AdaLN output (or 'cond' (B, D) without shared AdaLN),
         'ca_kv' (B, Lt, D), 'ca_mask' (B, Lt), 'rope' (2, l, c/2), 'lvl' (l, C) or None.
     scale_lengths: the static token count per scale (block-causal self-attention, training);
-    None when decoding (each scale sees the whole cache prefix). pad_tokens: padding tokens after the
-    last scale (Infinity.__call__ evens the sequence for cuDNN), seen by no query.
+    None when decoding (each scale sees the whole cache prefix). Tokens past the scales' total are
+    padding (Infinity.__call__ evens the sequence for cuDNN), seen by no query.
     """
 
     cfg: InfinityConfig
     cache_offset: int | None = None
     scale_lengths: tuple[int, ...] | None = None
-    pad_tokens: int = 0
     remat_attn: bool = False
 
     def _drop_path(self, h, xs):
@@ -272,7 +271,6 @@ class Block(nn.Module):
             dtype=dt,
             cache_offset=self.cache_offset,
             scale_lengths=self.scale_lengths,
-            pad_tokens=self.pad_tokens,
             implementation=c.attention,
             name="sa",
         )(h, shared["rope"], cache)
@@ -406,10 +404,10 @@ class Infinity(nn.Module):
         return list(range(0, c.depth, step))
 
     @nn.compact
-    def _blocks(self, x, ctx, rope, scale_lengths, lvl, cache=None, cache_offset=None, train=False, pad_tokens=0):
+    def _blocks(self, x, ctx, rope, scale_lengths, lvl, cache=None, cache_offset=None, train=False):
         """Runs all blocks. x: (B, l, C) f32; lvl: (l, C) level embedding; scale_lengths: static
         tokens per scale (block-causal, training) or None; cache: {'k','v'} stacked (decoding),
-        carried through the layers and written in place; pad_tokens: the last tokens of x are padding."""
+        carried through the layers and written in place. Tokens of x past the scales' total are padding."""
         c = self.cfg
         decoding = cache is not None
         drop = (
@@ -422,9 +420,7 @@ class Infinity(nn.Module):
         block_cls = Block
         if remat in REMAT_POLICIES:
             block_cls = nn.remat(Block, policy=REMAT_POLICIES[remat], prevent_cse=not c.scan_layers)
-        kw = dict(
-            cache_offset=cache_offset, scale_lengths=scale_lengths, pad_tokens=pad_tokens, remat_attn=remat == "attn"
-        )
+        kw = dict(cache_offset=cache_offset, scale_lengths=scale_lengths, remat_attn=remat == "attn")
         carry = {"x": x, **({"k": cache["k"], "v": cache["v"]} if decoding else {})}
         if c.scan_layers:
             flags = np.zeros(c.depth, np.float32)
@@ -478,8 +474,7 @@ class Infinity(nn.Module):
         if pad:
             x, lvl = jnp.pad(x, ((0, 0), (0, pad), (0, 0))), jnp.pad(lvl, ((0, pad), (0, 0)))
             rope = np.pad(rope, ((0, 0), (0, pad), (0, 0)))
-        scale_lengths = tuple(schedules.scale_lengths(schedule))
-        x, _ = self._blocks(x, ctx, jnp.asarray(rope), scale_lengths, lvl, train=train, pad_tokens=pad)
+        x, _ = self._blocks(x, ctx, jnp.asarray(rope), tuple(schedules.scale_lengths(schedule)), lvl, train=train)
         return self._logits(x[:, :n], ctx["cond"])
 
     def decode_scale(self, ctx, x_scale, cache, schedule, scale_index: int):
