@@ -56,10 +56,14 @@ def _gpu_compiler_env() -> dict:
     return env
 
 
-def _bench_memory(what: str, args: list[str], tmp_path) -> dict:
+def _bench_memory(what: str, args: list[str], tmp_path, dump=None) -> dict:
+    """`bench WHAT --memory ARGS`'s JSON row; with `dump` (a folder), XLA's optimized HLO written there too."""
     out = tmp_path / f"{what}.json"
     argv = [sys.executable, "-m", "infinity_jax", "bench", what, "--memory", *args, "--json", str(out)]
-    p = subprocess.run(argv, cwd=REPO, env=_gpu_compiler_env(), capture_output=True, text=True, timeout=600)
+    env = _gpu_compiler_env()
+    if dump is not None:
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_dump_to={dump} --xla_dump_hlo_as_text".strip()
+    p = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     (row,) = json.loads(out.read_text())
     return row
@@ -89,12 +93,18 @@ def test_the_training_steps_gpu_program_has_no_loop_copies_unscanned_and_its_roo
     """The bf16 step compiled for an H200, blocks scanned and unscanned: only the scanned program copies each
     layer's weights and saved activations out of and into stacked buffers (hlo_cost's 'slice' and 'update'
     kernels, the loop's cost that makes the unscanned step the GPU recipe: docs/performance.md); each row has
-    the model TFLOP of the step and the MFU its roofline estimate implies."""
-    args = ["--topology", "h200", "--schedule", "1x1,2x2,4x4,8x8", "--batch", "2", "--rules", "dp"]
+    the model TFLOP of the step and the MFU its roofline estimate implies. Unscanned, each block's GELU runs
+    in fc1's cuBLAS epilogue, which also writes fc1's output for the backward (no GELU kernel of its own)."""
+    args = ["--topology", "h200", "--schedule", "1x1,2x2,4x4,8x8", "--batch", "4", "--rules", "dp"]  # 8 x 43 rows
+    dump = tmp_path / "hlo"
     rows = {
-        scan: _bench_memory("train", ["--config", f"infinity:tiny,dtype=bfloat16{scan}", *args], tmp_path)
+        scan: _bench_memory(
+            "train", ["--config", f"infinity:tiny,dtype=bfloat16{scan}", *args], tmp_path, dump if not scan else None
+        )
         for scan in ("", ",scan")
     }
+    (step,) = dump.glob("*gpu_after_optimizations.txt")
+    assert step.read_text().count('"epilogue":"BIAS_GELU_AUX"') == 2  # tiny's depth
     kinds = {scan: set(row["hlo_cost"]["by_kind"]) for scan, row in rows.items()}
     assert {"slice", "update"} <= kinds[",scan"] and not {"slice", "update"} & kinds[""], kinds
     for row in rows.values():

@@ -261,6 +261,18 @@ def test_remat_policies_trade_memory_as_named():
     assert full < named < none
 
 
+def test_the_ffn_backward_keeps_fc1s_output_and_the_gelus_only():
+    """Of the FFN's hidden units the backward needs fc1's output (the GELU's derivative) and the GELU's output
+    (fc2's weight gradient); the GELU recomputes its tanh from the first instead of saving more tensors of
+    that size (on GPU, XLA then fuses the GELU into fc1's cuBLAS epilogue: docs/performance.md)."""
+    ffn = layers.FFN(32, dtype=jnp.bfloat16)
+    x = jax.random.normal(jax.random.key(0), (2, 5, 8), jnp.float32)
+    params = ffn.init(jax.random.key(1), x)
+    _, backward = jax.vjp(lambda p, x: ffn.apply(p, x), params, x)
+    hidden = [leaf for leaf in jax.tree.leaves(backward) if leaf.shape == (2, 5, 32)]
+    assert len(hidden) == 2 and all(leaf.dtype == jnp.bfloat16 for leaf in hidden)
+
+
 def test_every_param_has_logical_axes_and_shards_by_preset(tiny):
     for scan in (False, True):
         cfg = dataclasses.replace(tiny.cfg, scan_layers=scan)

@@ -362,6 +362,12 @@ class CrossAttention(nn.Module):
         return dense(c, ("heads", "embed"), dtype=self.dtype, name="proj")(out.reshape(b, -1, c))
 
 
+@jax.checkpoint
+def _gelu_keeping_its_input(y):
+    """GELU (tanh) whose gradient recomputes tanh from the saved input instead of saving it too."""
+    return nn.gelu(y, approximate=True)
+
+
 class FFN(nn.Module):
     """fc1 -> GELU (tanh) -> fc2. x: (B, L, C) -> (B, L, C)."""
 
@@ -373,5 +379,5 @@ class FFN(nn.Module):
         c = x.shape[-1]
         y = dense(self.hidden, ("embed", "mlp"), dtype=self.dtype, name="fc1")(x.astype(self.dtype))
         y = checkpoint_name(nn.with_logical_constraint(y, ("batch", "length", "mlp")), "mlp_hidden")
-        y = nn.gelu(y, approximate=True)
+        y = _gelu_keeping_its_input(y)
         return dense(c, ("mlp", "embed"), dtype=self.dtype, name="fc2")(y)
