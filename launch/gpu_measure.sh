@@ -9,12 +9,16 @@
 # Writes OUT_DIR/<stage>.log and .json (sample_b1 and train_2b with their profile's summary: where the
 # device time went, per op kind and model scope, and how busy the device was) and prints every figure
 # last (launch/measure_summary.py). The stages' timeouts add up to ~24 minutes, more than one call of
-# the device tool (10 min): name the stages to run, in order (default: all), e.g.
+# the device tool (10 min): name the stages to run (default: all); they run in the script's order, which
+# is the order of importance, e.g.
 #   bash launch/gpu_measure.sh "$OUT" attention sample_b1 train_2b
 # BUDGET_S=S caps the whole run at S seconds (a stage's timeout is cut to what is left, less 20 s for the
 # summary; a stage with under MIN_STAGE_S=60 left is skipped and named), so one device call of limit L
-# run with BUDGET_S a little under L always ends with the summary of what it measured:
-#   BUDGET_S=560 bash launch/gpu_measure.sh "$OUT" attention sample_b1 train_2b sample_b8
+# run with BUDGET_S a little under L always ends with the summary of what it measured. A lease of 15
+# device minutes, the machine's start included, holds one such call and what is left of a second:
+#   BUDGET_S=540 bash launch/gpu_measure.sh "$OUT" attention sample_b1 train_2b sample_b8
+#   BUDGET_S=<budget left - 60> bash launch/gpu_measure.sh "$OUT" train_layer12 train_2b_scan sample_b4 train_2b_dots
+# (the second at once, while the machine is warm).
 # --dry-run prints the stages only. --smoke runs every stage at tiny sizes (a CPU rehearsal of the
 # device run, from the checkout through PYTHONPATH as there: tests/test_launchers.py).
 # It runs the project from the checkout (PYTHONPATH; infinity_jax maps configs/ itself), no install.
@@ -46,15 +50,15 @@ if [[ $SMOKE == 1 ]]; then
 fi
 
 # The training programs, chosen with XLA's GPU compiler and benchmarks/hlo_cost.py's roofline (docs/performance.md):
-# the 2B step at 256², batch 16, with its blocks unscanned and no remat needs 62-64 GiB and its roofline is
-# 64% MFU on an H200 (55% on an H100); scanned, the loop's stacked residuals, weight copies and transposed
-# layouts take it to 100 GiB and 41%. train_2b measures the unscanned step; train_2b_scan the issue's row as
+# the 2B step at 256², batch 16, with its blocks unscanned and no remat needs 60-61 GiB and its roofline is
+# 66% MFU on an H200 (57% on an H100); scanned, the loop's stacked residuals, weight copies and transposed
+# layouts take it to 84 GiB and 44%. train_2b measures the unscanned step; train_2b_scan the issue's row as
 # written, where the GPU has the memory (an H200); train_2b_dots the unscanned step with remat=dots (44 GiB).
 SCAN_NOREMAT_OK=1
 GPU_MIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -n 1 | tr -d ' ')
 if [[ $SMOKE == 0 && "$GPU_MIB" =~ ^[0-9]+$ ]] && (( GPU_MIB < 120000 )); then
   SCAN_NOREMAT_OK=0
-  echo "-- GPU memory ${GPU_MIB} MiB: train_2b_scan skipped (the scanned step without remat needs ~100 GiB)"
+  echo "-- GPU memory ${GPU_MIB} MiB: train_2b_scan skipped (the scanned step without remat needs ~84 GiB)"
 fi
 # jax preallocates 75% of the GPU by default (98 GiB of an H200, 60 of an H100): less than those steps ask for
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
@@ -86,13 +90,13 @@ stage sample_b1 240 $B sample $SAMPLE --batch 1 --runs 5 --profile "$PROFILES/sa
   --json "$OUT_DIR/sample_b1.json"
 stage train_2b 240 $B train --config $TRAIN_2B $TRAIN --profile "$PROFILES/train_2b" --json "$OUT_DIR/train_2b.json"
 stage sample_b8 300 $B sample $SAMPLE --batch 8 --runs 3 --json "$OUT_DIR/sample_b8.json"
+stage train_layer12 150 $B train --config $LAYER12 $TRAIN \
+  --json "$OUT_DIR/train_layer12.json"
 if (( SCAN_NOREMAT_OK )); then
   stage train_2b_scan 180 $B train --config $TRAIN_2B_SCAN $TRAIN --json "$OUT_DIR/train_2b_scan.json"
 fi
-stage train_2b_dots 240 $B train --config $TRAIN_2B,remat=dots $TRAIN --json "$OUT_DIR/train_2b_dots.json"
-stage train_layer12 150 $B train --config $LAYER12 $TRAIN \
-  --json "$OUT_DIR/train_layer12.json"
 stage sample_b4 240 $B sample $SAMPLE --batch 4 --runs 3 --json "$OUT_DIR/sample_b4.json"
+stage train_2b_dots 240 $B train --config $TRAIN_2B,remat=dots $TRAIN --json "$OUT_DIR/train_2b_dots.json"
 echo "logs and JSON in $OUT_DIR"
 [[ $DRY == 0 ]] && python3 launch/measure_summary.py "$OUT_DIR"  # every figure, last: what a remote call sees
 if [[ -n $SKIPPED ]]; then echo "skipped (budget):$SKIPPED" >&2; fi

@@ -151,8 +151,9 @@ def test_bad_command_lines_exit_2_with_a_clear_message(script, args, env, messag
 
 
 def test_gpu_measure_dry_run_lists_stages_of_registered_benchmarks(tmp_path):
-    """launch/gpu_measure.sh: every stage is a registered benchmark with its own timeout and JSON file;
-    naming stages runs only those, in the script's order."""
+    """launch/gpu_measure.sh: every stage is a registered benchmark with its own timeout and JSON file, in
+    the order of importance (what a second, shorter device call gets first: layer12's MFU); naming stages
+    runs only those, in the script's order."""
     from infinity_jax import commands
 
     out = _lines(_run("gpu_measure.sh", "--dry-run", str(tmp_path)))
@@ -162,10 +163,10 @@ def test_gpu_measure_dry_run_lists_stages_of_registered_benchmarks(tmp_path):
         "sample_b1",
         "train_2b",
         "sample_b8",
-        "train_2b_scan",
-        "train_2b_dots",
         "train_layer12",
+        "train_2b_scan",
         "sample_b4",
+        "train_2b_dots",
     ]
     for s in stages:
         cmd = s.split(": ", 1)[1].split()
@@ -177,9 +178,9 @@ def test_gpu_measure_dry_run_lists_stages_of_registered_benchmarks(tmp_path):
 
 @pytest.mark.parametrize("mib, scanned", [("81559", False), ("143771", True), (None, True)])
 def test_gpu_measure_trains_the_2b_unscanned_and_the_issues_scanned_row_where_it_fits(tmp_path, mib, scanned):
-    """train_2b is the unscanned 2B step without remat (63 GiB by XLA's GPU compiler, the best roofline:
+    """train_2b is the unscanned 2B step without remat (60 GiB by XLA's GPU compiler, the best roofline:
     docs/performance.md), train_2b_dots the same with remat=dots; the issue's scanned row without remat needs
-    ~100 GiB, so train_2b_scan runs on an H200 (or where nvidia-smi says nothing) and is skipped on an 80 GB
+    ~84 GiB, so train_2b_scan runs on an H200 (or where nvidia-smi says nothing) and is skipped on an 80 GB
     H100. The stages ask jax for 90% of the GPU, not its default 75%, which those steps exceed."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
