@@ -17,7 +17,8 @@
 # run with BUDGET_S a little under L always ends with the summary of what it measured. A lease of 15
 # device minutes, the machine's start included, holds one such call and what is left of a second:
 #   BUDGET_S=540 bash launch/gpu_measure.sh "$OUT" attention sample_b1 train_2b sample_b8
-#   BUDGET_S=<budget left - 60> bash launch/gpu_measure.sh "$OUT" train_layer12 train_2b_scan sample_b4 train_2b_dots
+#   BUDGET_S=<budget left - 60> bash launch/gpu_measure.sh "$OUT" train_layer12 train_2b_scan sample_b4 \
+#     sample_b1_unscanned train_2b_dots
 # (the second at once, while the machine is warm).
 # --dry-run prints the stages only. --smoke runs every stage at tiny sizes (a CPU rehearsal of the
 # device run, from the checkout through PYTHONPATH as there: tests/test_launchers.py).
@@ -36,6 +37,7 @@ fi
 export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 B="python3 -m infinity_jax bench"
 SAMPLE="--config infinity_2b,dtype=bfloat16,scan --pn 1M"
+SAMPLE_UNSCANNED="--config infinity_2b,dtype=bfloat16 --pn 1M"  # layers unrolled: no weight copies, slower compile
 TRAIN="--pn 0.06M --batch 16 --rules dp --steps 10"
 TRAIN_2B="infinity:infinity_2b,dtype=bfloat16"  # blocks unscanned, no remat: the recipe for one GPU (below)
 TRAIN_2B_SCAN="infinity:infinity_2b,dtype=bfloat16,scan"  # the row as written
@@ -43,7 +45,7 @@ LAYER12="infinity:infinity_layer12,dtype=bfloat16"
 ATTENTION=""
 PROFILES=${PROFILES:-/tmp/infinity_profiles}  # the traces stay there (too many files to come back); the JSON has their summary
 if [[ $SMOKE == 1 ]]; then
-  SAMPLE="--config tiny,scan --schedule 1x1,2x2,4x4"
+  SAMPLE="--config tiny,scan --schedule 1x1,2x2,4x4" SAMPLE_UNSCANNED="--config tiny --schedule 1x1,2x2,4x4"
   TRAIN="--schedule 1x1,2x2,4x4 --batch 2 --rules dp --steps 1"
   TRAIN_2B="infinity:tiny" TRAIN_2B_SCAN="infinity:tiny,scan" LAYER12="infinity:tiny"
   ATTENTION="--heads 2 --head-dim 16 --train-pn 0.06M --sample-pn 0.06M --text-len 8 --runs 1"
@@ -96,6 +98,7 @@ if (( SCAN_NOREMAT_OK )); then
   stage train_2b_scan 180 $B train --config $TRAIN_2B_SCAN $TRAIN --json "$OUT_DIR/train_2b_scan.json"
 fi
 stage sample_b4 240 $B sample $SAMPLE --batch 4 --runs 3 --json "$OUT_DIR/sample_b4.json"
+stage sample_b1_unscanned 300 $B sample $SAMPLE_UNSCANNED --batch 1 --runs 5 --json "$OUT_DIR/sample_b1_unscanned.json"
 stage train_2b_dots 240 $B train --config $TRAIN_2B,remat=dots $TRAIN --json "$OUT_DIR/train_2b_dots.json"
 echo "logs and JSON in $OUT_DIR"
 [[ $DRY == 0 ]] && python3 launch/measure_summary.py "$OUT_DIR"  # every figure, last: what a remote call sees

@@ -166,6 +166,7 @@ def test_gpu_measure_dry_run_lists_stages_of_registered_benchmarks(tmp_path):
         "train_layer12",
         "train_2b_scan",
         "sample_b4",
+        "sample_b1_unscanned",
         "train_2b_dots",
     ]
     for s in stages:
@@ -194,6 +195,9 @@ def test_gpu_measure_trains_the_2b_unscanned_and_the_issues_scanned_row_where_it
     assert config["train_2b"] == "infinity:infinity_2b,dtype=bfloat16"
     assert config["train_2b_dots"] == "infinity:infinity_2b,dtype=bfloat16,remat=dots"
     assert config["train_layer12"] == "infinity:infinity_layer12,dtype=bfloat16"
+    # the issue's sampler row is scanned; the unscanned sampler (no per-scale weight copies) is measured beside it
+    assert config["sample_b1"] == "infinity_2b,dtype=bfloat16,scan"
+    assert config["sample_b1_unscanned"] == "infinity_2b,dtype=bfloat16"
     assert ("train_2b_scan" in cmds) == scanned and ("train_2b_scan skipped" in "\n".join(out)) != scanned
     if scanned:
         assert config["train_2b_scan"] == "infinity:infinity_2b,dtype=bfloat16,scan"
