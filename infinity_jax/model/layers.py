@@ -280,6 +280,9 @@ class SelfAttention(nn.Module):
             start = (jnp.asarray(cache.layer, jnp.int32), zero, jnp.int32(self.cache_offset), zero, zero)
             ck = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype)[None], start)
             cv = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype)[None], start)
+            # written in place before the prefix is read: with unrolled layers XLA would otherwise fuse the
+            # chain of writes into those reads and keep more of the cache live (docs/performance.md)
+            ck, cv = jax.lax.optimization_barrier((ck, cv))
             end = self.cache_offset + l
             size = (1, b, end, h, hd)
             k = jax.lax.dynamic_slice(ck, (start[0], zero, zero, zero, zero), size)[0].astype(self.dtype)
