@@ -120,14 +120,13 @@ def test_the_samplers_gpu_program_projects_the_text_once_and_pads_nothing(tmp_pa
     calls against the cache keep their odd lengths (no padded copy: they are never differentiated); and the
     row carries hlo_cost's count of the program's kernels."""
     dump = tmp_path / "hlo"
-    env = _gpu_compiler_env()
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_dump_to={dump} --xla_dump_hlo_as_text".strip()
-    out = tmp_path / "sample.json"
-    argv = [sys.executable, "-m", "infinity_jax", "bench", "sample", "--memory", "--topology", "h200"]
-    argv += ["--config", "tiny,dtype=bfloat16,scan", "--schedule", "1x1,2x2,4x4,8x8,12x12", "--batch", "2"]
-    argv += ["--vae-config", "none", "--json", str(out)]
-    p = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
+    row = _bench_memory(
+        "sample",
+        ["--topology", "h200", "--config", "tiny,dtype=bfloat16,scan", "--schedule", "1x1,2x2,4x4,8x8,12x12"]
+        + ["--batch", "2", "--vae-config", "none"],
+        tmp_path,
+        dump,
+    )
     (program,) = dump.glob("*jit__program*gpu_after_optimizations.txt")
     rows = hlo_cost.kernels(program.read_text())
     matmuls = {r["op"]: r["launches"] for r in rows if r["kind"] == "matmul"}
@@ -135,7 +134,6 @@ def test_the_samplers_gpu_program_projects_the_text_once_and_pads_nothing(tmp_pa
     assert matmuls["Infinity.decode_context/vmap(btc,csd->btsd)/dot_general"] == 1
     assert sum(n for op, n in matmuls.items() if op.endswith("blocks/ffn/fc1/dot_general")) == 5 * 2  # scales x depth
     assert not [r["op"] for r in rows if "pad" in r["op"]]
-    (row,) = json.loads(out.read_text())
     assert row["hlo_cost"]["kernels"] == sum(r["launches"] for r in rows)
     assert row["hlo_cost"]["by_kind"]["attention"]["kernels"] == 5 * 2 * 2  # scales x depth x (self, cross)
 
