@@ -54,13 +54,13 @@ fi
 # The training programs, chosen with XLA's GPU compiler and benchmarks/hlo_cost.py's roofline (docs/performance.md):
 # the 2B step at 256², batch 16, with its blocks unscanned and no remat needs 60-61 GiB and its roofline is
 # 66% MFU on an H200 (57% on an H100); scanned, the loop's stacked residuals, weight copies and transposed
-# layouts take it to 84 GiB and 44%. train_2b measures the unscanned step; train_2b_scan the row as
+# layouts take it to 72 GiB and 48%. train_2b measures the unscanned step; train_2b_scan the row as
 # written, where the GPU has the memory (an H200); train_2b_dots the unscanned step with remat=dots (44 GiB).
 SCAN_NOREMAT_OK=1
 GPU_MIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -n 1 | tr -d ' ')
 if [[ $SMOKE == 0 && "$GPU_MIB" =~ ^[0-9]+$ ]] && (( GPU_MIB < 120000 )); then
   SCAN_NOREMAT_OK=0
-  echo "-- GPU memory ${GPU_MIB} MiB: train_2b_scan skipped (the scanned step without remat needs ~84 GiB)"
+  echo "-- GPU memory ${GPU_MIB} MiB: train_2b_scan skipped (the scanned step without remat needs ~72 GiB, jax gets 90% of 80 GB)"
 fi
 # jax preallocates 75% of the GPU by default (98 GiB of an H200, 60 of an H100): less than those steps ask for
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}

@@ -181,8 +181,9 @@ def test_gpu_measure_dry_run_lists_stages_of_registered_benchmarks(tmp_path):
 def test_gpu_measure_trains_the_2b_unscanned_and_the_issues_scanned_row_where_it_fits(tmp_path, mib, scanned):
     """train_2b is the unscanned 2B step without remat (60 GiB by XLA's GPU compiler, the best roofline:
     docs/performance.md), train_2b_dots the same with remat=dots; the issue's scanned row without remat needs
-    ~84 GiB, so train_2b_scan runs on an H200 (or where nvidia-smi says nothing) and is skipped on an 80 GB
-    H100. The stages ask jax for 90% of the GPU, not its default 75%, which those steps exceed."""
+    ~72 GiB (jax gets 90% of an 80 GB H100: 72 GiB), so train_2b_scan runs on an H200 (or where nvidia-smi
+    says nothing) and is skipped on an 80 GB H100. The stages ask jax for 90% of the GPU, not its default 75%,
+    which those steps exceed."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     if mib is not None:

@@ -273,6 +273,28 @@ def test_the_ffn_backward_keeps_fc1s_output_and_the_gelus_only():
     assert len(hidden) == 2 and all(leaf.dtype == jnp.bfloat16 for leaf in hidden)
 
 
+@pytest.mark.parametrize("rms", [False, True])
+def test_the_norms_backward_keeps_one_activation_and_matches_autodiff(rms):
+    """LayerNorm/RMSNorm differentiate from their output and 1/std alone (what a scanned stack of blocks
+    saves per norm: one tensor of the activations' size, autodiff keeps two or three), with autodiff's gradient."""
+    x = (3.0 * jax.random.normal(jax.random.key(0), (2, 5, 64)) + 1.0).astype(jnp.bfloat16)
+    g = jax.random.normal(jax.random.key(1), (2, 5, 64))
+
+    def plain(x):
+        x = x.astype(jnp.float32)
+        if not rms:
+            x = x - x.mean(-1, keepdims=True)
+        return x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + 1e-6)
+
+    y, backward = jax.vjp(lambda x: layers.norm(x, 1e-6, rms), x)
+    want_y, want_backward = jax.vjp(plain, x)
+    assert [leaf.shape for leaf in jax.tree.leaves(backward) if leaf.size >= x.size] == [(2, 5, 64)]
+    np.testing.assert_array_equal(y, want_y)
+    (dx,), (want_dx,) = backward(g), want_backward(g)
+    assert dx.dtype == jnp.bfloat16
+    np.testing.assert_allclose(dx.astype(jnp.float32), want_dx.astype(jnp.float32), rtol=2e-2, atol=1e-3)
+
+
 def test_every_param_has_logical_axes_and_shards_by_preset(tiny):
     for scan in (False, True):
         cfg = dataclasses.replace(tiny.cfg, scan_layers=scan)

@@ -11,6 +11,7 @@ Shapes: B batch, L (or l) tokens, C model width, H heads, c = C / H head width, 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple, Sequence
 
@@ -61,18 +62,44 @@ def dense(
 
 
 # ---------------------------------------------------------------- norms and AdaLN
+def _normalize_forward(x: jax.Array, eps: float, rms: bool) -> tuple[jax.Array, jax.Array]:
+    """(normalized x, 1 / its standard deviation): float32 in, float32 out, over the last axis."""
+    if not rms:
+        x = x - x.mean(-1, keepdims=True)
+    inv_std = jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + eps)
+    return x * inv_std, inv_std
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _normalize(x: jax.Array, eps: float, rms: bool) -> jax.Array:
+    return _normalize_forward(x, eps, rms)[0]
+
+
+def _normalize_fwd(x, eps, rms):
+    y, inv_std = _normalize_forward(x, eps, rms)
+    return y, (y, inv_std)
+
+
+def _normalize_bwd(eps, rms, res, g):
+    # A fused norm kernel's backward: from the output and 1/std alone, so autodiff keeps one
+    # activation-sized tensor per norm instead of three (x - mean, its square's factor, the output).
+    y, inv_std = res
+    gy = (g * y).mean(-1, keepdims=True)
+    dx = g - y * gy if rms else g - g.mean(-1, keepdims=True) - y * gy
+    return (dx * inv_std,)
+
+
+_normalize.defvjp(_normalize_fwd, _normalize_bwd)
+
+
 def layer_norm(x: jax.Array, eps: float) -> jax.Array:
     """LayerNorm without affine over the last axis, in float32."""
-    x = x.astype(jnp.float32)
-    mean = x.mean(-1, keepdims=True)
-    var = jnp.square(x - mean).mean(-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + eps)
+    return _normalize(x.astype(jnp.float32), eps, False)
 
 
 def rms_norm(x: jax.Array, eps: float) -> jax.Array:
     """RMSNorm without affine over the last axis, in float32."""
-    x = x.astype(jnp.float32)
-    return x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + eps)
+    return _normalize(x.astype(jnp.float32), eps, True)
 
 
 def norm(x: jax.Array, eps: float, rms: bool) -> jax.Array:
