@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -114,11 +115,13 @@ def test_the_training_steps_gpu_program_has_no_loop_copies_unscanned_and_its_roo
         assert row["roofline_mfu"] == pytest.approx(want, rel=1e-9) and 0 < row["roofline_mfu"] < 1
 
 
-def test_the_samplers_gpu_program_projects_the_text_once_and_pads_nothing(tmp_path):
+def test_the_samplers_gpu_program_projects_the_text_once_pads_nothing_and_keeps_q_k_in_bf16(tmp_path):
     """The scanned bf16 sampler compiled for an H200 (XLA's optimized HLO, dumped): the text's cross-attention
     keys/values are one matmul before the scales (decode_context), not one per block and scale; the cuDNN
-    calls against the cache keep their odd lengths (no padded copy: they are never differentiated); and the
-    row carries hlo_cost's count of the program's kernels."""
+    calls against the cache keep their odd lengths (no padded copy: they are never differentiated); q and k
+    go from the qkv matmul to bf16 (and into the cache) with only their per-head norms written in float32
+    between (the l2 norm's division fuses into RoPE, not into the norm's reduction kernel); and the row
+    carries hlo_cost's count of the program's kernels."""
     dump = tmp_path / "hlo"
     row = _bench_memory(
         "sample",
@@ -136,6 +139,14 @@ def test_the_samplers_gpu_program_projects_the_text_once_and_pads_nothing(tmp_pa
     assert not [r["op"] for r in rows if "pad" in r["op"]]
     assert row["hlo_cost"]["kernels"] == sum(r["launches"] for r in rows)
     assert row["hlo_cost"]["by_kind"]["attention"]["kernels"] == 5 * 2 * 2  # scales x depth x (self, cross)
+    float32_writes = [
+        dims
+        for line in program.read_text().splitlines()
+        if " fusion(" in line and "decode_scale" in line and "/blocks/sa/" in line
+        for dims in re.findall(r"f32\[([\d,]*)\]", line.split(" = ", 1)[1].split(" fusion(", 1)[0])
+    ]
+    head_dim = 32  # tiny: width 64, 2 heads
+    assert float32_writes and not [d for d in float32_writes if d.endswith(f",{head_dim}")], float32_writes
 
 
 @pytest.mark.slow

@@ -217,9 +217,16 @@ def apply_rope(x: jax.Array, table: jax.Array) -> jax.Array:
 
 
 # ---------------------------------------------------------------- attention
-def _l2_normalize(x: jax.Array) -> jax.Array:
+def _l2_normalize(x: jax.Array, *, norm_apart: bool = False) -> jax.Array:
+    """x / max(|x|, 1e-12) over the last axis, float32. norm_apart: the norm is its own small kernel, so
+    the division fuses forward into its consumers (RoPE, the cast, the cache write) instead of into the
+    norm's reduction kernel, which on GPU writes the normalised tensor out in float32 (docs/performance.md).
+    The same operations either way."""
     x = x.astype(jnp.float32)
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
+    if norm_apart:
+        norm = jax.lax.optimization_barrier(norm)
+    return x / jnp.maximum(norm, 1e-12)
 
 
 class LayerCache(NamedTuple):
@@ -285,7 +292,8 @@ class SelfAttention(nn.Module):
                 (1, h, 1, 1),
             )
             mul = jnp.exp(jnp.minimum(log_mul.reshape(1, 1, h, 1), LOG_MAX_SCALE_MUL))
-            q, k, scale = _l2_normalize(q) * mul, _l2_normalize(k), 1.0
+            apart = cache is not None  # sampling only: the training step gains nothing by it (docs/performance.md)
+            q, k, scale = _l2_normalize(q, norm_apart=apart) * mul, _l2_normalize(k, norm_apart=apart), 1.0
         else:
             scale = 1.0 / math.sqrt(hd) / self.tau
         if rope is not None:
